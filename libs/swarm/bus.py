@@ -1,0 +1,335 @@
+"""NATS connection, idempotent JetStream provisioning, and the one place that decides ack/nak/term."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ValidationError
+
+from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, BucketSpec, Retention, StreamSpec, Subjects
+from swarm.settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+# Leave headroom under NATS' default 1 MiB max_payload for headers.
+MAX_INLINE_BYTES = 1_000_000
+
+
+class ProvisioningConflict(RuntimeError):
+    """A stream or consumer exists with a configuration other than ours; we never overwrite it."""
+
+
+class Retry(Exception):  # noqa: N818 - reads as a verb at the raise site: `raise Retry(delay_s=2)`
+    """Raised by a handler: redeliver this message later."""
+
+    def __init__(self, reason: str, delay_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class Reject(Exception):  # noqa: N818 - `raise Reject("unknown tool")`
+    """Raised by a handler: this message can never succeed; terminate it (the handler records why)."""
+
+
+def _stream_config(spec: StreamSpec, settings: NatsSettings) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy.WORK_QUEUE if spec.retention is Retention.WORK_QUEUE else RetentionPolicy.LIMITS,
+        storage=StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY,
+        num_replicas=settings.stream_replicas,
+        max_age=spec.max_age_s or None,
+        duplicate_window=spec.duplicate_window_s,
+    )
+
+
+def _conflicts(wanted: StreamConfig, found: StreamConfig) -> list[str]:
+    """The fields where an existing stream differs from what we would create."""
+    diffs = []
+    for field in ("subjects", "retention", "storage", "num_replicas"):
+        want, have = getattr(wanted, field), getattr(found, field)
+        if field == "subjects":
+            want, have = sorted(want or []), sorted(have or [])
+        if want != have:
+            diffs.append(f"{field}: wanted {want!r}, found {have!r}")
+    return diffs
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer as this project provisions it."""
+
+    stream: StreamSpec
+    durable: str
+    filter_subjects: tuple[str, ...]
+    ack_wait_s: float = 30.0
+    max_deliver: int = -1
+    max_ack_pending: int = 20_000
+    deliver_all: bool = True
+
+
+class Bus:
+    """One NATS connection with JetStream, and the helpers every service uses."""
+
+    def __init__(self, nc: NatsClient, settings: NatsSettings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s, publish_async_max_pending=4000)
+        self.settings = settings
+        self._kv: dict[str, KeyValue] = {}
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings, name: str) -> Bus:
+        """Connect, reconnecting forever: services outlive a restarting nats-server."""
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats: %s", exc)
+
+        async def on_disconnect() -> None:
+            log.warning("nats: disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats: reconnected")
+
+        options: dict[str, Any] = {
+            "servers": settings.url.split(","),
+            "name": name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+        }
+        if settings.user:
+            options["user"], options["password"] = settings.user, settings.password
+        if settings.creds_file:
+            options["user_credentials"] = str(settings.creds_file)
+        if settings.tls_ca_file:
+            import ssl
+
+            options["tls"] = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+        nc = await nats.connect(**options)
+        return cls(nc, settings)
+
+    # ------------------------------------------------------------------ provisioning
+
+    async def provision(
+        self, streams: Iterable[StreamSpec] = ALL_STREAMS, buckets: Iterable[BucketSpec] = ALL_BUCKETS
+    ) -> list[str]:
+        """Create what is missing; report (never overwrite) what exists with another configuration.
+
+        Returns the names created, so a second call returns [].
+        """
+        created = []
+        for spec in streams:
+            wanted = _stream_config(spec, self.settings)
+            try:
+                info = await self.js.stream_info(spec.name)
+            except NotFoundError:
+                await self.js.add_stream(wanted)
+                created.append(spec.name)
+                continue
+            diffs = _conflicts(wanted, info.config)
+            if diffs:
+                raise ProvisioningConflict(f"stream {spec.name} exists with another configuration: " + "; ".join(diffs))
+        for bucket in buckets:
+            if await self._ensure_bucket(bucket):
+                created.append(bucket.name)
+        return created
+
+    async def _ensure_bucket(self, bucket: BucketSpec) -> bool:
+        storage = StorageType.FILE if self.settings.stream_storage == "file" else StorageType.MEMORY
+        if bucket.kind == "kv":
+            try:
+                await self.js.key_value(bucket.name)
+                return False
+            except BucketNotFoundError:
+                await self.js.create_key_value(
+                    KeyValueConfig(
+                        bucket=bucket.name,
+                        description=bucket.description,
+                        history=bucket.history,
+                        storage=storage,
+                        replicas=self.settings.stream_replicas,
+                    )
+                )
+                return True
+        try:
+            await self.js.object_store(bucket.name)
+            return False
+        except (BucketNotFoundError, NotFoundError):
+            await self.js.create_object_store(
+                bucket.name,  # nats-py overwrites config.bucket with this argument
+                config=ObjectStoreConfig(
+                    bucket=bucket.name,
+                    description=bucket.description,
+                    storage=storage,
+                    replicas=self.settings.stream_replicas,
+                )
+            )
+            return True
+
+    async def ensure_consumer(self, spec: ConsumerSpec) -> None:
+        """Create the durable consumer, or check that the existing one filters what we expect."""
+        config = ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait_s,
+            max_deliver=spec.max_deliver,
+            max_ack_pending=spec.max_ack_pending,
+            deliver_policy=DeliverPolicy.ALL if spec.deliver_all else DeliverPolicy.NEW,
+            filter_subjects=list(spec.filter_subjects) if len(spec.filter_subjects) > 1 else None,
+            filter_subject=spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else None,
+        )
+        try:
+            info = await self.js.consumer_info(spec.stream.name, spec.durable)
+        except NotFoundError:
+            await self.js.add_consumer(spec.stream.name, config)
+            return
+        found = set(info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else []))
+        if found != set(spec.filter_subjects):
+            raise ProvisioningConflict(
+                f"consumer {spec.stream.name}/{spec.durable} filters {sorted(found)}, wanted {sorted(spec.filter_subjects)}"
+            )
+
+    async def pull_subscription(self, spec: ConsumerSpec) -> JetStreamContext.PullSubscription:
+        """Bind to a provisioned durable consumer."""
+        await self.ensure_consumer(spec)
+        return await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream.name)
+
+    async def kv(self, bucket: BucketSpec) -> KeyValue:
+        """A key-value bucket handle, cached."""
+        if bucket.name not in self._kv:
+            self._kv[bucket.name] = await self.js.key_value(bucket.name)
+        return self._kv[bucket.name]
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
+        """Publish to JetStream and wait for the stream's ack (at-least-once)."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self.js.publish(subject, message.model_dump_json().encode(), headers=headers)
+
+    async def publish_nowait(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
+        """Publish to JetStream without waiting for this ack; `flush_publishes` waits for all of them."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self.js.publish_async(subject, message.model_dump_json().encode(), headers=headers)
+
+    async def flush_publishes(self, timeout_s: float = 10.0) -> None:
+        """Wait until every `publish_nowait` so far is acknowledged by its stream."""
+        if self.js.publish_async_pending():
+            await asyncio.wait_for(self.js.publish_async_completed(), timeout_s)
+
+    # ------------------------------------------------------------------ health and shutdown
+
+    async def serve_health(self, service: str, details: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Answer `swarm.health.<service>` probes (every replica answers)."""
+        instance = f"{socket.gethostname()}:{os.getpid()}"
+
+        async def on_probe(msg: Msg) -> None:
+            body = {"service": service, "instance": instance, **(details() if details else {})}
+            await msg.respond(json.dumps(body).encode())
+
+        await self.nc.subscribe(Subjects.health(service), cb=on_probe)
+
+    async def close(self) -> None:
+        """Drain subscriptions, flush, close."""
+        if self.nc.is_closed:
+            return
+        try:
+            await self.flush_publishes(timeout_s=5)
+        except (TimeoutError, asyncio.TimeoutError):
+            log.warning("closing with %d unacknowledged publishes", self.js.publish_async_pending())
+        await self.nc.drain()
+
+
+MessageHandler = Callable[[Msg], Awaitable[None]]
+
+
+async def settle(msg: Msg, handler: MessageHandler) -> None:
+    """Run one handler on one JetStream message and ack, nak or term it: the one place for that decision.
+
+    - success: ack.
+    - `Retry`: nak with its delay (redelivered later, up to the consumer's max_deliver).
+    - `Reject` or a malformed payload: term (never redelivered); the handler has recorded why.
+    - anything else: a bug or an outage; nak with a delay so the message is not lost, and log it.
+    """
+    try:
+        await handler(msg)
+    except Retry as exc:
+        log.info("retry %s in %.1fs: %s", msg.subject, exc.delay_s, exc)
+        await msg.nak(delay=exc.delay_s)
+    except (Reject, ValidationError, json.JSONDecodeError) as exc:
+        log.warning("rejected %s: %s", msg.subject, str(exc)[:500])
+        await msg.term()
+    except Exception:
+        log.exception("handler failed on %s; redelivering", msg.subject)
+        await msg.nak(delay=2.0)
+    else:
+        await msg.ack()
+
+
+async def consume(
+    psub: JetStreamContext.PullSubscription,
+    handler: MessageHandler,
+    stop: asyncio.Event,
+    *,
+    batch: int = 64,
+    concurrency: int = 1,
+    fetch_timeout_s: float = 1.0,
+) -> None:
+    """Fetch batches until `stop` is set; run `handler` on each message, at most `concurrency` at once.
+
+    On stop, no new batch is fetched and in-flight messages finish before return.
+    """
+    slots = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task[None]] = set()
+
+    async def run_one(msg: Msg) -> None:
+        try:
+            await settle(msg, handler)
+        finally:
+            slots.release()
+
+    while not stop.is_set():
+        free = max(1, min(batch, concurrency - len(running))) if concurrency > 1 else batch
+        try:
+            msgs = await psub.fetch(free, timeout=fetch_timeout_s)
+        except (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError):
+            continue
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+            await asyncio.sleep(0.5)
+            continue
+        for msg in msgs:
+            if concurrency == 1:
+                await settle(msg, handler)
+                continue
+            await slots.acquire()
+            task = asyncio.create_task(run_one(msg))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    if running:
+        await asyncio.gather(*running, return_exceptions=True)

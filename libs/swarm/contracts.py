@@ -1,0 +1,587 @@
+"""The wire contract: every message model, and every subject, stream and bucket next to it.
+
+Nothing else in the code base writes a subject or stream literal; `proto/` is generated
+from this module (`swarm proto`), and a test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CONTRACT_VERSION = 1
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+Id = Annotated[str, Field(pattern=ID_PATTERN, description="An identifier: letters, digits, '_' or '-'.")]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether `value` may be used as an id (and so as a subject token)."""
+    return bool(_ID_RE.match(value))
+
+
+class Contract(BaseModel):
+    """Base of every message: frozen, strict about unknown fields, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = Field(CONTRACT_VERSION, description="Contract version of this message.")
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class Retention(StrEnum):
+    """JetStream retention policy of a stream."""
+
+    LIMITS = "limits"
+    WORK_QUEUE = "workqueue"
+
+
+class StreamSpec(BaseModel):
+    """A JetStream stream as this project provisions it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: Retention
+    description: str
+    max_age_s: float = 0.0
+    duplicate_window_s: float = 120.0
+
+
+TASKS = StreamSpec(
+    name="TASKS",
+    subjects=("swarm.tasks.>",),
+    retention=Retention.WORK_QUEUE,
+    description="Submitted tasks; Nats-Msg-Id is the idempotency key.",
+)
+STEPS = StreamSpec(
+    name="STEPS",
+    subjects=("swarm.steps.>",),
+    retention=Retention.WORK_QUEUE,
+    description="Ready steps, one subject per worker pool.",
+)
+RESULTS = StreamSpec(
+    name="RESULTS",
+    subjects=("swarm.results.>",),
+    retention=Retention.WORK_QUEUE,
+    description="Step results back to the dispatcher.",
+)
+RUNS = StreamSpec(
+    name="RUNS",
+    subjects=("swarm.run.>",),
+    retention=Retention.LIMITS,
+    max_age_s=7 * 24 * 3600.0,
+    description="Run lifecycle events a client can watch.",
+)
+EVENTS = StreamSpec(
+    name="EVENTS",
+    subjects=("swarm.events.>",),
+    retention=Retention.LIMITS,
+    max_age_s=7 * 24 * 3600.0,
+    description="Every step and inference event, consumed by the recorder.",
+)
+ALL_STREAMS = (TASKS, STEPS, RESULTS, RUNS, EVENTS)
+
+
+class BucketSpec(BaseModel):
+    """A JetStream key-value bucket or object store."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    history: int = 1
+    kind: Literal["kv", "object"] = "kv"
+
+
+RUN_STATE_BUCKET = BucketSpec(name="swarm_run_state", description="Dispatcher checkpoints of run state.")
+RUN_INDEX_BUCKET = BucketSpec(name="swarm_runs", description="One record per run: status, goal, counts.")
+OUTPUTS_BUCKET = BucketSpec(name="swarm_outputs", description="Step outputs, key '<run_id>.<step_id>'.")
+PAYLOADS_STORE = BucketSpec(
+    name="swarm_payloads", kind="object", description="Payloads too large for a message, by reference."
+)
+ALL_BUCKETS = (RUN_STATE_BUCKET, RUN_INDEX_BUCKET, OUTPUTS_BUCKET, PAYLOADS_STORE)
+
+# Durable consumer names, one place for each.
+PLANNER_CONSUMER = "planner"
+DISPATCHER_PLANS_CONSUMER = "dispatcher-plans"
+DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"
+AGGREGATOR_CONSUMER = "aggregator"
+RECORDER_CONSUMER = "recorder"
+GATEWAY_QUEUE_GROUP = "gateway"
+
+DEFAULT_TENANT = "default"
+DEFAULT_POOL = "default"
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+class Subjects:
+    """Every subject of the system, built from its parts. Tokens are validated ids."""
+
+    TASKS_ALL = "swarm.tasks.>"
+    EVENTS_ALL = "swarm.events.>"
+    RESULTS_ALL = "swarm.results.>"
+    INFER = "swarm.infer.request"
+    RECORDER_QUERY = "swarm.recorder.query"
+
+    @staticmethod
+    def task(tenant: str) -> str:
+        """Where a tenant submits tasks."""
+        return f"swarm.tasks.{tenant}"
+
+    @staticmethod
+    def steps(pool: str) -> str:
+        """The work queue of one worker pool."""
+        return f"swarm.steps.{pool}"
+
+    @staticmethod
+    def result(run_id: str) -> str:
+        """Where workers report the results of a run's steps."""
+        return f"swarm.results.{run_id}"
+
+    @staticmethod
+    def run_event(tenant: str, run_id: str, kind: str) -> str:
+        """A lifecycle event of one run."""
+        return f"swarm.run.{tenant}.{run_id}.{kind}"
+
+    @staticmethod
+    def run_all(tenant: str, run_id: str) -> str:
+        """Every lifecycle event of one run (what a client follows)."""
+        return f"swarm.run.{tenant}.{run_id}.>"
+
+    @staticmethod
+    def run_kind_all(kind: str) -> str:
+        """One kind of lifecycle event across all runs and tenants."""
+        return f"swarm.run.*.*.{kind}"
+
+    @staticmethod
+    def step_event(run_id: str) -> str:
+        """Step events of one run, for the recorder."""
+        return f"swarm.events.step.{run_id}"
+
+    @staticmethod
+    def inference_event() -> str:
+        """Inference call events, for the recorder."""
+        return "swarm.events.inference"
+
+    @staticmethod
+    def health(service: str) -> str:
+        """Core request/reply health probe of one service (every replica answers)."""
+        return f"swarm.health.{service}"
+
+
+# --------------------------------------------------------------------------- plans
+
+
+class PlanPattern(StrEnum):
+    """Pattern templates the planner can instantiate."""
+
+    MAP = "map"
+    MAP_REDUCE = "map-reduce"
+    PIPELINE = "pipeline"
+    VOTE = "vote"
+
+
+class PlanSource(StrEnum):
+    """Where a plan came from."""
+
+    EXPLICIT = "explicit"
+    LLM = "llm"
+    TEMPLATE = "template"
+
+
+class AgentSpec(Contract):
+    """A sub-agent: an identity whose turns are steps."""
+
+    id: Id = Field(description="Agent id, unique within the run.")
+    role: str = Field(min_length=1, max_length=200, description="Short role name, e.g. 'researcher'.")
+    instructions: str = Field(
+        default="", max_length=8000, description="System instructions given to the agent on every step."
+    )
+
+
+class StepSpec(Contract):
+    """One turn of one agent, a node of the run's DAG."""
+
+    id: Id = Field(description="Step id, unique within the run.")
+    agent_id: Id = Field(description="The agent that takes this turn.")
+    instruction: str = Field(min_length=1, max_length=16000, description="What the agent must do in this step.")
+    depends_on: tuple[Id, ...] = Field(
+        default=(), description="Steps whose outputs this step needs; it runs after all of them succeed."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the step is dead-lettered.")
+    timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Seconds one attempt may run.")
+    max_tokens: int = Field(default=256, ge=1, le=32768, description="Completion token budget of the step.")
+    sim_latency_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="For the 'sim' inference backend only: the simulated engine latency of this step.",
+    )
+
+
+class Plan(Contract):
+    """Agents and the step DAG of one run."""
+
+    agents: tuple[AgentSpec, ...] = Field(min_length=1, description="The run's sub-agents.")
+    steps: tuple[StepSpec, ...] = Field(min_length=1, description="The run's steps (a DAG over depends_on).")
+    pattern: PlanPattern | None = Field(default=None, description="The template the plan follows, if any.")
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class RunPolicy(StrEnum):
+    """How a run treats failed steps."""
+
+    FAIL_FAST = "fail-fast"
+    QUORUM = "quorum"
+
+
+class TaskSubmission(Contract):
+    """A task published to the queue: a goal to decompose, or an explicit plan."""
+
+    run_id: Id = Field(description="Run id chosen by the client; also the idempotency key.")
+    tenant: Id = Field(default=DEFAULT_TENANT, description="Tenant the run belongs to.")
+    goal: str | None = Field(
+        default=None, max_length=32000, description="What the swarm must achieve (decomposed by the planner)."
+    )
+    plan: Plan | None = Field(default=None, description="An explicit plan; when given, the planner only validates it.")
+    pattern: PlanPattern | None = Field(default=None, description="Ask the planner for this pattern template.")
+    n_agents: int | None = Field(default=None, ge=1, le=300, description="Preferred number of sub-agents.")
+    priority: int = Field(default=0, ge=-10, le=10, description="Higher runs are scheduled first.")
+    policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy of the run.")
+    quorum: float = Field(default=0.95, gt=0, le=1, description="Fraction of steps that must succeed (quorum policy).")
+    submitted_at: datetime = Field(default_factory=utc_now, description="When the client submitted the task.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels, recorded with the run.")
+
+    @field_validator("goal")
+    @classmethod
+    def _goal_not_blank(cls, goal: str | None) -> str | None:
+        if goal is not None and not goal.strip():
+            raise ValueError("goal is empty")
+        return goal
+
+    @model_validator(mode="after")
+    def _goal_or_plan(self) -> TaskSubmission:
+        if self.goal is None and self.plan is None:
+            raise ValueError("a task needs a goal or a plan")
+        return self
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class StepDispatch(Contract):
+    """A ready step on a worker pool's queue: everything a stateless worker needs."""
+
+    run_id: Id = Field(description="The run.")
+    tenant: Id = Field(description="Tenant of the run.")
+    goal: str = Field(description="The run's goal, as context.")
+    agent: AgentSpec = Field(description="The agent taking the turn.")
+    step: StepSpec = Field(description="The step to execute.")
+    attempt: int = Field(ge=1, description="1 for the first attempt, then 2, 3, ...")
+    dispatched_at: datetime = Field(default_factory=utc_now, description="When the dispatcher queued it.")
+
+
+class StepStatus(StrEnum):
+    """Outcome of one attempt of a step."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class StepResult(Contract):
+    """A worker's report on one attempt of one step."""
+
+    run_id: Id = Field(description="The run.")
+    step_id: Id = Field(description="The step.")
+    attempt: int = Field(ge=1, description="Which attempt this reports.")
+    status: StepStatus = Field(description="Outcome.")
+    output_key: str | None = Field(default=None, description="Key of the output in the outputs bucket.")
+    output_preview: str = Field(default="", max_length=400, description="The first characters of the output.")
+    error: str | None = Field(default=None, max_length=4000, description="Why the attempt failed.")
+    retryable: bool = Field(default=True, description="Whether another attempt may succeed.")
+    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens spent.")
+    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens spent.")
+    started_at: datetime = Field(description="When the worker started the attempt.")
+    finished_at: datetime = Field(description="When the worker finished the attempt.")
+    worker_id: str = Field(description="Which worker ran it.")
+
+
+# --------------------------------------------------------------------------- run lifecycle
+
+
+class RunSummary(Contract):
+    """Counts and totals of a finished run."""
+
+    agents_count: int = Field(ge=0, description="Sub-agents in the plan.")
+    steps_total: int = Field(ge=0, description="Steps in the plan.")
+    steps_succeeded: int = Field(ge=0, description="Steps that succeeded.")
+    steps_failed: int = Field(ge=0, description="Steps dead-lettered after their last attempt.")
+    steps_cancelled: int = Field(default=0, ge=0, description="Steps never run because the run ended first.")
+    retries_count: int = Field(ge=0, description="Attempts beyond the first, over all steps.")
+    prompt_tokens: int = Field(ge=0, description="Prompt tokens over all steps (and synthesis).")
+    completion_tokens: int = Field(ge=0, description="Completion tokens over all steps (and synthesis).")
+    wall_ms: float = Field(ge=0, description="From submission to the final answer.")
+
+
+class RunEventBase(Contract):
+    """Fields every run lifecycle event carries."""
+
+    run_id: Id = Field(description="The run.")
+    tenant: Id = Field(description="Tenant of the run.")
+    at: datetime = Field(default_factory=utc_now, description="When it happened.")
+
+
+class RunRejected(RunEventBase):
+    """The task could not be accepted; nothing will run."""
+
+    kind: Literal["rejected"] = "rejected"
+    error: str = Field(description="Why, e.g. the validation error.")
+
+
+class RunPlanned(RunEventBase):
+    """The planner produced a validated plan; the dispatcher takes it from here."""
+
+    kind: Literal["planned"] = "planned"
+    goal: str = Field(description="The goal (or a description of the explicit plan).")
+    plan: Plan = Field(description="The validated plan.")
+    source: PlanSource = Field(description="Where the plan came from.")
+    note: str = Field(default="", description="Why a template was used, when it was.")
+    priority: int = Field(default=0, description="Run priority.")
+    policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy.")
+    quorum: float = Field(default=0.95, description="Quorum fraction for the quorum policy.")
+    submitted_at: datetime = Field(description="When the task was submitted.")
+
+
+class RunProgress(RunEventBase):
+    """Throttled progress of a running run."""
+
+    kind: Literal["progress"] = "progress"
+    steps_total: int = Field(ge=0, description="Steps in the plan.")
+    steps_queued: int = Field(ge=0, description="Steps on the work queue, not yet finished.")
+    steps_succeeded: int = Field(ge=0, description="Steps succeeded.")
+    steps_failed: int = Field(ge=0, description="Steps dead-lettered.")
+    retries_count: int = Field(ge=0, description="Retries so far.")
+
+
+class RunExecuted(RunEventBase):
+    """Every step is finished; the aggregator synthesizes the answer."""
+
+    kind: Literal["executed"] = "executed"
+    goal: str = Field(description="The run's goal.")
+    sink_step_ids: tuple[Id, ...] = Field(description="Succeeded steps no other step depends on: the synthesis input.")
+    summary: RunSummary = Field(description="Totals of the step phase (wall_ms up to now).")
+    submitted_at: datetime = Field(description="When the task was submitted.")
+
+
+class RunCompleted(RunEventBase):
+    """The final answer."""
+
+    kind: Literal["completed"] = "completed"
+    answer: str = Field(description="The synthesized answer.")
+    summary: RunSummary = Field(description="Totals of the whole run.")
+
+
+class RunFailed(RunEventBase):
+    """The run ended without an answer."""
+
+    kind: Literal["failed"] = "failed"
+    error: str = Field(description="Why.")
+    failed_step_ids: tuple[Id, ...] = Field(default=(), description="Steps dead-lettered.")
+    summary: RunSummary | None = Field(default=None, description="Totals, when the run got that far.")
+
+
+class RunCancelRequested(RunEventBase):
+    """A client asks to cancel the run."""
+
+    kind: Literal["cancel"] = "cancel"
+    reason: str = Field(default="cancelled by client", description="Why.")
+
+
+class RunCancelled(RunEventBase):
+    """The run was cancelled: queued steps were dropped."""
+
+    kind: Literal["cancelled"] = "cancelled"
+    reason: str = Field(description="Why.")
+
+
+RunEvent = Annotated[
+    RunRejected | RunPlanned | RunProgress | RunExecuted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled,
+    Field(discriminator="kind"),
+]
+TERMINAL_RUN_EVENTS = ("rejected", "completed", "failed", "cancelled")
+
+
+class RunStatus(StrEnum):
+    """Status of a run in the run index."""
+
+    PLANNING = "planning"
+    RUNNING = "running"
+    SYNTHESIZING = "synthesizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+class RunRecord(Contract):
+    """The run index entry (`swarm runs`)."""
+
+    run_id: Id = Field(description="The run.")
+    tenant: Id = Field(description="Tenant.")
+    status: RunStatus = Field(description="Current status.")
+    goal: str = Field(default="", description="The goal, truncated.")
+    steps_total: int = Field(default=0, ge=0, description="Steps in the plan.")
+    agents_count: int = Field(default=0, ge=0, description="Agents in the plan.")
+    updated_at: datetime = Field(default_factory=utc_now, description="Last change.")
+    submitted_at: datetime | None = Field(default=None, description="When submitted.")
+    error: str | None = Field(default=None, description="Why it failed or was rejected.")
+
+
+# --------------------------------------------------------------------------- inference
+
+
+class ChatMessage(Contract):
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant"] = Field(description="Speaker.")
+    content: str = Field(description="Text.")
+
+
+class InferenceRequest(Contract):
+    """A completion request to the inference gateway (core NATS request/reply)."""
+
+    request_id: str = Field(description="Unique id of the call.")
+    model: str = Field(default="default", description="Model name; 'default' is the gateway's configured model.")
+    messages: tuple[ChatMessage, ...] = Field(min_length=1, description="The conversation.")
+    max_tokens: int = Field(default=256, ge=1, le=32768, description="Completion token budget.")
+    temperature: float = Field(default=0.2, ge=0, le=2, description="Sampling temperature.")
+    json_schema: dict[str, Any] | None = Field(default=None, description="Constrain the output to this JSON Schema.")
+    run_id: str | None = Field(default=None, description="Run on whose behalf, for accounting.")
+    step_id: str | None = Field(default=None, description="Step on whose behalf, for accounting.")
+    caller: str = Field(default="worker", description="Which service calls: planner, worker, aggregator.")
+    sim_latency_ms: float | None = Field(default=None, ge=0, description="For the sim backend: force this latency.")
+
+
+class InferenceResponse(Contract):
+    """The gateway's answer."""
+
+    request_id: str = Field(description="The request's id.")
+    ok: bool = Field(description="Whether a completion was produced.")
+    content: str = Field(default="", description="The completion.")
+    error: str | None = Field(default=None, description="Why not, when not ok.")
+    model: str = Field(default="", description="Model that served it.")
+    backend: str = Field(default="", description="Engine backend.")
+    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens.")
+    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens.")
+    queue_ms: float = Field(default=0, ge=0, description="Time waiting for an engine slot.")
+    duration_ms: float = Field(default=0, ge=0, description="Engine time.")
+
+
+# --------------------------------------------------------------------------- events (for ClickHouse)
+
+
+class StepEventKind(StrEnum):
+    """Every state transition a step can make."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    TOOL_CALL = "tool_call"
+    INFERENCE_DONE = "inference_done"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRIED = "retried"
+    DEAD_LETTERED = "dead_lettered"
+    SPAWNED = "spawned"
+    CANCELLED = "cancelled"
+
+
+class StepEvent(Contract):
+    """One transition of one step, as recorded in ClickHouse's step_events."""
+
+    event_id: str = Field(description="Deterministic id; duplicates are dropped.")
+    run_id: Id = Field(description="The run.")
+    tenant: Id = Field(description="Tenant.")
+    step_id: Id = Field(description="The step.")
+    agent_id: str = Field(default="", description="The agent.")
+    attempt: int = Field(default=1, ge=0, description="Attempt number.")
+    kind: StepEventKind = Field(description="The transition.")
+    at: datetime = Field(default_factory=utc_now, description="When it happened.")
+    duration_ms: float = Field(default=0, ge=0, description="Duration of what ended here, if anything.")
+    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens of what ended here.")
+    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens of what ended here.")
+    worker_id: str = Field(default="", description="Which worker, if any.")
+    error: str = Field(default="", description="Error text for failures.")
+    attributes: dict[str, str] = Field(default_factory=dict, description="Free-form attributes.")
+
+
+def step_event_id(run_id: str, step_id: str, attempt: int, kind: StepEventKind | str) -> str:
+    """The deterministic id of a step transition (redelivery yields the same id)."""
+    return f"{run_id}.{step_id}.{attempt}.{kind}"
+
+
+class InferenceEvent(Contract):
+    """One gateway call, as recorded in ClickHouse's inference_calls."""
+
+    event_id: str = Field(description="The request id.")
+    run_id: str = Field(default="", description="Run, if any.")
+    step_id: str = Field(default="", description="Step, if any.")
+    caller: str = Field(default="", description="Calling service.")
+    model: str = Field(description="Model.")
+    backend: str = Field(description="Backend.")
+    ok: bool = Field(description="Whether it produced a completion.")
+    error: str = Field(default="", description="Why not.")
+    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens.")
+    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens.")
+    queue_ms: float = Field(default=0, ge=0, description="Admission queue time.")
+    duration_ms: float = Field(default=0, ge=0, description="Engine time.")
+    at: datetime = Field(default_factory=utc_now, description="When it finished.")
+
+
+# --------------------------------------------------------------------------- channel registry (for proto/)
+
+
+class Channel(BaseModel):
+    """A subject pattern, the stream that holds it (if any), its message model and reply model."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    address: str
+    stream: str | None
+    message: Any
+    description: str
+    reply: Any = None
+
+
+CHANNELS: tuple[Channel, ...] = (
+    Channel(address=Subjects.task("{tenant}"), stream=TASKS.name, message=TaskSubmission,
+            description="Submit a task (set the Nats-Msg-Id header to the run_id)."),
+    Channel(address=Subjects.steps("{pool}"), stream=STEPS.name, message=StepDispatch,
+            description="Ready steps for a worker pool."),
+    Channel(address=Subjects.result("{run_id}"), stream=RESULTS.name, message=StepResult,
+            description="Step results for the dispatcher."),
+    Channel(address=Subjects.run_event("{tenant}", "{run_id}", "{kind}"), stream=RUNS.name, message=RunEvent,
+            description="Run lifecycle events; the last token is the event's 'kind' field."),
+    Channel(address=Subjects.step_event("{run_id}"), stream=EVENTS.name, message=StepEvent,
+            description="Step transitions for the event log."),
+    Channel(address=Subjects.inference_event(), stream=EVENTS.name, message=InferenceEvent,
+            description="Inference calls for the event log."),
+    Channel(address=Subjects.INFER, stream=None, message=InferenceRequest, reply=InferenceResponse,
+            description="Core NATS request to the gateway's queue group; the reply is an InferenceResponse."),
+)

@@ -1,0 +1,49 @@
+"""Settings shared by every service; each service adds its own class with its own env prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NatsSettings(BaseSettings):
+    """How to reach NATS and how streams are provisioned (env prefix SWARM_NATS_)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_NATS_", extra="ignore")
+
+    url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
+    user: str | None = Field(None, description="NATS user name.")
+    password: str | None = Field(None, description="NATS password.")
+    creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey).")
+    tls_ca_file: Path | None = Field(None, description="CA bundle to verify the server's TLS certificate.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of every stream and bucket (3 in a cluster).")
+    stream_storage: str = Field("file", pattern="^(file|memory)$", description="JetStream storage type.")
+    request_timeout_s: float = Field(10.0, gt=0, description="JetStream API and publish-ack timeout.")
+
+
+class ClickHouseSettings(BaseSettings):
+    """Where the event log lives (env prefix SWARM_CLICKHOUSE_)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_CLICKHOUSE_", extra="ignore")
+
+    mode: str = Field("chdb", pattern="^(chdb|http)$", description="'chdb' (in-process engine) or 'http' (a server).")
+    path: Path = Field(Path(".swarm/clickhouse"), description="Data directory of the in-process engine.")
+    host: str = Field("127.0.0.1", description="ClickHouse server host (http mode).")
+    port: int = Field(8123, description="ClickHouse server HTTP port (http mode).")
+    user: str = Field("default", description="ClickHouse user (http mode).")
+    password: str = Field("", description="ClickHouse password (http mode).")
+    database: str = Field("swarm", description="Database holding the swarm tables.")
+
+
+class StackSettings(BaseSettings):
+    """The embedded local stack started by `swarm up` (env prefix SWARM_)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_", extra="ignore")
+
+    home: Path = Field(Path(".swarm"), description="Directory holding all local data, logs and pid files.")
+    nats_port: int = Field(4222, description="Client port of the embedded nats-server.")
+    nats_monitor_port: int = Field(8222, description="Monitoring port of the embedded nats-server.")
+    gateway_backend: str = Field("llamacpp", description="Inference backend of the embedded gateway.")
+    workers: int = Field(2, ge=1, description="Worker-pool processes.")
