@@ -42,7 +42,7 @@ class ProvisioningConflict(RuntimeError):
     """A stream or consumer exists with a configuration other than ours; we never overwrite it."""
 
 
-class Retry(Exception):  # noqa: N818 - reads as a verb at the raise site: `raise Retry(delay_s=2)`
+class Retry(Exception):
     """Raised by a handler: redeliver this message later."""
 
     def __init__(self, reason: str, delay_s: float = 1.0) -> None:
@@ -50,7 +50,7 @@ class Retry(Exception):  # noqa: N818 - reads as a verb at the raise site: `rais
         self.delay_s = delay_s
 
 
-class Reject(Exception):  # noqa: N818 - `raise Reject("unknown tool")`
+class Reject(Exception):
     """Raised by a handler: this message can never succeed; terminate it (the handler records why)."""
 
 
@@ -261,7 +261,7 @@ class Bus:
             return
         try:
             await self.flush_publishes(timeout_s=5)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             log.warning("closing with %d unacknowledged publishes", self.js.publish_async_pending())
         await self.nc.drain()
 
@@ -318,7 +318,7 @@ async def consume(
         free = max(1, min(batch, concurrency - len(running))) if concurrency > 1 else batch
         try:
             msgs = await psub.fetch(free, timeout=fetch_timeout_s)
-        except (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
             await asyncio.sleep(0.5)

@@ -35,7 +35,7 @@ class Contract(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = Field(CONTRACT_VERSION, description="Contract version of this message.")
+    v: Literal[1] = Field(1, description="Contract version of this message (CONTRACT_VERSION).")
 
 
 # --------------------------------------------------------------------------- streams
@@ -120,7 +120,9 @@ PLANNER_CONSUMER = "planner"
 DISPATCHER_PLANS_CONSUMER = "dispatcher-plans"
 DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"
 AGGREGATOR_CONSUMER = "aggregator"
+WORKERS_CONSUMER_PREFIX = "workers"  # one durable per pool: "workers-<pool>"
 RECORDER_CONSUMER = "recorder"
+RECORDER_RUNS_CONSUMER = "recorder-runs"
 GATEWAY_QUEUE_GROUP = "gateway"
 
 DEFAULT_TENANT = "default"
@@ -296,6 +298,12 @@ class StepDispatch(Contract):
     step: StepSpec = Field(description="The step to execute.")
     attempt: int = Field(ge=1, description="1 for the first attempt, then 2, 3, ...")
     dispatched_at: datetime = Field(default_factory=utc_now, description="When the dispatcher queued it.")
+    not_before: datetime | None = Field(
+        default=None, description="A retry's backoff: workers hold the step until this time."
+    )
+    missing_inputs: tuple[Id, ...] = Field(
+        default=(), description="Dependencies that failed (quorum policy): their outputs are missing."
+    )
 
 
 class StepStatus(StrEnum):
@@ -351,14 +359,14 @@ class RunEventBase(Contract):
 class RunRejected(RunEventBase):
     """The task could not be accepted; nothing will run."""
 
-    kind: Literal["rejected"] = "rejected"
+    kind: Literal["rejected"] = Field("rejected", description="Event kind, also the last subject token.")
     error: str = Field(description="Why, e.g. the validation error.")
 
 
 class RunPlanned(RunEventBase):
     """The planner produced a validated plan; the dispatcher takes it from here."""
 
-    kind: Literal["planned"] = "planned"
+    kind: Literal["planned"] = Field("planned", description="Event kind, also the last subject token.")
     goal: str = Field(description="The goal (or a description of the explicit plan).")
     plan: Plan = Field(description="The validated plan.")
     source: PlanSource = Field(description="Where the plan came from.")
@@ -372,7 +380,7 @@ class RunPlanned(RunEventBase):
 class RunProgress(RunEventBase):
     """Throttled progress of a running run."""
 
-    kind: Literal["progress"] = "progress"
+    kind: Literal["progress"] = Field("progress", description="Event kind, also the last subject token.")
     steps_total: int = Field(ge=0, description="Steps in the plan.")
     steps_queued: int = Field(ge=0, description="Steps on the work queue, not yet finished.")
     steps_succeeded: int = Field(ge=0, description="Steps succeeded.")
@@ -383,7 +391,7 @@ class RunProgress(RunEventBase):
 class RunExecuted(RunEventBase):
     """Every step is finished; the aggregator synthesizes the answer."""
 
-    kind: Literal["executed"] = "executed"
+    kind: Literal["executed"] = Field("executed", description="Event kind, also the last subject token.")
     goal: str = Field(description="The run's goal.")
     sink_step_ids: tuple[Id, ...] = Field(description="Succeeded steps no other step depends on: the synthesis input.")
     summary: RunSummary = Field(description="Totals of the step phase (wall_ms up to now).")
@@ -393,7 +401,7 @@ class RunExecuted(RunEventBase):
 class RunCompleted(RunEventBase):
     """The final answer."""
 
-    kind: Literal["completed"] = "completed"
+    kind: Literal["completed"] = Field("completed", description="Event kind, also the last subject token.")
     answer: str = Field(description="The synthesized answer.")
     summary: RunSummary = Field(description="Totals of the whole run.")
 
@@ -401,7 +409,7 @@ class RunCompleted(RunEventBase):
 class RunFailed(RunEventBase):
     """The run ended without an answer."""
 
-    kind: Literal["failed"] = "failed"
+    kind: Literal["failed"] = Field("failed", description="Event kind, also the last subject token.")
     error: str = Field(description="Why.")
     failed_step_ids: tuple[Id, ...] = Field(default=(), description="Steps dead-lettered.")
     summary: RunSummary | None = Field(default=None, description="Totals, when the run got that far.")
@@ -410,14 +418,14 @@ class RunFailed(RunEventBase):
 class RunCancelRequested(RunEventBase):
     """A client asks to cancel the run."""
 
-    kind: Literal["cancel"] = "cancel"
+    kind: Literal["cancel"] = Field("cancel", description="Event kind, also the last subject token.")
     reason: str = Field(default="cancelled by client", description="Why.")
 
 
 class RunCancelled(RunEventBase):
     """The run was cancelled: queued steps were dropped."""
 
-    kind: Literal["cancelled"] = "cancelled"
+    kind: Literal["cancelled"] = Field("cancelled", description="Event kind, also the last subject token.")
     reason: str = Field(description="Why.")
 
 

@@ -55,7 +55,7 @@ class NatsServer:
     def start(self, timeout_s: float = 10.0) -> NatsServer:
         """Start the server and wait until JetStream is healthy."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_healthy(timeout_s)
         return self

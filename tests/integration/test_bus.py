@@ -8,7 +8,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from swarm.bus import Bus, ConsumerSpec, ProvisioningConflict, Reject, Retry, consume
-from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, TASKS, StreamSpec, Retention
+from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, TASKS, Retention, StreamSpec
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,148 @@
+"""The Python SDK: submit tasks, follow their runs, cancel them, list runs."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import nats
+import nats.errors
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NoStreamResponseError, NotFoundError
+from pydantic import TypeAdapter
+
+from swarm.bus import Bus
+from swarm.contracts import (
+    DEFAULT_TENANT,
+    RUN_INDEX_BUCKET,
+    TERMINAL_RUN_EVENTS,
+    Plan,
+    PlanPattern,
+    RunCancelRequested,
+    RunEvent,
+    RunPolicy,
+    RunRecord,
+    Subjects,
+    TaskSubmission,
+)
+from swarm.settings import NatsSettings
+
+RUN_EVENT = TypeAdapter(RunEvent)
+
+
+class StackNotRunning(RuntimeError):
+    """Nothing answers at the NATS URL, or the swarm streams are missing."""
+
+
+def new_run_id() -> str:
+    """A time-ordered, unique run id."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class SwarmClient:
+    """A connection to a Swarm deployment."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings | None = None, url: str | None = None) -> SwarmClient:
+        """Connect; raise StackNotRunning with a hint when nothing listens."""
+        settings = settings or NatsSettings()
+        if url:
+            settings = settings.model_copy(update={"url": url})
+        try:
+            nc = await nats.connect(
+                servers=settings.url.split(","), connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False,
+                user=settings.user, password=settings.password,
+            )  # fmt: skip
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            raise StackNotRunning(
+                f"no NATS server at {settings.url}: start the local stack with `swarm up`"
+            ) from exc
+        return cls(Bus(nc, settings))
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.bus.nc.close()
+
+    async def __aenter__(self) -> SwarmClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(
+        self,
+        goal: str | None = None,
+        *,
+        plan: Plan | None = None,
+        tenant: str = DEFAULT_TENANT,
+        pattern: PlanPattern | None = None,
+        n_agents: int | None = None,
+        policy: RunPolicy = RunPolicy.FAIL_FAST,
+        quorum: float = 0.95,
+        priority: int = 0,
+        run_id: str | None = None,
+    ) -> str:
+        """Submit a goal (or an explicit plan); return the run id."""
+        task = TaskSubmission(
+            run_id=run_id or new_run_id(), tenant=tenant, goal=goal, plan=plan, pattern=pattern,
+            n_agents=n_agents, policy=policy, quorum=quorum, priority=priority,
+        )  # fmt: skip
+        return await self.submit_task(task)
+
+    async def submit_task(self, task: TaskSubmission) -> str:
+        """Publish a task; the run id doubles as the idempotency key."""
+        try:
+            await self.bus.publish(Subjects.task(task.tenant), task, msg_id=task.run_id)
+        except (nats.errors.NoRespondersError, NoStreamResponseError) as exc:
+            raise StackNotRunning("the TASKS stream does not exist: is the stack up (`swarm up`)?") from exc
+        return task.run_id
+
+    async def events(self, run_id: str, tenant: str = DEFAULT_TENANT) -> AsyncIterator[RunEvent]:
+        """Every lifecycle event of the run from its start, until a terminal one."""
+        sub = await self.bus.js.subscribe(
+            Subjects.run_all(tenant, run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=None)
+                event = RUN_EVENT.validate_json(msg.data)
+                yield event
+                if event.kind in TERMINAL_RUN_EVENTS:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def wait(self, run_id: str, tenant: str = DEFAULT_TENANT, timeout_s: float | None = None) -> RunEvent:
+        """The run's terminal event (completed, failed, cancelled or rejected)."""
+
+        async def last() -> RunEvent:
+            async for event in self.events(run_id, tenant):
+                if event.kind in TERMINAL_RUN_EVENTS:
+                    return event
+            raise RuntimeError("event stream ended without a terminal event")
+
+        return await asyncio.wait_for(last(), timeout_s)
+
+    async def cancel(self, run_id: str, tenant: str = DEFAULT_TENANT, reason: str = "cancelled by client") -> None:
+        """Ask the dispatcher to cancel the run."""
+        request = RunCancelRequested(run_id=run_id, tenant=tenant, reason=reason)
+        await self.bus.publish(Subjects.run_event(tenant, run_id, "cancel"), request)
+
+    async def runs(self, limit: int = 50) -> list[RunRecord]:
+        """The most recent runs from the run index, newest first."""
+        try:
+            kv = await self.bus.kv(RUN_INDEX_BUCKET)
+            keys = await kv.keys()
+        except (NotFoundError, nats.js.errors.NoKeysError):
+            return []
+        records = []
+        for key in sorted(keys, reverse=True)[: limit * 2]:
+            entry = await kv.get(key)
+            records.append(RunRecord.model_validate_json(entry.value or b"{}"))
+        records.sort(key=lambda r: r.submitted_at or r.updated_at, reverse=True)
+        return records[:limit]

@@ -1,0 +1,1 @@
+"""The aggregator: synthesis of a run's outputs into one answer."""

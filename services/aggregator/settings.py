@@ -1,0 +1,21 @@
+"""Aggregator settings (env prefix SWARM_AGGREGATOR_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from swarm.settings import NatsSettings
+
+
+class AggregatorSettings(BaseSettings):
+    """How runs are synthesized."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_AGGREGATOR_", extra="ignore")
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    fan_in: int = Field(8, ge=2, description="Outputs one synthesis call reads; more are reduced hierarchically.")
+    context_chars: int = Field(6000, ge=500, description="Characters of outputs put into one synthesis prompt.")
+    max_tokens: int = Field(384, ge=16, description="Completion budget of a synthesis call.")
+    timeout_s: float = Field(300.0, gt=0, description="Time for one synthesis call, queueing included.")
+    log_level: str = Field("INFO", description="Log level.")

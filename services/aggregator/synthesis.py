@@ -1,0 +1,149 @@
+"""Synthesis: outputs of the final steps → one answer, reduced hierarchically when there are many."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
+
+from services.aggregator.settings import AggregatorSettings
+from swarm.bus import Bus, ConsumerSpec, Retry
+from swarm.contracts import (
+    AGGREGATOR_CONSUMER,
+    OUTPUTS_BUCKET,
+    RUN_INDEX_BUCKET,
+    RUNS,
+    InferenceRequest,
+    RunCompleted,
+    RunExecuted,
+    RunFailed,
+    RunRecord,
+    RunStatus,
+    Subjects,
+    utc_now,
+)
+from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
+
+log = logging.getLogger(__name__)
+
+EXECUTED_CONSUMER = ConsumerSpec(
+    stream=RUNS, durable=AGGREGATOR_CONSUMER, filter_subjects=(Subjects.run_kind_all("executed"),),
+    ack_wait_s=600.0, max_deliver=10,
+)  # fmt: skip
+
+SYSTEM = (
+    "You are the synthesizer of a team of agents. Combine their findings into one clear, "
+    "well-structured answer to the goal. Keep facts; drop repetition."
+)
+
+
+@dataclass
+class Synthesis:
+    """The answer and what it cost."""
+
+    answer: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class SynthesisFailed(Exception):
+    """The gateway answered with an error for a synthesis call."""
+
+
+class Aggregator:
+    """Consumes executed runs and publishes their final answer."""
+
+    def __init__(self, bus: Bus, settings: AggregatorSettings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.inference = InferenceClient(bus.nc)
+
+    async def on_executed(self, msg: Msg) -> None:
+        """Synthesize one run (settled by `swarm.bus.settle`: a gateway outage retries later)."""
+        executed = RunExecuted.model_validate_json(msg.data)
+        outputs = await self._outputs(executed)
+        try:
+            synthesis = await self.synthesize(executed.run_id, executed.goal, outputs)
+        except InferenceError as exc:
+            raise Retry(f"gateway unavailable: {exc}", delay_s=5.0) from exc
+        except SynthesisFailed as exc:
+            await self._fail(executed, str(exc))
+            return
+        summary = executed.summary.model_copy(
+            update={
+                "prompt_tokens": executed.summary.prompt_tokens + synthesis.prompt_tokens,
+                "completion_tokens": executed.summary.completion_tokens + synthesis.completion_tokens,
+                "wall_ms": (utc_now() - executed.submitted_at).total_seconds() * 1000,
+            }
+        )
+        completed = RunCompleted(run_id=executed.run_id, tenant=executed.tenant, answer=synthesis.answer, summary=summary)
+        await self.bus.publish(
+            Subjects.run_event(executed.tenant, executed.run_id, "completed"), completed, f"{executed.run_id}.completed"
+        )
+        await self._index(executed, RunStatus.COMPLETED)
+        log.info("run %s completed in %.1fs", executed.run_id, summary.wall_ms / 1000)
+
+    async def synthesize(self, run_id: str, goal: str, outputs: list[str]) -> Synthesis:
+        """Reduce `outputs` in groups of `fan_in` until one answer is left."""
+        if not outputs:
+            raise SynthesisFailed("no step produced an output")
+        total = Synthesis(answer="")
+        level = outputs
+        while True:
+            groups = [level[i : i + self.settings.fan_in] for i in range(0, len(level), self.settings.fan_in)]
+            final = len(groups) == 1
+            parts = await asyncio.gather(*(self._combine(run_id, goal, group, final) for group in groups))
+            for part in parts:
+                total.prompt_tokens += part.prompt_tokens
+                total.completion_tokens += part.completion_tokens
+            if final:
+                total.answer = parts[0].answer
+                return total
+            level = [part.answer for part in parts]
+
+    async def _combine(self, run_id: str, goal: str, texts: list[str], final: bool) -> Synthesis:
+        share = max(200, self.settings.context_chars // len(texts))
+        findings = "\n\n".join(f"Finding {i + 1}: {text[:share]}" for i, text in enumerate(texts))
+        ask = "Write the final answer." if final else "Summarize these findings for the final answer."
+        request = InferenceRequest(
+            request_id=new_request_id(),
+            messages=chat(SYSTEM, f"Goal: {goal}\n\n{findings}\n\n{ask}"),
+            max_tokens=self.settings.max_tokens,
+            run_id=run_id,
+            caller="aggregator",
+        )
+        response = await self.inference.complete(request, timeout_s=self.settings.timeout_s)
+        if not response.ok:
+            raise SynthesisFailed(f"synthesis failed: {response.error}")
+        return Synthesis(response.content.strip(), response.prompt_tokens, response.completion_tokens)
+
+    async def _outputs(self, executed: RunExecuted) -> list[str]:
+        kv = await self.bus.kv(OUTPUTS_BUCKET)
+        outputs = []
+        for step_id in executed.sink_step_ids:
+            try:
+                entry = await kv.get(f"{executed.run_id}.{step_id}")
+            except KeyNotFoundError:
+                log.warning("run %s: output of %s is missing", executed.run_id, step_id)
+                continue
+            outputs.append((entry.value or b"").decode())
+        return outputs
+
+    async def _fail(self, executed: RunExecuted, error: str) -> None:
+        failed = RunFailed(run_id=executed.run_id, tenant=executed.tenant, error=error, summary=executed.summary)
+        await self.bus.publish(
+            Subjects.run_event(executed.tenant, executed.run_id, "failed"), failed, f"{executed.run_id}.failed"
+        )
+        await self._index(executed, RunStatus.FAILED, error)
+
+    async def _index(self, executed: RunExecuted, status: RunStatus, error: str | None = None) -> None:
+        record = RunRecord(
+            run_id=executed.run_id, tenant=executed.tenant, status=status, goal=executed.goal[:200],
+            steps_total=executed.summary.steps_total, agents_count=executed.summary.agents_count,
+            submitted_at=executed.submitted_at, error=error,
+        )  # fmt: skip
+        kv = await self.bus.kv(RUN_INDEX_BUCKET)
+        await kv.put(executed.run_id, record.model_dump_json().encode())

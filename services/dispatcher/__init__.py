@@ -1,0 +1,1 @@
+"""The dispatcher: the run state machine."""

@@ -1,0 +1,297 @@
+"""The dispatcher's I/O: plans and results in, ready steps, step events and run events out, state checkpointed.
+
+Ordering per batch of results: apply → publish (steps, events) → wait for the streams' acks →
+checkpoint → ack the results. A crash anywhere in between replays results onto the last checkpoint;
+re-published steps carry the same message id and are de-duplicated by the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import timedelta
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from pydantic import ValidationError
+
+from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.state import Outcome, RetryPolicy, RunPhase, RunState, StepPhase
+from swarm.bus import Bus, ConsumerSpec
+from swarm.contracts import (
+    DISPATCHER_PLANS_CONSUMER,
+    DISPATCHER_RESULTS_CONSUMER,
+    RESULTS,
+    RUN_INDEX_BUCKET,
+    RUN_STATE_BUCKET,
+    RUNS,
+    RunCancelled,
+    RunCancelRequested,
+    RunExecuted,
+    RunFailed,
+    RunPlanned,
+    RunProgress,
+    RunRecord,
+    RunStatus,
+    StepDispatch,
+    StepEvent,
+    StepEventKind,
+    StepResult,
+    Subjects,
+    step_event_id,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+PLANS_CONSUMER = ConsumerSpec(
+    stream=RUNS,
+    durable=DISPATCHER_PLANS_CONSUMER,
+    filter_subjects=(Subjects.run_kind_all("planned"), Subjects.run_kind_all("cancel")),
+    ack_wait_s=60.0,
+)
+RESULTS_CONSUMER = ConsumerSpec(
+    stream=RESULTS, durable=DISPATCHER_RESULTS_CONSUMER, filter_subjects=(Subjects.RESULTS_ALL,), ack_wait_s=30.0
+)
+
+
+class Dispatcher:
+    """Owns the runs in memory; the KV checkpoints make any replica able to take them over."""
+
+    def __init__(self, bus: Bus, settings: DispatcherSettings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.retry = RetryPolicy(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
+        self.runs: dict[str, RunState] = {}
+        self.finished: set[str] = set()
+        self._last_progress: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ plans and cancellations
+
+    async def on_run_message(self, msg: Msg) -> None:
+        """A planned run starts; a cancel request cancels. Handled under `settle`'s ack policy."""
+        kind = msg.subject.rsplit(".", 1)[-1]
+        async with self._lock:
+            if kind == "planned":
+                await self._start(RunPlanned.model_validate_json(msg.data))
+            elif kind == "cancel":
+                await self._cancel(RunCancelRequested.model_validate_json(msg.data))
+
+    async def _start(self, planned: RunPlanned) -> None:
+        if planned.run_id in self.runs or planned.run_id in self.finished:
+            return
+        run = await self._load(planned.run_id)
+        if run is not None:  # a redelivered plan: the run is already under way
+            return
+        run = RunState(planned, self.settings.max_in_flight_per_run, self.retry)
+        self.runs[run.run_id] = run
+        outcome = run.start()
+        await self._emit(run, outcome)
+        await self.bus.flush_publishes()
+        await self._checkpoint(run)
+        log.info("run %s started: %d agents, %d steps", run.run_id, len(run.agents), len(run.steps))
+
+    async def _cancel(self, request: RunCancelRequested) -> None:
+        run = self.runs.get(request.run_id) or await self._load(request.run_id)
+        if run is None:
+            return
+        outcome = run.cancel(request.reason)
+        await self._emit(run, outcome)
+        await self.bus.flush_publishes()
+        await self._checkpoint(run)
+
+    # ------------------------------------------------------------------ results
+
+    async def results_loop(self, stop: asyncio.Event) -> None:
+        """Fetch results in batches until `stop`; each batch is applied, published, checkpointed, acked."""
+        psub = await self.bus.pull_subscription(RESULTS_CONSUMER)
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(self.settings.results_batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                await self._flush_progress()
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.5)
+                continue
+            async with self._lock:
+                await self._apply_batch(msgs)
+
+    async def _apply_batch(self, msgs: list[Msg]) -> None:
+        to_ack: list[Msg] = []
+        touched: dict[str, RunState] = {}
+        for msg in msgs:
+            try:
+                result = StepResult.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("malformed result on %s dropped: %s", msg.subject, str(exc)[:300])
+                await msg.term()
+                continue
+            run = self.runs.get(result.run_id) or await self._load(result.run_id)
+            if run is None:
+                if result.run_id in self.finished:
+                    to_ack.append(msg)
+                else:  # its plan is not processed yet (or not checkpointed): ask again shortly
+                    await msg.nak(delay=1.0)
+                continue
+            outcome = run.apply(result)
+            if outcome.changed:
+                await self._emit(run, outcome, result)
+                touched[run.run_id] = run
+            to_ack.append(msg)
+        await self.bus.flush_publishes()
+        for run in touched.values():
+            await self._checkpoint(run)
+        for msg in to_ack:
+            await msg.ack()
+
+    # ------------------------------------------------------------------ output
+
+    async def _emit(self, run: RunState, outcome: Outcome, result: StepResult | None = None) -> None:
+        """Publish what a transition produced (without waiting; the caller flushes)."""
+        bus, now = self.bus, utc_now()
+        for dispatch in outcome.dispatches:
+            step = run.steps[dispatch.step_id].spec
+            missing = tuple(d for d in step.depends_on if run.steps[d].phase is StepPhase.FAILED)
+            message = StepDispatch(
+                run_id=run.run_id,
+                tenant=run.tenant,
+                goal=run.planned.goal,
+                agent=run.agents[step.agent_id],
+                step=step,
+                attempt=dispatch.attempt,
+                dispatched_at=now,
+                not_before=now + timedelta(seconds=dispatch.delay_s) if dispatch.delay_s else None,
+                missing_inputs=missing,
+            )
+            await bus.publish_nowait(
+                Subjects.steps(self.settings.pool), message, msg_id=f"{run.run_id}.{step.id}.{dispatch.attempt}"
+            )
+            await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED)
+        for step_id in outcome.succeeded:
+            assert result is not None
+            await self._event(
+                run, step_id, result.attempt, StepEventKind.SUCCEEDED,
+                duration_ms=(result.finished_at - result.started_at).total_seconds() * 1000,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                worker_id=result.worker_id,
+            )  # fmt: skip
+        for step_id, next_attempt, error in outcome.retried:
+            await self._event(run, step_id, next_attempt - 1, StepEventKind.FAILED, error=error)
+            await self._event(run, step_id, next_attempt, StepEventKind.RETRIED, error=error)
+        for step_id, error in outcome.dead_lettered:
+            await self._event(run, step_id, run.steps[step_id].attempt, StepEventKind.DEAD_LETTERED, error=error)
+        for step_id in outcome.cancelled:
+            await self._event(run, step_id, run.steps[step_id].attempt, StepEventKind.CANCELLED)
+        if outcome.run_finished is not None:
+            await self._finish_run(run, outcome.run_finished)
+        else:
+            await self._progress(run)
+
+    async def _event(self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object) -> None:
+        event = StepEvent(
+            event_id=step_event_id(run.run_id, step_id, attempt, kind),
+            run_id=run.run_id,
+            tenant=run.tenant,
+            step_id=step_id,
+            agent_id=run.steps[step_id].spec.agent_id,
+            attempt=attempt,
+            kind=kind,
+            **fields,  # type: ignore[arg-type]
+        )
+        await self.bus.publish_nowait(Subjects.step_event(run.run_id), event, msg_id=event.event_id)
+
+    async def _progress(self, run: RunState, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress.get(run.run_id, 0.0) < self.settings.progress_interval_s:
+            return
+        self._last_progress[run.run_id] = now
+        progress = RunProgress(
+            run_id=run.run_id,
+            tenant=run.tenant,
+            steps_total=len(run.steps),
+            steps_queued=run.in_flight,
+            steps_succeeded=run.count(StepPhase.SUCCEEDED),
+            steps_failed=run.count(StepPhase.FAILED),
+            retries_count=run.retries_count,
+        )
+        await self.bus.publish_nowait(Subjects.run_event(run.tenant, run.run_id, "progress"), progress)
+
+    async def _flush_progress(self) -> None:
+        """When idle, make sure watchers saw the latest counts."""
+        async with self._lock:
+            for run in self.runs.values():
+                await self._progress(run)
+
+    async def _finish_run(self, run: RunState, phase: RunPhase) -> None:
+        summary = run.summary()
+        subject = Subjects.run_event
+        if phase is RunPhase.EXECUTED:
+            executed = RunExecuted(
+                run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
+                sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.planned.submitted_at,
+            )  # fmt: skip
+            await self.bus.publish_nowait(subject(run.tenant, run.run_id, "executed"), executed, f"{run.run_id}.executed")
+            await self._index(run, RunStatus.SYNTHESIZING)
+        elif phase is RunPhase.FAILED:
+            failed = RunFailed(
+                run_id=run.run_id, tenant=run.tenant, error=run.error,
+                failed_step_ids=tuple(run.failed_step_ids()), summary=summary,
+            )  # fmt: skip
+            await self.bus.publish_nowait(subject(run.tenant, run.run_id, "failed"), failed, f"{run.run_id}.failed")
+            await self._index(run, RunStatus.FAILED, run.error)
+        else:
+            cancelled = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=run.error)
+            await self.bus.publish_nowait(
+                subject(run.tenant, run.run_id, "cancelled"), cancelled, f"{run.run_id}.cancelled"
+            )
+            await self._index(run, RunStatus.CANCELLED, run.error)
+        log.info("run %s %s: %s", run.run_id, phase.value, summary.model_dump(exclude={"v"}))
+
+    async def _index(self, run: RunState, status: RunStatus, error: str | None = None) -> None:
+        record = RunRecord(
+            run_id=run.run_id, tenant=run.tenant, status=status, goal=run.planned.goal[:200],
+            steps_total=len(run.steps), agents_count=len(run.agents),
+            submitted_at=run.planned.submitted_at, error=error,
+        )  # fmt: skip
+        kv = await self.bus.kv(RUN_INDEX_BUCKET)
+        await kv.put(run.run_id, record.model_dump_json().encode())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def _checkpoint(self, run: RunState) -> None:
+        kv = await self.bus.kv(RUN_STATE_BUCKET)
+        body = {"tenant": run.tenant, **run.checkpoint()}
+        await kv.put(run.run_id, json.dumps(body, separators=(",", ":")).encode())
+        if run.phase is not RunPhase.RUNNING:
+            self.runs.pop(run.run_id, None)
+            self._last_progress.pop(run.run_id, None)
+            self.finished.add(run.run_id)
+
+    async def _load(self, run_id: str) -> RunState | None:
+        """Take a run over from its checkpoint and its planned event (after a restart or from another replica)."""
+        kv = await self.bus.kv(RUN_STATE_BUCKET)
+        try:
+            entry = await kv.get(run_id)
+        except KeyNotFoundError:
+            return None
+        checkpoint = json.loads(entry.value or b"{}")
+        if checkpoint.get("phase") != RunPhase.RUNNING.value:
+            self.finished.add(run_id)
+            return None
+        try:
+            raw = await self.bus.js.get_last_msg(RUNS.name, Subjects.run_event(checkpoint["tenant"], run_id, "planned"))
+        except NotFoundError:
+            log.warning("run %s has a checkpoint but no planned event yet", run_id)
+            return None
+        planned = RunPlanned.model_validate_json(raw.data or b"")
+        run, outcome = RunState.restore(planned, checkpoint, self.settings.max_in_flight_per_run, self.retry)
+        self.runs[run_id] = run
+        if outcome.dispatches:
+            await self._emit(run, outcome)
+        log.info("run %s taken over from its checkpoint", run_id)
+        return run

@@ -1,0 +1,24 @@
+"""Dispatcher settings (env prefix SWARM_DISPATCHER_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from swarm.contracts import DEFAULT_POOL
+from swarm.settings import NatsSettings
+
+
+class DispatcherSettings(BaseSettings):
+    """How the dispatcher schedules, retries and reports."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_DISPATCHER_", extra="ignore")
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    pool: str = Field(DEFAULT_POOL, description="Worker pool that receives the steps.")
+    max_in_flight_per_run: int = Field(1000, ge=1, description="Steps of one run queued or running at once.")
+    results_batch: int = Field(256, ge=1, description="Results fetched and checkpointed together.")
+    retry_base_s: float = Field(0.5, ge=0, description="Backoff before the second attempt (doubles after).")
+    retry_cap_s: float = Field(30.0, ge=0, description="Longest backoff between attempts.")
+    progress_interval_s: float = Field(0.5, gt=0, description="Least time between progress events of a run.")
+    log_level: str = Field("INFO", description="Log level.")

@@ -1,0 +1,294 @@
+"""The run state machine: pure, no I/O. The dispatcher feeds it plans and results and publishes what it returns.
+
+Every transition is idempotent: a redelivered result (same step, same attempt) or a stale one
+(an earlier attempt) changes nothing, so a run's outcome is exactly-once over at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from swarm.contracts import (
+    AgentSpec,
+    RunPlanned,
+    RunPolicy,
+    RunSummary,
+    StepResult,
+    StepSpec,
+    StepStatus,
+    utc_now,
+)
+from swarm.dag import children_of, sinks
+
+
+class StepPhase(StrEnum):
+    """Where a step is in its life."""
+
+    WAITING = "waiting"  # dependencies not finished
+    READY = "ready"  # runnable, held back by the run's concurrency cap
+    QUEUED = "queued"  # on the work queue or running on a worker
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # dead-lettered after its last attempt
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED})
+
+
+class RunPhase(StrEnum):
+    """Where a run is in its life, as far as the dispatcher is concerned."""
+
+    RUNNING = "running"
+    EXECUTED = "executed"  # every step finished, enough succeeded: on to the aggregator
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Dispatch:
+    """Queue attempt `attempt` of `step_id`, not before `delay_s` from now."""
+
+    step_id: str
+    attempt: int
+    delay_s: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """What the I/O layer must do after a transition."""
+
+    dispatches: list[Dispatch] = field(default_factory=list)
+    succeeded: list[str] = field(default_factory=list)
+    retried: list[tuple[str, int, str]] = field(default_factory=list)  # step, next attempt, error
+    dead_lettered: list[tuple[str, str]] = field(default_factory=list)  # step, error
+    cancelled: list[str] = field(default_factory=list)
+    run_finished: RunPhase | None = None
+    changed: bool = False
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter between attempts."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay_s(self, attempt: int) -> float:
+        """Delay before `attempt` (2, 3, ...)."""
+        return random.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 2)))
+
+
+@dataclass
+class StepState:
+    """Mutable state of one step."""
+
+    spec: StepSpec
+    phase: StepPhase = StepPhase.WAITING
+    attempt: int = 0
+    deps_left: int = 0
+    error: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RunState:
+    """One run: its plan, the phase of every step, and its totals."""
+
+    def __init__(self, planned: RunPlanned, max_in_flight: int, retry: RetryPolicy | None = None) -> None:
+        self.planned = planned
+        self.run_id = planned.run_id
+        self.tenant = planned.tenant
+        self.max_in_flight = max_in_flight
+        self.retry = retry or RetryPolicy()
+        self.agents: dict[str, AgentSpec] = {a.id: a for a in planned.plan.agents}
+        self.steps: dict[str, StepState] = {s.id: StepState(spec=s) for s in planned.plan.steps}
+        self.depends_on = {s.id: tuple(dict.fromkeys(s.depends_on)) for s in planned.plan.steps}
+        self.children = children_of(self.depends_on)
+        self.ready: deque[str] = deque()
+        self.in_flight = 0
+        self.retries_count = 0
+        self.phase = RunPhase.RUNNING
+        self.error = ""
+        self.started_at: datetime = utc_now()
+        for step_id, deps in self.depends_on.items():
+            self.steps[step_id].deps_left = len(deps)
+
+    # ------------------------------------------------------------------ transitions
+
+    def start(self) -> Outcome:
+        """Queue every step without dependencies (up to the concurrency cap)."""
+        outcome = Outcome(changed=True)
+        for step_id, state in self.steps.items():
+            if state.deps_left == 0 and state.phase is StepPhase.WAITING:
+                state.phase = StepPhase.READY
+                self.ready.append(step_id)
+        self._fill(outcome)
+        return outcome
+
+    def apply(self, result: StepResult) -> Outcome:
+        """Apply one step result; stale and duplicate results change nothing."""
+        outcome = Outcome()
+        state = self.steps.get(result.step_id)
+        if (
+            state is None
+            or self.phase is not RunPhase.RUNNING
+            or state.phase is not StepPhase.QUEUED
+            or result.attempt != state.attempt
+        ):
+            return outcome
+        outcome.changed = True
+        state.prompt_tokens += result.prompt_tokens
+        state.completion_tokens += result.completion_tokens
+        if result.status is StepStatus.SUCCEEDED:
+            self._finish(result.step_id, StepPhase.SUCCEEDED, outcome)
+            outcome.succeeded.append(result.step_id)
+        elif result.retryable and state.attempt < state.spec.max_attempts:
+            state.attempt += 1
+            self.retries_count += 1
+            error = result.error or "failed"
+            outcome.retried.append((result.step_id, state.attempt, error))
+            outcome.dispatches.append(Dispatch(result.step_id, state.attempt, self.retry.delay_s(state.attempt)))
+        else:
+            state.error = result.error or "failed"
+            self._finish(result.step_id, StepPhase.FAILED, outcome)
+            outcome.dead_lettered.append((result.step_id, state.error))
+            if self.planned.policy is RunPolicy.FAIL_FAST:
+                self._end(RunPhase.FAILED, f"step {result.step_id} failed: {state.error}", outcome)
+                return outcome
+        self._fill(outcome)
+        self._check_done(outcome)
+        return outcome
+
+    def cancel(self, reason: str) -> Outcome:
+        """Drop every step not yet finished; results still in flight will be ignored."""
+        outcome = Outcome()
+        if self.phase is RunPhase.RUNNING:
+            self._end(RunPhase.CANCELLED, reason, outcome)
+        return outcome
+
+    # ------------------------------------------------------------------ internals
+
+    def _finish(self, step_id: str, phase: StepPhase, outcome: Outcome) -> None:
+        state = self.steps[step_id]
+        state.phase = phase
+        self.in_flight -= 1
+        # Under fail-fast a failed step ends the run; under quorum its dependents still run,
+        # with the failed input marked missing, so a reduce step survives a few lost mappers.
+        for child in self.children[step_id]:
+            child_state = self.steps[child]
+            child_state.deps_left -= 1
+            if child_state.deps_left == 0 and child_state.phase is StepPhase.WAITING:
+                child_state.phase = StepPhase.READY
+                self.ready.append(child)
+
+    def _fill(self, outcome: Outcome) -> None:
+        while self.ready and self.in_flight < self.max_in_flight:
+            step_id = self.ready.popleft()
+            state = self.steps[step_id]
+            state.phase = StepPhase.QUEUED
+            state.attempt = max(state.attempt, 1)
+            self.in_flight += 1
+            outcome.dispatches.append(Dispatch(step_id, state.attempt))
+
+    def _end(self, phase: RunPhase, error: str, outcome: Outcome) -> None:
+        self.phase = phase
+        self.error = error
+        for step_id, state in self.steps.items():
+            if state.phase not in FINISHED:
+                state.phase = StepPhase.CANCELLED
+                outcome.cancelled.append(step_id)
+        self.ready.clear()
+        self.in_flight = 0
+        outcome.run_finished = phase
+        outcome.changed = True
+
+    def _check_done(self, outcome: Outcome) -> None:
+        if self.phase is not RunPhase.RUNNING or any(s.phase not in FINISHED for s in self.steps.values()):
+            return
+        succeeded = self.count(StepPhase.SUCCEEDED)
+        needed = self.planned.quorum if self.planned.policy is RunPolicy.QUORUM else 1.0
+        if succeeded >= needed * len(self.steps) and succeeded > 0:
+            self.phase = RunPhase.EXECUTED
+            outcome.run_finished = RunPhase.EXECUTED
+        else:
+            self.phase = RunPhase.FAILED
+            self.error = f"only {succeeded} of {len(self.steps)} steps succeeded (quorum {needed:.0%})"
+            outcome.run_finished = RunPhase.FAILED
+
+    # ------------------------------------------------------------------ views
+
+    def count(self, phase: StepPhase) -> int:
+        """Steps in `phase`."""
+        return sum(1 for s in self.steps.values() if s.phase is phase)
+
+    def sink_step_ids(self) -> list[str]:
+        """Succeeded steps no other step depends on: the synthesis input."""
+        return [s for s in sinks(self.depends_on) if self.steps[s].phase is StepPhase.SUCCEEDED]
+
+    def failed_step_ids(self) -> list[str]:
+        """Steps dead-lettered."""
+        return [s for s, st in self.steps.items() if st.phase is StepPhase.FAILED]
+
+    def summary(self) -> RunSummary:
+        """Totals so far; wall time from submission."""
+        return RunSummary(
+            agents_count=len(self.agents),
+            steps_total=len(self.steps),
+            steps_succeeded=self.count(StepPhase.SUCCEEDED),
+            steps_failed=self.count(StepPhase.FAILED),
+            steps_cancelled=self.count(StepPhase.CANCELLED),
+            retries_count=self.retries_count,
+            prompt_tokens=sum(s.prompt_tokens for s in self.steps.values()),
+            completion_tokens=sum(s.completion_tokens for s in self.steps.values()),
+            wall_ms=(utc_now() - self.planned.submitted_at).total_seconds() * 1000,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The dynamic part of the state; the plan itself is re-read from the planned event."""
+        return {
+            "phase": self.phase.value,
+            "error": self.error,
+            "retries_count": self.retries_count,
+            "steps": {
+                step_id: [s.phase.value, s.attempt, s.prompt_tokens, s.completion_tokens, s.error]
+                for step_id, s in self.steps.items()
+                if s.phase is not StepPhase.WAITING
+            },
+        }
+
+    @classmethod
+    def restore(
+        cls, planned: RunPlanned, checkpoint: dict[str, Any], max_in_flight: int, retry: RetryPolicy | None = None
+    ) -> tuple[RunState, Outcome]:
+        """Rebuild a run from its plan and checkpoint.
+
+        Queued steps are not queued again: a checkpoint is written only after its dispatches were
+        acknowledged by the STEPS stream, and results it has not seen are redelivered to us.
+        """
+        run = cls(planned, max_in_flight, retry)
+        run.phase = RunPhase(checkpoint["phase"])
+        run.error = checkpoint["error"]
+        run.retries_count = checkpoint["retries_count"]
+        for step_id, (phase, attempt, prompt_tokens, completion_tokens, error) in checkpoint["steps"].items():
+            state = run.steps[step_id]
+            state.phase, state.attempt, state.error = StepPhase(phase), attempt, error
+            state.prompt_tokens, state.completion_tokens = prompt_tokens, completion_tokens
+        for step_id, state in run.steps.items():
+            state.deps_left = sum(1 for dep in run.depends_on[step_id] if run.steps[dep].phase not in FINISHED)
+        outcome = Outcome()
+        if run.phase is RunPhase.RUNNING:
+            for step_id, state in run.steps.items():
+                if state.phase is StepPhase.QUEUED:
+                    run.in_flight += 1
+                elif state.phase in (StepPhase.READY, StepPhase.WAITING) and state.deps_left == 0:
+                    state.phase = StepPhase.READY
+                    run.ready.append(step_id)
+            run._fill(outcome)
+        return run, outcome

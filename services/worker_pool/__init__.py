@@ -1,0 +1,1 @@
+"""The worker pool: stateless executors of agent steps."""

@@ -1,0 +1,131 @@
+"""The whole stack as processes: a task from the queue to the final answer, and every step in ClickHouse."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from swarm.client import SwarmClient
+from swarm.contracts import AgentSpec, Plan, RunCompleted, RunRejected, StepSpec, Subjects
+from swarm.eventlog import query_via_recorder
+from swarm.natsserver import free_port
+from swarm.settings import NatsSettings, StackSettings
+from swarm.stack import Stack, StackAlreadyRunning
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("swarm-home")
+    settings = StackSettings(
+        home=home, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim", workers=2
+    )
+    os.environ["SWARM_GATEWAY_LATENCY_SCALE"] = "0.05"
+    running = Stack(settings)
+    running.up(timeout_s=180)
+    yield running
+    running.down()
+    assert running.state() is None
+
+
+def diamond_plan(width: int) -> Plan:
+    agents = (*(AgentSpec(id=f"a{i}", role="researcher") for i in range(width)), AgentSpec(id="lead", role="editor"))
+    steps = [StepSpec(id="scope", agent_id="lead", instruction="Scope the question.")]
+    steps += [StepSpec(id=f"m{i}", agent_id=f"a{i}", instruction=f"Research part {i}.", depends_on=("scope",))
+              for i in range(width)]  # fmt: skip
+    steps.append(StepSpec(id="reduce", agent_id="lead", instruction="Combine.", depends_on=tuple(f"m{i}" for i in range(width))))
+    return Plan(agents=agents, steps=tuple(steps))
+
+
+async def step_events(nats_url: str, run_id: str, kind: str) -> dict[str, int]:
+    client = await SwarmClient.connect(NatsSettings(url=nats_url))
+    try:
+        rows = await query_via_recorder(
+            client.bus.nc,
+            "SELECT step_id, uniqExact(event_id) AS n FROM swarm.step_events WHERE run_id = {run:String} "
+            "AND kind = {kind:String} GROUP BY step_id",
+            {"run": run_id, "kind": kind},
+        )
+    finally:
+        await client.close()
+    return {row["step_id"]: int(row["n"]) for row in rows}
+
+
+async def test_explicit_plan_runs_to_an_answer_and_every_step_is_recorded(stack: Stack) -> None:
+    plan = diamond_plan(12)
+    async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
+        run_id = await client.submit(plan=plan)
+        kinds = []
+        async for event in client.events(run_id):
+            kinds.append(event.kind)
+        assert kinds[0] == "planned" and kinds[-1] == "completed", kinds
+        final = await client.wait(run_id, timeout_s=5)
+        assert isinstance(final, RunCompleted)
+        assert final.answer.strip()
+        assert final.summary.steps_total == 14 and final.summary.steps_succeeded == 14
+        assert final.summary.completion_tokens > 0
+        records = {r.run_id: r for r in await client.runs()}
+        assert records[run_id].status.value == "completed"
+    expected = {s.id: 1 for s in plan.steps}
+    for _ in range(100):  # the recorder writes in batches: wait for the last one
+        found = await step_events(stack.nats_url, run_id, "succeeded")
+        if found == expected:
+            break
+        await asyncio.sleep(0.2)
+    assert found == expected
+
+
+async def test_goal_is_planned_executed_and_synthesized(stack: Stack) -> None:
+    async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
+        run_id = await client.submit("Compare solar, wind and hydro power in Germany, Spain and Norway")
+        final = await client.wait(run_id, timeout_s=120)
+    assert isinstance(final, RunCompleted), final
+    assert final.summary.steps_succeeded == final.summary.steps_total > 1
+
+
+async def test_malformed_task_from_a_plain_client_is_rejected(stack: Stack) -> None:
+    async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
+        js = client.bus.js
+        await js.publish(Subjects.task("default"), b'{"run_id": "bad-1", "goal": "  "}', headers={"Nats-Msg-Id": "bad-1"})
+        final = await client.wait("bad-1", timeout_s=30)
+        assert isinstance(final, RunRejected) and "goal is empty" in final.error
+        await js.publish(Subjects.task("default"), b"\x00 not json", headers={"Nats-Msg-Id": "bad-2"})
+        final = await client.wait("bad-2", timeout_s=30)
+        assert isinstance(final, RunRejected)
+        info = await js.stream_info("TASKS")
+        assert info.state.messages == 0
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_cli_submit_follow_prints_answer_and_summary(stack: Stack) -> None:
+    done = run_cli("submit", "Explain tides in two sentences", "--pattern", "map-reduce", "--agents", "3",
+                   "--follow", "--nats-url", stack.nats_url)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Answer" in done.stdout and "Run summary" in done.stdout and "5 succeeded" in done.stdout
+
+
+def test_second_up_says_it_runs(stack: Stack) -> None:
+    with pytest.raises(StackAlreadyRunning):
+        Stack(stack.settings).up()
+
+
+def test_cli_bad_input_exits_non_zero_with_a_reason(tmp_path: Path) -> None:
+    empty = run_cli("submit", "   ")
+    assert empty.returncode == 2 and "empty" in empty.stderr
+    missing = run_cli("submit", "--file", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    down = run_cli("submit", "hello", "--nats-url", f"nats://127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "swarm up" in down.stderr
