@@ -236,7 +236,9 @@ class Bus:
     async def publish_nowait(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
         """Publish to JetStream without waiting for this ack; `flush_publishes` waits for all of them."""
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.js.publish_async(subject, message.model_dump_json().encode(), headers=headers)
+        await self.js.publish_async(
+            subject, message.model_dump_json().encode(), headers=headers, wait_stall=self.settings.request_timeout_s
+        )
 
     async def flush_publishes(self, timeout_s: float = 10.0) -> None:
         """Wait until every `publish_nowait` so far is acknowledged by its stream."""
@@ -256,14 +258,20 @@ class Bus:
         await self.nc.subscribe(Subjects.health(service), cb=on_probe)
 
     async def close(self) -> None:
-        """Drain subscriptions, flush, close."""
+        """Wait for outstanding publishes, flush, close.
+
+        Not `drain`: callers return from `consume` only after in-flight work is settled, and nats-py's
+        drain waits its full timeout on KV and pull subscriptions that nobody reads any more
+        (prefetched, unacked messages are redelivered elsewhere).
+        """
         if self.nc.is_closed:
             return
         try:
             await self.flush_publishes(timeout_s=5)
-        except TimeoutError:
+            await self.nc.flush(timeout=5)
+        except (TimeoutError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError):
             log.warning("closing with %d unacknowledged publishes", self.js.publish_async_pending())
-        await self.nc.drain()
+        await self.nc.close()
 
 
 MessageHandler = Callable[[Msg], Awaitable[None]]

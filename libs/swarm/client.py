@@ -48,17 +48,27 @@ class SwarmClient:
         self.bus = bus
 
     @classmethod
-    async def connect(cls, settings: NatsSettings | None = None, url: str | None = None) -> SwarmClient:
+    async def connect(
+        cls, settings: NatsSettings | None = None, url: str | None = None, connect_timeout_s: float = 3.0
+    ) -> SwarmClient:
         """Connect; raise StackNotRunning with a hint when nothing listens."""
         settings = settings or NatsSettings()
         if url:
             settings = settings.model_copy(update={"url": url})
+        async def quiet(_: Exception) -> None:  # connection errors surface as StackNotRunning instead
+            pass
+
         try:
-            nc = await nats.connect(
-                servers=settings.url.split(","), connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False,
-                user=settings.user, password=settings.password,
+            # Reconnect forever once connected (a follow survives a NATS restart), but give up on the
+            # first connection quickly: nats-py would otherwise retry an unreachable server forever.
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=settings.url.split(","), connect_timeout=2, max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5, error_cb=quiet, user=settings.user, password=settings.password,
+                ),
+                timeout=connect_timeout_s,
             )  # fmt: skip
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             raise StackNotRunning(
                 f"no NATS server at {settings.url}: start the local stack with `swarm up`"
             ) from exc

@@ -27,7 +27,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = StackSettings(
         home=home, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim", workers=2
     )
-    os.environ["SWARM_GATEWAY_LATENCY_SCALE"] = "0.05"
+    os.environ["SWARM_GATEWAY_SIM_LATENCY_SCALE"] = "0.05"
     running = Stack(settings)
     running.up(timeout_s=180)
     yield running
@@ -99,7 +99,11 @@ async def test_malformed_task_from_a_plain_client_is_rejected(stack: Stack) -> N
         await js.publish(Subjects.task("default"), b"\x00 not json", headers={"Nats-Msg-Id": "bad-2"})
         final = await client.wait("bad-2", timeout_s=30)
         assert isinstance(final, RunRejected)
-        info = await js.stream_info("TASKS")
+        for _ in range(50):  # the rejection is published before the task is terminated
+            info = await js.stream_info("TASKS")
+            if info.state.messages == 0:
+                break
+            await asyncio.sleep(0.1)
         assert info.state.messages == 0
 
 
@@ -114,7 +118,8 @@ def test_cli_submit_follow_prints_answer_and_summary(stack: Stack) -> None:
     done = run_cli("submit", "Explain tides in two sentences", "--pattern", "map-reduce", "--agents", "3",
                    "--follow", "--nats-url", stack.nats_url)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "Answer" in done.stdout and "Run summary" in done.stdout and "5 succeeded" in done.stdout
+    assert "Answer" in done.stdout and "Run summary" in done.stdout
+    assert "4 succeeded, 0 failed of 4" in done.stdout, done.stdout
 
 
 def test_second_up_says_it_runs(stack: Stack) -> None:

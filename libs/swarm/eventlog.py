@@ -1,0 +1,383 @@
+"""The event log in ClickHouse: open the engine (in-process chdb or a server), migrate, insert, query.
+
+The same schema and SQL serve both modes; only `ClickHouseSettings` differ. In chdb mode the
+data directory belongs to one process (the recorder): everyone else reads through it with
+`query_via_recorder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import clickhouse_connect
+import nats.errors
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ProgrammingError
+from nats.aio.client import Client as NatsClient
+
+from swarm.contracts import InferenceEvent, StepEvent, Subjects
+from swarm.settings import ClickHouseSettings
+
+log = logging.getLogger(__name__)
+
+STEP_EVENTS_TABLE = "step_events"
+INFERENCE_CALLS_TABLE = "inference_calls"
+RUNS_TABLE = "runs"
+MIGRATIONS_TABLE = "schema_migrations"
+
+STEP_EVENT_COLUMNS = (
+    "event_id", "run_id", "tenant", "step_id", "agent_id", "attempt", "kind", "at", "duration_ms",
+    "prompt_tokens", "completion_tokens", "worker_id", "error", "attributes",
+)  # fmt: skip
+INFERENCE_CALL_COLUMNS = (
+    "event_id", "run_id", "step_id", "caller", "model", "backend", "ok", "error", "prompt_tokens",
+    "completion_tokens", "queue_ms", "duration_ms", "at",
+)  # fmt: skip
+RUN_COLUMNS = (
+    "run_id", "tenant", "status", "goal", "error", "agents_count", "steps_total", "steps_succeeded",
+    "steps_failed", "steps_cancelled", "retries", "prompt_tokens", "completion_tokens", "submitted_at",
+    "finished_at", "wall_ms", "version",
+)  # fmt: skip
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.up\.sql$")
+_UINT16_MAX = 2**16 - 1
+_UINT32_MAX = 2**32 - 1
+RECORDER_NOT_RUNNING = "the recorder is not running: start the stack with `swarm up`"
+
+
+class EventLogError(RuntimeError):
+    """The event log cannot be opened, migrated or queried."""
+
+
+class EventLogLocked(EventLogError):
+    """Another process holds the chdb data directory."""
+
+
+class RecorderNotRunning(EventLogError):
+    """Nobody answers on the recorder's query subject."""
+
+
+class RecorderQueryError(EventLogError):
+    """The recorder answered with an error (bad SQL, not read-only, result too large, timeout)."""
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def _lock_holder(data_dir: Path) -> str | None:
+    """Who holds the engine's lock on `data_dir` ('pid N' or 'another process'), or None if nobody.
+
+    ClickHouse flocks `<dir>/status` while an engine runs there; chdb's own exception only says
+    "Error initializing EmbeddedServer" (the lock message goes to stderr), so we probe the lock.
+    """
+    status = data_dir / "status"
+    try:
+        fd = status.open("rb")
+    except FileNotFoundError:
+        return None
+    with fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            match = re.search(rb"PID:\s*(\d+)", fd.read(256))
+            return f"pid {match.group(1).decode()}" if match else "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+
+
+def open_client(settings: ClickHouseSettings) -> Client:
+    """A clickhouse-connect client without a default database (it may not exist yet).
+
+    Raises EventLogLocked when another process owns the chdb directory.
+    """
+    if settings.mode == "http":
+        return clickhouse_connect.get_client(
+            host=settings.host, port=settings.port, username=settings.user, password=settings.password
+        )
+    data_dir = settings.path.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return clickhouse_connect.get_client(interface="chdb", path=str(data_dir))
+    except ProgrammingError as exc:
+        holder = _lock_holder(data_dir)
+        if holder is not None:
+            raise EventLogLocked(
+                f"the event log {data_dir} is in use by {holder}: only one process may open a chdb "
+                "directory (the recorder owns it; read through it with `query_via_recorder`)"
+            ) from exc
+        if "already initialized with path" in str(exc):
+            raise EventLogError(
+                f"this process already has the chdb engine open on another directory than {data_dir}: "
+                "chdb allows one directory per process"
+            ) from exc
+        raise EventLogError(f"cannot open the event log {data_dir}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the file, recorded so an edited, already-applied file is noticed."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def statements(self) -> list[str]:
+        """The file's statements: split on ';' at the end of a line, comment lines dropped."""
+        lines = [line for line in self.path.read_text().splitlines() if not line.lstrip().startswith("--")]
+        return [stmt.strip() for stmt in re.split(r";\s*$", "\n".join(lines), flags=re.M) if stmt.strip()]
+
+
+def find_migrations(directory: Path) -> list[Migration]:
+    """The `NNNN_name.up.sql` files of `directory`, in order; duplicate numbers are an error."""
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.up.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise EventLogError(f"migration file {path.name} is not named NNNN_name.up.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise EventLogError(f"two migrations numbered {version}: {found[version].path.name}, {path.name}")
+        found[version] = Migration(version, match.group(2), path)
+    return [found[v] for v in sorted(found)]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _dedup_token(table: str, event_ids: Iterable[str]) -> str:
+    """The same batch (same ids) gets the same token, so ClickHouse drops a re-inserted block."""
+    digest = hashlib.sha256(table.encode())
+    for event_id in event_ids:
+        digest.update(b"\0" + event_id.encode())
+    return digest.hexdigest()
+
+
+def step_event_columns(events: Sequence[StepEvent]) -> list[list[Any]]:
+    """Column-oriented data for `step_events`, in STEP_EVENT_COLUMNS order (ints clamped to the column types)."""
+    return [
+        [e.event_id for e in events],
+        [e.run_id for e in events],
+        [e.tenant for e in events],
+        [e.step_id for e in events],
+        [e.agent_id for e in events],
+        [min(e.attempt, _UINT16_MAX) for e in events],
+        [str(e.kind) for e in events],
+        [e.at for e in events],
+        [e.duration_ms for e in events],
+        [min(e.prompt_tokens, _UINT32_MAX) for e in events],
+        [min(e.completion_tokens, _UINT32_MAX) for e in events],
+        [e.worker_id for e in events],
+        [e.error for e in events],
+        [e.attributes for e in events],
+    ]
+
+
+def inference_call_columns(events: Sequence[InferenceEvent]) -> list[list[Any]]:
+    """Column-oriented data for `inference_calls`, in INFERENCE_CALL_COLUMNS order."""
+    return [
+        [e.event_id for e in events],
+        [e.run_id for e in events],
+        [e.step_id for e in events],
+        [e.caller for e in events],
+        [e.model for e in events],
+        [e.backend for e in events],
+        [e.ok for e in events],
+        [e.error for e in events],
+        [min(e.prompt_tokens, _UINT32_MAX) for e in events],
+        [min(e.completion_tokens, _UINT32_MAX) for e in events],
+        [e.queue_ms for e in events],
+        [e.duration_ms for e in events],
+        [e.at for e in events],
+    ]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        # The driver returns our DateTime64(6, 'UTC') columns as naive UTC datetimes.
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode_rows(rows: list[dict[str, Any]]) -> bytes:
+    """Rows as the recorder's JSON reply: {"rows": [...]}, times in ISO 8601 with their UTC offset."""
+    return json.dumps({"rows": rows}, default=_json_value).encode()
+
+
+# --------------------------------------------------------------------------- the event log
+
+
+class EventLog:
+    """The swarm database: a writer client for inserts and a reader client for queries.
+
+    Two clients so a long query in one thread does not hold up inserts in another (each chdb
+    client has its own engine handle and lock; both share the one engine of the process).
+    """
+
+    def __init__(self, settings: ClickHouseSettings) -> None:
+        self.settings = settings
+        self.database = settings.database
+        self._writer = open_client(settings)
+        try:
+            self._writer.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            self._writer.database = self.database
+            self._reader = open_client(settings)
+            self._reader.database = self.database
+        except BaseException:
+            self._writer.close()
+            raise
+        self._column_types: dict[str, list[str]] = {}
+
+    @classmethod
+    def open(cls, settings: ClickHouseSettings, migrations_dir: Path | None = None) -> EventLog:
+        """Open, create the database if missing, and apply pending migrations when a directory is given."""
+        eventlog = cls(settings)
+        if migrations_dir is not None:
+            try:
+                eventlog.migrate(migrations_dir)
+            except BaseException:
+                eventlog.close()
+                raise
+        return eventlog
+
+    def close(self) -> None:
+        """Close both clients (in chdb mode, the last close releases the directory)."""
+        for client in (getattr(self, "_reader", None), self._writer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ migrations
+
+    def migrate(self, migrations_dir: Path) -> list[str]:
+        """Apply the migrations not yet recorded in schema_migrations, in order; returns the names applied."""
+        self._writer.command(
+            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version UInt32, name String, checksum String, "
+            "applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        applied = {
+            row["version"]: row["checksum"]
+            for row in self.query(f"SELECT version, checksum FROM {MIGRATIONS_TABLE} FINAL")
+        }
+        names = []
+        for migration in find_migrations(migrations_dir):
+            if migration.version in applied:
+                if applied[migration.version] != migration.checksum:
+                    log.warning("migration %s changed after it was applied; add a new one instead", migration.path.name)
+                continue
+            for statement in migration.statements():
+                self._writer.command(statement)
+            self._writer.insert(
+                MIGRATIONS_TABLE,
+                [[migration.version], [migration.name], [migration.checksum]],
+                column_names=["version", "name", "checksum"],
+                column_oriented=True,
+            )
+            names.append(migration.path.name)
+            log.info("applied migration %s", migration.path.name)
+        return names
+
+    # ------------------------------------------------------------------ inserts
+
+    def insert_columns(
+        self, table: str, column_names: Sequence[str], columns: list[list[Any]], dedup_token: str | None = None
+    ) -> int:
+        """Insert column-oriented data; `dedup_token` makes a repeated insert of the same block a no-op."""
+        if not columns or not columns[0]:
+            return 0
+        if table not in self._column_types:
+            described = {row["name"]: row["type"] for row in self.query(f"DESCRIBE TABLE {table}")}
+            self._column_types[table] = [described[name] for name in column_names]
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        self._writer.insert(
+            table,
+            columns,
+            column_names=list(column_names),
+            column_type_names=self._column_types[table],
+            column_oriented=True,
+            settings=settings,
+        )
+        return len(columns[0])
+
+    def insert_step_events(self, events: Sequence[StepEvent]) -> int:
+        """Insert step events in one block, de-duplicated by event_id on read (and by block on retry)."""
+        token = _dedup_token(STEP_EVENTS_TABLE, (e.event_id for e in events))
+        return self.insert_columns(STEP_EVENTS_TABLE, STEP_EVENT_COLUMNS, step_event_columns(events), token)
+
+    def insert_inference_events(self, events: Sequence[InferenceEvent]) -> int:
+        """Insert inference calls in one block."""
+        token = _dedup_token(INFERENCE_CALLS_TABLE, (e.event_id for e in events))
+        return self.insert_columns(
+            INFERENCE_CALLS_TABLE, INFERENCE_CALL_COLUMNS, inference_call_columns(events), token
+        )
+
+    def insert_runs(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Write run rows (dicts with RUN_COLUMNS keys); the highest `version` of a run_id wins."""
+        columns = [[row[name] for row in rows] for name in RUN_COLUMNS]
+        return self.insert_columns(RUNS_TABLE, RUN_COLUMNS, columns)
+
+    # ------------------------------------------------------------------ queries
+
+    def query(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts. Parameters use ClickHouse's `{name:Type}` placeholders."""
+        result = self._reader.query(
+            sql, parameters=dict(parameters) if parameters else None, settings=dict(settings) if settings else None
+        )
+        return list(result.named_results())
+
+
+# --------------------------------------------------------------------------- reading through the recorder
+
+
+async def query_via_recorder(
+    nc: NatsClient, sql: str, parameters: Mapping[str, Any] | None = None, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """Run a read-only query on the recorder's engine (the CLI's way to read the local chdb directory)."""
+    body = json.dumps({"sql": sql, "parameters": dict(parameters or {})}).encode()
+    try:
+        reply = await nc.request(Subjects.RECORDER_QUERY, body, timeout=timeout_s)
+    except nats.errors.NoRespondersError as exc:
+        raise RecorderNotRunning(RECORDER_NOT_RUNNING) from exc
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
+        raise RecorderQueryError(f"the recorder did not answer within {timeout_s:g}s") from exc
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        raise RecorderQueryError(answer["error"])
+    rows: list[dict[str, Any]] = answer["rows"]
+    return rows

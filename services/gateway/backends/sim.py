@@ -1,0 +1,107 @@
+"""The sim backend: a seeded latency model and schema-valid outputs, for load tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import re
+import zlib
+from dataclasses import dataclass
+
+from services.gateway.engine import Completion, EngineError, estimate_tokens
+from services.gateway.schemagen import WORDS, SchemaUnsupported, generate_document
+from services.gateway.settings import GatewaySettings
+from swarm.contracts import InferenceRequest
+
+MESSAGE_OVERHEAD_TOKENS = 4  # role markers of a chat template, per message
+_PROMPT_WORD = re.compile(r"[A-Za-z][A-Za-z-]{3,}")
+SENTENCE_WORDS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModel:
+    """Time to first token plus decode time, times a log-normal jitter factor, times a global scale."""
+
+    ttft_ms: float
+    tokens_per_s: float
+    jitter: float
+    scale: float
+
+    def mean_ms(self, completion_tokens: int) -> float:
+        """The latency without jitter, before scaling."""
+        return self.ttft_ms + completion_tokens * 1000.0 / self.tokens_per_s
+
+    def sample_ms(self, completion_tokens: int, rng: random.Random, forced_ms: float | None = None) -> float:
+        """One latency: `forced_ms` when the request sets it, else drawn from the model; always scaled."""
+        if self.scale == 0:
+            return 0.0
+        if forced_ms is not None:
+            return forced_ms * self.scale
+        factor = rng.lognormvariate(-self.jitter * self.jitter / 2, self.jitter) if self.jitter else 1.0
+        return self.mean_ms(completion_tokens) * factor * self.scale
+
+
+def prompt_text(request: InferenceRequest) -> str:
+    """All message contents, as one text."""
+    return "\n".join(m.content for m in request.messages)
+
+
+def plausible_text(prompt: str, n_tokens: int, rng: random.Random) -> str:
+    """Sentences mixing the prompt's words with a fixed vocabulary, about `n_tokens` tokens long."""
+    vocabulary = list(WORDS) + [w.lower() for w in _PROMPT_WORD.findall(prompt[-4000:])] * 2
+    target_chars = n_tokens * 4
+    sentences: list[str] = []
+    size = 0
+    while size < target_chars:
+        words = rng.choices(vocabulary, k=rng.randint(SENTENCE_WORDS // 2, SENTENCE_WORDS * 3 // 2))
+        sentence = " ".join(words).capitalize() + "."
+        sentences.append(sentence)
+        size += len(sentence) + 1
+    return " ".join(sentences)[:target_chars].rstrip()
+
+
+class SimEngine:
+    """Answers from a latency model; with latency_scale 0 it never sleeps (a pure messaging benchmark)."""
+
+    name = "sim"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.model = settings.model_name or "sim"
+        self.concurrency = settings.max_queue
+        self.seed = settings.sim_seed
+        self.mean_completion_tokens = settings.sim_completion_tokens
+        self.latency = LatencyModel(
+            ttft_ms=settings.sim_ttft_ms,
+            tokens_per_s=settings.sim_tokens_per_s,
+            jitter=settings.sim_jitter,
+            scale=settings.sim_latency_scale,
+        )
+
+    async def generate(self, request: InferenceRequest) -> Completion:
+        """A deterministic completion for the prompt (schema-valid when a schema is given), after the latency."""
+        prompt = prompt_text(request)
+        rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()))
+        if request.json_schema is not None:
+            try:
+                content = json.dumps(generate_document(request.json_schema, rng))
+            except SchemaUnsupported as exc:
+                raise EngineError(f"json_schema: {exc}") from exc
+        else:
+            wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
+            content = plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
+        completion_tokens = estimate_tokens(content)
+        if self.latency.scale:
+            latency_rng = random.Random(f"{self.seed}:{request.request_id}")
+            delay_ms = self.latency.sample_ms(completion_tokens, latency_rng, request.sim_latency_ms)
+            if delay_ms > 0:
+                await asyncio.sleep(delay_ms / 1000.0)
+        return Completion(
+            content=content,
+            prompt_tokens=estimate_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS * len(request.messages),
+            completion_tokens=completion_tokens,
+        )
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,324 @@
+"""Planning logic: parse a submitted task, turn it into a validated plan (explicit, LLM or template)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.planner.settings import PlannerSettings
+from services.planner.templates import instantiate
+from swarm.contracts import (
+    DEFAULT_TENANT,
+    AgentSpec,
+    InferenceRequest,
+    Plan,
+    PlanPattern,
+    PlanSource,
+    StepSpec,
+    TaskSubmission,
+    is_valid_id,
+)
+from swarm.dag import PlanError, PlanLimits, validate_plan
+from swarm.inference import InferenceError, chat, new_request_id
+
+MAX_ERROR_CHARS = 4000
+RECORD_GOAL_CHARS = 200
+
+# What the LLM may write: short strings everywhere (a small model rambles otherwise), ids as subject tokens.
+LLM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+LLM_ROLE_CHARS = 40
+LLM_INSTRUCTIONS_CHARS = 300
+LLM_INSTRUCTION_CHARS = 400
+
+PLANNER_SYSTEM_PROMPT = (
+    "You are the planner of a team of AI agents. Split the user's goal into agents and steps. "
+    "Each agent has an id, a short role and instructions. Each step has an id, the agent_id of the agent "
+    "that does it, an instruction, and depends_on: the ids of earlier steps whose results it needs. "
+    "Independent steps must not depend on each other, so they run in parallel. "
+    "The last step combines the results into the answer. Reply with JSON only."
+)
+
+
+class TaskRejected(ValueError):
+    """A task that can never be planned; carries the run identity to report it under."""
+
+    def __init__(self, run_id: str, tenant: str, error: str) -> None:
+        super().__init__(error)
+        self.run_id = run_id
+        self.tenant = tenant
+        self.error = error[:MAX_ERROR_CHARS]
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """A validated plan and where it came from."""
+
+    plan: Plan
+    source: PlanSource
+    note: str = ""
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic error on one line per problem, without documentation URLs."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
+
+
+def run_identity(data: bytes, subject: str, headers: Mapping[str, str] | None) -> tuple[str, str]:
+    """The (run_id, tenant) to report a malformed task under, from whatever in it is usable."""
+    payload: Any = None
+    try:
+        payload = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    fields = payload if isinstance(payload, dict) else {}
+
+    def usable(value: object) -> str | None:
+        return value if isinstance(value, str) and is_valid_id(value) else None
+
+    run_id = (
+        usable(fields.get("run_id")) or usable((headers or {}).get("Nats-Msg-Id")) or f"rejected-{uuid.uuid4().hex}"
+    )
+    tenant = usable(fields.get("tenant")) or usable(subject.rsplit(".", 1)[-1]) or DEFAULT_TENANT
+    return run_id, tenant
+
+
+def parse_task(data: bytes, subject: str, headers: Mapping[str, str] | None) -> TaskSubmission:
+    """The task in a message; raises TaskRejected (with the best run identity) when it is malformed."""
+    try:
+        task = TaskSubmission.model_validate_json(data)
+    except ValidationError as exc:
+        run_id, tenant = run_identity(data, subject, headers)
+        raise TaskRejected(run_id, tenant, f"invalid task: {describe_validation_error(exc)}") from exc
+    subject_tenant = subject.rsplit(".", 1)[-1]
+    if task.tenant != subject_tenant:
+        # The subject is what NATS permissions guard; a payload must not claim another tenant.
+        raise TaskRejected(
+            task.run_id,
+            subject_tenant if is_valid_id(subject_tenant) else task.tenant,
+            f"invalid task: tenant {task.tenant!r} does not match the subject's tenant {subject_tenant!r}",
+        )
+    return task
+
+
+def goal_of(task: TaskSubmission) -> str:
+    """The goal, or a description of an explicit plan without one."""
+    if task.goal is not None:
+        return task.goal
+    assert task.plan is not None  # TaskSubmission guarantees a goal or a plan
+    return f"explicit plan: {len(task.plan.agents)} agents, {len(task.plan.steps)} steps"
+
+
+def truncate(text: str, limit: int = RECORD_GOAL_CHARS) -> str:
+    """`text` cut to `limit` characters, marked when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- LLM plans
+
+
+def plan_schema(max_agents: int, max_steps: int) -> dict[str, Any]:
+    """The JSON Schema a planning completion is constrained to: bounded arrays, bounded strings."""
+    id_schema = {"type": "string", "pattern": LLM_ID_PATTERN, "maxLength": 32}
+    return {
+        "type": "object",
+        "properties": {
+            "agents": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_agents,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": id_schema,
+                        "role": {"type": "string", "minLength": 1, "maxLength": LLM_ROLE_CHARS},
+                        "instructions": {"type": "string", "maxLength": LLM_INSTRUCTIONS_CHARS},
+                    },
+                    "required": ["id", "role", "instructions"],
+                    "additionalProperties": False,
+                },
+            },
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_steps,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": id_schema,
+                        "agent_id": id_schema,
+                        "instruction": {"type": "string", "minLength": 1, "maxLength": LLM_INSTRUCTION_CHARS},
+                        "depends_on": {"type": "array", "maxItems": max_steps, "items": id_schema},
+                    },
+                    "required": ["id", "agent_id", "instruction", "depends_on"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["agents", "steps"],
+        "additionalProperties": False,
+    }
+
+
+def planning_request(task: TaskSubmission, n_agents: int, settings: PlannerSettings) -> InferenceRequest:
+    """The gateway request that asks the model to decompose the task's goal."""
+    max_agents = min(settings.llm_max_agents, settings.max_agents)
+    max_steps = min(settings.llm_max_steps, settings.max_steps)
+    user = f"Goal: {task.goal}\nUse about {min(n_agents, max_agents)} agents and at most {max_steps} steps."
+    return InferenceRequest(
+        request_id=new_request_id(),
+        model=settings.llm_model,
+        messages=chat(PLANNER_SYSTEM_PROMPT, user),
+        max_tokens=settings.llm_max_tokens,
+        temperature=settings.llm_temperature,
+        json_schema=plan_schema(max_agents, max_steps),
+        run_id=task.run_id,
+        caller="planner",
+    )
+
+
+_FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """The first JSON object in a completion: tolerates code fences, prose around it, control characters."""
+    fenced = _FENCE_RE.search(text)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates.append(text)
+    decoder = json.JSONDecoder(strict=False)  # small models put raw newlines and tabs inside strings
+    for candidate in candidates:
+        start = candidate.find("{")
+        while start != -1:
+            try:
+                value, _ = decoder.raw_decode(candidate, start)
+            except ValueError:
+                start = candidate.find("{", start + 1)
+                continue
+            if isinstance(value, dict):
+                return value
+            start = candidate.find("{", start + 1)
+    raise PlanError("the model's output holds no JSON object")
+
+
+def _clean_id(value: object, what: str) -> str:
+    """An id as the model wrote it, with characters no subject token may hold replaced."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise PlanError(f"{what} id is missing or not a string")
+    cleaned = _BAD_ID_CHARS.sub("-", str(value).strip()).strip("-")[:64]
+    if not is_valid_id(cleaned):
+        raise PlanError(f"{what} id {str(value)[:40]!r} is not usable")
+    return cleaned
+
+
+def _text(value: object, limit: int) -> str:
+    return " ".join(str(value).split())[:limit] if isinstance(value, str | int | float) else ""
+
+
+def _items(obj: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = obj.get(key)
+    if not isinstance(value, list) or not value:
+        raise PlanError(f"the model's plan has no {key}")
+    items = [item for item in value if isinstance(item, dict)]
+    if len(items) != len(value):
+        raise PlanError(f"the model's {key} are not all objects")
+    return items
+
+
+def llm_plan_from_text(text: str, limits: PlanLimits | None = None) -> Plan:
+    """A validated plan from a model's completion; raises PlanError on garbage, empty or invalid plans."""
+    try:
+        plan = _plan_from_text(text)
+    except ValidationError as exc:
+        raise PlanError(f"the model's plan is invalid: {describe_validation_error(exc)}") from exc
+    validate_plan(plan, limits)
+    return plan
+
+
+def _plan_from_text(text: str) -> Plan:
+    if not text.strip():
+        raise PlanError("the model's output is empty")
+    obj = _json_object(text)
+    agents = []
+    for raw in _items(obj, "agents"):
+        agents.append(
+            AgentSpec(
+                id=_clean_id(raw.get("id"), "agent"),
+                role=_text(raw.get("role"), 200) or "agent",
+                instructions=_text(raw.get("instructions"), 8000),
+            )
+        )
+    only_agent = agents[0].id if len(agents) == 1 else None
+    steps = []
+    for raw in _items(obj, "steps"):
+        step_id = _clean_id(raw.get("id"), "step")
+        instruction = _text(raw.get("instruction"), 16000)
+        if not instruction:
+            raise PlanError(f"step {step_id} has no instruction")
+        raw_agent = raw.get("agent_id")
+        agent_id = only_agent if raw_agent in (None, "") and only_agent else _clean_id(raw_agent, "agent")
+        deps = raw.get("depends_on") or []
+        if not isinstance(deps, list):
+            deps = [deps]
+        depends_on = tuple(dict.fromkeys(_clean_id(d, "dependency") for d in deps))
+        steps.append(StepSpec(id=step_id, agent_id=agent_id, instruction=instruction, depends_on=depends_on))
+    return Plan(agents=tuple(agents), steps=tuple(steps))
+
+
+# --------------------------------------------------------------------------- plans for tasks
+
+Complete = Callable[[InferenceRequest], Awaitable[str]]
+"""Ask the gateway: the completion text, or raises InferenceError (absent) / LLMFailed (answered not ok)."""
+
+
+class LLMFailed(RuntimeError):
+    """The gateway answered, without a completion."""
+
+
+def template_outcome(task: TaskSubmission, pattern: PlanPattern, settings: PlannerSettings, note: str) -> PlanOutcome:
+    """The plan of a pattern template for the task's goal, validated."""
+    assert task.goal is not None
+    plan = instantiate(pattern, task.goal, task.n_agents or settings.default_n_agents, settings.limits,
+                       settings.reduce_fan_in)  # fmt: skip
+    validate_plan(plan, settings.limits)
+    return PlanOutcome(plan, PlanSource.TEMPLATE, note)
+
+
+async def plan_for_task(task: TaskSubmission, settings: PlannerSettings, complete: Complete | None) -> PlanOutcome:
+    """Decide the run's plan: the explicit one (validated), a requested template, the LLM's, or the fallback.
+
+    Raises PlanError only for an explicit plan that is invalid: that rejects the task.
+    """
+    if task.plan is not None:
+        validate_plan(task.plan, settings.limits)
+        return PlanOutcome(task.plan, PlanSource.EXPLICIT)
+    if task.pattern is not None:
+        return template_outcome(task, task.pattern, settings, f"pattern {task.pattern.value} requested")
+    fallback = settings.fallback_pattern.value
+    if complete is None or not settings.llm_enabled:
+        return template_outcome(task, settings.fallback_pattern, settings, f"LLM planning disabled; {fallback} template")
+    n_agents = task.n_agents or settings.default_n_agents
+    try:
+        text = await complete(planning_request(task, n_agents, settings))
+        plan = llm_plan_from_text(text, settings.limits)
+    except InferenceError as exc:
+        why = f"gateway unavailable ({exc})"
+    except LLMFailed as exc:
+        why = f"gateway error ({exc})"
+    except PlanError as exc:
+        why = f"the model's plan was unusable ({truncate(str(exc), 300)})"
+    else:
+        return PlanOutcome(plan, PlanSource.LLM)
+    return template_outcome(task, settings.fallback_pattern, settings, f"{why}; {fallback} template used")

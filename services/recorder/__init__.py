@@ -1,0 +1,1 @@
+"""The recorder: consumes the EVENTS and RUNS streams into the ClickHouse event log, and answers read-only queries."""

@@ -1,0 +1,36 @@
+"""The recorder wired together: event log, NATS, the two consumers, the query responder, health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.recorder.querying import serve_queries
+from services.recorder.recording import EventRecorder
+from services.recorder.runs import RunRecorder
+from services.recorder.settings import MIGRATIONS_DIR, RecorderSettings
+from swarm.bus import Bus
+from swarm.contracts import EVENTS, RUNS
+from swarm.eventlog import EventLog
+
+log = logging.getLogger(__name__)
+
+
+async def run_recorder(settings: RecorderSettings, stop: asyncio.Event) -> None:
+    """Record until `stop`; then stop fetching, insert what is pending, and close."""
+    eventlog = await asyncio.to_thread(EventLog.open, settings.clickhouse, MIGRATIONS_DIR)
+    try:
+        bus = await Bus.connect(settings.nats, "recorder")
+        try:
+            await bus.provision(streams=(EVENTS, RUNS), buckets=())
+            events = EventRecorder(bus, eventlog, settings)
+            runs = RunRecorder(bus, eventlog, settings)
+            queries = await serve_queries(bus.nc, eventlog, settings.query_max_reply_bytes)
+            await bus.serve_health("recorder", lambda: {**events.details(), "runs_recorded": runs.recorded_count})
+            log.info("recording into %s (%s)", settings.clickhouse.database, settings.clickhouse.mode)
+            await asyncio.gather(events.run(stop), runs.run(stop))
+            await queries.unsubscribe()
+        finally:
+            await bus.close()
+    finally:
+        eventlog.close()

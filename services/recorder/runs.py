@@ -1,0 +1,178 @@
+"""One row per run in the `runs` table, from the RUNS stream: 'planned' gives the goal, a terminal event the outcome.
+
+Each write merges the event into the run's current row (read back with FINAL) and writes it with a
+higher version, so a redelivered 'planned' never turns a finished run back into a running one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from clickhouse_connect.driver.exceptions import Error as ClickHouseError
+from nats.aio.msg import Msg
+from pydantic import TypeAdapter, ValidationError
+
+from services.recorder.settings import RecorderSettings
+from swarm.bus import Bus, ConsumerSpec
+from swarm.contracts import (
+    RECORDER_RUNS_CONSUMER,
+    RUNS,
+    TERMINAL_RUN_EVENTS,
+    RunCancelled,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunPlanned,
+    RunRejected,
+    RunStatus,
+    RunSummary,
+    Subjects,
+)
+from swarm.eventlog import RUNS_TABLE, EventLog
+
+log = logging.getLogger(__name__)
+
+RECORDED_RUN_EVENTS = ("planned", *TERMINAL_RUN_EVENTS)
+RUNS_BATCH = 256
+_RUN_EVENT = TypeAdapter(RunEvent)
+_TERMINAL = {str(s) for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REJECTED)}
+_TIMES = ("submitted_at", "finished_at")
+
+RecordedRunEvent = RunPlanned | RunCompleted | RunFailed | RunCancelled | RunRejected
+
+
+def runs_consumer(settings: RecorderSettings) -> ConsumerSpec:
+    """The recorder's durable pull consumer on RUNS: 'planned' and the terminal events."""
+    return ConsumerSpec(
+        stream=RUNS,
+        durable=RECORDER_RUNS_CONSUMER,
+        filter_subjects=tuple(Subjects.run_kind_all(kind) for kind in RECORDED_RUN_EVENTS),
+        ack_wait_s=settings.ack_wait_s,
+    )
+
+
+def empty_run_row(run_id: str, tenant: str) -> dict[str, Any]:
+    """A run row before any event is applied."""
+    return {
+        "run_id": run_id, "tenant": tenant, "status": str(RunStatus.PLANNING), "goal": "", "error": "",
+        "agents_count": 0, "steps_total": 0, "steps_succeeded": 0, "steps_failed": 0, "steps_cancelled": 0,
+        "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "submitted_at": None, "finished_at": None,
+        "wall_ms": 0.0, "version": 0,
+    }  # fmt: skip
+
+
+def _apply_summary(row: dict[str, Any], summary: RunSummary) -> None:
+    row.update(
+        agents_count=summary.agents_count,
+        steps_total=summary.steps_total,
+        steps_succeeded=summary.steps_succeeded,
+        steps_failed=summary.steps_failed,
+        steps_cancelled=summary.steps_cancelled,
+        retries=summary.retries_count,
+        prompt_tokens=summary.prompt_tokens,
+        completion_tokens=summary.completion_tokens,
+        wall_ms=summary.wall_ms,
+    )
+
+
+def apply_run_event(row: dict[str, Any], event: RecordedRunEvent) -> dict[str, Any]:
+    """The run's row after `event` (a new dict); a finished run keeps its outcome."""
+    row = dict(row)
+    if isinstance(event, RunPlanned):
+        row.update(goal=event.goal, submitted_at=event.submitted_at, agents_count=len(event.plan.agents))
+        row["steps_total"] = row["steps_total"] or len(event.plan.steps)
+        if row["status"] not in _TERMINAL:
+            row["status"] = str(RunStatus.RUNNING)
+        return row
+    row.update(status=event.kind, finished_at=event.at)
+    if isinstance(event, RunCompleted):
+        _apply_summary(row, event.summary)
+    elif isinstance(event, RunFailed):
+        row["error"] = event.error
+        if event.summary is not None:
+            _apply_summary(row, event.summary)
+    elif isinstance(event, RunCancelled):
+        row["error"] = event.reason
+    else:
+        row["error"] = event.error
+    if not row["wall_ms"] and row["submitted_at"] is not None:
+        row["wall_ms"] = max(0.0, (event.at - row["submitted_at"]).total_seconds() * 1000)
+    return row
+
+
+class RunRecorder:
+    """The RUNS consumer loop."""
+
+    def __init__(self, bus: Bus, eventlog: EventLog, settings: RecorderSettings) -> None:
+        self.bus = bus
+        self.eventlog = eventlog
+        self.settings = settings
+        self.recorded_count = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch run events and upsert run rows until `stop`."""
+        psub = await self.bus.pull_subscription(runs_consumer(self.settings))
+        failures = 0
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(RUNS_BATCH, timeout=self.settings.fetch_timeout_s)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.5)
+                continue
+            events: list[tuple[Msg, RecordedRunEvent]] = []
+            for msg in msgs:
+                try:
+                    event = _RUN_EVENT.validate_json(msg.data)
+                except ValidationError as exc:
+                    log.warning("malformed run event on %s terminated: %s", msg.subject, str(exc)[:300])
+                    await msg.term()
+                    continue
+                events.append((msg, event))  # type: ignore[arg-type]  # the filter admits only these kinds
+            try:
+                await asyncio.to_thread(self.write, [event for _, event in events])
+            except (ClickHouseError, OSError) as exc:
+                failures += 1
+                log.error("writing %d run events failed; they will be redelivered: %s", len(events), exc)
+                for msg, _ in events:
+                    await msg.nak(delay=min(self.settings.retry_max_s, 0.5 * 2**failures))
+                continue
+            failures = 0
+            for msg, _ in events:
+                await msg.ack()
+            self.recorded_count += len(events)
+        await psub.unsubscribe()
+
+    def write(self, events: list[RecordedRunEvent]) -> int:
+        """Merge the events into their runs' current rows and write those rows (blocking)."""
+        if not events:
+            return 0
+        run_ids = sorted({e.run_id for e in events})
+        rows = {row["run_id"]: row for row in self._current_rows(run_ids)}
+        version = time.time_ns()
+        for event in events:  # in stream order
+            row = rows.get(event.run_id) or empty_run_row(event.run_id, event.tenant)
+            rows[event.run_id] = apply_run_event(row, event)
+        for row in rows.values():
+            row["version"] = version
+        return self.eventlog.insert_runs(list(rows.values()))
+
+    def _current_rows(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        # Times travel as epoch microseconds: naive datetimes from the driver would depend on the host's zone.
+        rows = self.eventlog.query(
+            f"SELECT * EXCEPT (submitted_at, finished_at), toUnixTimestamp64Micro(submitted_at) AS submitted_at, "
+            f"toUnixTimestamp64Micro(finished_at) AS finished_at FROM {RUNS_TABLE} FINAL "
+            "WHERE run_id IN {ids:Array(String)}",
+            {"ids": run_ids},
+        )
+        for row in rows:
+            for name in _TIMES:
+                if row[name] is not None:
+                    row[name] = datetime.fromtimestamp(row[name] / 1e6, UTC)
+        return rows

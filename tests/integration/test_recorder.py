@@ -1,0 +1,207 @@
+"""The recorder in process against a real nats-server and the real chdb engine in a temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from services.recorder.recorder import run_recorder
+from services.recorder.settings import RecorderSettings
+from swarm.bus import Bus
+from swarm.contracts import (
+    EVENTS,
+    RECORDER_CONSUMER,
+    AgentSpec,
+    InferenceEvent,
+    Plan,
+    PlanSource,
+    RunCompleted,
+    RunPlanned,
+    RunSummary,
+    StepEvent,
+    StepEventKind,
+    StepSpec,
+    Subjects,
+    step_event_id,
+)
+from swarm.eventlog import EventLog, RecorderNotRunning, RecorderQueryError, query_via_recorder
+from swarm.settings import ClickHouseSettings, NatsSettings
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def running_recorder(bus: Bus, settings: RecorderSettings) -> AsyncIterator[asyncio.Event]:
+    """Run the recorder as a task until the block ends; yields its stop event."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_recorder(settings, stop))
+    try:
+        await eventually(lambda: health(bus), timeout_s=30)
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+def recorder_settings(nats_settings: NatsSettings, tmp_path: Path) -> RecorderSettings:
+    return RecorderSettings(
+        nats=nats_settings,
+        clickhouse=ClickHouseSettings(mode="chdb", path=tmp_path / "clickhouse", database="swarm_test"),
+        batch_max_ms=50,
+        fetch_timeout_s=0.2,
+        retry_max_s=1.0,
+    )
+
+
+@pytest.fixture
+async def recorder(bus: Bus, recorder_settings: RecorderSettings) -> AsyncIterator[asyncio.Event]:
+    async with running_recorder(bus, recorder_settings) as stop:
+        yield stop
+
+
+async def health(bus: Bus) -> dict[str, Any]:
+    reply = await bus.nc.request(Subjects.health("recorder"), b"", timeout=1)
+    details: dict[str, Any] = json.loads(reply.data)
+    return details
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], timeout_s: float = 15.0) -> Any:
+    """The first truthy result of `probe`, polled; fails the test after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            result = await probe()
+            if result:
+                return result
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, RecorderNotRunning):
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {timeout_s}s: {probe}")
+        await asyncio.sleep(0.05)
+
+
+def step_event(run_id: str, i: int, kind: StepEventKind = StepEventKind.SUCCEEDED) -> StepEvent:
+    return StepEvent(event_id=step_event_id(run_id, f"s{i}", 1, kind), run_id=run_id, tenant="acme",
+                     step_id=f"s{i}", agent_id="a1", kind=kind, prompt_tokens=2, completion_tokens=3)  # fmt: skip
+
+
+async def count_step_events(bus: Bus, run_id: str) -> dict[str, int]:
+    rows = await query_via_recorder(
+        bus.nc,
+        "SELECT count() AS n, uniqExact(event_id) AS unique_n FROM step_events FINAL WHERE run_id = {run:String}",
+        {"run": run_id},
+    )
+    return rows[0]
+
+
+async def test_events_are_recorded_once_and_malformed_ones_do_not_block(bus: Bus, recorder: asyncio.Event) -> None:
+    events = [step_event("r1", i) for i in range(50)]
+    for event in events:
+        await bus.publish_nowait(Subjects.step_event("r1"), event)
+    await bus.publish_nowait(Subjects.step_event("r1"), events[7])  # a duplicate: a retried publish
+    await bus.js.publish(Subjects.step_event("r1"), b"{not json")
+    await bus.js.publish(Subjects.inference_event(), b'{"v": 1}')
+    call = InferenceEvent(event_id="q1", run_id="r1", model="m", backend="sim", ok=True, prompt_tokens=5)
+    await bus.publish_nowait(Subjects.inference_event(), call)
+    await bus.publish_nowait(Subjects.step_event("r1"), step_event("r1", 50))  # after the malformed ones
+    await bus.flush_publishes()
+
+    assert await eventually(lambda: _has(count_step_events(bus, "r1"), n=51)) == {"n": 51, "unique_n": 51}
+    calls = await eventually(
+        lambda: query_via_recorder(bus.nc, "SELECT event_id, prompt_tokens FROM inference_calls FINAL")
+    )
+    assert calls == [{"event_id": "q1", "prompt_tokens": 5}]
+
+    async def settled() -> bool:
+        info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(settled)
+    details = await health(bus)
+    assert details["events_rejected"] == 2
+    assert details["events_recorded"] == 53  # the duplicate was stored and collapsed, not dropped
+
+
+async def _has(rows: Awaitable[dict[str, int]], n: int) -> dict[str, int] | None:
+    found = await rows
+    return found if found["n"] == n else None
+
+
+async def test_terminal_run_events_fill_the_runs_table(bus: Bus, recorder: asyncio.Event) -> None:
+    submitted = datetime(2025, 5, 1, 8, 0, tzinfo=UTC)
+    plan = Plan(agents=(AgentSpec(id="a1", role="r"),), steps=(StepSpec(id="s1", agent_id="a1", instruction="x"),))
+    summary = RunSummary(agents_count=1, steps_total=1, steps_succeeded=1, steps_failed=0, retries_count=0,
+                         prompt_tokens=7, completion_tokens=8, wall_ms=1500.0)  # fmt: skip
+    await bus.publish(Subjects.run_event("acme", "r9", "planned"), RunPlanned(
+        run_id="r9", tenant="acme", goal="the goal", plan=plan, source=PlanSource.EXPLICIT, submitted_at=submitted))
+    await bus.publish(Subjects.run_event("acme", "r9", "completed"), RunCompleted(
+        run_id="r9", tenant="acme", answer="done", summary=summary, at=submitted + timedelta(seconds=1.5)))  # fmt: skip
+
+    async def finished() -> list[dict[str, Any]]:
+        return await query_via_recorder(
+            bus.nc, "SELECT run_id, status, goal, prompt_tokens, wall_ms FROM runs FINAL WHERE status = 'completed'"
+        )
+
+    rows = await eventually(finished)
+    assert rows == [{"run_id": "r9", "status": "completed", "goal": "the goal", "prompt_tokens": 7, "wall_ms": 1500.0}]
+
+
+async def test_query_errors_come_back_clearly(bus: Bus, recorder: asyncio.Event) -> None:
+    with pytest.raises(RecorderQueryError, match="read-only"):
+        await query_via_recorder(bus.nc, "DROP TABLE step_events")
+    with pytest.raises(RecorderQueryError, match="UNKNOWN_TABLE"):
+        await query_via_recorder(bus.nc, "SELECT * FROM no_such_table")
+    assert await query_via_recorder(bus.nc, "SELECT {x:String} AS x", {"x": "y"}) == [{"x": "y"}]
+
+
+async def test_no_recorder_is_a_clear_error(bus: Bus) -> None:
+    with pytest.raises(RecorderNotRunning, match="swarm up"):
+        await query_via_recorder(bus.nc, "SELECT 1", timeout_s=2)
+
+
+async def test_events_wait_in_jetstream_while_the_table_is_away(
+    bus: Bus, recorder: asyncio.Event, recorder_settings: RecorderSettings
+) -> None:
+    # Same directory, same process: this EventLog shares the recorder's engine.
+    with EventLog(recorder_settings.clickhouse) as eventlog:
+        eventlog.query("DETACH TABLE step_events")
+        try:
+            for i in range(20):
+                await bus.publish_nowait(Subjects.step_event("r2"), step_event("r2", i))
+            await bus.flush_publishes()
+            await eventually(lambda: _failed_inserts(bus))
+            info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
+            assert info.num_pending + info.num_ack_pending == 20
+        finally:
+            eventlog.query("ATTACH TABLE step_events")
+    assert await eventually(lambda: _has(count_step_events(bus, "r2"), n=20), timeout_s=30)
+
+
+async def _failed_inserts(bus: Bus) -> bool:
+    return bool((await health(bus))["failed_inserts"])
+
+
+async def test_shutdown_inserts_the_pending_batch(bus: Bus, recorder_settings: RecorderSettings) -> None:
+    settings = recorder_settings.model_copy(update={"batch_max_ms": 600_000.0, "batch_max_events": 10_000})
+    async with running_recorder(bus, settings):
+        for i in range(30):
+            await bus.publish_nowait(Subjects.step_event("r3"), step_event("r3", i))
+        await bus.flush_publishes()
+        await eventually(lambda: _pending(bus, 30))
+    with EventLog(settings.clickhouse) as eventlog:
+        assert eventlog.query("SELECT count() AS n FROM step_events FINAL") == [{"n": 30}]
+    info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
+    assert info.num_ack_pending == 0
+
+
+async def _pending(bus: Bus, n: int) -> bool:
+    return bool((await health(bus))["events_pending"] == n)

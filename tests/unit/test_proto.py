@@ -1,0 +1,185 @@
+"""proto/ is generated from the contracts: it must be up to date, and the AsyncAPI document well formed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from swarm import contracts, protogen
+from swarm.contracts import CHANNELS, RunCompleted, RunSummary, TaskSubmission
+
+REPO_PROTO = Path(__file__).resolve().parents[2] / "proto"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("proto")
+    protogen.write(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def doc(generated: Path) -> dict[str, Any]:
+    return json.loads((generated / "asyncapi.json").read_text())
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_repo_proto_is_up_to_date(generated: Path) -> None:
+    fresh, committed = _files(generated), _files(REPO_PROTO)
+    missing = sorted(set(fresh) - set(committed))
+    extra = sorted(set(committed) - set(fresh))
+    differ = sorted(path for path in set(fresh) & set(committed) if fresh[path] != committed[path])
+    assert not (missing or extra or differ), (
+        f"proto/ is out of date (run `make proto`): missing={missing} extra={extra} differ={differ}"
+    )
+
+
+def test_generation_is_deterministic(generated: Path) -> None:
+    assert protogen.generate() == _files(generated)
+    assert all(content.endswith("\n") for content in _files(generated).values())
+
+
+def test_check_reports_drift(generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    protogen.write(tmp_path)
+    assert protogen.main(["--check", "--out", str(tmp_path)]) == 0
+    (tmp_path / "schemas" / "TaskSubmission.json").write_text("{}\n")
+    (tmp_path / "schemas" / "StepResult.json").unlink()
+    (tmp_path / "stale.json").write_text("{}\n")
+    assert protogen.main(["--check", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "differs schemas/TaskSubmission.json" in err
+    assert "missing schemas/StepResult.json" in err
+    assert "extra stale.json" in err
+    protogen.write(tmp_path)
+    assert protogen.drift(tmp_path) == []
+
+
+def test_one_schema_file_per_channel_model(generated: Path) -> None:
+    expected = set()
+    for channel in CHANNELS:
+        expected.add(protogen.model_name(channel.message))
+        if channel.reply is not None:
+            expected.add(protogen.model_name(channel.reply))
+    assert {p.stem for p in (generated / "schemas").glob("*.json")} == expected
+    assert "RunEvent" in expected
+
+
+def test_asyncapi_header(doc: dict[str, Any]) -> None:
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["info"]["title"] == "Swarm"
+    assert doc["info"]["version"] == str(contracts.CONTRACT_VERSION)
+
+
+def test_every_channel_has_address_and_messages(doc: dict[str, Any]) -> None:
+    addresses = set()
+    for channel_id, channel in doc["channels"].items():
+        assert "address" in channel, channel_id
+        assert channel["messages"], channel_id
+        address = channel["address"]
+        if address is None:  # a reply inbox: dynamic by design
+            continue
+        addresses.add(address)
+        placeholders = set(re.findall(r"\{([a-z_]+)\}", address))
+        assert set(channel.get("parameters", {})) == placeholders, channel_id
+        for parameter in channel.get("parameters", {}).values():
+            assert parameter["description"]
+    assert addresses == {channel.address for channel in CHANNELS}
+
+
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = doc
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and token in node, f"unresolved $ref {ref}"
+        node = node[token]
+    return node
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    return []
+
+
+def test_every_ref_resolves(doc: dict[str, Any]) -> None:
+    refs = _refs(doc)
+    assert refs
+    for ref in refs:
+        _resolve(doc, ref)
+
+
+def test_operations_use_their_channels_messages(doc: dict[str, Any]) -> None:
+    actions = {}
+    for op_id, operation in doc["operations"].items():
+        assert operation["action"] in ("send", "receive"), op_id
+        channel_ref = operation["channel"]["$ref"]
+        for message in operation["messages"]:
+            assert message["$ref"].startswith(channel_ref + "/messages/"), op_id
+        if "reply" in operation:
+            reply_ref = operation["reply"]["channel"]["$ref"]
+            for message in operation["reply"]["messages"]:
+                assert message["$ref"].startswith(reply_ref + "/messages/"), op_id
+        for message in operation["messages"]:
+            actions[message["$ref"].rsplit("/", 1)[-1]] = operation["action"]
+    assert actions["TaskSubmission"] == "send"
+    assert actions["InferenceRequest"] == "send"
+    assert actions["RunCancelRequested"] == "send"
+    assert actions["RunCompleted"] == "receive"
+    assert actions["StepResult"] == "receive"
+
+
+def test_messages_reference_component_schemas(doc: dict[str, Any]) -> None:
+    for name, message in doc["components"]["messages"].items():
+        assert message["payload"]["$ref"] == f"#/components/schemas/{name}"
+        assert message["contentType"] == "application/json"
+
+
+def test_asyncapi_discriminator_is_a_property_name(doc: dict[str, Any]) -> None:
+    # AsyncAPI's Schema Object takes the discriminator as a plain property name.
+    assert doc["components"]["schemas"]["RunEvent"]["discriminator"] == "kind"
+
+
+def test_readme_explains_submission_and_following(generated: Path) -> None:
+    text = (generated / "README.md").read_text()
+    assert "swarm.tasks.<tenant>" in text
+    assert "Nats-Msg-Id" in text
+    assert "schemas/TaskSubmission.json" in text
+    assert "swarm.run.<tenant>.<run_id>.>" in text
+    assert "`RUNS`" in text
+    for kind in contracts.TERMINAL_RUN_EVENTS:
+        assert f"`{kind}`" in text
+
+
+def test_messages_validate_against_their_schema_files(generated: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    task_schema = json.loads((generated / "schemas" / "TaskSubmission.json").read_text())
+    event_schema = json.loads((generated / "schemas" / "RunEvent.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(task_schema)
+    jsonschema.Draft202012Validator.check_schema(event_schema)
+
+    task = json.loads(TaskSubmission(run_id="r-1", goal="compare").model_dump_json())
+    jsonschema.validate(task, task_schema, cls=jsonschema.Draft202012Validator)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**task, "surprise": 1}, task_schema, cls=jsonschema.Draft202012Validator)
+
+    summary = RunSummary(
+        agents_count=1, steps_total=1, steps_succeeded=1, steps_failed=0, retries_count=0,
+        prompt_tokens=1, completion_tokens=1, wall_ms=1.0,
+    )
+    completed = RunCompleted(run_id="r-1", tenant="default", answer="42", summary=summary)
+    event = json.loads(TypeAdapter(contracts.RunEvent).dump_json(completed))
+    jsonschema.validate(event, event_schema, cls=jsonschema.Draft202012Validator)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**event, "kind": "nonsense"}, event_schema, cls=jsonschema.Draft202012Validator)
