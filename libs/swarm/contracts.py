@@ -234,6 +234,12 @@ class StepSpec(Contract):
         ge=0,
         description="For the 'sim' inference backend only: the simulated engine latency of this step.",
     )
+    tools: tuple[str, ...] = Field(
+        default=(), description="Tools the agent may call in this step, by registry name (e.g. 'python', 'spawn')."
+    )
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the step's output must satisfy; a failing output gets a repair retry."
+    )
 
 
 class Plan(Contract):
@@ -313,6 +319,17 @@ class StepStatus(StrEnum):
     FAILED = "failed"
 
 
+class SpawnRequest(Contract):
+    """Steps (and agents) a running step adds to its run.
+
+    New steps run after the spawning step; steps that depended on the spawning step also wait
+    for the new steps, so the DAG grows in place. Depends_on may name existing or new steps.
+    """
+
+    agents: tuple[AgentSpec, ...] = Field(default=(), description="New agents (ids unique in the run).")
+    steps: tuple[StepSpec, ...] = Field(min_length=1, description="New steps (ids unique in the run).")
+
+
 class StepResult(Contract):
     """A worker's report on one attempt of one step."""
 
@@ -329,6 +346,9 @@ class StepResult(Contract):
     started_at: datetime = Field(description="When the worker started the attempt.")
     finished_at: datetime = Field(description="When the worker finished the attempt.")
     worker_id: str = Field(description="Which worker ran it.")
+    spawn: SpawnRequest | None = Field(
+        default=None, description="Agents and steps this step adds to its run (dynamic spawn)."
+    )
 
 
 # --------------------------------------------------------------------------- run lifecycle
