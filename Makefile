@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 
 GOAL ?= Compare solar, wind and hydro power in Germany, Spain and Norway
 # Strict typing where it pays (see [tool.mypy] in pyproject.toml); files not written yet are skipped.
-STRICT_FILES := $(wildcard libs/swarm/contracts.py libs/swarm/dag.py services/dispatcher/state.py)
+STRICT_FILES := $(wildcard libs/swarm/contracts.py libs/swarm/dag.py services/dispatcher/state.py services/dispatcher/scheduling.py)
 
 # Never prompt (CI has no stdin); pip's wheel cache keeps the llama.cpp build for the next install.
 export PIP_NO_INPUT := 1

@@ -18,8 +18,9 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from pydantic import ValidationError
 
+from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.state import Outcome, RetryPolicy, RunPhase, RunState, StepPhase
+from services.dispatcher.state import Dispatch, Outcome, RetryPolicy, RunPhase, RunState, StepPhase
 from swarm.bus import Bus, ConsumerSpec
 from swarm.contracts import (
     DISPATCHER_PLANS_CONSUMER,
@@ -44,6 +45,7 @@ from swarm.contracts import (
     step_event_id,
     utc_now,
 )
+from swarm.dag import PlanLimits
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class Dispatcher:
         self.bus = bus
         self.settings = settings
         self.retry = RetryPolicy(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
+        self.limits = PlanLimits(max_agents=settings.max_agents, max_steps=settings.max_steps)
+        self.scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant)
         self.runs: dict[str, RunState] = {}
         self.finished: set[str] = set()
         self._last_progress: dict[str, float] = {}
@@ -87,10 +91,10 @@ class Dispatcher:
         run = await self._load(planned.run_id)
         if run is not None:  # a redelivered plan: the run is already under way
             return
-        run = RunState(planned, self.settings.max_in_flight_per_run, self.retry)
+        run = RunState(planned, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run.run_id] = run
-        outcome = run.start()
-        await self._emit(run, outcome)
+        run.start()
+        await self._schedule()
         await self.bus.flush_publishes()
         await self._checkpoint(run)
         log.info("run %s started: %d agents, %d steps", run.run_id, len(run.agents), len(run.steps))
@@ -101,6 +105,7 @@ class Dispatcher:
             return
         outcome = run.cancel(request.reason)
         await self._emit(run, outcome)
+        await self._schedule()
         await self.bus.flush_publishes()
         await self._checkpoint(run)
 
@@ -143,6 +148,7 @@ class Dispatcher:
                 await self._emit(run, outcome, result)
                 touched[run.run_id] = run
             to_ack.append(msg)
+        touched.update({run.run_id: run for run in await self._schedule()})
         await self.bus.flush_publishes()
         for run in touched.values():
             await self._checkpoint(run)
@@ -153,25 +159,10 @@ class Dispatcher:
 
     async def _emit(self, run: RunState, outcome: Outcome, result: StepResult | None = None) -> None:
         """Publish what a transition produced (without waiting; the caller flushes)."""
-        bus, now = self.bus, utc_now()
-        for dispatch in outcome.dispatches:
-            step = run.steps[dispatch.step_id].spec
-            missing = tuple(d for d in step.depends_on if run.steps[d].phase is StepPhase.FAILED)
-            message = StepDispatch(
-                run_id=run.run_id,
-                tenant=run.tenant,
-                goal=run.planned.goal,
-                agent=run.agents[step.agent_id],
-                step=step,
-                attempt=dispatch.attempt,
-                dispatched_at=now,
-                not_before=now + timedelta(seconds=dispatch.delay_s) if dispatch.delay_s else None,
-                missing_inputs=missing,
-            )
-            await bus.publish_nowait(
-                Subjects.steps(self.settings.pool), message, msg_id=f"{run.run_id}.{step.id}.{dispatch.attempt}"
-            )
-            await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED)
+        await self._dispatch(run, outcome.dispatches)
+        for parent, new_steps in outcome.spawned:
+            await self._event(run, parent, run.steps[parent].attempt, StepEventKind.SPAWNED,
+                              attributes={"spawned": ",".join(new_steps)})  # fmt: skip
         for step_id in outcome.succeeded:
             assert result is not None
             await self._event(
@@ -191,6 +182,36 @@ class Dispatcher:
             await self._finish_run(run, outcome.run_finished)
         else:
             await self._progress(run)
+
+    async def _schedule(self) -> list[RunState]:
+        """Give free slots to ready steps across runs; the runs that got some."""
+        filled = self.scheduler.fill(self.runs.values())
+        for run, dispatches in filled:
+            await self._dispatch(run, dispatches)
+        return [run for run, _ in filled]
+
+    async def _dispatch(self, run: RunState, dispatches: list[Dispatch]) -> None:
+        """Publish steps to the pool's work queue (without waiting; the caller flushes)."""
+        now = utc_now()
+        for dispatch in dispatches:
+            step = run.steps[dispatch.step_id].spec
+            message = StepDispatch(
+                run_id=run.run_id,
+                tenant=run.tenant,
+                goal=run.planned.goal,
+                agent=run.agents[step.agent_id],
+                step=step,
+                attempt=dispatch.attempt,
+                dispatched_at=now,
+                not_before=now + timedelta(seconds=dispatch.delay_s) if dispatch.delay_s else None,
+                missing_inputs=tuple(d for d in step.depends_on if run.steps[d].phase is StepPhase.FAILED),
+            )
+            await self.bus.publish_nowait(
+                Subjects.steps(self.settings.pool), message, msg_id=f"{run.run_id}.{step.id}.{dispatch.attempt}"
+            )
+            # depends_on lets the event log rebuild the DAG (critical path) without the plan.
+            await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED,
+                              attributes={"depends_on": ",".join(run.depends_on[step.id])})  # fmt: skip
 
     async def _event(self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object) -> None:
         event = StepEvent(
@@ -289,9 +310,7 @@ class Dispatcher:
             log.warning("run %s has a checkpoint but no planned event yet", run_id)
             return None
         planned = RunPlanned.model_validate_json(raw.data or b"")
-        run, outcome = RunState.restore(planned, checkpoint, self.settings.max_in_flight_per_run, self.retry)
+        run = RunState.restore(planned, checkpoint, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run_id] = run
-        if outcome.dispatches:
-            await self._emit(run, outcome)
         log.info("run %s taken over from its checkpoint", run_id)
         return run

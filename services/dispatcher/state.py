@@ -18,12 +18,13 @@ from swarm.contracts import (
     RunPlanned,
     RunPolicy,
     RunSummary,
+    SpawnRequest,
     StepResult,
     StepSpec,
     StepStatus,
     utc_now,
 )
-from swarm.dag import children_of, sinks
+from swarm.dag import PlanError, PlanLimits, children_of, sinks, topological_order
 
 
 class StepPhase(StrEnum):
@@ -67,6 +68,7 @@ class Outcome:
     retried: list[tuple[str, int, str]] = field(default_factory=list)  # step, next attempt, error
     dead_lettered: list[tuple[str, str]] = field(default_factory=list)  # step, error
     cancelled: list[str] = field(default_factory=list)
+    spawned: list[tuple[str, list[str]]] = field(default_factory=list)  # parent, new step ids
     run_finished: RunPhase | None = None
     changed: bool = False
 
@@ -99,12 +101,21 @@ class StepState:
 class RunState:
     """One run: its plan, the phase of every step, and its totals."""
 
-    def __init__(self, planned: RunPlanned, max_in_flight: int, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        planned: RunPlanned,
+        max_in_flight: int,
+        retry: RetryPolicy | None = None,
+        limits: PlanLimits | None = None,
+    ) -> None:
         self.planned = planned
         self.run_id = planned.run_id
         self.tenant = planned.tenant
+        self.priority = planned.priority
         self.max_in_flight = max_in_flight
         self.retry = retry or RetryPolicy()
+        self.limits = limits or PlanLimits()
+        self.spawns: list[tuple[str, SpawnRequest]] = []
         self.agents: dict[str, AgentSpec] = {a.id: a for a in planned.plan.agents}
         self.steps: dict[str, StepState] = {s.id: StepState(spec=s) for s in planned.plan.steps}
         self.depends_on = {s.id: tuple(dict.fromkeys(s.depends_on)) for s in planned.plan.steps}
@@ -121,14 +132,24 @@ class RunState:
     # ------------------------------------------------------------------ transitions
 
     def start(self) -> Outcome:
-        """Queue every step without dependencies (up to the concurrency cap)."""
-        outcome = Outcome(changed=True)
+        """Make every step without dependencies ready; `take` queues them."""
         for step_id, state in self.steps.items():
             if state.deps_left == 0 and state.phase is StepPhase.WAITING:
                 state.phase = StepPhase.READY
                 self.ready.append(step_id)
-        self._fill(outcome)
-        return outcome
+        return Outcome(changed=True)
+
+    def take(self, limit: int) -> list[Dispatch]:
+        """Queue up to `limit` ready steps, within the run's own concurrency cap."""
+        dispatches: list[Dispatch] = []
+        while self.ready and len(dispatches) < limit and self.in_flight < self.max_in_flight:
+            step_id = self.ready.popleft()
+            state = self.steps[step_id]
+            state.phase = StepPhase.QUEUED
+            state.attempt = max(state.attempt, 1)
+            self.in_flight += 1
+            dispatches.append(Dispatch(step_id, state.attempt))
+        return dispatches
 
     def apply(self, result: StepResult) -> Outcome:
         """Apply one step result; stale and duplicate results change nothing."""
@@ -144,23 +165,29 @@ class RunState:
         outcome.changed = True
         state.prompt_tokens += result.prompt_tokens
         state.completion_tokens += result.completion_tokens
-        if result.status is StepStatus.SUCCEEDED:
+        spawn_error = ""
+        if result.status is StepStatus.SUCCEEDED and result.spawn is not None:
+            try:
+                self._spawn(result.step_id, result.spawn)
+                outcome.spawned.append((result.step_id, [s.id for s in result.spawn.steps]))
+            except PlanError as exc:
+                spawn_error = f"spawn rejected: {exc}"
+        if result.status is StepStatus.SUCCEEDED and not spawn_error:
             self._finish(result.step_id, StepPhase.SUCCEEDED, outcome)
             outcome.succeeded.append(result.step_id)
         elif result.retryable and state.attempt < state.spec.max_attempts:
             state.attempt += 1
             self.retries_count += 1
-            error = result.error or "failed"
+            error = spawn_error or result.error or "failed"
             outcome.retried.append((result.step_id, state.attempt, error))
             outcome.dispatches.append(Dispatch(result.step_id, state.attempt, self.retry.delay_s(state.attempt)))
         else:
-            state.error = result.error or "failed"
+            state.error = spawn_error or result.error or "failed"
             self._finish(result.step_id, StepPhase.FAILED, outcome)
             outcome.dead_lettered.append((result.step_id, state.error))
             if self.planned.policy is RunPolicy.FAIL_FAST:
                 self._end(RunPhase.FAILED, f"step {result.step_id} failed: {state.error}", outcome)
                 return outcome
-        self._fill(outcome)
         self._check_done(outcome)
         return outcome
 
@@ -186,14 +213,53 @@ class RunState:
                 child_state.phase = StepPhase.READY
                 self.ready.append(child)
 
-    def _fill(self, outcome: Outcome) -> None:
-        while self.ready and self.in_flight < self.max_in_flight:
-            step_id = self.ready.popleft()
-            state = self.steps[step_id]
-            state.phase = StepPhase.QUEUED
-            state.attempt = max(state.attempt, 1)
-            self.in_flight += 1
-            outcome.dispatches.append(Dispatch(step_id, state.attempt))
+    def _spawn(self, parent_id: str, request: SpawnRequest) -> None:
+        """Grow the DAG: new steps run after the parent; the parent's dependents also wait for them."""
+        if len(self.agents) + len(request.agents) > self.limits.max_agents:
+            raise PlanError(f"the run would have more than {self.limits.max_agents} agents")
+        if len(self.steps) + len(request.steps) > self.limits.max_steps:
+            raise PlanError(f"the run would have more than {self.limits.max_steps} steps")
+        new_ids = [s.id for s in request.steps]
+        clashes = sorted({*new_ids} & self.steps.keys()) or sorted({a.id for a in request.agents} & self.agents.keys())
+        if clashes or len(set(new_ids)) != len(new_ids):
+            raise PlanError(f"ids already in use: {', '.join(clashes[:5]) or 'duplicates among the new steps'}")
+        agents = self.agents.keys() | {a.id for a in request.agents}
+        # New steps may depend on each other and on finished steps only: an edge to an unfinished
+        # step could close a cycle through the parent's dependents, which now wait for the new steps.
+        allowed = {*new_ids, *(s for s, st in self.steps.items() if st.phase in FINISHED)}
+        for step in request.steps:
+            if step.agent_id not in agents:
+                raise PlanError(f"spawned step {step.id} names unknown agent {step.agent_id}")
+            if bad := [d for d in step.depends_on if d not in allowed]:
+                raise PlanError(f"spawned step {step.id} depends on {bad[0]}, which is neither new nor finished")
+        new_edges = {s.id: tuple(d for d in s.depends_on if d in new_ids) for s in request.steps}
+        topological_order(new_edges)  # raises on a cycle among the new steps
+        self.spawns.append((parent_id, request))
+        self._graft(parent_id, request)
+
+    def _graft(self, parent_id: str, request: SpawnRequest) -> None:
+        """Add validated spawned steps to the graph (also used when restoring a checkpoint)."""
+        self.agents.update({a.id: a for a in request.agents})
+        new_ids = [s.id for s in request.steps]
+        needed = {d for s in request.steps for d in s.depends_on}
+        new_sinks = [step_id for step_id in new_ids if step_id not in needed]
+        old_dependents = list(self.children[parent_id])
+        for step in request.steps:
+            self.steps[step.id] = StepState(spec=step)
+            self.depends_on[step.id] = tuple(dict.fromkeys((parent_id, *step.depends_on)))
+            self.children[step.id] = []
+        for step_id in new_ids:
+            for dep in self.depends_on[step_id]:
+                self.children[dep].append(step_id)
+        for dependent in old_dependents:
+            self.depends_on[dependent] = (*self.depends_on[dependent], *new_sinks)
+            for sink in new_sinks:
+                self.children[sink].append(dependent)
+        # The parent is still unfinished here: finishing it releases the new steps.
+        for step_id in (*new_ids, *old_dependents):
+            self.steps[step_id].deps_left = sum(
+                1 for d in self.depends_on[step_id] if self.steps[d].phase not in FINISHED
+            )
 
     def _end(self, phase: RunPhase, error: str, outcome: Outcome) -> None:
         self.phase = phase
@@ -256,6 +322,7 @@ class RunState:
             "phase": self.phase.value,
             "error": self.error,
             "retries_count": self.retries_count,
+            "spawns": [[parent, request.model_dump(mode="json")] for parent, request in self.spawns],
             "steps": {
                 step_id: [s.phase.value, s.attempt, s.prompt_tokens, s.completion_tokens, s.error]
                 for step_id, s in self.steps.items()
@@ -265,24 +332,32 @@ class RunState:
 
     @classmethod
     def restore(
-        cls, planned: RunPlanned, checkpoint: dict[str, Any], max_in_flight: int, retry: RetryPolicy | None = None
-    ) -> tuple[RunState, Outcome]:
+        cls,
+        planned: RunPlanned,
+        checkpoint: dict[str, Any],
+        max_in_flight: int,
+        retry: RetryPolicy | None = None,
+        limits: PlanLimits | None = None,
+    ) -> RunState:
         """Rebuild a run from its plan and checkpoint.
 
         Queued steps are not queued again: a checkpoint is written only after its dispatches were
         acknowledged by the STEPS stream, and results it has not seen are redelivered to us.
         """
-        run = cls(planned, max_in_flight, retry)
+        run = cls(planned, max_in_flight, retry, limits)
         run.phase = RunPhase(checkpoint["phase"])
         run.error = checkpoint["error"]
         run.retries_count = checkpoint["retries_count"]
+        for parent, request in checkpoint.get("spawns", []):
+            spawn = SpawnRequest.model_validate(request)
+            run.spawns.append((parent, spawn))
+            run._graft(parent, spawn)
         for step_id, (phase, attempt, prompt_tokens, completion_tokens, error) in checkpoint["steps"].items():
             state = run.steps[step_id]
             state.phase, state.attempt, state.error = StepPhase(phase), attempt, error
             state.prompt_tokens, state.completion_tokens = prompt_tokens, completion_tokens
         for step_id, state in run.steps.items():
             state.deps_left = sum(1 for dep in run.depends_on[step_id] if run.steps[dep].phase not in FINISHED)
-        outcome = Outcome()
         if run.phase is RunPhase.RUNNING:
             for step_id, state in run.steps.items():
                 if state.phase is StepPhase.QUEUED:
@@ -290,5 +365,4 @@ class RunState:
                 elif state.phase in (StepPhase.READY, StepPhase.WAITING) and state.deps_left == 0:
                     state.phase = StepPhase.READY
                     run.ready.append(step_id)
-            run._fill(outcome)
-        return run, outcome
+        return run

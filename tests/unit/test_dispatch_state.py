@@ -7,17 +7,20 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.state import RetryPolicy, RunPhase, RunState, StepPhase
 from swarm.contracts import (
     AgentSpec,
     Plan,
     RunPlanned,
     RunPolicy,
+    SpawnRequest,
     StepResult,
     StepSpec,
     StepStatus,
     utc_now,
 )
+from swarm.dag import PlanLimits
 
 NO_BACKOFF = RetryPolicy(base_s=0, cap_s=0)
 
@@ -37,11 +40,23 @@ def result(step: str, attempt: int = 1, ok: bool = True, retryable: bool = True)
     )
 
 
+def started(run: RunState) -> list[str]:
+    run.start()
+    return queued(run)
+
+
+def queued(run: RunState) -> list[str]:
+    """Queue every ready step the run's cap allows (the scheduler's job in the dispatcher)."""
+    return [d.step_id for d in run.take(10**6)]
+
+
 def test_steps_dispatch_when_their_dependencies_finish() -> None:
     run = RunState(planned({"a": (), "b": (), "c": ("a", "b")}), max_in_flight=100)
-    assert [d.step_id for d in run.start().dispatches] == ["a", "b"]
-    assert run.apply(result("a")).dispatches == []
-    assert [d.step_id for d in run.apply(result("b")).dispatches] == ["c"]
+    assert started(run) == ["a", "b"]
+    run.apply(result("a"))
+    assert queued(run) == []
+    run.apply(result("b"))
+    assert queued(run) == ["c"]
     outcome = run.apply(result("c"))
     assert outcome.run_finished is RunPhase.EXECUTED
     assert run.sink_step_ids() == ["c"]
@@ -50,23 +65,25 @@ def test_steps_dispatch_when_their_dependencies_finish() -> None:
 
 def test_duplicate_and_stale_results_change_nothing() -> None:
     run = RunState(planned({"a": (), "b": ("a",)}), max_in_flight=100)
-    run.start()
+    started(run)
     assert run.apply(result("a")).changed
+    assert queued(run) == ["b"]
     again = run.apply(result("a"))
-    assert not again.changed and again.dispatches == []
+    assert not again.changed and queued(run) == []
     assert not run.apply(result("b", attempt=7)).changed
 
 
 def test_concurrency_cap_holds_steps_back() -> None:
     run = RunState(planned({f"s{i}": () for i in range(10)}), max_in_flight=3)
-    assert len(run.start().dispatches) == 3
-    assert len(run.apply(result("s0")).dispatches) == 1
+    assert len(started(run)) == 3
+    run.apply(result("s0"))
+    assert len(queued(run)) == 1
     assert run.in_flight == 3
 
 
 def test_retry_then_dead_letter_fails_a_fail_fast_run() -> None:
     run = RunState(planned({"a": (), "b": ()}, max_attempts=2), max_in_flight=100, retry=NO_BACKOFF)
-    run.start()
+    started(run)
     first = run.apply(result("a", ok=False))
     assert first.retried == [("a", 2, "boom")] and first.dispatches[0].attempt == 2
     second = run.apply(result("a", attempt=2, ok=False))
@@ -77,7 +94,7 @@ def test_retry_then_dead_letter_fails_a_fail_fast_run() -> None:
 
 def test_non_retryable_failure_dead_letters_at_once() -> None:
     run = RunState(planned({"a": ()}, max_attempts=5), max_in_flight=100)
-    run.start()
+    started(run)
     assert run.apply(result("a", ok=False, retryable=False)).dead_lettered == [("a", "boom")]
 
 
@@ -86,18 +103,18 @@ def test_quorum_run_survives_a_failed_mapper() -> None:
     edges["reduce"] = tuple(edges)
     plan = planned(edges, policy=RunPolicy.QUORUM, max_attempts=1).model_copy(update={"quorum": 0.9})
     run = RunState(plan, max_in_flight=100)
-    run.start()
+    started(run)
     run.apply(result("m0", ok=False))
     for i in range(1, 20):
-        outcome = run.apply(result(f"m{i}"))
-    assert [d.step_id for d in outcome.dispatches] == ["reduce"]
+        run.apply(result(f"m{i}"))
+    assert queued(run) == ["reduce"]
     assert run.apply(result("reduce")).run_finished is RunPhase.EXECUTED
     assert run.failed_step_ids() == ["m0"]
 
 
 def test_cancel_drops_unfinished_steps() -> None:
     run = RunState(planned({"a": (), "b": ("a",)}), max_in_flight=100)
-    run.start()
+    started(run)
     outcome = run.cancel("user")
     assert outcome.run_finished is RunPhase.CANCELLED and sorted(outcome.cancelled) == ["a", "b"]
     assert not run.apply(result("a")).changed
@@ -110,14 +127,86 @@ def test_checkpoint_restore_finishes_like_uninterrupted(seeds: list[int], rnd) -
     edges = {f"s{i}": tuple(sorted({f"s{seed % i}" for seed in seeds[:i] if i})) for i in range(len(seeds))}
     plan = planned(edges)
     run = RunState(plan, max_in_flight=5)
-    pending = [d.step_id for d in run.start().dispatches]
+    pending = started(run)
     stop_at = rnd.randint(0, len(edges))
     done = 0
     while pending:
         if done == stop_at:
-            run, _ = RunState.restore(plan, run.checkpoint(), max_in_flight=5)
+            run = RunState.restore(plan, run.checkpoint(), max_in_flight=5)
+            pending += queued(run)
         step = pending.pop(rnd.randrange(len(pending)))
-        pending += [d.step_id for d in run.apply(result(step)).dispatches]
+        run.apply(result(step))
+        pending += queued(run)
         done += 1
     assert run.phase is RunPhase.EXECUTED
     assert done == len(edges)
+
+
+def spawning(step: str, request: SpawnRequest) -> StepResult:
+    return result(step).model_copy(update={"spawn": request})
+
+
+def test_spawned_steps_run_after_the_parent_and_before_its_dependents() -> None:
+    run = RunState(planned({"a": (), "z": ("a",)}), max_in_flight=100)
+    started(run)
+    grow = SpawnRequest(
+        agents=(AgentSpec(id="helper", role="r"),),
+        steps=(
+            StepSpec(id="n1", agent_id="helper", instruction="x"),
+            StepSpec(id="n2", agent_id="a", instruction="y", depends_on=("n1",)),
+        ),
+    )
+    outcome = run.apply(spawning("a", grow))
+    assert outcome.spawned == [("a", ["n1", "n2"])]
+    assert queued(run) == ["n1"]
+    run.apply(result("n1"))
+    assert queued(run) == ["n2"]
+    run.apply(result("n2"))
+    assert queued(run) == ["z"]
+    assert run.apply(result("z")).run_finished is RunPhase.EXECUTED
+    assert run.summary().steps_total == 4 and run.summary().agents_count == 2
+
+
+def test_spawn_survives_checkpoint_and_restore() -> None:
+    plan = planned({"a": (), "z": ("a",)})
+    run = RunState(plan, max_in_flight=100)
+    started(run)
+    run.apply(spawning("a", SpawnRequest(steps=(StepSpec(id="n1", agent_id="a", instruction="x"),))))
+    restored = RunState.restore(plan, run.checkpoint(), max_in_flight=100)
+    assert queued(restored) == ["n1"]
+    restored.apply(result("n1"))
+    assert queued(restored) == ["z"]
+
+
+def test_spawn_over_the_limits_or_onto_unfinished_steps_is_rejected() -> None:
+    run = RunState(planned({"a": (), "b": (), "z": ("a", "b")}), max_in_flight=100, limits=PlanLimits(max_steps=4))
+    started(run)
+    too_many = SpawnRequest(steps=tuple(StepSpec(id=f"n{i}", agent_id="a", instruction="x") for i in range(2)))
+    outcome = run.apply(spawning("a", too_many))
+    assert outcome.retried and "spawn rejected" in outcome.retried[0][2]
+    onto_unfinished = SpawnRequest(steps=(StepSpec(id="n", agent_id="a", instruction="x", depends_on=("b",)),))
+    outcome = run.apply(spawning("a", onto_unfinished).model_copy(update={"attempt": 2}))
+    assert outcome.retried and "neither new nor finished" in outcome.retried[0][2]
+
+
+def test_scheduler_prefers_priority_then_the_run_with_fewest_in_flight() -> None:
+    big = RunState(planned({f"s{i}": () for i in range(100)}), max_in_flight=1000)
+    small_plan = planned({f"t{i}": () for i in range(3)}).model_copy(update={"run_id": "small"})
+    small = RunState(small_plan, max_in_flight=1000)
+    urgent_plan = planned({"u": ()}).model_copy(update={"run_id": "urgent", "priority": 5})
+    urgent = RunState(urgent_plan, max_in_flight=1000)
+    for run in (big, small, urgent):
+        run.start()
+    filled = dict((r.run_id, [d.step_id for d in ds]) for r, ds in Scheduler(10, 1000).fill([big, small, urgent]))
+    assert filled["urgent"] == ["u"]
+    assert len(filled["small"]) == 3  # not starved by the big run's 100 ready steps
+    assert len(filled["r"]) == 6
+
+
+def test_scheduler_respects_the_tenant_cap() -> None:
+    runs = [RunState(planned({f"s{i}": () for i in range(10)}).model_copy(update={"run_id": f"r{k}"}), 100)
+            for k in range(3)]  # fmt: skip
+    for run in runs:
+        run.start()
+    filled = Scheduler(max_in_flight=100, max_in_flight_per_tenant=7).fill(runs)
+    assert sum(len(d) for _, d in filled) == 7
