@@ -90,6 +90,9 @@ class ConsumerSpec:
     max_deliver: int = -1
     max_ack_pending: int = 20_000
     deliver_all: bool = True
+    # "all": one ack covers every earlier message of the consumer (one ack per batch); only for a
+    # consumer with a single reader that acks in order (the recorder), else use "explicit".
+    ack_policy: str = "explicit"
 
 
 class Bus:
@@ -172,6 +175,7 @@ class Bus:
                         bucket=bucket.name,
                         description=bucket.description,
                         history=bucket.history,
+                        ttl=bucket.ttl_s or None,
                         storage=storage,
                         replicas=self.settings.stream_replicas,
                     )
@@ -196,7 +200,7 @@ class Bus:
         """Create the durable consumer, or check that the existing one filters what we expect."""
         config = ConsumerConfig(
             durable_name=spec.durable,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL if spec.ack_policy == "all" else AckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_s,
             max_deliver=spec.max_deliver,
             max_ack_pending=spec.max_ack_pending,

@@ -7,6 +7,7 @@ from this module (`swarm proto`), and a test fails when it drifts.
 from __future__ import annotations
 
 import re
+import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -23,6 +24,11 @@ Id = Annotated[str, Field(pattern=ID_PATTERN, description="An identifier: letter
 def utc_now() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)
+
+
+def result_partition(run_id: str) -> int:
+    """The results partition of a run: stable across processes and versions."""
+    return zlib.crc32(run_id.encode()) % RESULT_PARTITIONS
 
 
 def is_valid_id(value: str) -> bool:
@@ -105,6 +111,7 @@ class BucketSpec(BaseModel):
     description: str
     history: int = 1
     kind: Literal["kv", "object"] = "kv"
+    ttl_s: float = 0.0
 
 
 RUN_STATE_BUCKET = BucketSpec(name="swarm_run_state", description="Dispatcher checkpoints of run state.")
@@ -113,12 +120,23 @@ OUTPUTS_BUCKET = BucketSpec(name="swarm_outputs", description="Step outputs, key
 PAYLOADS_STORE = BucketSpec(
     name="swarm_payloads", kind="object", description="Payloads too large for a message, by reference."
 )
-ALL_BUCKETS = (RUN_STATE_BUCKET, RUN_INDEX_BUCKET, OUTPUTS_BUCKET, PAYLOADS_STORE)
+DISPATCHER_LEASES_BUCKET = BucketSpec(
+    name="swarm_dispatcher_leases", ttl_s=6.0,
+    description="Which dispatcher replica owns which results partition; entries expire unless renewed.",
+)  # fmt: skip
+SCRATCHPAD_BUCKET = BucketSpec(
+    name="swarm_scratchpad", description="The scratchpad tool: values a run's agents share, key '<run_id>.<key>'."
+)
+ALL_BUCKETS = (
+    RUN_STATE_BUCKET, RUN_INDEX_BUCKET, OUTPUTS_BUCKET, PAYLOADS_STORE, DISPATCHER_LEASES_BUCKET, SCRATCHPAD_BUCKET,
+)  # fmt: skip
 
 # Durable consumer names, one place for each.
 PLANNER_CONSUMER = "planner"
 DISPATCHER_PLANS_CONSUMER = "dispatcher-plans"
-DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"
+DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"  # one durable per partition: "dispatcher-results-<p>"
+# Results are split into partitions by run id; each partition is owned by one dispatcher replica.
+RESULT_PARTITIONS = 16
 AGGREGATOR_CONSUMER = "aggregator"
 WORKERS_CONSUMER_PREFIX = "workers"  # one durable per pool: "workers-<pool>"
 RECORDER_CONSUMER = "recorder"
@@ -153,8 +171,13 @@ class Subjects:
 
     @staticmethod
     def result(run_id: str) -> str:
-        """Where workers report the results of a run's steps."""
-        return f"swarm.results.{run_id}"
+        """Where workers report the results of a run's steps (in the run's partition)."""
+        return f"swarm.results.{result_partition(run_id)}.{run_id}"
+
+    @staticmethod
+    def results_partition(partition: int | str) -> str:
+        """Every result of one partition."""
+        return f"swarm.results.{partition}.*"
 
     @staticmethod
     def run_event(tenant: str, run_id: str, kind: str) -> str:
@@ -175,6 +198,11 @@ class Subjects:
     def step_event(run_id: str) -> str:
         """Step events of one run, for the recorder."""
         return f"swarm.events.step.{run_id}"
+
+    @staticmethod
+    def step_event_batch(run_id: str) -> str:
+        """Several step events of one run in one message (a StepEventBatch), for the recorder."""
+        return f"swarm.events.stepbatch.{run_id}"
 
     @staticmethod
     def inference_event() -> str:
@@ -233,6 +261,13 @@ class StepSpec(Contract):
         default=None,
         ge=0,
         description="For the 'sim' inference backend only: the simulated engine latency of this step.",
+    )
+    sim_fault: Literal["fail_once", "garbage"] | None = Field(
+        default=None,
+        description=(
+            "For the 'sim' inference backend only (load tests): 'fail_once' fails the step's first attempt, "
+            "'garbage' makes the model return an unusable output. Ignored by every other backend."
+        ),
     )
     tools: tuple[str, ...] = Field(
         default=(), description="Tools the agent may call in this step, by registry name (e.g. 'python', 'spawn')."
@@ -505,6 +540,23 @@ class InferenceRequest(Contract):
     step_id: str | None = Field(default=None, description="Step on whose behalf, for accounting.")
     caller: str = Field(default="worker", description="Which service calls: planner, worker, aggregator.")
     sim_latency_ms: float | None = Field(default=None, ge=0, description="For the sim backend: force this latency.")
+    stream: bool = Field(
+        default=False,
+        description="Stream the completion: InferenceChunk messages to the reply subject instead of one "
+        "InferenceResponse.",
+    )
+    deadline_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Budget in ms from when the gateway receives the request; past it, the request is "
+        "answered 'deadline exceeded' (without running if it is still queued).",
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=0,
+        le=9,
+        description="Scheduling class, 0 first; default from caller: planner and aggregator 0, others 5.",
+    )
 
 
 class InferenceResponse(Contract):
@@ -520,6 +572,19 @@ class InferenceResponse(Contract):
     completion_tokens: int = Field(default=0, ge=0, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Time waiting for an engine slot.")
     duration_ms: float = Field(default=0, ge=0, description="Engine time.")
+
+
+class InferenceChunk(Contract):
+    """One piece of a streamed completion, sent to the request's reply subject; the last one has done=True."""
+
+    request_id: str = Field(description="The request's id.")
+    index: int = Field(ge=0, description="Position of this chunk in the stream, from 0.")
+    delta: str = Field(default="", description="Text generated since the previous chunk.")
+    done: bool = Field(default=False, description="Whether this is the last chunk.")
+    response: InferenceResponse | None = Field(
+        default=None,
+        description="On the last chunk: the whole reply (content, tokens, timings) or the error.",
+    )
 
 
 # --------------------------------------------------------------------------- events (for ClickHouse)
@@ -557,6 +622,14 @@ class StepEvent(Contract):
     worker_id: str = Field(default="", description="Which worker, if any.")
     error: str = Field(default="", description="Error text for failures.")
     attributes: dict[str, str] = Field(default_factory=dict, description="Free-form attributes.")
+
+
+class StepEventBatch(Contract):
+    """Several step events in one message: fewer messages, and less per-message work, for busy producers."""
+
+    events: tuple[StepEvent, ...] = Field(
+        min_length=1, max_length=2000, description="The events, each recorded as if published alone."
+    )
 
 
 def step_event_id(run_id: str, step_id: str, attempt: int, kind: StepEventKind | str) -> str:
@@ -602,14 +675,17 @@ CHANNELS: tuple[Channel, ...] = (
             description="Submit a task (set the Nats-Msg-Id header to the run_id)."),
     Channel(address=Subjects.steps("{pool}"), stream=STEPS.name, message=StepDispatch,
             description="Ready steps for a worker pool."),
-    Channel(address=Subjects.result("{run_id}"), stream=RESULTS.name, message=StepResult,
+    Channel(address="swarm.results.{partition}.{run_id}", stream=RESULTS.name, message=StepResult,
             description="Step results for the dispatcher."),
     Channel(address=Subjects.run_event("{tenant}", "{run_id}", "{kind}"), stream=RUNS.name, message=RunEvent,
             description="Run lifecycle events; the last token is the event's 'kind' field."),
     Channel(address=Subjects.step_event("{run_id}"), stream=EVENTS.name, message=StepEvent,
             description="Step transitions for the event log."),
+    Channel(address=Subjects.step_event_batch("{run_id}"), stream=EVENTS.name, message=StepEventBatch,
+            description="Several step transitions of one run in one message, for the event log."),
     Channel(address=Subjects.inference_event(), stream=EVENTS.name, message=InferenceEvent,
             description="Inference calls for the event log."),
     Channel(address=Subjects.INFER, stream=None, message=InferenceRequest, reply=InferenceResponse,
-            description="Core NATS request to the gateway's queue group; the reply is an InferenceResponse."),
+            description="Core NATS request to the gateway's queue group; the reply is an InferenceResponse, "
+            "or with stream=true a sequence of InferenceChunk messages to the reply subject."),
 )

@@ -32,6 +32,7 @@ PARAMETER_DOCS = {
     "run_id": "Run id chosen by the client at submission (letters, digits, '_' or '-').",
     "pool": "Worker pool name (letters, digits, '_' or '-'); 'default' unless configured.",
     "kind": "The run event's 'kind' field.",
+    "partition": "Results partition of the run: crc32(run_id) modulo RESULT_PARTITIONS (16).",
 }
 
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")

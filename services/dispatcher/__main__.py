@@ -18,7 +18,7 @@ async def main(stop: asyncio.Event, settings: DispatcherSettings | None = None) 
     dispatcher = Dispatcher(bus, settings)
     plans = await bus.pull_subscription(PLANS_CONSUMER)
     await bus.serve_health("dispatcher", lambda: {"runs": len(dispatcher.runs)})
-    await asyncio.gather(consume(plans, dispatcher.on_run_message, stop), dispatcher.results_loop(stop))
+    await asyncio.gather(consume(plans, dispatcher.on_run_message, stop), dispatcher.run(stop))
     await bus.close()
 
 

@@ -8,21 +8,27 @@ re-published steps carry the same message id and are de-duplicated by the stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import secrets
+import socket
 import time
 from datetime import timedelta
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from pydantic import ValidationError
 
+from services.dispatcher.leases import PartitionLeases
 from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import Dispatch, Outcome, RetryPolicy, RunPhase, RunState, StepPhase
 from swarm.bus import Bus, ConsumerSpec
 from swarm.contracts import (
+    DISPATCHER_LEASES_BUCKET,
     DISPATCHER_PLANS_CONSUMER,
     DISPATCHER_RESULTS_CONSUMER,
     RESULTS,
@@ -42,6 +48,7 @@ from swarm.contracts import (
     StepEventKind,
     StepResult,
     Subjects,
+    result_partition,
     step_event_id,
     utc_now,
 )
@@ -55,9 +62,17 @@ PLANS_CONSUMER = ConsumerSpec(
     filter_subjects=(Subjects.run_kind_all("planned"), Subjects.run_kind_all("cancel")),
     ack_wait_s=60.0,
 )
-RESULTS_CONSUMER = ConsumerSpec(
-    stream=RESULTS, durable=DISPATCHER_RESULTS_CONSUMER, filter_subjects=(Subjects.RESULTS_ALL,), ack_wait_s=30.0
-)
+LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
+
+
+def results_consumer(partition: int) -> ConsumerSpec:
+    """The durable consumer of one results partition (read by the replica that owns it)."""
+    return ConsumerSpec(
+        stream=RESULTS,
+        durable=f"{DISPATCHER_RESULTS_CONSUMER}-{partition}",
+        filter_subjects=(Subjects.results_partition(partition),),
+        ack_wait_s=30.0,
+    )
 
 
 class Dispatcher:
@@ -69,8 +84,11 @@ class Dispatcher:
         self.retry = RetryPolicy(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
         self.limits = PlanLimits(max_agents=settings.max_agents, max_steps=settings.max_steps)
         self.scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant)
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.runs: dict[str, RunState] = {}
+        self.revisions: dict[str, int] = {}  # run -> revision of its checkpoint we last wrote or read
         self.finished: set[str] = set()
+        self.leases: PartitionLeases | None = None
         self._last_progress: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
@@ -88,9 +106,8 @@ class Dispatcher:
     async def _start(self, planned: RunPlanned) -> None:
         if planned.run_id in self.runs or planned.run_id in self.finished:
             return
-        run = await self._load(planned.run_id)
-        if run is not None:  # a redelivered plan: the run is already under way
-            return
+        if await self._load(planned.run_id) is not None or planned.run_id in self.finished:
+            return  # a redelivered plan: the run is under way or over
         run = RunState(planned, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run.run_id] = run
         run.start()
@@ -98,6 +115,8 @@ class Dispatcher:
         await self.bus.flush_publishes()
         await self._checkpoint(run)
         log.info("run %s started: %d agents, %d steps", run.run_id, len(run.agents), len(run.steps))
+        if not self._owns(run.run_id):  # its partition's owner takes it from the checkpoint
+            self._forget(run.run_id)
 
     async def _cancel(self, request: RunCancelRequested) -> None:
         run = self.runs.get(request.run_id) or await self._load(request.run_id)
@@ -111,9 +130,48 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ results
 
-    async def results_loop(self, stop: asyncio.Event) -> None:
-        """Fetch results in batches until `stop`; each batch is applied, published, checkpointed, acked."""
-        psub = await self.bus.pull_subscription(RESULTS_CONSUMER)
+    async def run(self, stop: asyncio.Event) -> None:
+        """Hold leases on a share of the results partitions and consume those, until `stop`."""
+        self.leases = PartitionLeases(await self.bus.kv(DISPATCHER_LEASES_BUCKET), self.instance_id)
+        loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        while not stop.is_set():
+            try:
+                gained, lost = await self.leases.renew()
+            except (nats.errors.Error, TimeoutError) as exc:  # NATS away: keep what we have, try again
+                log.warning("lease renewal failed: %s", exc)
+                gained, lost = set(), set()
+            for partition in lost:
+                await self._stop_partition(loops.pop(partition, None))
+                for run_id in [r for r in self.runs if result_partition(r) == partition]:
+                    self._forget(run_id)
+            for partition in gained:
+                partition_stop = asyncio.Event()
+                loops[partition] = (asyncio.create_task(self._results_loop(partition, partition_stop)), partition_stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEASE_RENEW_S)
+        for _, partition_stop in loops.values():
+            partition_stop.set()
+        await asyncio.gather(*(task for task, _ in loops.values()))
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self.leases.release_all()
+
+    @staticmethod
+    async def _stop_partition(loop: tuple[asyncio.Task[None], asyncio.Event] | None) -> None:
+        if loop is not None:
+            loop[1].set()
+            await loop[0]
+
+    def _owns(self, run_id: str) -> bool:
+        return self.leases is not None and result_partition(run_id) in self.leases.owned
+
+    def _forget(self, run_id: str) -> None:
+        self.runs.pop(run_id, None)
+        self.revisions.pop(run_id, None)
+        self._last_progress.pop(run_id, None)
+
+    async def _results_loop(self, partition: int, stop: asyncio.Event) -> None:
+        """Fetch one partition's results in batches: apply, publish, checkpoint, ack."""
+        psub = await self.bus.pull_subscription(results_consumer(partition))
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(self.settings.results_batch, timeout=1.0)
@@ -123,11 +181,17 @@ class Dispatcher:
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                 await asyncio.sleep(0.5)
                 continue
-            async with self._lock:
-                await self._apply_batch(msgs)
+            try:
+                async with self._lock:
+                    await self._apply_batch(msgs)
+            except (nats.errors.Error, TimeoutError) as exc:
+                # Unacked results come back after ack_wait and re-apply idempotently.
+                log.warning("batch of %d results not settled (%s); they will be redelivered", len(msgs), exc)
+        with contextlib.suppress(nats.errors.Error):
+            await psub.unsubscribe()
 
     async def _apply_batch(self, msgs: list[Msg]) -> None:
-        to_ack: list[Msg] = []
+        to_ack: list[tuple[str, Msg]] = []
         touched: dict[str, RunState] = {}
         for msg in msgs:
             try:
@@ -139,7 +203,7 @@ class Dispatcher:
             run = self.runs.get(result.run_id) or await self._load(result.run_id)
             if run is None:
                 if result.run_id in self.finished:
-                    to_ack.append(msg)
+                    to_ack.append(("", msg))
                 else:  # its plan is not processed yet (or not checkpointed): ask again shortly
                     await msg.nak(delay=1.0)
                 continue
@@ -147,13 +211,15 @@ class Dispatcher:
             if outcome.changed:
                 await self._emit(run, outcome, result)
                 touched[run.run_id] = run
-            to_ack.append(msg)
+            to_ack.append((run.run_id, msg))
         touched.update({run.run_id: run for run in await self._schedule()})
         await self.bus.flush_publishes()
-        for run in touched.values():
-            await self._checkpoint(run)
-        for msg in to_ack:
-            await msg.ack()
+        superseded = {run.run_id for run in touched.values() if not await self._checkpoint(run)}
+        for run_id, msg in to_ack:
+            if run_id in superseded:  # another replica changed the run meanwhile: let it be re-applied there
+                await msg.nak(delay=0.5)
+            else:
+                await msg.ack()
 
     # ------------------------------------------------------------------ output
 
@@ -284,14 +350,27 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ checkpoints
 
-    async def _checkpoint(self, run: RunState) -> None:
+    async def _checkpoint(self, run: RunState) -> bool:
+        """Write the run's checkpoint if nobody else wrote one since we read or wrote ours (compare-and-set).
+
+        False when superseded (a lease moved, a cancel by another replica): we drop the run from memory
+        and it is re-read from the newer checkpoint when needed.
+        """
         kv = await self.bus.kv(RUN_STATE_BUCKET)
-        body = {"tenant": run.tenant, **run.checkpoint()}
-        await kv.put(run.run_id, json.dumps(body, separators=(",", ":")).encode())
+        body = json.dumps({"tenant": run.tenant, **run.checkpoint()}, separators=(",", ":")).encode()
+        try:
+            if run.run_id in self.revisions:
+                self.revisions[run.run_id] = await kv.update(run.run_id, body, last=self.revisions[run.run_id])
+            else:
+                self.revisions[run.run_id] = await kv.create(run.run_id, body)
+        except KeyWrongLastSequenceError:
+            log.info("run %s was changed by another replica; re-reading it", run.run_id)
+            self._forget(run.run_id)
+            return False
         if run.phase is not RunPhase.RUNNING:
-            self.runs.pop(run.run_id, None)
-            self._last_progress.pop(run.run_id, None)
+            self._forget(run.run_id)
             self.finished.add(run.run_id)
+        return True
 
     async def _load(self, run_id: str) -> RunState | None:
         """Take a run over from its checkpoint and its planned event (after a restart or from another replica)."""
@@ -301,6 +380,7 @@ class Dispatcher:
         except KeyNotFoundError:
             return None
         checkpoint = json.loads(entry.value or b"{}")
+        self.revisions[run_id] = entry.revision or 0
         if checkpoint.get("phase") != RunPhase.RUNNING.value:
             self.finished.add(run_id)
             return None
@@ -312,5 +392,5 @@ class Dispatcher:
         planned = RunPlanned.model_validate_json(raw.data or b"")
         run = RunState.restore(planned, checkpoint, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run_id] = run
-        log.info("run %s taken over from its checkpoint", run_id)
+        log.info("run %s loaded from its checkpoint", run_id)
         return run

@@ -48,7 +48,7 @@ async def service(main, settings) -> AsyncIterator[asyncio.Event]:  # type: igno
 
 @asynccontextmanager
 async def gateway(bus: Bus) -> AsyncIterator[None]:
-    settings = GatewaySettings(backend="sim", sim_latency_scale=0.0)
+    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0, sim_ttft_ms=0, sim_tokens_per_s=1e9)
     engine = create_engine(settings)
     server = GatewayServer(bus, engine, settings)
     await server.start()
@@ -59,13 +59,14 @@ async def gateway(bus: Bus) -> AsyncIterator[None]:
         await engine.close()
 
 
-def layered_plan(layers: int, width: int) -> Plan:
+def layered_plan(layers: int, width: int, sim_latency_ms: float | None = None) -> Plan:
     agents = tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(width))
     steps = []
     for layer in range(layers):
         for i in range(width):
             deps = tuple(f"s{layer - 1}_{j}" for j in range(width)) if layer else ()
-            steps.append(StepSpec(id=f"s{layer}_{i}", agent_id=f"a{i}", instruction="work", depends_on=deps))
+            steps.append(StepSpec(id=f"s{layer}_{i}", agent_id=f"a{i}", instruction="work", depends_on=deps,
+                                  sim_latency_ms=sim_latency_ms))  # fmt: skip
     return Plan(agents=agents, steps=tuple(steps))
 
 
@@ -124,3 +125,29 @@ async def test_dispatcher_restart_mid_run_resumes_from_its_checkpoint(bus: Bus, 
     assert isinstance(final, RunCompleted), final
     events = await succeeded_events(bus, "run-b")
     assert sorted(events) == sorted(s.id for s in plan.steps)  # each step exactly once
+
+
+async def test_two_dispatcher_replicas_share_runs_and_one_leaving_hands_over(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    plans = {f"run-{k}": layered_plan(layers=6, width=6, sim_latency_ms=150) for k in range(4)}
+    settings = DispatcherSettings(nats=nats_settings)
+    async with (
+        gateway(bus),
+        service(worker_main, WorkerSettings(nats=nats_settings, concurrency=8)),
+        service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+        service(dispatcher_main, settings),
+    ):
+        async with service(dispatcher_main, settings):
+            await asyncio.sleep(2.5)  # both hold leases on a share of the partitions
+            leases = await bus.js.key_value("swarm_dispatcher_leases")
+            owners = {(await leases.get(key)).value for key in await leases.keys() if key.startswith("p")}
+            assert len(owners) == 2
+            for run_id, plan in plans.items():
+                await start_run(bus, run_id, plan)
+            await asyncio.sleep(0.5)
+        # The second replica left mid-run; the first takes its partitions and their runs over.
+        for run_id, plan in plans.items():
+            final = await SwarmClient(bus).wait(run_id, "t", timeout_s=60)
+            assert isinstance(final, RunCompleted), final
+            assert sorted(await succeeded_events(bus, run_id)) == sorted(s.id for s in plan.steps)
