@@ -332,7 +332,8 @@ async def consume(
             msgs = await psub.fetch(free, timeout=fetch_timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
             continue
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+        except nats.errors.Error as exc:  # reconnecting, server restarting, JetStream briefly unavailable
+            log.warning("fetch failed (%s); retrying", exc)
             await asyncio.sleep(0.5)
             continue
         for msg in msgs:

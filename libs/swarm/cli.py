@@ -207,6 +207,45 @@ def cancel(run_id: str, tenant: str = DEFAULT_TENANT, nats_url: UrlOption = None
 
 
 @app.command()
+def loadtest(
+    scenario: Annotated[str, typer.Option(help="Scenario: fanout-300, chain-200, swarm-300x4000, faults-5pct, ...")],
+    latency_scale: Annotated[float, typer.Option(min=0, help="Multiplies the simulated step latencies (0: none).")] = 1.0,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats-url", help="Target this deployment (default: the local stack, else an embedded one).")
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Repeat the scenario; the figures are medians.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the plans and their simulated latencies.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Embedded stack: worker-pool processes.")] = 2,
+    worker_concurrency: Annotated[int, typer.Option(min=1, help="Embedded stack: steps run at once per worker.")] = 256,
+    home: Annotated[Path, typer.Option(help="Embedded stack: its data and logs (emptied first).")] = Path(".swarm/loadtest"),
+    scale_steps: Annotated[float, typer.Option(min=0.001, max=1.0, help="Shrink the scenario (smoke tests).")] = 1.0,
+    timeout_s: Annotated[float, typer.Option(min=1, help="Give up on a run after this many seconds.")] = 600.0,
+    floor: Annotated[bool, typer.Option("--floor/--no-floor", help="Measure the raw JetStream round trip.")] = True,
+) -> None:
+    """Drive the real services (sim backend) with a scenario; a table of figures, and JSON with --json."""
+    from loadtest.runner import LoadtestError, LoadtestOptions, failed_targets, report_table, run_loadtest
+
+    options = LoadtestOptions(
+        scenario=scenario, latency_scale=latency_scale, runs=runs, seed=seed, nats_url=nats_url, home=home,
+        workers=workers, worker_concurrency=worker_concurrency, scale_steps=scale_steps, run_timeout_s=timeout_s,
+        floor=floor,
+    )  # fmt: skip
+    try:
+        report = run_loadtest(options, console)
+    except (LoadtestError, StackNotRunning, StackError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(report_table(report))
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"Figures written to {json_file}")
+    problems = failed_targets(report)
+    if problems:
+        raise fail("; ".join(problems))
+
+
+@app.command()
 def status() -> None:
     """Show whether the local stack runs, and its processes."""
     state = Stack().state()
@@ -215,6 +254,67 @@ def status() -> None:
         raise typer.Exit(1)
     console.print_json(json.dumps(state))
 
+
+
+@app.command()
+def report(
+    run_id: str,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")] = None,
+    nats_url: UrlOption = None,
+) -> None:
+    """A run's analytics: makespan, critical path, concurrency, stragglers, failures, tokens and cost."""
+    from swarm.analytics import analyze_run, recorder_query
+    from swarm.eventlog import EventLogError
+    from swarm.report import render_html, render_terminal
+
+    async def reporting() -> None:
+        try:
+            client = await SwarmClient.connect(nats_settings(nats_url))
+        except StackNotRunning as exc:
+            raise fail(str(exc)) from exc
+        async with client:
+            try:
+                analysis = await analyze_run(recorder_query(client.bus.nc), run_id)
+            except (EventLogError, LookupError) as exc:
+                raise fail(str(exc).strip("'\"")) from exc
+        console.print(render_terminal(analysis))
+        if html is not None:
+            html.write_text(render_html(analysis))
+            console.print(f"HTML report: {html}")
+
+    asyncio.run(reporting())
+
+
+@app.command()
+def stats(
+    hours: Annotated[float, typer.Option(help="How far back to look.")] = 24.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    nats_url: UrlOption = None,
+) -> None:
+    """Across runs: runs per minute, success rate, steps/s, step latency quantiles, gateway TTFT and tokens/s."""
+    from swarm.analytics import cross_run_stats, recorder_query
+    from swarm.eventlog import EventLogError
+
+    async def collecting() -> None:
+        try:
+            client = await SwarmClient.connect(nats_settings(nats_url))
+        except StackNotRunning as exc:
+            raise fail(str(exc)) from exc
+        async with client:
+            try:
+                figures = await cross_run_stats(recorder_query(client.bus.nc), int(hours * 3600))
+            except EventLogError as exc:
+                raise fail(str(exc)) from exc
+        if as_json:
+            console.print_json(json.dumps(figures))
+            return
+        table = Table(title=f"Swarm, last {hours:g} h", show_header=False)
+        for key, value in figures.items():
+            if key != "runs_per_minute_series":
+                table.add_row(key, "-" if value is None else str(value))
+        console.print(table)
+
+    asyncio.run(collecting())
 
 if __name__ == "__main__":
     app()

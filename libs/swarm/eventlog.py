@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 STEP_EVENTS_TABLE = "step_events"
 INFERENCE_CALLS_TABLE = "inference_calls"
 RUNS_TABLE = "runs"
+PLAN_STEPS_TABLE = "plan_steps"
 MIGRATIONS_TABLE = "schema_migrations"
 
 STEP_EVENT_COLUMNS = (
@@ -43,8 +44,11 @@ STEP_EVENT_COLUMNS = (
 )  # fmt: skip
 INFERENCE_CALL_COLUMNS = (
     "event_id", "run_id", "step_id", "caller", "model", "backend", "ok", "error", "prompt_tokens",
-    "completion_tokens", "queue_ms", "duration_ms", "at",
+    "completion_tokens", "queue_ms", "duration_ms", "at", "ttft_ms", "cost_usd",
 )  # fmt: skip
+PLAN_STEP_COLUMNS = ("run_id", "step_id", "agent_id", "depends_on")
+# USD per million (prompt, completion) tokens, by model name; "*" prices every model not listed.
+ModelPrices = Mapping[str, tuple[float, float]]
 RUN_COLUMNS = (
     "run_id", "tenant", "status", "goal", "error", "agents_count", "steps_total", "steps_succeeded",
     "steps_failed", "steps_cancelled", "retries", "prompt_tokens", "completion_tokens", "submitted_at",
@@ -192,8 +196,17 @@ def step_event_columns(events: Sequence[StepEvent]) -> list[list[Any]]:
     ]
 
 
-def inference_call_columns(events: Sequence[InferenceEvent]) -> list[list[Any]]:
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, prices: ModelPrices) -> float:
+    """What a call cost at `prices` (0 for a model without a price and no "*" entry)."""
+    price = prices.get(model) or prices.get("*")
+    if price is None:
+        return 0.0
+    return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+
+
+def inference_call_columns(events: Sequence[InferenceEvent], prices: ModelPrices | None = None) -> list[list[Any]]:
     """Column-oriented data for `inference_calls`, in INFERENCE_CALL_COLUMNS order."""
+    prices = prices or {}
     return [
         [e.event_id for e in events],
         [e.run_id for e in events],
@@ -208,6 +221,9 @@ def inference_call_columns(events: Sequence[InferenceEvent]) -> list[list[Any]]:
         [e.queue_ms for e in events],
         [e.duration_ms for e in events],
         [e.at for e in events],
+        # The gateway may or may not report time to first token (an additive field of InferenceEvent).
+        [getattr(e, "ttft_ms", None) for e in events],
+        [cost_usd(e.model, e.prompt_tokens, e.completion_tokens, prices) for e in events],
     ]
 
 
@@ -252,6 +268,7 @@ class EventLog:
             self._writer.close()
             raise
         self._column_types: dict[str, list[str]] = {}
+        self.model_prices: ModelPrices = {}
 
     @classmethod
     def open(cls, settings: ClickHouseSettings, migrations_dir: Path | None = None) -> EventLog:
@@ -339,8 +356,14 @@ class EventLog:
         """Insert inference calls in one block."""
         token = _dedup_token(INFERENCE_CALLS_TABLE, (e.event_id for e in events))
         return self.insert_columns(
-            INFERENCE_CALLS_TABLE, INFERENCE_CALL_COLUMNS, inference_call_columns(events), token
+            INFERENCE_CALLS_TABLE, INFERENCE_CALL_COLUMNS, inference_call_columns(events, self.model_prices), token
         )
+
+    def insert_plan_steps(self, rows: Sequence[tuple[str, str, str, Sequence[str]]]) -> int:
+        """Write (run_id, step_id, agent_id, depends_on) rows: the plan's edges, for the critical path."""
+        columns = [[row[i] for row in rows] for i in range(len(PLAN_STEP_COLUMNS))]
+        columns[3] = [list(deps) for deps in columns[3]]
+        return self.insert_columns(PLAN_STEPS_TABLE, PLAN_STEP_COLUMNS, columns)
 
     def insert_runs(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Write run rows (dicts with RUN_COLUMNS keys); the highest `version` of a run_id wins."""

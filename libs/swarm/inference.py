@@ -1,17 +1,28 @@
-"""The client side of the inference gateway: core NATS request/reply on the gateway's queue group."""
+"""The client side of the inference gateway: core NATS request/reply on the gateway's queue group.
+
+Whole replies: one request, one InferenceResponse. Streams: the client subscribes to a unique inbox, then
+publishes the request (stream=true) with that inbox as its reply subject; the gateway sends InferenceChunk
+messages there, the last one (done=true) carrying the InferenceResponse.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import uuid
+from collections.abc import AsyncIterator
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
-from swarm.contracts import ChatMessage, InferenceRequest, InferenceResponse, Subjects
+from swarm.contracts import ChatMessage, InferenceChunk, InferenceRequest, InferenceResponse, Subjects
 
 OVERLOADED = "overloaded"
+DEADLINE_EXCEEDED = "deadline exceeded"
+RETRY_AFTER_HEADER = "Retry-After"
+NO_RESPONDERS_STATUS = "503"
+MAX_BACKOFF_S = 2.0
 
 
 class InferenceError(RuntimeError):
@@ -28,32 +39,107 @@ def chat(system: str, user: str) -> tuple[ChatMessage, ...]:
     return (ChatMessage(role="system", content=system), ChatMessage(role="user", content=user))
 
 
+def is_overloaded(response: InferenceResponse) -> bool:
+    """Whether the gateway turned the request away for now (retry after a while)."""
+    return not response.ok and bool(response.error) and str(response.error).startswith(OVERLOADED)
+
+
+def retry_after_s(msg: Msg, default_s: float) -> float:
+    """The gateway's Retry-After hint, with jitter so that rejected callers do not come back together."""
+    hint = float(msg.headers.get(RETRY_AFTER_HEADER, default_s)) if msg.headers else default_s
+    return hint * (0.5 + random.random())
+
+
 class InferenceClient:
-    """Calls the gateway; backs off and retries while it is overloaded or absent, until the deadline."""
+    """Calls the gateway; backs off and retries while it is overloaded or absent, until the deadline.
+
+    Unless the request sets its own `deadline_ms`, each attempt carries the time left of `timeout_s`, so
+    that the gateway drops work nobody waits for any more.
+    """
 
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
+
+    def _payload(self, request: InferenceRequest, remaining_s: float, stream: bool) -> bytes:
+        update: dict[str, object] = {}
+        if request.deadline_ms is None:
+            update["deadline_ms"] = remaining_s * 1000.0
+        if request.stream != stream:
+            update["stream"] = stream
+        return (request.model_copy(update=update) if update else request).model_dump_json().encode()
 
     async def complete(self, request: InferenceRequest, timeout_s: float = 120.0) -> InferenceResponse:
         """One completion. A reply with ok=False (bad input, engine error) is returned, not raised."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        payload = request.model_dump_json().encode()
         backoff_s = 0.05
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise InferenceError(f"no completion within {timeout_s:.0f}s (gateway absent or overloaded)")
             try:
-                msg = await self.nc.request(Subjects.INFER, payload, timeout=remaining)
+                msg = await self.nc.request(
+                    Subjects.INFER, self._payload(request, remaining, stream=False), timeout=remaining
+                )
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 # No gateway yet (starting, restarting): wait and ask again.
                 await asyncio.sleep(min(backoff_s, max(0.0, deadline - loop.time())))
-                backoff_s = min(backoff_s * 2, 2.0)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
                 continue
             response = InferenceResponse.model_validate_json(msg.data)
-            if not response.ok and response.error and response.error.startswith(OVERLOADED):
-                retry_after_s = float(msg.headers.get("Retry-After", backoff_s)) if msg.headers else backoff_s
-                await asyncio.sleep(retry_after_s * (0.5 + random.random()))
+            if is_overloaded(response):
+                await asyncio.sleep(retry_after_s(msg, backoff_s))
                 continue
             return response
+
+    async def stream(
+        self, request: InferenceRequest, timeout_s: float = 120.0
+    ) -> AsyncIterator[str | InferenceResponse]:
+        """Text deltas as the gateway generates them, then the InferenceResponse (also when not ok).
+
+        Retries like `complete` until the first chunk arrives; a stream that stalls after that raises.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        backoff_s = 0.05
+        inbox = self.nc.new_inbox()
+        subscription = await self.nc.subscribe(inbox)
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise InferenceError(f"no completion within {timeout_s:.0f}s (gateway absent or overloaded)")
+                await self.nc.publish(Subjects.INFER, self._payload(request, remaining, stream=True), reply=inbox)
+                expected = 0
+                while True:
+                    try:
+                        msg = await subscription.next_msg(timeout=max(0.001, deadline - loop.time()))
+                    except nats.errors.TimeoutError:
+                        raise InferenceError(
+                            f"stream of {request.request_id} incomplete after {timeout_s:.0f}s "
+                            f"({expected} chunks received)"
+                        ) from None
+                    if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
+                        await asyncio.sleep(min(backoff_s, max(0.0, deadline - loop.time())))
+                        backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+                        break  # no gateway yet: ask again
+                    chunk = InferenceChunk.model_validate_json(msg.data)
+                    if chunk.index != expected:
+                        raise InferenceError(
+                            f"stream of {request.request_id}: chunk {chunk.index} arrived, {expected} expected"
+                        )
+                    expected += 1
+                    if chunk.delta:
+                        yield chunk.delta
+                    if not chunk.done:
+                        continue
+                    response = chunk.response or InferenceResponse(
+                        request_id=request.request_id, ok=False, error="stream ended without a reply"
+                    )
+                    if chunk.index == 0 and is_overloaded(response):
+                        await asyncio.sleep(retry_after_s(msg, backoff_s))
+                        break
+                    yield response
+                    return
+        finally:
+            await subscription.unsubscribe()

@@ -47,3 +47,4 @@ class StackSettings(BaseSettings):
     nats_monitor_port: int = Field(8222, description="Monitoring port of the embedded nats-server.")
     gateway_backend: str = Field("llamacpp", description="Inference backend of the embedded gateway.")
     workers: int = Field(2, ge=1, description="Worker-pool processes.")
+    dispatchers: int = Field(1, ge=1, description="Dispatcher replicas.")

@@ -108,23 +108,22 @@ class Stack:
         ).start()  # fmt: skip
         assert server.process is not None
         env = {
-            **os.environ,
             "SWARM_NATS_URL": server.url,
             "SWARM_CLICKHOUSE_PATH": str(self.home / "clickhouse"),
             "SWARM_GATEWAY_BACKEND": self.settings.gateway_backend,
         }
+        replicas = {WORKER.name: self.settings.workers, DISPATCHER.name: self.settings.dispatchers}
         services = []
         for service in SERVICE_ORDER:
-            replicas = self.settings.workers if service is WORKER else 1
-            for replica in range(replicas):
-                log_file = self.logs / (f"{service.name}-{replica}.log" if replicas > 1 else f"{service.name}.log")
-                with open(log_file, "ab") as out:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", service.module], env=env, stdout=out, stderr=subprocess.STDOUT,
-                        start_new_session=True, cwd=os.getcwd(),
-                    )  # fmt: skip
-                services.append({"name": service.name, "pid": process.pid, "log": str(log_file)})
-        state = {"nats_url": server.url, "nats_pid": server.process.pid, "services": services, "home": str(self.home)}
+            count = replicas.get(service.name, 1)
+            for replica in range(count):
+                log_file = self.logs / (f"{service.name}-{replica}.log" if count > 1 else f"{service.name}.log")
+                entry = {"name": service.name, "module": service.module, "log": str(log_file)}
+                services.append({**entry, "pid": self._spawn(entry, env)})
+        state = {
+            "nats_url": server.url, "nats_pid": server.process.pid, "services": services,
+            "home": str(self.home), "env": env,
+        }  # fmt: skip
         self.state_file.write_text(json.dumps(state, indent=2))
         try:
             asyncio.run(self._wait_healthy(state, on_step, timeout_s))
@@ -132,6 +131,54 @@ class Stack:
             self.down()
             raise
         return state
+
+    @staticmethod
+    def _spawn(entry: dict[str, str], env: dict[str, str]) -> int:
+        with open(entry["log"], "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", entry["module"]], env={**os.environ, **env}, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd(),
+            )  # fmt: skip
+        return process.pid
+
+    def _running_state(self) -> dict:  # type: ignore[type-arg]
+        state = self.state()
+        if state is None:
+            raise StackError("no local stack is running")
+        return state
+
+    def kill(self, service: str, replica: int = 0) -> int:
+        """SIGKILL one service process, as a crash would (for recovery tests); returns its pid."""
+        state = self._running_state()
+        entry = [p for p in state["services"] if p["name"] == service][replica]
+        os.kill(entry["pid"], signal.SIGKILL)
+        _reap([entry["pid"]])
+        return int(entry["pid"])
+
+    def respawn(self, service: str, replica: int = 0) -> int:
+        """Start one service process again (after `kill`); returns the new pid."""
+        state = self._running_state()
+        entry = [p for p in state["services"] if p["name"] == service][replica]
+        entry["pid"] = self._spawn(entry, state["env"])
+        self.state_file.write_text(json.dumps(state, indent=2))
+        return int(entry["pid"])
+
+    def restart_nats(self, down_s: float = 1.0, crash: bool = False) -> None:
+        """Stop nats-server (SIGTERM, or SIGKILL with `crash`) and start it again on the same port and store."""
+        state = self._running_state()
+        if crash:
+            os.kill(state["nats_pid"], signal.SIGKILL)
+            _reap([state["nats_pid"]])
+        else:
+            _terminate([state["nats_pid"]], timeout_s=20)
+        time.sleep(down_s)
+        server = NatsServer(
+            store_dir=self.home / "nats", port=self.settings.nats_port,
+            monitor_port=self.settings.nats_monitor_port, log_file=self.logs / "nats.log",
+        ).start()  # fmt: skip
+        assert server.process is not None
+        state["nats_pid"] = server.process.pid
+        self.state_file.write_text(json.dumps(state, indent=2))
 
     async def _wait_healthy(self, state: dict, on_step: Callable[[str], None], timeout_s: float) -> None:  # type: ignore[type-arg]
         nc = await nats.connect(state["nats_url"])

@@ -10,6 +10,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
 from services.aggregator.settings import AggregatorSettings
+from swarm import payloads
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
     AGGREGATOR_CONSUMER,
@@ -129,7 +130,7 @@ class Aggregator:
             except KeyNotFoundError:
                 log.warning("run %s: output of %s is missing", executed.run_id, step_id)
                 continue
-            outputs.append((entry.value or b"").decode())
+            outputs.append((await payloads.resolve(self.bus, entry.value or b"")).decode())
         return outputs
 
     async def _fail(self, executed: RunExecuted, error: str) -> None:

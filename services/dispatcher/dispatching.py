@@ -134,12 +134,21 @@ class Dispatcher:
         """Hold leases on a share of the results partitions and consume those, until `stop`."""
         self.leases = PartitionLeases(await self.bus.kv(DISPATCHER_LEASES_BUCKET), self.instance_id)
         loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        renewed_at = time.monotonic()
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 gained, lost = await self.leases.renew()
+                renewed_at = time.monotonic()
+                if renewed_at - started > LEASE_RENEW_S:
+                    log.warning("lease renewal took %.1fs", renewed_at - started)
             except (nats.errors.Error, TimeoutError) as exc:  # NATS away: keep what we have, try again
                 log.warning("lease renewal failed: %s", exc)
                 gained, lost = set(), set()
+                if time.monotonic() - renewed_at > DISPATCHER_LEASES_BUCKET.ttl_s:
+                    lost = set(self.leases.owned)  # expired by now: others may own them
+                    self.leases.owned.clear()
+                await asyncio.sleep(0.5)
             for partition in lost:
                 await self._stop_partition(loops.pop(partition, None))
                 for run_id in [r for r in self.runs if result_partition(r) == partition]:
@@ -170,15 +179,17 @@ class Dispatcher:
         self._last_progress.pop(run_id, None)
 
     async def _results_loop(self, partition: int, stop: asyncio.Event) -> None:
-        """Fetch one partition's results in batches: apply, publish, checkpoint, ack."""
-        psub = await self.bus.pull_subscription(results_consumer(partition))
+        """Fetch one partition's results in batches: apply, publish, checkpoint, ack. Survives NATS outages."""
+        psub = None
         while not stop.is_set():
             try:
+                psub = psub or await self.bus.pull_subscription(results_consumer(partition))
                 msgs = await psub.fetch(self.settings.results_batch, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 await self._flush_progress()
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+            except nats.errors.Error as exc:
+                log.warning("partition %d: fetch failed (%s); retrying", partition, exc)
                 await asyncio.sleep(0.5)
                 continue
             try:
@@ -187,8 +198,9 @@ class Dispatcher:
             except (nats.errors.Error, TimeoutError) as exc:
                 # Unacked results come back after ack_wait and re-apply idempotently.
                 log.warning("batch of %d results not settled (%s); they will be redelivered", len(msgs), exc)
-        with contextlib.suppress(nats.errors.Error):
-            await psub.unsubscribe()
+        if psub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await psub.unsubscribe()
 
     async def _apply_batch(self, msgs: list[Msg]) -> None:
         to_ack: list[tuple[str, Msg]] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,15 +30,23 @@ class Completion:
     queue_ms: float = 0.0  # time spent waiting for a free engine slot, inside `generate`
 
 
+# What `generate_stream` yields: text deltas as they are generated, then one Completion (the whole text).
+StreamItem = str | Completion
+
+
 class Engine(Protocol):
     """An inference engine: backends differ, the gateway does not."""
 
     name: str  # the backend, e.g. 'sim'
     model: str  # the model it serves
-    concurrency: int  # generations it runs at once (for the Retry-After estimate)
+    concurrency: int  # generations it runs at once (the gateway's slots, and the Retry-After estimate)
 
     async def generate(self, request: InferenceRequest) -> Completion:
         """One completion; raises EngineError when the request cannot be served."""
+        ...
+
+    def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
+        """Text deltas as they are generated, then the Completion; raises EngineError like `generate`."""
         ...
 
     async def close(self) -> None:
@@ -49,6 +59,16 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN) if text else 0
 
 
+def parse_json_output(content: str, finish_reason: str | None, max_tokens: int) -> str:
+    """The model's JSON, re-serialized strictly; EngineError when it does not parse even leniently."""
+    try:
+        document = json.loads(content, strict=False)  # strict=False: tolerate raw control characters
+    except json.JSONDecodeError as exc:
+        hint = f" (stopped by max_tokens={max_tokens})" if finish_reason == "length" else ""
+        raise EngineError(f"the model's output is not valid JSON{hint}: {exc}") from exc
+    return json.dumps(document, ensure_ascii=False)
+
+
 def create_engine(settings: GatewaySettings) -> Engine:
     """The backend the settings name; each is imported here so that its dependencies stay optional."""
     if settings.backend == "sim":
@@ -59,4 +79,12 @@ def create_engine(settings: GatewaySettings) -> Engine:
         from services.gateway.backends.llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(settings)
+    if settings.backend == "openai":
+        from services.gateway.backends.openai import OpenAIEngine
+
+        return OpenAIEngine(settings)
+    if settings.backend == "trtllm":
+        from services.gateway.backends.trtllm import TrtLlmEngine
+
+        return TrtLlmEngine(settings)
     raise ValueError(f"unknown gateway backend {settings.backend!r}")

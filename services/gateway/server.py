@@ -1,17 +1,28 @@
-"""The gateway's request loop: admission control, one task per request, a reply and an event per call.
+"""The gateway's request loop: admission, a priority queue in front of the engine slots, replies and events.
 
-Requests arrive by core NATS request/reply on the gateway queue group (no JetStream on the hot path). At most
-`max_queue` requests wait or run at once; the next one is answered 'overloaded' at once, with a Retry-After
-header that the client honors. Every call, served or not, emits an InferenceEvent (fire-and-forget publish).
+Requests arrive by core NATS request/reply on the gateway queue group (no JetStream on the hot path).
+- Admission: at most `max_queue` requests wait or run at once; the next one is answered 'overloaded' at
+  once, with a Retry-After header that the client honors.
+- Scheduling: at most `slots` requests run in the engine; the others wait in a priority queue (planner and
+  aggregator calls before bulk worker calls, first come first served within a class).
+- Deadlines: a request with `deadline_ms` still queued when it runs out is answered 'deadline exceeded'
+  without running; one still running is cancelled and answered the same.
+- Bad input (invalid request, unknown model, malformed schema) is answered before it takes a slot; engine
+  errors and crashes become error replies, and the gateway keeps serving.
+- Streaming (`stream=true`): InferenceChunk messages to the reply subject, the last one carrying the reply.
+Every call, served or not, emits an InferenceEvent (fire-and-forget publish).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -19,29 +30,46 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from services.gateway.engine import Completion, Engine, EngineError
+from services.gateway.schemacheck import InvalidSchema, check_schema
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus
-from swarm.contracts import GATEWAY_QUEUE_GROUP, InferenceEvent, InferenceRequest, InferenceResponse, Subjects
-from swarm.inference import OVERLOADED
+from swarm.contracts import (
+    GATEWAY_QUEUE_GROUP,
+    InferenceChunk,
+    InferenceEvent,
+    InferenceRequest,
+    InferenceResponse,
+    Subjects,
+)
+from swarm.inference import DEADLINE_EXCEEDED, OVERLOADED, RETRY_AFTER_HEADER
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_HEADER = "Retry-After"
 RETRY_AFTER_MIN_S = 0.05
 RETRY_AFTER_MAX_S = 30.0
 SERVICE_TIME_SMOOTHING = 0.1  # weight of the newest call in the moving average of engine time
 MAX_ERROR_CHARS = 1000
 DRAIN_TIMEOUT_S = 30.0  # at stop, how long admitted requests may take to finish
+# Scheduling classes, 0 first: the calls a whole run waits on go before the bulk of worker calls.
+CALLER_PRIORITY = {"planner": 0, "aggregator": 0}
+DEFAULT_PRIORITY = 5
+
+
+def peek(data: bytes) -> tuple[str, bool]:
+    """The request_id and stream flag of a payload not (yet) validated: ('', False) when unreadable."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return "", False
+    if not isinstance(body, dict):
+        return "", False
+    request_id = body.get("request_id")
+    return (request_id if isinstance(request_id, str) else ""), body.get("stream") is True
 
 
 def request_id_of(data: bytes) -> str:
     """The request_id of a payload that failed validation, if it has one, else ''."""
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return ""
-    value = body.get("request_id") if isinstance(body, dict) else None
-    return value if isinstance(value, str) else ""
+    return peek(data)[0]
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -54,19 +82,48 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
+def priority_of(request: InferenceRequest) -> int:
+    """The request's scheduling class: explicit, else from its caller."""
+    if request.priority is not None:
+        return request.priority
+    return CALLER_PRIORITY.get(request.caller, DEFAULT_PRIORITY)
+
+
+@dataclass(order=True, slots=True)
+class Admitted:
+    """A request admitted and waiting for an engine slot (ordered by class, then arrival)."""
+
+    priority: int
+    seq: int
+    msg: Msg = field(compare=False)
+    request: InferenceRequest = field(compare=False)
+    received_at: float = field(compare=False)
+    deadline_at: float | None = field(compare=False)
+    expiry: asyncio.TimerHandle | None = field(default=None, compare=False)
+    done: bool = field(default=False, compare=False)  # started or expired: skipped when popped
+
+
 class GatewayServer:
-    """Serves InferenceRequests from one engine, with bounded admission."""
+    """Serves InferenceRequests from one engine, with bounded admission and a priority queue."""
 
     def __init__(self, bus: Bus, engine: Engine, settings: GatewaySettings) -> None:
         self.bus = bus
         self.engine = engine
         self.max_queue = settings.max_queue
+        self.slots = settings.slots or max(1, engine.concurrency)
         self.models = {"default", engine.model}
-        self.in_flight = 0
+        self.in_flight = 0  # admitted: queued + running
+        self.running = 0
         self.served_count = 0
+        self.failed_count = 0
         self.rejected_count = 0
+        self.expired_count = 0
+        self._queue: list[Admitted] = []
+        self._seq = itertools.count()
         self._service_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._subscription: Subscription | None = None
         self._event_subject = Subjects.inference_event()
 
@@ -82,9 +139,14 @@ class GatewayServer:
             "backend": self.engine.name,
             "model": self.engine.model,
             "in_flight": self.in_flight,
+            "running": self.running,
+            "queued": self.in_flight - self.running,
+            "slots": self.slots,
             "max_queue": self.max_queue,
             "served_count": self.served_count,
+            "failed_count": self.failed_count,
             "rejected_count": self.rejected_count,
+            "expired_count": self.expired_count,
         }
 
     async def stop(self) -> None:
@@ -92,67 +154,182 @@ class GatewayServer:
         if self._subscription is not None:
             await self._subscription.drain()  # type: ignore[no-untyped-call]  # nats-py is untyped here
             self._subscription = None
-        if not self._tasks:
-            return
-        _, stuck = await asyncio.wait(set(self._tasks), timeout=DRAIN_TIMEOUT_S)
-        if stuck:
+        try:
+            await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
             # Replies went out before events; what is left waits on JetStream acks that are not coming.
-            log.warning("stopping with %d requests unfinished after %.0fs", len(stuck), DRAIN_TIMEOUT_S)
-            for task in stuck:
+            log.warning("stopping with %d requests unfinished after %.0fs", self.in_flight, DRAIN_TIMEOUT_S)
+            for entry in self._queue:
+                if not entry.done:
+                    self._finish_queued(entry)
+            for task in set(self._tasks):
                 task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    # ------------------------------------------------------------------ hot path
+    # ------------------------------------------------------------------ admission and scheduling
 
     async def _on_message(self, msg: Msg) -> None:
-        # Runs in the subscription's single delivery loop: decide admission and hand off at once.
+        # Runs in the subscription's single delivery loop: decide, then hand off at once.
         received_at = time.perf_counter()
         if self.in_flight >= self.max_queue:
-            task = asyncio.create_task(self._reject_overloaded(msg))
-        else:
-            self.in_flight += 1
-            task = asyncio.create_task(self._serve(msg, received_at))
+            self._spawn(self._reject_overloaded(msg))
+            return
+        try:
+            request = InferenceRequest.model_validate_json(msg.data)
+        except ValidationError as exc:
+            request_id, stream = peek(msg.data)
+            error = f"invalid request: {describe_validation_error(exc)}"
+            self._spawn(self._reply_failure(msg, request_id, None, error, stream))
+            return
+        error = self._input_error(request)
+        if error:
+            self._spawn(self._reply_failure(msg, request.request_id, request, error, request.stream))
+            return
+        self.in_flight += 1
+        self._idle.clear()
+        deadline_at = received_at + request.deadline_ms / 1000.0 if request.deadline_ms else None
+        if self.running < self.slots and not self._queue:
+            self._start(msg, request, received_at, deadline_at)
+            return
+        entry = Admitted(priority_of(request), next(self._seq), msg, request, received_at, deadline_at)
+        if deadline_at is not None:
+            delay_s = max(0.0, deadline_at - time.perf_counter())
+            entry.expiry = asyncio.get_running_loop().call_later(delay_s, self._expire, entry)
+        heapq.heappush(self._queue, entry)
+        self._next()  # a slot may be free behind queued entries that already expired
+
+    def _input_error(self, request: InferenceRequest) -> str:
+        """Why the request cannot be served by this gateway at all, or ''."""
+        if request.model not in self.models:
+            return f"unknown model {request.model!r}: this gateway serves {self.engine.model!r}"
+        if request.json_schema is not None:
+            try:
+                check_schema(request.json_schema)
+            except InvalidSchema as exc:
+                return f"invalid json_schema: {exc}"[:MAX_ERROR_CHARS]
+        return ""
+
+    def _start(self, msg: Msg, request: InferenceRequest, received_at: float, deadline_at: float | None) -> None:
+        self.running += 1
+        self._spawn(self._run(msg, request, received_at, deadline_at))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, msg: Msg, received_at: float) -> None:
-        try:
-            response, event = await self._answer(msg.data, received_at)
-        finally:
-            self.in_flight -= 1
-        if msg.reply:
-            await self.bus.nc.publish(msg.reply, response.model_dump_json().encode())
-        await self.bus.publish_nowait(self._event_subject, event)
+    def _next(self) -> None:
+        """Start queued requests while slots are free, best class first."""
+        while self._queue and self.running < self.slots:
+            entry = heapq.heappop(self._queue)
+            if entry.done:
+                continue
+            entry.done = True
+            if entry.expiry is not None:
+                entry.expiry.cancel()
+            self._start(entry.msg, entry.request, entry.received_at, entry.deadline_at)
 
-    async def _answer(self, data: bytes, received_at: float) -> tuple[InferenceResponse, InferenceEvent]:
-        """The reply and the event for one admitted payload; never raises for a bad request or engine error."""
-        try:
-            request = InferenceRequest.model_validate_json(data)
-        except ValidationError as exc:
-            return self._failure(
-                request_id_of(data), None, f"invalid request: {describe_validation_error(exc)}"
-            )
-        if request.model not in self.models:
-            return self._failure(
-                request.request_id,
-                request,
-                f"unknown model {request.model!r}: this gateway serves {self.engine.model!r}",
-            )
+    def _release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def _expire(self, entry: Admitted) -> None:
+        """A queued request's deadline ran out: answer it without running it."""
+        if entry.done:
+            return
+        self.expired_count += 1
+        waited_ms = (time.perf_counter() - entry.received_at) * 1000.0
+        error = f"{DEADLINE_EXCEEDED}: still queued after {waited_ms:.0f} ms (deadline_ms {entry.request.deadline_ms:g})"
+        self._finish_queued(entry, error)
+
+    def _finish_queued(self, entry: Admitted, error: str = "gateway stopping: the request was not run") -> None:
+        entry.done = True
+        self._release()
+        request = entry.request
+        self._spawn(self._reply_failure(entry.msg, request.request_id, request, error, request.stream))
+
+    # ------------------------------------------------------------------ running one request
+
+    async def _run(
+        self, msg: Msg, request: InferenceRequest, received_at: float, deadline_at: float | None
+    ) -> None:
         started_at = time.perf_counter()
+        stream_to = msg.reply if request.stream else ""
+        index = 0
         try:
-            completion = await self.engine.generate(request)
+            remaining_s = None if deadline_at is None else max(0.0, deadline_at - started_at)
+            try:
+                async with asyncio.timeout(remaining_s):
+                    if stream_to:
+                        completion, first_token_at, index = await self._stream(request, stream_to)
+                    else:
+                        completion = await self.engine.generate(request)
+                        first_token_at = None
+            except TimeoutError:
+                if deadline_at is None or time.perf_counter() < deadline_at:
+                    raise  # the engine's own timeout, not the request's deadline
+                elapsed_ms = (time.perf_counter() - received_at) * 1000.0
+                error = f"{DEADLINE_EXCEEDED}: cancelled while running after {elapsed_ms:.0f} ms"
+                response, event = self._failure(request.request_id, request, error)
+            else:
+                response, event = self._success(request, completion, received_at, started_at, first_token_at)
         except EngineError as exc:
-            return self._failure(request.request_id, request, str(exc)[:MAX_ERROR_CHARS])
+            response, event = self._failure(request.request_id, request, str(exc)[:MAX_ERROR_CHARS])
         except Exception as exc:
             # The one place an engine failure becomes an error reply: the gateway keeps serving.
             log.exception("engine %s failed on request %s", self.engine.name, request.request_id)
-            return self._failure(
-                request.request_id, request, f"engine error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            )
-        return self._success(request, completion, received_at, started_at)
+            error = f"engine error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            response, event = self._failure(request.request_id, request, error)
+        finally:
+            self.running -= 1
+            self._release()
+            self._next()
+        if msg.reply:
+            await self._send(msg.reply, response, stream=request.stream, index=index)
+        await self.bus.publish_nowait(self._event_subject, event)
+
+    async def _stream(self, request: InferenceRequest, reply: str) -> tuple[Completion, float | None, int]:
+        """Forward the engine's deltas as chunks; the Completion, when the first token came, the next index."""
+        publish = self.bus.nc.publish
+        index = 0
+        first_token_at: float | None = None
+        async for item in self.engine.generate_stream(request):
+            if isinstance(item, Completion):
+                return item, first_token_at, index
+            if not item:
+                continue
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            chunk = InferenceChunk(request_id=request.request_id, index=index, delta=item)
+            await publish(reply, chunk.model_dump_json().encode())
+            index += 1
+        raise RuntimeError(f"engine {self.engine.name} ended a stream without its completion")
+
+    async def _send(
+        self,
+        reply: str,
+        response: InferenceResponse,
+        stream: bool,
+        index: int = 0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if stream:
+            body = InferenceChunk(request_id=response.request_id, index=index, done=True, response=response)
+            payload = body.model_dump_json().encode()
+        else:
+            payload = response.model_dump_json().encode()
+        await self.bus.nc.publish(reply, payload, headers=headers)
+
+    # ------------------------------------------------------------------ replies and events
 
     def _success(
-        self, request: InferenceRequest, completion: Completion, received_at: float, started_at: float
+        self,
+        request: InferenceRequest,
+        completion: Completion,
+        received_at: float,
+        started_at: float,
+        first_token_at: float | None,
     ) -> tuple[InferenceResponse, InferenceEvent]:
         finished_at = time.perf_counter()
         queue_ms = (started_at - received_at) * 1000.0 + completion.queue_ms
@@ -189,6 +366,7 @@ class GatewayServer:
     def _failure(
         self, request_id: str, request: InferenceRequest | None, error: str
     ) -> tuple[InferenceResponse, InferenceEvent]:
+        self.failed_count += 1
         engine = self.engine
         response = InferenceResponse(
             request_id=request_id, ok=False, error=error, model=engine.model, backend=engine.name
@@ -205,16 +383,26 @@ class GatewayServer:
         )
         return response, event
 
+    async def _reply_failure(
+        self, msg: Msg, request_id: str, request: InferenceRequest | None, error: str, stream: bool
+    ) -> None:
+        response, event = self._failure(request_id, request, error)
+        if msg.reply:
+            await self._send(msg.reply, response, stream=stream)
+        await self.bus.publish_nowait(self._event_subject, event)
+
     def retry_after_s(self) -> float:
         """When a rejected caller should try again: the time to work off the queue, roughly."""
-        backlog_s = self._service_ms / 1000.0 * self.in_flight / max(1, self.engine.concurrency)
+        backlog_s = self._service_ms / 1000.0 * self.in_flight / max(1, self.slots)
         return min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, backlog_s))
 
     async def _reject_overloaded(self, msg: Msg) -> None:
         self.rejected_count += 1
+        request_id, stream = peek(msg.data)
         error = f"{OVERLOADED}: {self.in_flight} requests admitted (max_queue {self.max_queue})"
-        response, event = self._failure(request_id_of(msg.data), None, error)
+        response, event = self._failure(request_id, None, error)
+        self.failed_count -= 1  # counted as rejected, not failed
         if msg.reply:
             headers = {RETRY_AFTER_HEADER: f"{self.retry_after_s():.3f}"}
-            await self.bus.nc.publish(msg.reply, response.model_dump_json().encode(), headers=headers)
+            await self._send(msg.reply, response, stream=stream, headers=headers)
         await self.bus.publish_nowait(self._event_subject, event)

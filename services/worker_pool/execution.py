@@ -1,4 +1,4 @@
-"""Executing one agent step: context from dependencies, one inference call, output stored, result reported."""
+"""Executing one agent step: context from dependencies, inference (with tools or a schema), output stored, result reported."""
 
 from __future__ import annotations
 
@@ -10,17 +10,24 @@ import os
 import socket
 from collections import deque
 from datetime import datetime
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
+from services.worker_pool.errors import StepFailed
 from services.worker_pool.settings import WorkerSettings
+from services.worker_pool.toolloop import ToolCall, ToolLoop
+from services.worker_pool.tools import ToolContext, ToolRegistry, UnknownTool
+from services.worker_pool.validation import ModelReply, structured_output, validator_for
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
     OUTPUTS_BUCKET,
     STEPS,
     WORKERS_CONSUMER_PREFIX,
+    ChatMessage,
     InferenceRequest,
+    SpawnRequest,
     StepDispatch,
     StepEvent,
     StepEventKind,
@@ -31,6 +38,9 @@ from swarm.contracts import (
     utc_now,
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
+from swarm.payloads import Payloads, is_ref
+
+__all__ = ["StepExecutor", "StepFailed", "build_prompt", "output_key", "steps_consumer"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,8 @@ class StepExecutor:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.inference = InferenceClient(bus.nc)
+        self.tools = ToolRegistry.for_worker(settings)
+        self.payloads = Payloads(bus, inline_limit=settings.inline_payload_bytes)
         self._ended_runs: deque[str] = deque(maxlen=10_000)
         self.steps_done = 0
 
@@ -114,7 +126,7 @@ class StepExecutor:
         }  # fmt: skip
         try:
             async with asyncio.timeout(step.timeout_s):
-                output, prompt_tokens, completion_tokens = await self._run(dispatch)
+                output, prompt_tokens, completion_tokens, spawn = await self._run(dispatch)
         except TimeoutError:
             error = f"step timed out after {step.timeout_s:.0f}s"
             return StepResult(status=StepStatus.FAILED, error=error, finished_at=utc_now(), **fields)
@@ -124,14 +136,16 @@ class StepExecutor:
                 status=StepStatus.FAILED, error=str(exc)[:4000], retryable=retryable, finished_at=utc_now(), **fields
             )
         key = output_key(dispatch.run_id, step.id)
-        kv = await self.bus.kv(OUTPUTS_BUCKET)
-        await kv.put(key, output.encode())
+        await self.payloads.put(key, output.encode())  # one KV put, unless it is too large for a message
         return StepResult(
             status=StepStatus.SUCCEEDED, output_key=key, output_preview=output[:400],
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finished_at=utc_now(), **fields,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finished_at=utc_now(), spawn=spawn,
+            **fields,
         )  # fmt: skip
 
-    async def _run(self, dispatch: StepDispatch) -> tuple[str, int, int]:
+    async def _run(self, dispatch: StepDispatch) -> tuple[str, int, int, SpawnRequest | None]:
+        if dispatch.step.tools or dispatch.step.output_schema is not None:
+            return await self._run_structured(dispatch)
         inputs = await self._inputs(dispatch)
         system, user = build_prompt(dispatch, inputs, self.settings.context_chars)
         request = InferenceRequest(
@@ -152,7 +166,65 @@ class StepExecutor:
         )  # fmt: skip
         if not response.content.strip():
             raise StepFailed("the model returned an empty output", retryable=True)
-        return response.content, response.prompt_tokens, response.completion_tokens
+        return response.content, response.prompt_tokens, response.completion_tokens, None
+
+    async def _run_structured(self, dispatch: StepDispatch) -> tuple[str, int, int, SpawnRequest | None]:
+        """A step with tools and/or an output schema: a conversation of several model calls."""
+        step = dispatch.step
+        try:
+            tools = self.tools.resolve(step.tools)
+        except UnknownTool as exc:
+            raise StepFailed(str(exc), retryable=False) from exc
+        if step.output_schema is not None:
+            validator_for(step.output_schema)  # an invalid schema fails before any inference is spent
+        inputs = await self._inputs(dispatch)
+        system, user = build_prompt(dispatch, inputs, self.settings.context_chars)
+        messages = chat(system, user)
+        usage = [0, 0, 0]  # calls, prompt tokens, completion tokens
+
+        async def model(conversation: tuple[ChatMessage, ...], schema: dict[str, Any] | None) -> ModelReply:
+            request = InferenceRequest(
+                request_id=new_request_id(), messages=conversation, max_tokens=step.max_tokens, json_schema=schema,
+                run_id=dispatch.run_id, step_id=step.id, caller="worker", sim_latency_ms=step.sim_latency_ms,
+            )  # fmt: skip
+            response = await self.inference.complete(request, timeout_s=step.timeout_s)
+            if not response.ok:
+                raise StepFailed(f"inference failed: {response.error}", retryable=True)
+            usage[0] += 1
+            usage[1] += response.prompt_tokens
+            usage[2] += response.completion_tokens
+            await self._event(
+                dispatch, StepEventKind.INFERENCE_DONE, seq=usage[0], duration_ms=response.queue_ms + response.duration_ms,
+                prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
+            )  # fmt: skip
+            return ModelReply(response.content, response.prompt_tokens, response.completion_tokens)
+
+        async def on_tool_call(call: ToolCall) -> None:
+            await self._event(
+                dispatch, StepEventKind.TOOL_CALL, seq=call.index, duration_ms=call.duration_ms, error=call.error,
+                attributes={"tool": call.tool, "outcome": "ok" if call.ok else "error", "call": str(call.index)},
+            )  # fmt: skip
+
+        ctx = ToolContext(
+            run_id=dispatch.run_id, tenant=dispatch.tenant, step_id=step.id, agent_id=dispatch.agent.id,
+            attempt=dispatch.attempt, settings=self.settings, bus=self.bus,
+        )  # fmt: skip
+        answer: str | None = None
+        if tools:
+            loop = ToolLoop(
+                model, tools, ctx, max_rounds=self.settings.max_tool_rounds,
+                tool_timeout_s=self.settings.tool_timeout_s, result_chars=self.settings.tool_result_chars,
+                answer_max_chars=min(self.settings.answer_max_chars, max(100, step.max_tokens * 4)),
+                on_tool_call=on_tool_call,
+            )  # fmt: skip
+            answer, messages = await loop.run(messages)
+        if step.output_schema is not None:
+            # The tool loop's answer must satisfy the schema too; when it does not, it is repaired.
+            if answer is not None:
+                messages = (*messages, ChatMessage(role="user", content="Give your final output as JSON."))
+            answer = await structured_output(model, messages, step.output_schema, first=answer)
+        assert answer is not None
+        return answer, usage[1], usage[2], ctx.spawned()
 
     async def _inputs(self, dispatch: StepDispatch) -> dict[str, str]:
         deps = [d for d in dispatch.step.depends_on if d not in dispatch.missing_inputs]
@@ -165,7 +237,8 @@ class StepExecutor:
                 entry = await kv.get(output_key(dispatch.run_id, step_id))
             except KeyNotFoundError as exc:
                 raise StepFailed(f"output of dependency {step_id} not found", retryable=True) from exc
-            return (entry.value or b"").decode()
+            value = entry.value or b""
+            return (await self.payloads.resolve(value) if is_ref(value) else value).decode()
 
         texts = await asyncio.gather(*(fetch(d) for d in deps))
         return dict(zip(deps, texts, strict=True))
@@ -177,9 +250,15 @@ class StepExecutor:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _event(self, dispatch: StepDispatch, kind: StepEventKind, **fields: object) -> None:
+    async def _event(
+        self, dispatch: StepDispatch, kind: StepEventKind, seq: int | None = None, **fields: object
+    ) -> None:
+        """Publish a step event; `seq` numbers events of one kind within an attempt (tool calls, model calls)."""
+        event_id = step_event_id(dispatch.run_id, dispatch.step.id, dispatch.attempt, kind)
+        if seq is not None and (kind is StepEventKind.TOOL_CALL or seq > 1):
+            event_id = f"{event_id}.{seq}"  # deterministic: a redelivered attempt repeats the same ids
         event = StepEvent(
-            event_id=step_event_id(dispatch.run_id, dispatch.step.id, dispatch.attempt, kind),
+            event_id=event_id,
             run_id=dispatch.run_id,
             tenant=dispatch.tenant,
             step_id=dispatch.step.id,
@@ -187,14 +266,6 @@ class StepExecutor:
             attempt=dispatch.attempt,
             kind=kind,
             worker_id=self.worker_id,
-            **fields,  # type: ignore[arg-type]
+            **fields,
         )
         await self.bus.publish_nowait(Subjects.step_event(dispatch.run_id), event, msg_id=event.event_id)
-
-
-class StepFailed(Exception):
-    """An attempt failed for a reason the dispatcher should know about."""
-
-    def __init__(self, reason: str, retryable: bool) -> None:
-        super().__init__(reason)
-        self.retryable = retryable

@@ -27,6 +27,7 @@ from swarm.contracts import (
     RunPlanned,
     RunSummary,
     StepEvent,
+    StepEventBatch,
     StepEventKind,
     StepSpec,
     Subjects,
@@ -205,3 +206,71 @@ async def test_shutdown_inserts_the_pending_batch(bus: Bus, recorder_settings: R
 
 async def _pending(bus: Bus, n: int) -> bool:
     return bool((await health(bus))["events_pending"] == n)
+
+
+async def test_clickhouse_away_mid_run_every_event_arrives_exactly_once(
+    bus: Bus, recorder: asyncio.Event, recorder_settings: RecorderSettings
+) -> None:
+    """Events keep coming while the table is away; after it returns each is stored exactly once, not
+    merely collapsed: count() without FINAL equals the distinct ids (no batch was inserted twice)."""
+    n_events = 3000
+
+    async def produce() -> None:
+        for i in range(n_events):
+            await bus.publish_nowait(Subjects.step_event("r5"), step_event("r5", i), msg_id=f"r5.{i}")
+            if i % 100 == 99:
+                await asyncio.sleep(0.02)  # a steady stream over ~0.6 s, so the outage lands mid-run
+        await bus.flush_publishes()
+
+    producer = asyncio.create_task(produce())
+    await eventually(lambda: _stored_at_least(bus, "r5", 100))
+    with EventLog(recorder_settings.clickhouse) as eventlog:
+        eventlog.query("DETACH TABLE step_events")
+        try:
+            await eventually(lambda: _failed_inserts(bus))
+            await producer
+            await asyncio.sleep(0.5)  # retries keep failing while everything is published
+        finally:
+            eventlog.query("ATTACH TABLE step_events")
+    await eventually(lambda: _stored_at_least(bus, "r5", n_events), timeout_s=30)
+    await asyncio.sleep(0.5)  # would a late duplicate batch still arrive?
+    rows = await query_via_recorder(
+        bus.nc,
+        "SELECT count() AS rows_n, uniqExact(event_id) AS unique_n, (SELECT count() FROM step_events FINAL "
+        "WHERE run_id = 'r5') AS final_n FROM step_events WHERE run_id = 'r5'",
+    )
+    assert rows == [{"rows_n": n_events, "unique_n": n_events, "final_n": n_events}]
+    info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
+    assert info.num_pending == 0 and info.num_ack_pending == 0 and info.num_redelivered == 0
+    assert (await health(bus))["events_recorded"] == n_events
+
+
+async def _stored_at_least(bus: Bus, run_id: str, n: int) -> bool:
+    rows = await query_via_recorder(bus.nc, "SELECT count() AS n FROM step_events WHERE run_id = {r:String}", {"r": run_id})
+    return bool(rows[0]["n"] >= n)
+
+
+async def test_bundled_step_events_are_recorded_one_row_each(bus: Bus, recorder: asyncio.Event) -> None:
+    events = tuple(step_event("r6", i) for i in range(40))
+    await bus.publish(Subjects.step_event_batch("r6"), StepEventBatch(events=events[:25]))
+    await bus.publish(Subjects.step_event_batch("r6"), StepEventBatch(events=events[20:]))  # 5 overlap: a retry
+    assert await eventually(lambda: _has(count_step_events(bus, "r6"), n=40)) == {"n": 40, "unique_n": 40}
+
+
+async def test_inference_cost_comes_from_the_price_table(bus: Bus, recorder_settings: RecorderSettings) -> None:
+    settings = recorder_settings.model_copy(update={"model_prices": {"big": (2.0, 8.0), "*": (0.5, 0.5)}})
+    async with running_recorder(bus, settings):
+        for event_id, model in (("c1", "big"), ("c2", "small")):
+            call = InferenceEvent(event_id=event_id, run_id="r7", model=model, backend="sim", ok=True,
+                                  prompt_tokens=1000, completion_tokens=500)  # fmt: skip
+            await bus.publish(Subjects.inference_event(), call)
+
+        async def costs() -> list[dict[str, Any]]:
+            rows = await query_via_recorder(
+                bus.nc, "SELECT event_id, cost_usd, ttft_ms FROM inference_calls FINAL ORDER BY event_id"
+            )
+            return rows if len(rows) == 2 else []
+
+        rows = await eventually(costs)
+    assert rows == [{"event_id": "c1", "cost_usd": 0.006, "ttft_ms": None},
+                    {"event_id": "c2", "cost_usd": 0.00075, "ttft_ms": None}]  # fmt: skip

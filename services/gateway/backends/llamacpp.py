@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
-from services.gateway.engine import Completion, EngineError
+from services.gateway.engine import Completion, EngineError, StreamItem, parse_json_output
 from services.gateway.schemagen import schema_key
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
@@ -41,16 +43,6 @@ def chatml(messages: list[dict[str, str]]) -> str:
     """The ChatML text SmolLM2's template renders, for counting prompt tokens before generating."""
     turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return turns + "<|im_start|>assistant\n"
-
-
-def parse_json_output(content: str, finish_reason: str | None, max_tokens: int) -> str:
-    """The model's JSON, re-serialized strictly; EngineError when it does not parse even leniently."""
-    try:
-        document = json.loads(content, strict=False)  # strict=False: tolerate raw control characters
-    except json.JSONDecodeError as exc:
-        hint = f" (stopped by max_tokens={max_tokens})" if finish_reason == "length" else ""
-        raise EngineError(f"the model's output is not valid JSON{hint}: {exc}") from exc
-    return json.dumps(document, ensure_ascii=False)
 
 
 class LlamaCppEngine:
@@ -99,16 +91,84 @@ class LlamaCppEngine:
         content, prompt_tokens, completion_tokens = await asyncio.wrap_future(future)
         return Completion(content, prompt_tokens, completion_tokens, queue_ms=queue_ms)
 
-    def _complete(
-        self, llm: Llama, request: InferenceRequest, grammar: LlamaGrammar | None
-    ) -> tuple[str, int, int]:
-        """One generation, on an executor thread (llama.cpp releases the GIL while it computes)."""
+    async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
+        """Like `generate`, with llama.cpp's stream=True on the executor thread feeding an asyncio queue."""
+        loop = asyncio.get_running_loop()
+        waiting_since = time.perf_counter()
+        grammar = self._grammar(request.json_schema) if request.json_schema is not None else None
+        llm = await self._free.get()
+        queue_ms = (time.perf_counter() - waiting_since) * 1000.0
+        pieces: asyncio.Queue[str | Completion | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in self._stream(llm, request, grammar, stop):
+                    loop.call_soon_threadsafe(pieces.put_nowait, item)
+            except BaseException as exc:  # handed over to the event loop, raised there
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+
+        future = self._executor.submit(produce)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._free.put_nowait, llm))
+        try:
+            while True:
+                item = await pieces.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Completion):
+                    yield Completion(item.content, item.prompt_tokens, item.completion_tokens, queue_ms=queue_ms)
+                    return
+                yield item
+        finally:
+            stop.set()  # the consumer went away (deadline, error): the thread stops at the next token
+
+    def _stream(
+        self, llm: Llama, request: InferenceRequest, grammar: LlamaGrammar | None, stop: threading.Event
+    ) -> Iterator[str | Completion]:
+        """One streamed generation, on an executor thread: deltas, then the Completion."""
+        messages, prompt_tokens, max_tokens = self._prepare(llm, request)
+        try:
+            chunks: Any = llm.create_chat_completion(
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=request.temperature,
+                grammar=grammar,
+                stream=True,
+            )
+            parts: list[str] = []
+            finish_reason = None
+            completion_tokens = 0
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                choice = chunk["choices"][0]
+                finish_reason = choice.get("finish_reason") or finish_reason
+                delta = choice["delta"].get("content") or ""
+                if delta:
+                    completion_tokens += 1  # llama-cpp-python streams one token per chunk
+                    parts.append(delta)
+                    yield delta
+        except ValueError as exc:  # llama-cpp-python's "Requested tokens (...) exceed context window"
+            raise EngineError(f"prompt too long: {exc}") from exc
+        content = "".join(parts)
+        if request.json_schema is not None:
+            content = parse_json_output(content, finish_reason, max_tokens)
+        yield Completion(content, prompt_tokens, completion_tokens)
+
+    def _prepare(self, llm: Llama, request: InferenceRequest) -> tuple[list[dict[str, str]], int, int]:
+        """The messages, the prompt's token count and the completion budget; EngineError when it cannot fit."""
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         prompt_tokens = len(llm.tokenize(chatml(messages).encode(), add_bos=False, special=True))
         room = self.n_ctx - prompt_tokens
         if room < 1:
             raise EngineError(f"prompt too long: {prompt_tokens} tokens, the context window is {self.n_ctx}")
-        max_tokens = min(request.max_tokens, room)
+        return messages, prompt_tokens, min(request.max_tokens, room)
+
+    def _complete(
+        self, llm: Llama, request: InferenceRequest, grammar: LlamaGrammar | None
+    ) -> tuple[str, int, int]:
+        """One generation, on an executor thread (llama.cpp releases the GIL while it computes)."""
+        messages, prompt_tokens, max_tokens = self._prepare(llm, request)
         try:
             result: Any = llm.create_chat_completion(
                 messages=messages,  # type: ignore[arg-type]

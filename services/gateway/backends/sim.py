@@ -8,9 +8,10 @@ import math
 import random
 import re
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from services.gateway.engine import Completion, EngineError, estimate_tokens
+from services.gateway.engine import CHARS_PER_TOKEN, Completion, EngineError, StreamItem, estimate_tokens
 from services.gateway.schemagen import WORDS, SchemaUnsupported, generate_document
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
@@ -62,6 +63,22 @@ def plausible_text(prompt: str, n_tokens: int, rng: random.Random) -> str:
     return " ".join(sentences)[:target_chars].rstrip()
 
 
+@dataclass(frozen=True, slots=True)
+class SimPlan:
+    """What the sim will answer for one request, and after how long."""
+
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    delay_ms: float  # the whole latency; 0 when the latency scale is 0
+    ttft_ms: float  # the part before the first token
+
+
+def split_tokens(text: str) -> list[str]:
+    """The text in ~4-character pieces (the sim's notion of tokens), for streaming."""
+    return [text[i : i + CHARS_PER_TOKEN] for i in range(0, len(text), CHARS_PER_TOKEN)]
+
+
 class SimEngine:
     """Answers from a latency model; with latency_scale 0 it never sleeps (a pure messaging benchmark)."""
 
@@ -72,6 +89,8 @@ class SimEngine:
         self.concurrency = settings.max_queue
         self.seed = settings.sim_seed
         self.mean_completion_tokens = settings.sim_completion_tokens
+        self.context_tokens = settings.sim_context_tokens
+        self.crash_marker = settings.sim_crash_marker
         self.latency = LatencyModel(
             ttft_ms=settings.sim_ttft_ms,
             tokens_per_s=settings.sim_tokens_per_s,
@@ -79,9 +98,17 @@ class SimEngine:
             scale=settings.sim_latency_scale,
         )
 
-    async def generate(self, request: InferenceRequest) -> Completion:
-        """A deterministic completion for the prompt (schema-valid when a schema is given), after the latency."""
+    def plan(self, request: InferenceRequest) -> SimPlan:
+        """A deterministic completion for the prompt (schema-valid when a schema is given) and its latency."""
         prompt = prompt_text(request)
+        if self.crash_marker and self.crash_marker in prompt:
+            # Stands for an engine failure (CUDA error, OOM, a bug): not an EngineError on purpose.
+            raise RuntimeError("sim engine crashed (the prompt holds the crash marker)")
+        prompt_tokens = estimate_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS * len(request.messages)
+        if prompt_tokens > self.context_tokens:
+            raise EngineError(
+                f"prompt too long: {prompt_tokens} tokens, the context window is {self.context_tokens}"
+            )
         rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()))
         if request.json_schema is not None:
             try:
@@ -92,16 +119,32 @@ class SimEngine:
             wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
             content = plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
         completion_tokens = estimate_tokens(content)
+        delay_ms = ttft_ms = 0.0
         if self.latency.scale:
             latency_rng = random.Random(f"{self.seed}:{request.request_id}")
             delay_ms = self.latency.sample_ms(completion_tokens, latency_rng, request.sim_latency_ms)
-            if delay_ms > 0:
-                await asyncio.sleep(delay_ms / 1000.0)
-        return Completion(
-            content=content,
-            prompt_tokens=estimate_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS * len(request.messages),
-            completion_tokens=completion_tokens,
-        )
+            ttft_ms = delay_ms * self.latency.ttft_ms / max(1e-9, self.latency.mean_ms(completion_tokens))
+        return SimPlan(content, prompt_tokens, completion_tokens, delay_ms, ttft_ms)
+
+    async def generate(self, request: InferenceRequest) -> Completion:
+        """The planned completion, after the planned latency."""
+        plan = self.plan(request)
+        if plan.delay_ms > 0:
+            await asyncio.sleep(plan.delay_ms / 1000.0)
+        return Completion(plan.content, plan.prompt_tokens, plan.completion_tokens)
+
+    async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
+        """The planned completion in ~token pieces: the first after the TTFT, the rest evenly over the decode."""
+        plan = self.plan(request)
+        pieces = split_tokens(plan.content)
+        if plan.ttft_ms > 0:
+            await asyncio.sleep(plan.ttft_ms / 1000.0)
+        per_piece_s = max(0.0, plan.delay_ms - plan.ttft_ms) / 1000.0 / max(1, len(pieces) - 1)
+        for i, piece in enumerate(pieces):
+            if i and per_piece_s:
+                await asyncio.sleep(per_piece_s)
+            yield piece
+        yield Completion(plan.content, plan.prompt_tokens, plan.completion_tokens)
 
     async def close(self) -> None:
         """Nothing to release."""

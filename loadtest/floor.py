@@ -1,0 +1,216 @@
+"""The raw floor: a bare nats-py JetStream round trip, the yardstick of the engine's step rate.
+
+One process publishes N 1 KiB "step" messages to a temporary work-queue stream, at most
+`in_flight` outstanding; a responder in a separate process pulls them in batches, publishes a 1 KiB
+"result" per step to a second work-queue stream, waits for those acks, then acks the steps (the
+dispatcher's order: publish, flush, ack); the first process pulls the results and acks them. No
+pydantic, no state, no events: what is left is the messaging layer itself.
+
+The streams (LOADTEST_FLOOR_STEPS / LOADTEST_FLOOR_RESULTS) live on the deployment's own NATS server,
+with the same storage as the swarm streams, and are deleted afterwards.
+`python -m loadtest.floor --nats-url URL` measures it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import nats
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from loadtest.metrics import percentile
+from swarm.settings import NatsSettings
+
+# Loadtest-private names, on purpose outside the swarm.* subject space.
+STEPS_STREAM = "LOADTEST_FLOOR_STEPS"
+RESULTS_STREAM = "LOADTEST_FLOOR_RESULTS"
+STEPS_SUBJECT = "loadtest.floor.steps"
+RESULTS_SUBJECT = "loadtest.floor.results"
+RESPONDER_DURABLE = "floor-responder"
+DRIVER_DURABLE = "floor-driver"
+READY_LINE = "ready"
+ID_BYTES = 8
+
+
+class FloorError(RuntimeError):
+    """The round trip could not be measured (responder died, timeout)."""
+
+
+@dataclass(frozen=True)
+class FloorResult:
+    """What one raw round trip measured."""
+
+    steps: int
+    in_flight: int
+    payload_bytes: int
+    elapsed_s: float
+    steps_per_s: float
+    round_trip_p50_ms: float | None
+    round_trip_p99_ms: float | None
+
+
+def _payload(step: int, size: int) -> bytes:
+    head = f"{step:0{ID_BYTES}d}".encode()
+    return head + b"x" * max(0, size - len(head))
+
+
+async def _connect(url: str) -> nats.NATS:
+    return await nats.connect(servers=url.split(","), name="loadtest-floor", max_reconnect_attempts=3)
+
+
+async def _create_streams(js: JetStreamContext, settings: NatsSettings) -> None:
+    storage = StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY
+    for name, subject in ((STEPS_STREAM, STEPS_SUBJECT), (RESULTS_STREAM, RESULTS_SUBJECT)):
+        await _delete_stream(js, name)  # a crashed earlier measurement may have left it
+        await js.add_stream(
+            StreamConfig(
+                name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE, storage=storage,
+                num_replicas=settings.stream_replicas, description="swarm loadtest: raw round-trip floor (temporary)",
+            )
+        )  # fmt: skip
+    for stream, durable in ((STEPS_STREAM, RESPONDER_DURABLE), (RESULTS_STREAM, DRIVER_DURABLE)):
+        await js.add_consumer(
+            stream, ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000)
+        )
+
+
+async def _delete_stream(js: JetStreamContext, name: str) -> None:
+    try:
+        await js.delete_stream(name)
+    except NotFoundError:
+        pass
+
+
+async def respond(url: str, steps: int, payload_bytes: int, batch: int) -> None:
+    """The responder process: every step in, one result out, until `steps` are answered."""
+    nc = await _connect(url)
+    js = nc.jetstream(publish_async_max_pending=4000)
+    psub = await js.pull_subscribe_bind(durable=RESPONDER_DURABLE, stream=STEPS_STREAM)
+    print(READY_LINE, flush=True)
+    answered = 0
+    while answered < steps:
+        try:
+            msgs = await psub.fetch(batch, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        for msg in msgs:
+            await js.publish_async(RESULTS_SUBJECT, _payload(int(msg.data[:ID_BYTES]), payload_bytes), wait_stall=10.0)
+        await asyncio.wait_for(js.publish_async_completed(), 10.0)
+        for msg in msgs:
+            await msg.ack()
+        answered += len(msgs)
+    await nc.flush()
+    await nc.close()
+
+
+async def measure_floor(
+    url: str,
+    steps: int = 4000,
+    in_flight: int = 300,
+    payload_bytes: int = 1024,
+    settings: NatsSettings | None = None,
+    timeout_s: float = 120.0,
+) -> FloorResult:
+    """Measure the raw round trip on the NATS server at `url`; the temporary streams are deleted after."""
+    settings = settings or NatsSettings()
+    nc = await _connect(url)
+    js = nc.jetstream(publish_async_max_pending=4000)
+    responder: asyncio.subprocess.Process | None = None
+    try:
+        await _create_streams(js, settings)
+        responder = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest.floor", "--respond", "--nats-url", url, "--steps", str(steps),
+            "--payload-bytes", str(payload_bytes), "--batch", str(in_flight),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert responder.stdout is not None
+        line = await asyncio.wait_for(responder.stdout.readline(), 30.0)
+        if line.decode().strip() != READY_LINE:
+            raise FloorError(f"the floor responder did not start (exit code {responder.returncode})")
+        elapsed_s, round_trips_ms = await asyncio.wait_for(
+            _drive(js, steps, in_flight, payload_bytes, responder), timeout_s
+        )
+        await asyncio.wait_for(responder.wait(), 10.0)
+    except TimeoutError as exc:
+        raise FloorError(f"the raw round trip of {steps} steps did not finish within {timeout_s:.0f}s") from exc
+    finally:
+        if responder is not None and responder.returncode is None:
+            responder.kill()
+            await responder.wait()
+        for name in (STEPS_STREAM, RESULTS_STREAM):
+            await _delete_stream(js, name)
+        await nc.close()
+    return FloorResult(
+        steps=steps, in_flight=in_flight, payload_bytes=payload_bytes, elapsed_s=elapsed_s,
+        steps_per_s=steps / elapsed_s, round_trip_p50_ms=percentile(round_trips_ms, 50),
+        round_trip_p99_ms=percentile(round_trips_ms, 99),
+    )  # fmt: skip
+
+
+async def _drive(
+    js: JetStreamContext, steps: int, in_flight: int, payload_bytes: int, responder: asyncio.subprocess.Process
+) -> tuple[float, list[float]]:
+    """Publish the steps (at most `in_flight` outstanding) and consume the results; elapsed time and round trips."""
+    slots = asyncio.Semaphore(in_flight)
+    sent_at: list[float] = [0.0] * steps
+    round_trips_ms: list[float] = []
+    psub = await js.pull_subscribe_bind(durable=DRIVER_DURABLE, stream=RESULTS_STREAM)
+
+    async def publish() -> None:
+        for step in range(steps):
+            await slots.acquire()
+            sent_at[step] = time.perf_counter()
+            await js.publish_async(STEPS_SUBJECT, _payload(step, payload_bytes), wait_stall=10.0)
+        await js.publish_async_completed()
+
+    started = time.perf_counter()
+    publisher = asyncio.create_task(publish())
+    try:
+        while len(round_trips_ms) < steps:
+            if responder.returncode is not None:
+                raise FloorError(f"the floor responder exited with {responder.returncode}")
+            try:
+                msgs = await psub.fetch(in_flight, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            now = time.perf_counter()
+            for msg in msgs:
+                round_trips_ms.append((now - sent_at[int(msg.data[:ID_BYTES])]) * 1000.0)
+                await msg.ack()
+                slots.release()
+        elapsed_s = time.perf_counter() - started
+        await publisher
+    finally:
+        publisher.cancel()
+    return elapsed_s, round_trips_ms
+
+
+def main() -> None:
+    """`python -m loadtest.floor`: measure alone (or, with --respond, be the responder process)."""
+    parser = argparse.ArgumentParser(description="Raw nats-py JetStream round trip (the loadtest floor).")
+    parser.add_argument("--nats-url", default=NatsSettings().url)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--in-flight", type=int, default=300)
+    parser.add_argument("--payload-bytes", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=300)
+    parser.add_argument("--respond", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import uvloop
+
+    if args.respond:
+        uvloop.run(respond(args.nats_url, args.steps, args.payload_bytes, args.batch))
+        return
+    result = uvloop.run(measure_floor(args.nats_url, args.steps, args.in_flight, args.payload_bytes))
+    print(json.dumps(asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Pure computations of the load-test figures: percentiles, the critical-path bound, efficiency, accounting."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm.contracts import StepEvent, StepEventKind
+from swarm.dag import critical_path
+
+# A step is accounted for by exactly one of these (a cancelled step never reached a worker's outcome).
+TERMINAL_STEP_KINDS = (StepEventKind.SUCCEEDED, StepEventKind.DEAD_LETTERED, StepEventKind.CANCELLED)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation between ranks; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def critical_path_s(depends_on: Mapping[str, tuple[str, ...]], latency_s: Mapping[str, float]) -> float:
+    """The makespan's lower bound: the longest chain of simulated latencies through the DAG."""
+    length, _ = critical_path(depends_on, latency_s)
+    return length
+
+
+def efficiency(critical_path_s: float, makespan_s: float | None) -> float | None:
+    """critical_path_s / makespan_s; None when there is no bound (zero latency) or no makespan."""
+    if not makespan_s or makespan_s <= 0 or critical_path_s <= 0:
+        return None
+    return critical_path_s / makespan_s
+
+
+def rate(count: int, seconds: float | None) -> float | None:
+    """count / seconds, or None without a positive duration."""
+    return count / seconds if seconds and seconds > 0 else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+@dataclass
+class StepAccounting:
+    """What the EVENTS stream says about a run's steps."""
+
+    latencies_ms: list[float] = field(default_factory=list)  # duration_ms of every 'succeeded' event
+    terminal: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # step -> terminal event ids
+    faulted: set[str] = field(default_factory=set)  # steps with a failed attempt (retried or dead-lettered)
+    retried: int = 0
+    events: int = 0
+
+    def add(self, event: StepEvent) -> None:
+        """Take one step event into account (duplicates by event id count once)."""
+        self.events += 1
+        if event.kind in TERMINAL_STEP_KINDS:
+            if event.event_id in self.terminal[event.step_id]:
+                return
+            self.terminal[event.step_id].add(event.event_id)
+            if event.kind is StepEventKind.SUCCEEDED:
+                self.latencies_ms.append(event.duration_ms)
+            elif event.kind is StepEventKind.DEAD_LETTERED:
+                self.faulted.add(event.step_id)
+        elif event.kind is StepEventKind.RETRIED:
+            self.retried += 1
+            self.faulted.add(event.step_id)
+
+    def unaccounted(self, step_ids: Iterable[str]) -> list[str]:
+        """Steps without exactly one terminal event (none: lost; several: counted twice)."""
+        return [s for s in step_ids if len(self.terminal.get(s, ())) != 1]
+
+
+def steps_lost(steps_total: int, succeeded: int, failed: int, cancelled: int, unaccounted: int) -> int:
+    """Accepted steps the run never accounted for: by its summary, or by its events, whichever says more."""
+    return max(steps_total - (succeeded + failed + cancelled), unaccounted)
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
+    """p50 and p99 of step latencies, in ms."""
+    p50, p99 = percentile(latencies_ms, 50), percentile(latencies_ms, 99)
+    return {"p50": round(p50, 2) if p50 is not None else None, "p99": round(p99, 2) if p99 is not None else None}
+
+
+def median_or_none(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are not None."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def combine_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one scenario as one record: counts summed, times and rates as medians."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    first = runs[0]
+    combined: dict[str, Any] = {}
+    summed = ("steps_total", "steps_succeeded", "steps_failed", "steps_cancelled", "steps_lost", "retries_count",
+              "faults_injected")  # fmt: skip
+    for key, value in first.items():
+        if key in summed:
+            combined[key] = sum(int(r.get(key) or 0) for r in runs)
+        elif key == "step_latency_ms":
+            combined[key] = {q: median_or_none(r[key][q] for r in runs) for q in ("p50", "p99")}
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value is None:
+            combined[key] = value
+        else:
+            combined[key] = median_or_none(r.get(key) for r in runs)
+    for key in first:  # keys that are None in the first run but numbers later
+        if first[key] is None and any(isinstance(r.get(key), int | float) for r in runs):
+            combined[key] = median_or_none(r.get(key) for r in runs)
+    return combined

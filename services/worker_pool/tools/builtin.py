@@ -1,0 +1,265 @@
+"""The built-in tools: python (sandboxed), scratchpad (per run, in KV), spawn, http_fetch (allow-listed, off by default)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from pydantic import ValidationError
+
+from services.worker_pool.settings import WorkerSettings
+from services.worker_pool.tools.base import Tool, ToolContext, ToolError, ToolOutput
+from services.worker_pool.tools.sandbox import PythonSandbox, SandboxLimits
+from swarm.contracts import ID_PATTERN, SCRATCHPAD_BUCKET, SpawnRequest, is_valid_id
+
+MAX_CODE_CHARS = 20_000
+MAX_REDIRECTS = 3
+APPEND_ATTEMPTS = 20
+
+
+class PythonTool(Tool):
+    """Runs Python code in the sandbox; the result is its exit code, stdout and stderr."""
+
+    name = "python"
+    description = (
+        "Run Python 3 code in a sandbox (no network, no subprocesses, a private temporary directory, "
+        "limited CPU time and memory). Print what you want to see; the reply has exit_code, stdout, stderr."
+    )
+    parameters = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "maxLength": MAX_CODE_CHARS, "description": "The program."}},
+        "required": ["code"],
+        "additionalProperties": False,
+    }
+
+    def __init__(self, limits: SandboxLimits | None = None, concurrency: int = 2) -> None:
+        self.limits = limits or SandboxLimits()
+        self.concurrency = concurrency
+        self.timeout_s = self.limits.wall_s + 5.0
+        self._sandbox: PythonSandbox | None = None
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> PythonTool:
+        """The tool with the worker's sandbox limits."""
+        limits = SandboxLimits(
+            cpu_s=settings.sandbox_cpu_s, memory_bytes=settings.sandbox_memory_mb * 2**20,
+            wall_s=settings.sandbox_wall_s, file_bytes=settings.sandbox_file_mb * 2**20, user=settings.sandbox_user,
+        )  # fmt: skip
+        return cls(limits, settings.sandbox_concurrency)
+
+    @property
+    def sandbox(self) -> PythonSandbox:
+        """Created on first use: probing the machine's confinement costs a subprocess."""
+        if self._sandbox is None:
+            self._sandbox = PythonSandbox(self.limits, self.concurrency)
+        return self._sandbox
+
+    async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+        """Run `args['code']`; a non-zero exit is a ToolError carrying the same fields."""
+        run = await self.sandbox.run(args["code"])
+        if not run.ok:
+            raise ToolError(json.dumps(run.as_dict()))
+        return run.as_dict()
+
+
+class ScratchpadTool(Tool):
+    """A key-value scratchpad shared by the agents of one run (JetStream KV, keys '<run_id>.<key>')."""
+
+    name = "scratchpad"
+    description = (
+        "A scratchpad shared by every agent of this run. op=get reads a key, op=put replaces it, op=append "
+        "adds text to its end, op=keys lists the keys."
+    )
+    parameters = {
+        "type": "object",
+        "properties": {
+            "op": {"type": "string", "enum": ["get", "put", "append", "keys"]},
+            "key": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64},
+            "value": {"type": "string", "maxLength": 65536},
+        },
+        "required": ["op"],
+        "additionalProperties": False,
+    }
+
+    async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+        """Do one scratchpad operation."""
+        if ctx.bus is None:
+            raise ToolError("the scratchpad is not available here")
+        kv = await ctx.bus.kv(SCRATCHPAD_BUCKET)
+        op = args["op"]
+        if op == "keys":
+            return {"keys": await self._keys(kv, ctx.run_id)}
+        key = args.get("key", "")
+        if not is_valid_id(key):
+            raise ToolError(f"'key' must match {ID_PATTERN}")
+        full_key = f"{ctx.run_id}.{key}"
+        if op == "get":
+            try:
+                entry = await kv.get(full_key)
+            except (KeyNotFoundError, KeyDeletedError):
+                return {"key": key, "value": None}
+            return {"key": key, "value": (entry.value or b"").decode(errors="replace")}
+        value = args.get("value")
+        if not isinstance(value, str):
+            raise ToolError(f"op={op} needs a string 'value'")
+        if op == "put":
+            self._check_size(value, ctx)
+            await kv.put(full_key, value.encode())
+            return {"key": key, "size": len(value)}
+        return await self._append(kv, full_key, key, value, ctx)
+
+    async def _append(self, kv: Any, full_key: str, key: str, value: str, ctx: ToolContext) -> ToolOutput:
+        # Optimistic concurrency: other agents of the run may append to the same key at the same time.
+        for _ in range(APPEND_ATTEMPTS):
+            try:
+                entry = await kv.get(full_key)
+            except (KeyNotFoundError, KeyDeletedError):
+                self._check_size(value, ctx)
+                try:
+                    await kv.create(full_key, value.encode())
+                except KeyWrongLastSequenceError:
+                    continue
+                return {"key": key, "size": len(value)}
+            text = (entry.value or b"").decode(errors="replace") + value
+            self._check_size(text, ctx)
+            try:
+                await kv.update(full_key, text.encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return {"key": key, "size": len(text)}
+        raise ToolError(f"append to {key!r} kept conflicting with other writers; try again")
+
+    @staticmethod
+    async def _keys(kv: Any, run_id: str) -> list[str]:
+        # A watch filtered by subject reads only this run's keys (KeyValue.keys lists the whole bucket).
+        watcher = await kv.watch(f"{run_id}.>", meta_only=True, ignore_deletes=True)
+        keys = []
+        try:
+            while (entry := await watcher.updates(timeout=5.0)) is not None:
+                keys.append(entry.key.removeprefix(f"{run_id}."))
+        finally:
+            await watcher.stop()
+        return sorted(keys)
+
+    @staticmethod
+    def _check_size(text: str, ctx: ToolContext) -> None:
+        if len(text.encode()) > ctx.settings.scratchpad_max_bytes:
+            raise ToolError(f"scratchpad values are limited to {ctx.settings.scratchpad_max_bytes} bytes")
+
+
+_SPAWN_AGENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64},
+        "role": {"type": "string", "minLength": 1, "maxLength": 200},
+        "instructions": {"type": "string", "maxLength": 2000},
+    },
+    "required": ["id", "role"],
+    "additionalProperties": False,
+}
+_SPAWN_STEP = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64},
+        "agent_id": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64},
+        "instruction": {"type": "string", "minLength": 1, "maxLength": 4000},
+        "depends_on": {"type": "array", "items": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64}},
+    },
+    "required": ["id", "agent_id", "instruction"],
+    "additionalProperties": False,
+}
+
+
+class SpawnTool(Tool):
+    """Adds steps (and agents) to the run; the worker reports them in StepResult.spawn for the dispatcher."""
+
+    name = "spawn"
+    description = (
+        "Add new steps (and new agents) to this run. New steps run after this step; steps waiting for this "
+        "step also wait for them. Step and agent ids must be new in the run; a new step's agent_id names an "
+        "existing or a new agent; depends_on may name other new steps or steps that already finished."
+    )
+    parameters = {
+        "type": "object",
+        "properties": {
+            "agents": {"type": "array", "items": _SPAWN_AGENT, "maxItems": 20},
+            "steps": {"type": "array", "items": _SPAWN_STEP, "minItems": 1, "maxItems": 20},
+        },
+        "required": ["steps"],
+        "additionalProperties": False,
+    }
+
+    async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+        """Validate the request (ids, references, this step's spawn budget) and keep it for the result."""
+        try:
+            request = SpawnRequest.model_validate({"agents": args.get("agents", []), "steps": args.get("steps")})
+        except ValidationError as exc:
+            raise ToolError(f"invalid spawn request: {exc}") from exc
+        earlier = ctx.spawned()
+        step_ids = [s.id for s in (earlier.steps if earlier else ())] + [s.id for s in request.steps]
+        agent_ids = [a.id for a in (earlier.agents if earlier else ())] + [a.id for a in request.agents]
+        if len(step_ids) > ctx.settings.spawn_max_steps:
+            raise ToolError(f"a step may spawn at most {ctx.settings.spawn_max_steps} steps")
+        if len(set(step_ids)) != len(step_ids) or ctx.step_id in step_ids:
+            raise ToolError("spawned step ids must be unique and differ from the spawning step's id")
+        if len(set(agent_ids)) != len(agent_ids):
+            raise ToolError("spawned agent ids must be unique")
+        for step in request.steps:
+            if step.id in step.depends_on:
+                raise ToolError(f"step {step.id} depends on itself")
+        ctx.spawns.append(request)
+        return {"spawned_steps": [s.id for s in request.steps], "spawned_agents": [a.id for a in request.agents]}
+
+
+class HttpFetchTool(Tool):
+    """GET a URL on an allow-listed host; the body is cut to a size limit. Off unless the worker enables it."""
+
+    name = "http_fetch"
+    description = "Fetch a web page or API response with HTTP GET (only some hosts are allowed)."
+    parameters = {
+        "type": "object",
+        "properties": {"url": {"type": "string", "maxLength": 2000, "description": "http(s) URL."}},
+        "required": ["url"],
+        "additionalProperties": False,
+    }
+
+    def __init__(self, allowed_hosts: tuple[str, ...], max_bytes: int, timeout_s: float = 20.0) -> None:
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+
+    def _check(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise ToolError(f"only http and https URLs are allowed, not {parts.scheme!r}")
+        if (parts.hostname or "").lower() not in self.allowed_hosts:
+            raise ToolError(f"host {parts.hostname!r} is not on the allow-list")
+
+    async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+        """Fetch, following at most a few redirects, each of them checked against the allow-list."""
+        url = args["url"]
+        async with httpx.AsyncClient(follow_redirects=False, timeout=self.timeout_s, trust_env=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                self._check(url)
+                try:
+                    async with client.stream("GET", url) as response:
+                        if response.is_redirect and "location" in response.headers:
+                            url = urljoin(url, response.headers["location"])
+                            continue
+                        body = bytearray()
+                        async for chunk in response.aiter_bytes():
+                            body += chunk
+                            if len(body) > self.max_bytes:
+                                break
+                        return {
+                            "status": response.status_code,
+                            "content_type": response.headers.get("content-type", ""),
+                            "body": bytes(body[: self.max_bytes]).decode(errors="replace"),
+                            "truncated": len(body) > self.max_bytes,
+                        }
+                except httpx.HTTPError as exc:
+                    raise ToolError(f"fetch failed: {exc}") from exc
+        raise ToolError(f"more than {MAX_REDIRECTS} redirects")

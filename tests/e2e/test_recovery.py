@@ -1,0 +1,133 @@
+"""Crashes mid-run, as processes: kill -9 a worker, kill -9 a dispatcher replica, restart nats-server.
+
+Each time the run completes and every step is counted exactly once (one 'succeeded' transition each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from swarm.client import SwarmClient
+from swarm.contracts import (
+    DISPATCHER_LEASES_BUCKET,
+    AgentSpec,
+    Plan,
+    RunCompleted,
+    StepEvent,
+    StepSpec,
+    Subjects,
+    result_partition,
+)
+from swarm.natsserver import free_port
+from swarm.settings import NatsSettings, StackSettings
+from swarm.stack import Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CRASH_ENV = {
+    "SWARM_GATEWAY_SIM_LATENCY_SCALE": "1",
+    "SWARM_WORKER_ACK_WAIT_S": "4",  # a dead worker's step is redelivered after this long
+    "SWARM_WORKER_HEARTBEAT_S": "1",
+    "SWARM_WORKER_CONCURRENCY": "16",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    saved = {k: os.environ.get(k) for k in CRASH_ENV}
+    os.environ.update(CRASH_ENV)
+    settings = StackSettings(
+        home=tmp_path_factory.mktemp("swarm-crash"), nats_port=free_port(), nats_monitor_port=free_port(),
+        gateway_backend="sim", workers=2, dispatchers=2,
+    )  # fmt: skip
+    running = Stack(settings)
+    running.up(timeout_s=180)
+    yield running
+    running.down()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def wide_plan(n_steps: int, latency_ms: float) -> Plan:
+    """Layers of 8 steps, each depending on the previous layer; every step takes `latency_ms` in the engine."""
+    agents = tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(8))
+    steps = []
+    for n in range(n_steps):
+        layer, i = divmod(n, 8)
+        deps = tuple(f"s{layer - 1}_{j}" for j in range(8)) if layer else ()
+        steps.append(StepSpec(id=f"s{layer}_{i}", agent_id=f"a{i}", instruction="work", depends_on=deps,
+                              sim_latency_ms=latency_ms))  # fmt: skip
+    return Plan(agents=agents, steps=tuple(steps))
+
+
+async def run_through(
+    stack: Stack, plan: Plan, crash: Callable[[], None], crash_after_s: float, run_ids: list[str] | None = None
+) -> RunCompleted:
+    """Submit, crash something mid-run, and return the final event once every step is accounted for."""
+    async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
+        run_id = await client.submit(plan=plan)
+        if run_ids is not None:
+            run_ids.append(run_id)
+        await asyncio.sleep(crash_after_s)
+        await asyncio.to_thread(crash)
+        final = await client.wait(run_id, timeout_s=120)
+        assert isinstance(final, RunCompleted), final
+        succeeded = await transitions(client, run_id, "succeeded")
+    assert succeeded == Counter({s.id: 1 for s in plan.steps})
+    return final
+
+
+async def transitions(client: SwarmClient, run_id: str, kind: str) -> Counter[str]:
+    sub = await client.bus.js.subscribe(Subjects.step_event(run_id), ordered_consumer=True)
+    found: Counter[str] = Counter()
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except TimeoutError:
+                return found
+            event = StepEvent.model_validate_json(msg.data)
+            if event.kind == kind:
+                found[event.step_id] += 1
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_worker_killed_mid_step(stack: Stack) -> None:
+    final = await run_through(stack, wide_plan(48, 400), lambda: stack.kill("worker", 0), crash_after_s=1.0)
+    assert final.summary.steps_succeeded == 48
+    stack.respawn("worker", 0)
+
+
+async def test_dispatcher_replica_killed_mid_run(stack: Stack) -> None:
+    killed: list[int] = []
+
+    def crash() -> None:
+        # Kill the replica that owns the run's results partition, so the other one must take the run over.
+        owner_pid = asyncio.run(partition_owner_pid(stack, run_ids[-1]))
+        pids = [p["pid"] for p in stack.state()["services"] if p["name"] == "dispatcher"]  # type: ignore[index]
+        killed.append(pids.index(owner_pid))
+        stack.kill("dispatcher", killed[-1])
+
+    run_ids: list[str] = []
+    await run_through(stack, wide_plan(64, 300), crash, crash_after_s=1.0, run_ids=run_ids)
+    stack.respawn("dispatcher", killed[0])
+
+
+async def partition_owner_pid(stack: Stack, run_id: str) -> int:
+    async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
+        leases = await client.bus.kv(DISPATCHER_LEASES_BUCKET)
+        owner = (await leases.get(f"p{result_partition(run_id)}")).value.decode()
+    return int(owner.split("-")[-2])  # instance ids are <host>-<pid>-<random>
+
+
+async def test_nats_server_restarted_mid_run(stack: Stack) -> None:
+    await run_through(stack, wide_plan(48, 300), lambda: stack.restart_nats(down_s=1.0), crash_after_s=1.0)

@@ -1,0 +1,203 @@
+"""Streaming replies, deadlines, priorities and bad input, through a sim gateway on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from services.gateway.engine import create_engine
+from services.gateway.server import GatewayServer
+from services.gateway.settings import GatewaySettings
+from swarm.bus import Bus
+from swarm.contracts import InferenceChunk, InferenceRequest, InferenceResponse, Subjects
+from swarm.inference import DEADLINE_EXCEEDED, InferenceClient, InferenceError, chat
+from swarm.settings import NatsSettings
+
+pytestmark = pytest.mark.integration
+
+CRASH = "CRASH-THE-SIM"
+StartGateway = Callable[..., Awaitable[GatewayServer]]
+
+
+@pytest.fixture
+async def start_gateway(nats_settings: NatsSettings, bus: Bus) -> AsyncIterator[StartGateway]:
+    """Start a sim gateway on its own connection, stopped after the test."""
+    started: list[tuple[GatewayServer, Bus]] = []
+
+    async def start(**fields: Any) -> GatewayServer:
+        settings = GatewaySettings(
+            backend="sim", **{"sim_latency_scale": 0, "sim_crash_marker": CRASH, "sim_context_tokens": 512, **fields}
+        )
+        gateway_bus = await Bus.connect(nats_settings, "gateway-test")
+        server = GatewayServer(gateway_bus, create_engine(settings), settings)
+        await server.start()
+        await gateway_bus.nc.flush()
+        started.append((server, gateway_bus))
+        return server
+
+    yield start
+    for server, gateway_bus in started:
+        await server.stop()
+        await gateway_bus.close()
+        await server.engine.close()
+
+
+def request(request_id: str, user: str = "Name three rivers.", **fields: Any) -> InferenceRequest:
+    return InferenceRequest(request_id=request_id, messages=chat("You are terse.", user), **fields)
+
+
+async def collect(client: InferenceClient, req: InferenceRequest) -> tuple[list[str], InferenceResponse]:
+    items = [item async for item in client.stream(req, timeout_s=10)]
+    *deltas, response = items
+    assert isinstance(response, InferenceResponse) and all(isinstance(d, str) for d in deltas)
+    return deltas, response  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ streaming
+
+
+async def test_stream_delivers_deltas_in_order_then_the_whole_reply(bus: Bus, start_gateway: StartGateway) -> None:
+    await start_gateway(sim_latency_scale=1.0, sim_ttft_ms=50, sim_tokens_per_s=400, sim_jitter=0)
+    client = InferenceClient(bus.nc)
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    deltas: list[str] = []
+    response: InferenceResponse | None = None
+    async for item in client.stream(request("st-1", max_tokens=40), timeout_s=10):
+        if isinstance(item, str):
+            arrivals.append(time.perf_counter() - started)
+            deltas.append(item)
+        else:
+            response = item
+    assert response is not None and response.ok, response
+    assert len(deltas) > 5 and "".join(deltas) == response.content
+    assert arrivals[0] < arrivals[-1] - 0.02  # tokens arrive as generated, not all at once
+    whole = await client.complete(request("st-1", max_tokens=40), timeout_s=10)
+    assert whole.content == response.content  # the sim is deterministic: same text either way
+
+
+async def test_raw_stream_protocol_chunks_to_the_reply_inbox(bus: Bus, start_gateway: StartGateway) -> None:
+    await start_gateway()
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox)
+    await bus.nc.publish(Subjects.INFER, request("st-raw", stream=True).model_dump_json().encode(), reply=inbox)
+    chunks = []
+    while not chunks or not chunks[-1].done:
+        chunks.append(InferenceChunk.model_validate_json((await sub.next_msg(timeout=5)).data))
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunks[-1].response is not None and chunks[-1].response.ok
+    assert "".join(c.delta for c in chunks) == chunks[-1].response.content
+    await sub.unsubscribe()
+
+
+async def test_stream_errors_arrive_as_a_final_chunk(bus: Bus, start_gateway: StartGateway) -> None:
+    await start_gateway()
+    client = InferenceClient(bus.nc)
+    deltas, response = await collect(client, request("st-bad", model="nope"))
+    assert deltas == [] and not response.ok and "unknown model" in (response.error or "")
+    deltas, response = await collect(client, request("st-crash", user=f"please {CRASH}"))
+    assert not response.ok and "engine error: RuntimeError" in (response.error or "")
+
+
+async def test_overloaded_stream_is_retried_by_the_client(bus: Bus, start_gateway: StartGateway) -> None:
+    server = await start_gateway(max_queue=1, sim_latency_scale=1.0, sim_jitter=0)
+    client = InferenceClient(bus.nc)
+    results = await asyncio.gather(
+        *(collect(client, request(f"st-ov-{i}", sim_latency_ms=60)) for i in range(4))
+    )
+    assert all(response.ok for _, response in results)
+    assert server.rejected_count > 0
+
+
+# ------------------------------------------------------------------ deadlines and priorities
+
+
+async def test_deadline_passed_while_queued_is_answered_without_running(bus: Bus, start_gateway: StartGateway) -> None:
+    server = await start_gateway(slots=1, sim_latency_scale=1.0, sim_jitter=0)
+    client = InferenceClient(bus.nc)
+    blocker = asyncio.create_task(client.complete(request("dl-block", sim_latency_ms=400), timeout_s=10))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    late = await client.complete(request("dl-late", sim_latency_ms=10, deadline_ms=100), timeout_s=10)
+    waited = time.perf_counter() - started
+    assert not late.ok and (late.error or "").startswith(DEADLINE_EXCEEDED) and "queued" in (late.error or "")
+    assert 0.08 < waited < 0.35  # answered at its deadline, not when the slot freed up
+    assert (await blocker).ok
+    assert server.expired_count == 1 and server.served_count == 1  # the late one never ran
+
+
+async def test_deadline_passed_while_running_cancels_the_generation(bus: Bus, start_gateway: StartGateway) -> None:
+    await start_gateway(sim_latency_scale=1.0)
+    client = InferenceClient(bus.nc)
+    response = await client.complete(request("dl-run", sim_latency_ms=2000, deadline_ms=100), timeout_s=10)
+    assert not response.ok and "while running" in (response.error or "")
+
+
+async def test_client_timeout_becomes_the_deadline(bus: Bus, start_gateway: StartGateway) -> None:
+    server = await start_gateway(slots=1, sim_latency_scale=1.0, sim_jitter=0)
+    client = InferenceClient(bus.nc)
+    blocker = asyncio.create_task(client.complete(request("ct-block", sim_latency_ms=500), timeout_s=10))
+    await asyncio.sleep(0.05)
+    with pytest.raises(InferenceError):
+        await client.complete(request("ct-late", sim_latency_ms=10), timeout_s=0.2)
+    assert (await blocker).ok
+    await asyncio.sleep(0.05)
+    assert server.expired_count == 1 and server.served_count == 1
+
+
+async def test_planner_and_aggregator_calls_go_before_worker_calls(bus: Bus, start_gateway: StartGateway) -> None:
+    server = await start_gateway(slots=1, sim_latency_scale=1.0, sim_jitter=0)
+    client = InferenceClient(bus.nc)
+    finished: list[str] = []
+
+    async def call(request_id: str, **fields: Any) -> None:
+        response = await client.complete(request(request_id, sim_latency_ms=30, **fields), timeout_s=10)
+        assert response.ok, response.error
+        finished.append(request_id)
+
+    blocker = asyncio.create_task(call("blocker"))
+    await asyncio.sleep(0.01)
+    tasks = [asyncio.create_task(call(f"worker-{i}", caller="worker")) for i in range(3)]
+    await asyncio.sleep(0.01)
+    tasks.append(asyncio.create_task(call("aggregator", caller="aggregator")))
+    tasks.append(asyncio.create_task(call("planner", caller="planner")))
+    tasks.append(asyncio.create_task(call("urgent-worker", caller="worker", priority=0)))
+    await asyncio.gather(blocker, *tasks)
+    assert finished[0] == "blocker"
+    assert set(finished[1:4]) == {"aggregator", "planner", "urgent-worker"}
+    assert finished[1:4] == ["aggregator", "planner", "urgent-worker"]  # first come first served within a class
+    assert finished[4:] == ["worker-0", "worker-1", "worker-2"]
+    assert server.health()["queued"] == 0
+
+
+# ------------------------------------------------------------------ bad input
+
+
+async def test_bad_input_gets_clear_errors_and_the_gateway_keeps_serving(bus: Bus, start_gateway: StartGateway) -> None:
+    server = await start_gateway()
+    client = InferenceClient(bus.nc)
+    unknown = await client.complete(request("bad-model", model="llama-9000"))
+    assert "unknown model 'llama-9000'" in (unknown.error or "")
+
+    too_long = await client.complete(request("bad-long", user="word " * 3000))
+    assert not too_long.ok and "prompt too long" in (too_long.error or "") and "512" in (too_long.error or "")
+
+    invalid = await client.complete(request("bad-schema", json_schema={"type": 12}))
+    assert not invalid.ok and (invalid.error or "").startswith("invalid json_schema: json_schema.type: 12")
+
+    nested = await client.complete(
+        request("bad-nested", json_schema={"type": "object", "properties": {"a": {"type": "array", "items": 3}}})
+    )
+    assert "json_schema.properties.a.items" in (nested.error or "")
+
+    crashed = await client.complete(request("bad-crash", user=f"now {CRASH}"))
+    assert not crashed.ok and (crashed.error or "").startswith("engine error: RuntimeError: sim engine crashed")
+
+    results = await asyncio.gather(*(client.complete(request(f"after-{i}")) for i in range(20)))
+    assert all(r.ok for r in results)
+    health = server.health()
+    assert health["in_flight"] == 0 and health["served_count"] == 20 and health["failed_count"] == 5

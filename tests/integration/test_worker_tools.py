@@ -1,0 +1,203 @@
+"""The real worker and the sim gateway in-process on a real nats-server: tools, output schemas, large payloads.
+
+Steps are published straight to the worker pool's queue and results read from RESULTS, so these tests
+exercise the worker alone (no dispatcher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import jsonschema
+import pytest
+from nats.aio.msg import Msg
+
+from services.gateway.engine import create_engine
+from services.gateway.server import GatewayServer
+from services.gateway.settings import GatewaySettings
+from services.worker_pool.__main__ import main as worker_main
+from services.worker_pool.settings import WorkerSettings
+from services.worker_pool.tools import ToolContext, ToolRegistry
+from swarm.bus import Bus
+from swarm.contracts import (
+    OUTPUTS_BUCKET,
+    RESULTS,
+    AgentSpec,
+    InferenceRequest,
+    StepDispatch,
+    StepEvent,
+    StepEventKind,
+    StepResult,
+    StepSpec,
+    StepStatus,
+    Subjects,
+)
+from swarm.payloads import Payloads, is_ref
+from swarm.settings import NatsSettings
+
+pytestmark = pytest.mark.integration
+
+AGENT = AgentSpec(id="a1", role="analyst")
+
+
+@asynccontextmanager
+async def worker_and_gateway(
+    bus: Bus, settings: WorkerSettings, **gateway: Any
+) -> AsyncIterator[None]:
+    gateway_settings = GatewaySettings(backend="sim", sim_latency_scale=0.0, **gateway)
+    engine = create_engine(gateway_settings)
+    server = GatewayServer(bus, engine, gateway_settings)
+    await server.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker_main(stop, settings))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await server.stop()
+        await engine.close()
+
+
+async def run_steps(bus: Bus, run_id: str, *steps: StepSpec, timeout_s: float = 60) -> dict[str, StepResult]:
+    """Queue the steps, wait for one result of each."""
+    psub = await bus.js.pull_subscribe(Subjects.result(run_id), durable=f"test-{run_id}", stream=RESULTS.name)
+    for step in steps:
+        dispatch = StepDispatch(run_id=run_id, tenant="t", goal="check the numbers", agent=AGENT, step=step, attempt=1)
+        await bus.publish(Subjects.steps("default"), dispatch)
+    results: dict[str, StepResult] = {}
+    async with asyncio.timeout(timeout_s):
+        while len(results) < len(steps):
+            try:
+                msgs = await psub.fetch(10, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                result = StepResult.model_validate_json(msg.data)
+                results[result.step_id] = result
+                await msg.ack()
+    return results
+
+
+async def step_events(bus: Bus, run_id: str) -> list[StepEvent]:
+    sub = await bus.js.subscribe(Subjects.step_event(run_id), ordered_consumer=True)
+    events = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except TimeoutError:
+                return events
+            events.append(StepEvent.model_validate_json(msg.data))
+    finally:
+        await sub.unsubscribe()
+
+
+async def output_of(bus: Bus, run_id: str, step_id: str) -> str:
+    value = await Payloads(bus).get(f"{run_id}.{step_id}")
+    assert value is not None
+    return value.decode()
+
+
+async def test_steps_with_the_python_tool_run_through_the_worker(bus: Bus, nats_settings: NatsSettings) -> None:
+    settings = WorkerSettings(nats=nats_settings, concurrency=4, max_tool_rounds=2, sandbox_wall_s=5.0)
+    steps = [
+        StepSpec(id=f"calc{i}", agent_id="a1", instruction=f"compute {i} squared with python", tools=("python",))
+        for i in range(6)
+    ]
+    async with worker_and_gateway(bus, settings):
+        results = await run_steps(bus, "run-tools", *steps)
+    assert all(r.status is StepStatus.SUCCEEDED for r in results.values()), results
+    events = await step_events(bus, "run-tools")
+    assert len({e.event_id for e in events}) == len(events)  # every event id is unique, tool calls included
+    tool_calls = [e for e in events if e.kind is StepEventKind.TOOL_CALL]
+    # The sim model decides by a seeded draw: deterministic, and over six steps it calls the tool.
+    assert tool_calls, [e.kind for e in events]
+    for event in tool_calls:
+        assert event.attributes["tool"] == "python" and event.attributes["outcome"] in ("ok", "error")
+        assert event.duration_ms > 0
+    inference_done = [e for e in events if e.kind is StepEventKind.INFERENCE_DONE]
+    assert len(inference_done) >= len(steps) + len(tool_calls)
+    for step in steps:
+        assert (await output_of(bus, "run-tools", step.id)).strip()
+
+
+async def test_an_unknown_tool_fails_the_step_for_good(bus: Bus, nats_settings: NatsSettings) -> None:
+    async with worker_and_gateway(bus, WorkerSettings(nats=nats_settings)):
+        results = await run_steps(
+            bus, "run-unknown",
+            StepSpec(id="s1", agent_id="a1", instruction="x", tools=("python", "teleport")),
+            StepSpec(id="s2", agent_id="a1", instruction="x", tools=("http_fetch",)),
+        )  # fmt: skip
+    for step_id, reason in (("s1", "unknown tool 'teleport'"), ("s2", "disabled")):
+        result = results[step_id]
+        assert result.status is StepStatus.FAILED and not result.retryable
+        assert result.error and reason in result.error
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"type": "string", "enum": ["yes", "no"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "reasons": {"type": "array", "items": {"type": "string", "maxLength": 80}, "maxItems": 3},
+    },
+    "required": ["verdict", "confidence", "reasons"],
+    "additionalProperties": False,
+}
+
+
+async def test_outputs_satisfy_the_step_schema(bus: Bus, nats_settings: NatsSettings) -> None:
+    steps = [
+        StepSpec(id="judge", agent_id="a1", instruction="judge it", output_schema=SCHEMA),
+        StepSpec(id="judge-tools", agent_id="a1", instruction="judge", output_schema=SCHEMA, tools=("scratchpad",)),
+    ]
+    async with worker_and_gateway(bus, WorkerSettings(nats=nats_settings, max_tool_rounds=1)):
+        results = await run_steps(bus, "run-schema", *steps)
+    for step in steps:
+        assert results[step.id].status is StepStatus.SUCCEEDED, results[step.id]
+        jsonschema.validate(json.loads(await output_of(bus, "run-schema", step.id)), SCHEMA)
+
+
+async def test_large_outputs_and_inputs_travel_by_reference(bus: Bus, nats_settings: NatsSettings) -> None:
+    big_input = "0123456789abcdef" * 196608  # 3 MiB
+    await Payloads(bus).put("run-big.upstream", big_input.encode())
+    prompts: list[str] = []
+
+    async def spy(msg: Msg) -> None:  # a plain subscriber sees the requests the gateway's queue group serves
+        request = InferenceRequest.model_validate_json(msg.data)
+        prompts.append(request.messages[-1].content)
+
+    await bus.nc.subscribe(Subjects.INFER, cb=spy)
+    settings = WorkerSettings(nats=nats_settings, inline_payload_bytes=1024)
+    step = StepSpec(id="reader", agent_id="a1", instruction="summarize", depends_on=("upstream",), max_tokens=4000)
+    async with worker_and_gateway(bus, settings, sim_completion_tokens=2000):
+        results = await run_steps(bus, "run-big", step)
+    assert results["reader"].status is StepStatus.SUCCEEDED, results["reader"]
+    assert any("[upstream] 0123456789abcdef0123" in p for p in prompts)  # the 3 MiB input was resolved
+    output = await output_of(bus, "run-big", "reader")
+    assert len(output.encode()) > 1024
+    marker = (await (await bus.kv(OUTPUTS_BUCKET)).get("run-big.reader")).value or b""
+    assert is_ref(marker)
+
+
+async def test_the_scratchpad_is_shared_within_a_run(bus: Bus) -> None:
+    pad = ToolRegistry.for_worker(WorkerSettings()).get("scratchpad")
+
+    def ctx(run_id: str, step_id: str) -> ToolContext:
+        return ToolContext(
+            run_id=run_id, tenant="t", step_id=step_id, agent_id="a1", attempt=1, settings=WorkerSettings(), bus=bus
+        )
+
+    assert await pad.call({"op": "put", "key": "plan", "value": "v1"}, ctx("run-s", "s1")) == {"key": "plan", "size": 2}
+    assert await pad.call({"op": "get", "key": "plan"}, ctx("run-s", "s2")) == {"key": "plan", "value": "v1"}
+    assert await pad.call({"op": "get", "key": "plan"}, ctx("run-other", "s1")) == {"key": "plan", "value": None}
+    await asyncio.gather(*(pad.call({"op": "append", "key": "log", "value": f"<{i}>"}, ctx("run-s", f"s{i}")) for i in range(10)))
+    log = await pad.call({"op": "get", "key": "log"}, ctx("run-s", "s1"))
+    assert isinstance(log, dict) and sorted(log["value"].replace(">", ">\n").split()) == sorted(f"<{i}>" for i in range(10))
+    assert await pad.call({"op": "keys"}, ctx("run-s", "s1")) == {"keys": ["log", "plan"]}
+    assert await pad.call({"op": "keys"}, ctx("run-empty", "s1")) == {"keys": []}

@@ -1,0 +1,127 @@
+"""Load-test plans: sizes, valid DAGs, under the message limit, deterministic; and the scenario registry."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from loadtest.scenarios import (
+    PLAN_BUILDERS,
+    PLAN_BYTES_BUDGET,
+    SCENARIOS,
+    PlanLoad,
+    build_chain,
+    build_fanout,
+    build_faults,
+    build_swarm,
+    load_all,
+    scenario,
+    swarm_plan,
+)
+from swarm.contracts import PlanSource, RunPlanned, RunPolicy, TaskSubmission, utc_now
+from swarm.dag import critical_path, sinks, validate_plan
+
+RUN_ID = "lt-swarm-300x4000-20260101-000000-abcdef"  # as long as the runner's ids get
+
+
+def task_bytes(load: PlanLoad) -> int:
+    return len(TaskSubmission(run_id=RUN_ID, plan=load.plan, policy=load.policy).model_dump_json())
+
+
+def planned_bytes(load: PlanLoad) -> int:
+    event = RunPlanned(
+        run_id=RUN_ID, tenant="default", goal="explicit plan: 300 agents, 4000 steps", plan=load.plan,
+        source=PlanSource.EXPLICIT, policy=load.policy, submitted_at=utc_now(),
+    )  # fmt: skip
+    return len(event.model_dump_json())
+
+
+@pytest.mark.parametrize("name", sorted(PLAN_BUILDERS))
+def test_every_plan_is_a_valid_dag_within_the_limits(name: str) -> None:
+    load = PLAN_BUILDERS[name](0, 1.0, 1.0)
+    validate_plan(load.plan)
+    assert max(len(s.depends_on) for s in load.plan.steps) <= 300
+
+
+@pytest.mark.parametrize("name", sorted(PLAN_BUILDERS))
+def test_every_plan_fits_one_nats_message_as_task_and_as_planned_event(name: str) -> None:
+    load = PLAN_BUILDERS[name](0, 1.0, 1.0)
+    for what, size in (("TaskSubmission", task_bytes(load)), ("RunPlanned", planned_bytes(load))):
+        assert size < PLAN_BYTES_BUDGET, (
+            f"{name}: the {what} is {size} bytes, over the {PLAN_BYTES_BUDGET}-byte budget under NATS' 1 MiB "
+            "max_payload: StepSpec grew (every default field is serialized per step) or the plan got denser"
+        )
+
+
+def test_sizes_of_the_named_scenarios() -> None:
+    fanout, chain, swarm = build_fanout(0, 1.0), build_chain(0, 1.0), build_swarm(0, 1.0)
+    assert (len(fanout.plan.agents), len(fanout.plan.steps)) == (300, 301)
+    assert sinks(fanout.depends_on) == ["s300"] and len(fanout.depends_on["s300"]) == 300
+    assert len(chain.plan.steps) == 200 and critical_path(chain.depends_on, chain.latency_s)[1] == list(chain.depends_on)
+    assert (len(swarm.plan.agents), len(swarm.plan.steps)) == (300, 4000)
+
+
+def test_swarm_plan_has_multi_turn_agents_fan_out_and_fan_in() -> None:
+    load = build_swarm(0, 1.0)
+    turns = Counter(s.agent_id for s in load.plan.steps)
+    assert len(turns) == 300 and min(turns.values()) >= 10  # every agent takes many turns
+    fan_out = Counter(d for s in load.plan.steps for d in s.depends_on)
+    assert fan_out["s0"] >= 300  # the scope step feeds every agent
+    assert max(len(s.depends_on) for s in load.plan.steps) <= 20  # depends_on lists stay short
+    assert sum(1 for s in load.plan.steps if len(s.depends_on) >= 10) >= 20  # team merges (fan-in)
+    assert sinks(load.depends_on) == ["s3999"]  # one final report
+    length, path = critical_path(load.depends_on, load.latency_s)
+    assert 15 <= len(path) <= 30 and length > 0
+
+
+def test_plans_are_deterministic_per_seed() -> None:
+    for build in (build_fanout, build_chain, build_swarm, build_faults):
+        assert build(7, 1.0).plan == build(7, 1.0).plan
+        assert build(7, 1.0).plan != build(8, 1.0).plan
+
+
+def test_latency_scale_multiplies_latencies_and_keeps_the_dag() -> None:
+    one, half, zero = build_swarm(3, 1.0), build_swarm(3, 0.5), build_swarm(3, 0.0)
+    assert one.depends_on == half.depends_on == zero.depends_on
+    assert all(v == 0 for v in zero.latency_s.values())
+    for step_id, latency in one.latency_s.items():
+        assert half.latency_s[step_id] == pytest.approx(latency / 2, abs=1e-4)
+    median_ms = sorted(one.latency_s.values())[2000] * 1000
+    assert 700 < median_ms < 1400  # ~1 s median, like the sim backend's own default
+
+
+def test_faults_mark_five_percent_half_each_and_use_quorum() -> None:
+    load = build_faults(0, 1.0)
+    assert len(load.faults) == 200
+    assert Counter(load.faults.values()) == {"fail_once": 100, "garbage": 100}
+    assert {s.id: s.sim_fault for s in load.plan.steps if s.sim_fault} == load.faults
+    assert load.policy is RunPolicy.QUORUM
+    assert load.depends_on == build_swarm(0, 1.0).depends_on
+
+
+def test_scaled_down_plans_stay_valid() -> None:
+    for build in (build_fanout, build_chain, build_swarm, build_faults):
+        load = build(0, 0.0, 0.05)
+        validate_plan(load.plan)
+        assert 2 <= len(load.plan.steps) <= 1000
+
+
+def test_swarm_plan_counts_exactly_and_rejects_impossible_shapes() -> None:
+    for n_steps in (700, 1234, 2999):
+        assert len(swarm_plan(100, n_steps, teams=10).plan.steps) == n_steps
+    with pytest.raises(ValueError):
+        swarm_plan(300, 100)
+
+
+def test_registry_has_the_plan_scenarios_and_refuses_a_second_registration() -> None:
+    registry = load_all()
+    assert {"fanout-300", "chain-200", "swarm-300x4000", "faults-5pct"} <= set(registry)
+    assert all(registry[name].description for name in registry)
+
+    async def other(ctx: object) -> dict[str, object]:
+        return {}
+
+    with pytest.raises(ValueError, match="twice"):
+        scenario("fanout-300", "again")(other)  # type: ignore[arg-type]
+    assert SCENARIOS["fanout-300"].run is not other
