@@ -16,9 +16,12 @@ async def main(stop: asyncio.Event, settings: DispatcherSettings | None = None) 
     bus = await Bus.connect(settings.nats, "dispatcher")
     await bus.provision()
     dispatcher = Dispatcher(bus, settings)
+    await dispatcher.acquire_leases()
     plans = await bus.pull_subscription(PLANS_CONSUMER)
     await bus.serve_health("dispatcher", lambda: {"runs": len(dispatcher.runs)})
-    await asyncio.gather(consume(plans, dispatcher.on_run_message, stop), dispatcher.run(stop))
+    await asyncio.gather(
+        consume(plans, dispatcher.on_run_message, stop), dispatcher.run(stop), dispatcher.sweep_lost_steps(stop)
+    )
     await bus.close()
 
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from pydantic import ValidationError
 
 from services.dispatcher.leases import PartitionLeases
@@ -47,6 +47,7 @@ from swarm.contracts import (
     StepEvent,
     StepEventKind,
     StepResult,
+    StepStatus,
     Subjects,
     result_partition,
     step_event_id,
@@ -89,7 +90,9 @@ class Dispatcher:
         self.revisions: dict[str, int] = {}  # run -> revision of its checkpoint we last wrote or read
         self.finished: set[str] = set()
         self.leases: PartitionLeases | None = None
+        self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._last_progress: dict[str, float] = {}
+        self._queued_at: dict[tuple[str, str, int], float] = {}  # (run, step, attempt) -> monotonic time
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ plans and cancellations
@@ -130,12 +133,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ results
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Hold leases on a share of the results partitions and consume those, until `stop`."""
+    async def acquire_leases(self) -> None:
+        """Take a first share of the partitions (before plans are consumed, so new runs stay in memory)."""
         self.leases = PartitionLeases(await self.bus.kv(DISPATCHER_LEASES_BUCKET), self.instance_id)
-        loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        await self._apply_lease_changes(*await self.leases.renew())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the leases renewed and the owned partitions consumed, until `stop`."""
+        if self.leases is None:
+            await self.acquire_leases()
+        assert self.leases is not None
         renewed_at = time.monotonic()
         while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEASE_RENEW_S)
+            if stop.is_set():
+                break
             started = time.monotonic()
             try:
                 gained, lost = await self.leases.renew()
@@ -148,21 +161,78 @@ class Dispatcher:
                 if time.monotonic() - renewed_at > DISPATCHER_LEASES_BUCKET.ttl_s:
                     lost = set(self.leases.owned)  # expired by now: others may own them
                     self.leases.owned.clear()
-                await asyncio.sleep(0.5)
-            for partition in lost:
-                await self._stop_partition(loops.pop(partition, None))
-                for run_id in [r for r in self.runs if result_partition(r) == partition]:
-                    self._forget(run_id)
-            for partition in gained:
-                partition_stop = asyncio.Event()
-                loops[partition] = (asyncio.create_task(self._results_loop(partition, partition_stop)), partition_stop)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), LEASE_RENEW_S)
-        for _, partition_stop in loops.values():
+            await self._apply_lease_changes(gained, lost)
+        for _, partition_stop in self._loops.values():
             partition_stop.set()
-        await asyncio.gather(*(task for task, _ in loops.values()))
+        await asyncio.gather(*(task for task, _ in self._loops.values()))
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self.leases.release_all()
+
+    async def _apply_lease_changes(self, gained: set[int], lost: set[int]) -> None:
+        for partition in lost:
+            await self._stop_partition(self._loops.pop(partition, None))
+            for run_id in [r for r in self.runs if result_partition(r) == partition]:
+                self._forget(run_id)
+        if gained:
+            await self._adopt(gained)
+        for partition in gained:
+            partition_stop = asyncio.Event()
+            task = asyncio.create_task(self._results_loop(partition, partition_stop))
+            self._loops[partition] = (task, partition_stop)
+
+    async def _adopt(self, partitions: set[int]) -> None:
+        """Load the running runs of newly owned partitions, so even a run with no result in flight is watched."""
+        kv = await self.bus.kv(RUN_STATE_BUCKET)
+        try:
+            run_ids = await kv.keys()
+        except NoKeysError:
+            return
+        async with self._lock:
+            for run_id in run_ids:
+                if result_partition(run_id) in partitions and run_id not in self.runs and run_id not in self.finished:
+                    await self._load(run_id)
+
+    async def sweep_lost_steps(self, stop: asyncio.Event) -> None:
+        """Fail attempts that got no result long after their dispatch, so they are retried or dead-lettered.
+
+        The safety net for a step message lost in a crash (a nats-server killed before flushing,
+        a worker dying past max_deliver): every accepted step ends succeeded, failed or cancelled.
+        """
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.sweep_interval_s)
+            try:
+                async with self._lock:
+                    await self._sweep()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("lost-step sweep failed: %s", exc)
+
+    async def _sweep(self) -> None:
+        now, queued_at, touched = time.monotonic(), {}, {}
+        for run in list(self.runs.values()):
+            for step_id, state in run.steps.items():
+                if state.phase is not StepPhase.QUEUED:
+                    continue
+                key = (run.run_id, step_id, state.attempt)
+                since = queued_at[key] = self._queued_at.get(key, now)
+                waited_s = now - since
+                if waited_s < state.spec.timeout_s * 2 + self.settings.lost_step_grace_s:
+                    continue
+                log.warning("run %s step %s attempt %d: no result after %.0fs", run.run_id, step_id, state.attempt, waited_s)
+                result = StepResult(
+                    run_id=run.run_id, step_id=step_id, attempt=state.attempt, status=StepStatus.FAILED,
+                    error=f"no result {waited_s:.0f}s after dispatch (step lost)", started_at=utc_now(),
+                    finished_at=utc_now(), worker_id=f"dispatcher:{self.instance_id}",
+                )  # fmt: skip
+                outcome = run.apply(result)
+                await self._emit(run, outcome, result)
+                touched[run.run_id] = run
+        self._queued_at = {k: v for k, v in {**self._queued_at, **queued_at}.items() if k in queued_at or v > now}
+        if touched:
+            touched.update({run.run_id: run for run in await self._schedule()})
+            await self.bus.flush_publishes()
+            for run in touched.values():
+                await self._checkpoint(run)
 
     @staticmethod
     async def _stop_partition(loop: tuple[asyncio.Task[None], asyncio.Event] | None) -> None:
@@ -287,6 +357,7 @@ class Dispatcher:
             await self.bus.publish_nowait(
                 Subjects.steps(self.settings.pool), message, msg_id=f"{run.run_id}.{step.id}.{dispatch.attempt}"
             )
+            self._queued_at[(run.run_id, step.id, dispatch.attempt)] = time.monotonic() + dispatch.delay_s
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
             await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED,
                               attributes={"depends_on": ",".join(run.depends_on[step.id])})  # fmt: skip

@@ -25,4 +25,8 @@ class DispatcherSettings(BaseSettings):
     retry_base_s: float = Field(0.5, ge=0, description="Backoff before the second attempt (doubles after).")
     retry_cap_s: float = Field(30.0, ge=0, description="Longest backoff between attempts.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least time between progress events of a run.")
+    lost_step_grace_s: float = Field(
+        300.0, ge=0, description="An attempt with no result after 2 x its timeout plus this is failed (and retried)."
+    )
+    sweep_interval_s: float = Field(5.0, gt=0, description="How often queued steps are checked for loss.")
     log_level: str = Field("INFO", description="Log level.")

@@ -151,3 +151,23 @@ async def test_two_dispatcher_replicas_share_runs_and_one_leaving_hands_over(
             final = await SwarmClient(bus).wait(run_id, "t", timeout_s=60)
             assert isinstance(final, RunCompleted), final
             assert sorted(await succeeded_events(bus, run_id)) == sorted(s.id for s in plan.steps)
+
+
+async def test_a_step_lost_from_the_queue_is_retried(bus: Bus, nats_settings: NatsSettings) -> None:
+    settings = DispatcherSettings(nats=nats_settings, lost_step_grace_s=0.5, sweep_interval_s=0.2, retry_base_s=0)
+    plan = Plan(
+        agents=(AgentSpec(id="a", role="r"),),
+        steps=(StepSpec(id="only", agent_id="a", instruction="work", timeout_s=0.5),),
+    )
+    async with gateway(bus), service(dispatcher_main, settings), service(aggregator_main, AggregatorSettings(nats=nats_settings)):
+        await start_run(bus, "run-lost", plan)
+        for _ in range(50):  # wait for the dispatch, then lose it as a crashed server would
+            if (await bus.js.stream_info("STEPS")).state.messages:
+                break
+            await asyncio.sleep(0.05)
+        await bus.js.purge_stream("STEPS")
+        await asyncio.sleep(2.0)  # longer than 2 x timeout + grace: the attempt is declared lost
+        async with service(worker_main, WorkerSettings(nats=nats_settings)):
+            final = await SwarmClient(bus).wait("run-lost", "t", timeout_s=30)
+    assert isinstance(final, RunCompleted), final
+    assert final.summary.retries_count >= 1
