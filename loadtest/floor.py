@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import nats
 import nats.errors
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -62,7 +63,7 @@ def _payload(step: int, size: int) -> bytes:
     return head + b"x" * max(0, size - len(head))
 
 
-async def _connect(url: str) -> nats.NATS:
+async def _connect(url: str) -> NatsClient:
     return await nats.connect(servers=url.split(","), name="loadtest-floor", max_reconnect_attempts=3)
 
 

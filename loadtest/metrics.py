@@ -29,7 +29,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def critical_path_s(depends_on: Mapping[str, tuple[str, ...]], latency_s: Mapping[str, float]) -> float:
     """The makespan's lower bound: the longest chain of simulated latencies through the DAG."""
     length, _ = critical_path(depends_on, latency_s)
-    return length
+    return float(length)
 
 
 def efficiency(critical_path_s: float, makespan_s: float | None) -> float | None:
@@ -93,9 +93,9 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
 
 
 def median_or_none(values: Iterable[float | None]) -> float | None:
-    """The median of the values that are not None."""
+    """The median of the values that are not None (rounded to 4 decimals: these are figures for people)."""
     present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
+    return round(statistics.median(present), 4) if present else None
 
 
 def combine_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -109,8 +109,8 @@ def combine_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key, value in first.items():
         if key in summed:
             combined[key] = sum(int(r.get(key) or 0) for r in runs)
-        elif key == "step_latency_ms":
-            combined[key] = {q: median_or_none(r[key][q] for r in runs) for q in ("p50", "p99")}
+        elif isinstance(value, dict) and all(v is None or isinstance(v, int | float) for v in value.values()):
+            combined[key] = {k: median_or_none((r.get(key) or {}).get(k) for r in runs) for k in value}
         elif isinstance(value, bool) or not isinstance(value, int | float) or value is None:
             combined[key] = value
         else:

@@ -68,7 +68,6 @@ from swarm.contracts import (
     RunExecuted,
     RunFailed,
     RunSummary,
-    StepEvent,
     Subjects,
     TaskSubmission,
 )
@@ -119,6 +118,16 @@ class Deployment:
     @property
     def logs(self) -> Path | None:
         return self.stack.logs if self.stack else None
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process ids by service name ('nats-server' included) when the stack is local; else empty."""
+        state = (self.stack or Stack()).state() if self.kind != "given" else None
+        if state is None:
+            return {}
+        pids: dict[str, list[int]] = {"nats-server": [int(state["nats_pid"])]}
+        for service in state["services"]:
+            pids.setdefault(service["name"], []).append(int(service["pid"]))
+        return pids
 
     def close(self) -> None:
         if self.stack is not None:
@@ -190,6 +199,7 @@ class ScenarioContext:
     progress: Progress
     nats_url: str | None = None
     client: SwarmClient | None = None
+    service_pids: dict[str, list[int]] = field(default_factory=dict)  # for CPU accounting, when local
     _gateway_checked: bool = field(default=False, repr=False)
 
     @property
@@ -270,6 +280,7 @@ async def run_plan(ctx: ScenarioContext, client: SwarmClient, load: PlanLoad) ->
     )
     trace = RunTrace(submitted=time.perf_counter())
     started_at = datetime.now(UTC)
+    cpu_before = cpu_seconds(ctx.service_pids)
     timed_out = False
     try:
         await client.submit_task(task)
@@ -287,6 +298,7 @@ async def run_plan(ctx: ScenarioContext, client: SwarmClient, load: PlanLoad) ->
                 break
     finally:
         await sub.unsubscribe()
+    cpu_used = {name: round(cpu_seconds(ctx.service_pids).get(name, 0.0) - spent, 2) for name, spent in cpu_before.items()}
     if timed_out:
         trace.ended = time.perf_counter()
         trace.final_kind, trace.error = "timeout", f"no terminal event within {ctx.options.run_timeout_s:.0f}s"
@@ -294,7 +306,23 @@ async def run_plan(ctx: ScenarioContext, client: SwarmClient, load: PlanLoad) ->
     ctx.progress.update(bar, description=f"{task.run_id}: accounting")
     accounting = await read_step_events(client, task.run_id, [s.id for s in load.plan.steps])
     ctx.progress.update(bar, description=f"{task.run_id}: {trace.final_kind}")
-    return run_figures(ctx, task.run_id, load, trace, accounting, started_at)
+    figures = run_figures(ctx, task.run_id, load, trace, accounting, started_at)
+    figures["service_cpu_s"] = dict(sorted(cpu_used.items(), key=lambda item: -item[1]))
+    return figures
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU seconds so far of each service's processes (Linux /proc; replicas summed)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for name, group in pids.items():
+        for pid in group:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
 
 
 def _follow(msg: Msg, trace: RunTrace, ctx: ScenarioContext, bar: Any, steps_total: int) -> bool:
@@ -337,20 +365,8 @@ async def read_step_events(
 
 async def _read_step_events(client: SwarmClient, run_id: str) -> metrics.StepAccounting:
     accounting = metrics.StepAccounting()
-    sub = await client.bus.js.subscribe(
-        Subjects.step_event(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-    )
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=5.0)
-            except nats.errors.TimeoutError:
-                break  # nothing (more) stored for this run
-            accounting.add(StepEvent.model_validate_json(msg.data))
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
+    for event in await client.step_events(run_id, idle_s=5.0):
+        accounting.add(event)
     return accounting
 
 
@@ -369,7 +385,10 @@ def run_figures(
     succeeded = summary.steps_succeeded if summary else 0
     failed = summary.steps_failed if summary else 0
     cancelled = summary.steps_cancelled if summary else 0
-    unaccounted = accounting.unaccounted(step_ids)
+    # A rejected run was never accepted: nothing of it can be lost.
+    unaccounted = accounting.unaccounted(step_ids) if trace.final_kind != "rejected" else []
+    if trace.final_kind == "rejected":
+        steps_total = 0
     end_of_steps = trace.executed or trace.ended
     makespan_s = end_of_steps - trace.planned if trace.planned and end_of_steps else None
     stream_makespan_s = (
@@ -472,7 +491,8 @@ async def _run(
     try:
         with Progress(*columns, console=console) as progress:
             ctx = ScenarioContext(
-                scenario.name, options, console, progress, deployment.nats_url if deployment else None, client
+                scenario.name, options, console, progress, deployment.nats_url if deployment else None, client,
+                deployment.pids() if deployment else {},
             )
             for _ in range(options.runs):
                 if client is not None:
@@ -557,8 +577,10 @@ def _cell(record: dict[str, Any], key: str) -> str:
     value: Any = record
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
-    if value is None:
+    if value is None or value == {}:
         return "—"
+    if isinstance(value, dict):  # service -> CPU seconds: the three busiest
+        return "\n".join(f"{name} {seconds:.1f}" for name, seconds in list(value.items())[:3])
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
     return str(value)
@@ -580,6 +602,7 @@ def report_table(report: dict[str, Any]) -> Table:
         and key not in ("latency_scale", "seed", "scale_steps", "agents", "steps_cancelled", "step_events",
                         "faults_planned", "makespan_stream_s")
     ]  # fmt: skip
+    rows.append(("service_cpu_s", "CPU s during the run"))
     for key, label in rows:
         cells = [_cell(run, key) for run in runs] + [_cell(report, key)]
         if all(c == "—" for c in cells):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -127,13 +128,19 @@ class Bus:
             "reconnected_cb": on_reconnect,
         }
         if settings.user:
-            options["user"], options["password"] = settings.user, settings.password
+            options["user"] = settings.user
+            options["password"] = settings.password.get_secret_value() if settings.password else None
         if settings.creds_file:
             options["user_credentials"] = str(settings.creds_file)
-        if settings.tls_ca_file:
+        if settings.inbox_prefix:
+            options["inbox_prefix"] = settings.inbox_prefix
+        if settings.tls_ca_file or settings.tls_cert_file:
             import ssl
 
-            options["tls"] = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+            context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+            if settings.tls_cert_file:
+                context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
+            options["tls"] = context
         nc = await nats.connect(**options)
         return cls(nc, settings)
 
@@ -312,9 +319,13 @@ async def consume(
     batch: int = 64,
     concurrency: int = 1,
     fetch_timeout_s: float = 1.0,
+    heartbeat_s: float | None = None,
 ) -> None:
     """Fetch batches until `stop` is set; run `handler` on each message, at most `concurrency` at once.
 
+    With `heartbeat_s`, a message whose handler is still running is reported in progress that often,
+    so the consumer's ack_wait can stay short (a crashed consumer's messages come back soon) while a
+    slow handler (a synthesis on a CPU model) keeps its message.
     On stop, no new batch is fetched and in-flight messages finish before return.
     """
     slots = asyncio.Semaphore(concurrency)
@@ -322,9 +333,21 @@ async def consume(
 
     async def run_one(msg: Msg) -> None:
         try:
-            await settle(msg, handler)
+            await settle_with_heartbeat(msg)
         finally:
             slots.release()
+
+    async def settle_with_heartbeat(msg: Msg) -> None:
+        if heartbeat_s is None:
+            await settle(msg, handler)
+            return
+        settling = asyncio.create_task(settle(msg, handler))
+        while not settling.done():
+            await asyncio.wait({settling}, timeout=heartbeat_s)
+            if not settling.done():
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+        await settling
 
     while not stop.is_set():
         free = max(1, min(batch, concurrency - len(running))) if concurrency > 1 else batch
@@ -338,7 +361,7 @@ async def consume(
             continue
         for msg in msgs:
             if concurrency == 1:
-                await settle(msg, handler)
+                await settle_with_heartbeat(msg)
                 continue
             await slots.acquire()
             task = asyncio.create_task(run_one(msg))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import nats
 import nats.errors
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import TypeAdapter
@@ -24,6 +25,8 @@ from swarm.contracts import (
     RunEvent,
     RunPolicy,
     RunRecord,
+    StepEvent,
+    StepEventBatch,
     Subjects,
     TaskSubmission,
 )
@@ -34,6 +37,26 @@ RUN_EVENT = TypeAdapter(RunEvent)
 
 class StackNotRunning(RuntimeError):
     """Nothing answers at the NATS URL, or the swarm streams are missing."""
+
+
+async def read_step_events(js: JetStreamContext, run_id: str, idle_s: float = 1.0) -> list[StepEvent]:
+    """The run's step events from the EVENTS stream (an ordered consumer read to its end)."""
+    sub = await js.subscribe(Subjects.run_step_events(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    events: list[StepEvent] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=idle_s)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return events
+            if msg.subject == Subjects.step_event_batch(run_id):
+                events.extend(StepEventBatch.model_validate_json(msg.data).events)
+            else:
+                events.append(StepEvent.model_validate_json(msg.data))
+            if msg.metadata.num_pending == 0:
+                return events
+    finally:
+        await sub.unsubscribe()
 
 
 def new_run_id() -> str:
@@ -64,7 +87,8 @@ class SwarmClient:
             nc = await asyncio.wait_for(
                 nats.connect(
                     servers=settings.url.split(","), connect_timeout=2, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5, error_cb=quiet, user=settings.user, password=settings.password,
+                    reconnect_time_wait=0.5, error_cb=quiet, user=settings.user,
+                    password=settings.password.get_secret_value() if settings.password else None,
                 ),
                 timeout=connect_timeout_s,
             )  # fmt: skip
@@ -137,6 +161,10 @@ class SwarmClient:
             raise RuntimeError("event stream ended without a terminal event")
 
         return await asyncio.wait_for(last(), timeout_s)
+
+    async def step_events(self, run_id: str, idle_s: float = 1.0) -> list[StepEvent]:
+        """Every step event of the run stored in the EVENTS stream so far, single or batched, in order."""
+        return await read_step_events(self.bus.js, run_id, idle_s)
 
     async def cancel(self, run_id: str, tenant: str = DEFAULT_TENANT, reason: str = "cancelled by client") -> None:
         """Ask the dispatcher to cancel the run."""

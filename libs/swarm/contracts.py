@@ -1,7 +1,7 @@
 """The wire contract: every message model, and every subject, stream and bucket next to it.
 
 Nothing else in the code base writes a subject or stream literal; `proto/` is generated
-from this module (`swarm proto`), and a test fails when it drifts.
+from this module (`make proto`), and a test fails when it drifts.
 """
 
 from __future__ import annotations
@@ -198,6 +198,11 @@ class Subjects:
     def step_event(run_id: str) -> str:
         """Step events of one run, for the recorder."""
         return f"swarm.events.step.{run_id}"
+
+    @staticmethod
+    def run_step_events(run_id: str) -> str:
+        """Every step event of one run, single or batched (what a reader subscribes to)."""
+        return f"swarm.events.*.{run_id}"
 
     @staticmethod
     def step_event_batch(run_id: str) -> str:

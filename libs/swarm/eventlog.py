@@ -108,7 +108,8 @@ def open_client(settings: ClickHouseSettings) -> Client:
     """
     if settings.mode == "http":
         return clickhouse_connect.get_client(
-            host=settings.host, port=settings.port, username=settings.user, password=settings.password
+            host=settings.host, port=settings.port, username=settings.user,
+            password=settings.password.get_secret_value()
         )
     data_dir = settings.path.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

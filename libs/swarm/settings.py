@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,9 +15,14 @@ class NatsSettings(BaseSettings):
 
     url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
     user: str | None = Field(None, description="NATS user name.")
-    password: str | None = Field(None, description="NATS password.")
+    password: SecretStr | None = Field(None, description="NATS password (never logged).")
     creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey).")
     tls_ca_file: Path | None = Field(None, description="CA bundle to verify the server's TLS certificate.")
+    tls_cert_file: Path | None = Field(None, description="Client certificate, for servers that verify clients (mTLS).")
+    tls_key_file: Path | None = Field(None, description="Private key of the client certificate.")
+    inbox_prefix: str | None = Field(
+        None, description="Reply inbox prefix; a tenant client must use its own (`_INBOX_tenant-<tenant>`)."
+    )
     stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of every stream and bucket (3 in a cluster).")
     stream_storage: str = Field("file", pattern="^(file|memory)$", description="JetStream storage type.")
     request_timeout_s: float = Field(10.0, gt=0, description="JetStream API and publish-ack timeout.")
@@ -33,7 +38,7 @@ class ClickHouseSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="ClickHouse server host (http mode).")
     port: int = Field(8123, description="ClickHouse server HTTP port (http mode).")
     user: str = Field("default", description="ClickHouse user (http mode).")
-    password: str = Field("", description="ClickHouse password (http mode).")
+    password: SecretStr = Field(SecretStr(""), description="ClickHouse password (http mode, never logged).")
     database: str = Field("swarm", description="Database holding the swarm tables.")
 
 

@@ -18,7 +18,10 @@ async def main(stop: asyncio.Event, settings: AggregatorSettings | None = None) 
     aggregator = Aggregator(bus, settings)
     executed = await bus.pull_subscription(EXECUTED_CONSUMER)
     await bus.serve_health("aggregator")
-    await consume(executed, aggregator.on_executed, stop, batch=8, concurrency=8)
+    await consume(
+        executed, aggregator.on_executed, stop, batch=8, concurrency=8,
+        heartbeat_s=EXECUTED_CONSUMER.ack_wait_s / 3,
+    )  # fmt: skip
     await bus.close()
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 EXECUTED_CONSUMER = ConsumerSpec(
     stream=RUNS, durable=AGGREGATOR_CONSUMER, filter_subjects=(Subjects.run_kind_all("executed"),),
-    ack_wait_s=600.0, max_deliver=10,
+    ack_wait_s=30.0, max_deliver=10,
 )  # fmt: skip
 
 SYSTEM = (

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 
 import nats.errors
@@ -45,6 +46,7 @@ from swarm.contracts import (
     RunStatus,
     StepDispatch,
     StepEvent,
+    StepEventBatch,
     StepEventKind,
     StepResult,
     StepStatus,
@@ -63,6 +65,7 @@ PLANS_CONSUMER = ConsumerSpec(
     filter_subjects=(Subjects.run_kind_all("planned"), Subjects.run_kind_all("cancel")),
     ack_wait_s=60.0,
 )
+EVENTS_PER_BATCH = 500
 LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
 
 
@@ -92,7 +95,10 @@ class Dispatcher:
         self.leases: PartitionLeases | None = None
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._last_progress: dict[str, float] = {}
-        self._queued_at: dict[tuple[str, str, int], float] = {}  # (run, step, attempt) -> monotonic time
+        self._queued_at: dict[tuple[str, str, int], float] = {}
+        self._events: dict[str, list[StepEvent]] = {}  # per run, published together by _flush
+        self._unacked: dict[str, list[Msg]] = {}  # results applied, waiting for the checkpoint that covers them
+        self._checkpointed_at: dict[str, float] = {}  # (run, step, attempt) -> monotonic time
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ plans and cancellations
@@ -115,7 +121,7 @@ class Dispatcher:
         self.runs[run.run_id] = run
         run.start()
         await self._schedule()
-        await self.bus.flush_publishes()
+        await self._flush()
         await self._checkpoint(run)
         log.info("run %s started: %d agents, %d steps", run.run_id, len(run.agents), len(run.steps))
         if not self._owns(run.run_id):  # its partition's owner takes it from the checkpoint
@@ -128,7 +134,7 @@ class Dispatcher:
         outcome = run.cancel(request.reason)
         await self._emit(run, outcome)
         await self._schedule()
-        await self.bus.flush_publishes()
+        await self._flush()
         await self._checkpoint(run)
 
     # ------------------------------------------------------------------ results
@@ -166,6 +172,8 @@ class Dispatcher:
             partition_stop.set()
         await asyncio.gather(*(task for task, _ in self._loops.values()))
         with contextlib.suppress(nats.errors.Error, TimeoutError):
+            async with self._lock:  # hand over clean state: whoever takes the runs replays nothing
+                await self._checkpoint_due(list(self.runs.values()), force=True)
             await self.leases.release_all()
 
     async def _apply_lease_changes(self, gained: set[int], lost: set[int]) -> None:
@@ -230,7 +238,7 @@ class Dispatcher:
         self._queued_at = {k: v for k, v in {**self._queued_at, **queued_at}.items() if k in queued_at or v > now}
         if touched:
             touched.update({run.run_id: run for run in await self._schedule()})
-            await self.bus.flush_publishes()
+            await self._flush()
             for run in touched.values():
                 await self._checkpoint(run)
 
@@ -244,6 +252,9 @@ class Dispatcher:
         return self.leases is not None and result_partition(run_id) in self.leases.owned
 
     def _forget(self, run_id: str) -> None:
+        # Results applied but not checkpointed are left unacknowledged: they come back after ack_wait.
+        self._unacked.pop(run_id, None)
+        self._checkpointed_at.pop(run_id, None)
         self.runs.pop(run_id, None)
         self.revisions.pop(run_id, None)
         self._last_progress.pop(run_id, None)
@@ -257,6 +268,8 @@ class Dispatcher:
                 msgs = await psub.fetch(self.settings.results_batch, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 await self._flush_progress()
+                async with self._lock:
+                    await self._checkpoint_due([r for r in self.runs.values() if r.run_id in self._unacked], force=True)
                 continue
             except nats.errors.Error as exc:
                 log.warning("partition %d: fetch failed (%s); retrying", partition, exc)
@@ -295,13 +308,25 @@ class Dispatcher:
                 touched[run.run_id] = run
             to_ack.append((run.run_id, msg))
         touched.update({run.run_id: run for run in await self._schedule()})
-        await self.bus.flush_publishes()
-        superseded = {run.run_id for run in touched.values() if not await self._checkpoint(run)}
+        await self._flush()
         for run_id, msg in to_ack:
-            if run_id in superseded:  # another replica changed the run meanwhile: let it be re-applied there
-                await msg.nak(delay=0.5)
+            if run_id:
+                self._unacked.setdefault(run_id, []).append(msg)
             else:
                 await msg.ack()
+        await self._checkpoint_due(touched.values())
+
+    async def _checkpoint_due(self, runs: Iterable[RunState], force: bool = False) -> None:
+        """Checkpoint runs whose last checkpoint is older than the interval (or finished ones).
+
+        Coalescing checkpoints keeps a 4,000-step run from rewriting its state for every trickle of
+        results; the results they cover stay unacknowledged until then, so a crash replays them.
+        """
+        now = time.monotonic()
+        for run in list(runs):
+            due = now - self._checkpointed_at.get(run.run_id, 0.0) >= self.settings.checkpoint_interval_s
+            if force or due or run.phase is not RunPhase.RUNNING:
+                await self._checkpoint(run)
 
     # ------------------------------------------------------------------ output
 
@@ -363,6 +388,7 @@ class Dispatcher:
                               attributes={"depends_on": ",".join(run.depends_on[step.id])})  # fmt: skip
 
     async def _event(self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object) -> None:
+        """Buffer a step event; `_flush` publishes each run's buffer as one StepEventBatch."""
         event = StepEvent(
             event_id=step_event_id(run.run_id, step_id, attempt, kind),
             run_id=run.run_id,
@@ -373,7 +399,16 @@ class Dispatcher:
             kind=kind,
             **fields,  # type: ignore[arg-type]
         )
-        await self.bus.publish_nowait(Subjects.step_event(run.run_id), event, msg_id=event.event_id)
+        self._events.setdefault(run.run_id, []).append(event)
+
+    async def _flush(self) -> None:
+        """Publish buffered events, then wait until the streams acknowledged everything published."""
+        events, self._events = self._events, {}
+        for run_id, run_events in events.items():
+            for i in range(0, len(run_events), EVENTS_PER_BATCH):
+                batch = StepEventBatch(events=tuple(run_events[i : i + EVENTS_PER_BATCH]))
+                await self.bus.publish_nowait(Subjects.step_event_batch(run_id), batch)
+        await self.bus.flush_publishes()
 
     async def _progress(self, run: RunState, force: bool = False) -> None:
         now = time.monotonic()
@@ -441,6 +476,7 @@ class Dispatcher:
         """
         kv = await self.bus.kv(RUN_STATE_BUCKET)
         body = json.dumps({"tenant": run.tenant, **run.checkpoint()}, separators=(",", ":")).encode()
+        covered = self._unacked.pop(run.run_id, [])
         try:
             if run.run_id in self.revisions:
                 self.revisions[run.run_id] = await kv.update(run.run_id, body, last=self.revisions[run.run_id])
@@ -449,7 +485,12 @@ class Dispatcher:
         except KeyWrongLastSequenceError:
             log.info("run %s was changed by another replica; re-reading it", run.run_id)
             self._forget(run.run_id)
+            for msg in covered:  # re-applied by whoever holds the newer state
+                await msg.nak(delay=0.5)
             return False
+        self._checkpointed_at[run.run_id] = time.monotonic()
+        for msg in covered:
+            await msg.ack()
         if run.phase is not RunPhase.RUNNING:
             self._forget(run.run_id)
             self.finished.add(run.run_id)

@@ -21,6 +21,9 @@ class DispatcherSettings(BaseSettings):
     max_in_flight_per_run: int = Field(1024, ge=1, description="Steps of one run queued or running at once.")
     max_agents: int = Field(300, ge=1, description="Agents a run may have, spawned ones included.")
     max_steps: int = Field(4000, ge=1, description="Steps a run may have, spawned ones included.")
+    checkpoint_interval_s: float = Field(
+        0.2, ge=0, description="Least time between checkpoints of a run; results are acked when covered."
+    )
     results_batch: int = Field(256, ge=1, description="Results fetched and checkpointed together.")
     retry_base_s: float = Field(0.5, ge=0, description="Backoff before the second attempt (doubles after).")
     retry_cap_s: float = Field(30.0, ge=0, description="Longest backoff between attempts.")

@@ -122,6 +122,7 @@ class RunState:
         self.children = children_of(self.depends_on)
         self.ready: deque[str] = deque()
         self.in_flight = 0
+        self.finished_count = 0  # steps succeeded, failed or cancelled: keeps the "all done?" check O(1)
         self.retries_count = 0
         self.phase = RunPhase.RUNNING
         self.error = ""
@@ -204,6 +205,7 @@ class RunState:
         state = self.steps[step_id]
         state.phase = phase
         self.in_flight -= 1
+        self.finished_count += 1
         # Under fail-fast a failed step ends the run; under quorum its dependents still run,
         # with the failed input marked missing, so a reduce step survives a few lost mappers.
         for child in self.children[step_id]:
@@ -267,6 +269,7 @@ class RunState:
         for step_id, state in self.steps.items():
             if state.phase not in FINISHED:
                 state.phase = StepPhase.CANCELLED
+                self.finished_count += 1
                 outcome.cancelled.append(step_id)
         self.ready.clear()
         self.in_flight = 0
@@ -274,7 +277,7 @@ class RunState:
         outcome.changed = True
 
     def _check_done(self, outcome: Outcome) -> None:
-        if self.phase is not RunPhase.RUNNING or any(s.phase not in FINISHED for s in self.steps.values()):
+        if self.phase is not RunPhase.RUNNING or self.finished_count < len(self.steps):
             return
         succeeded = self.count(StepPhase.SUCCEEDED)
         needed = self.planned.quorum if self.planned.policy is RunPolicy.QUORUM else 1.0
@@ -358,6 +361,7 @@ class RunState:
             state.prompt_tokens, state.completion_tokens = prompt_tokens, completion_tokens
         for step_id, state in run.steps.items():
             state.deps_left = sum(1 for dep in run.depends_on[step_id] if run.steps[dep].phase not in FINISHED)
+        run.finished_count = sum(1 for state in run.steps.values() if state.phase in FINISHED)
         if run.phase is RunPhase.RUNNING:
             for step_id, state in run.steps.items():
                 if state.phase is StepPhase.QUEUED:

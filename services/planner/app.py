@@ -227,7 +227,8 @@ def broker_security(settings: NatsSettings) -> NatsSecurity | None:
     if settings.creds_file:
         return NatsCredentials.from_file(settings.creds_file, ssl_context=context)
     if settings.user:
-        return NatsUserPassword(settings.user, settings.password or "", ssl_context=context)
+        password = settings.password.get_secret_value() if settings.password else ""
+        return NatsUserPassword(settings.user, password, ssl_context=context)
     return NatsSecurity(ssl_context=context) if context else None
 
 

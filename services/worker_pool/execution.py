@@ -12,6 +12,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
@@ -30,6 +31,7 @@ from swarm.contracts import (
     SpawnRequest,
     StepDispatch,
     StepEvent,
+    StepEventBatch,
     StepEventKind,
     StepResult,
     StepStatus,
@@ -88,6 +90,7 @@ class StepExecutor:
         self.payloads = Payloads(bus, inline_limit=settings.inline_payload_bytes)
         self._ended_runs: deque[str] = deque(maxlen=10_000)
         self.steps_done = 0
+        self._events: dict[tuple[str, str, int], list[StepEvent]] = {}  # per attempt, until flushed
 
     async def watch_ended_runs(self) -> None:
         """Skip the queued steps of runs that were cancelled or failed meanwhile."""
@@ -110,11 +113,12 @@ class StepExecutor:
                 raise Retry("backoff", delay_s=wait_s)
         started_at = utc_now()
         await self._event(dispatch, StepEventKind.STARTED, at=started_at)
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        heartbeat = asyncio.create_task(self._heartbeat(msg, dispatch))
         try:
             result = await self._attempt(dispatch, started_at)
         finally:
             heartbeat.cancel()
+        await self._flush_events(dispatch)
         await self.bus.publish(Subjects.result(dispatch.run_id), result)
         self.steps_done += 1
 
@@ -243,17 +247,27 @@ class StepExecutor:
         texts = await asyncio.gather(*(fetch(d) for d in deps))
         return dict(zip(deps, texts, strict=True))
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        """Tell JetStream the step is still being worked on, so it is not redelivered to another worker."""
+    async def _heartbeat(self, msg: Msg, dispatch: StepDispatch) -> None:
+        """Tell JetStream the step is still being worked on, so it is not redelivered to another worker.
+
+        A long step also publishes its events so far, so watchers see it started.
+        """
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
+                await self._flush_events(dispatch)
+
+    async def _flush_events(self, dispatch: StepDispatch) -> None:
+        """Publish the attempt's buffered events as one StepEventBatch (one message per step, not per event)."""
+        events = self._events.pop((dispatch.run_id, dispatch.step.id, dispatch.attempt), None)
+        if events:
+            await self.bus.publish_nowait(Subjects.step_event_batch(dispatch.run_id), StepEventBatch(events=tuple(events)))
 
     async def _event(
         self, dispatch: StepDispatch, kind: StepEventKind, seq: int | None = None, **fields: object
     ) -> None:
-        """Publish a step event; `seq` numbers events of one kind within an attempt (tool calls, model calls)."""
+        """Buffer a step event (see `_flush_events`); `seq` numbers events of one kind within an attempt (tool calls, model calls)."""
         event_id = step_event_id(dispatch.run_id, dispatch.step.id, dispatch.attempt, kind)
         if seq is not None and (kind is StepEventKind.TOOL_CALL or seq > 1):
             event_id = f"{event_id}.{seq}"  # deterministic: a redelivered attempt repeats the same ids
@@ -268,4 +282,4 @@ class StepExecutor:
             worker_id=self.worker_id,
             **fields,
         )
-        await self.bus.publish_nowait(Subjects.step_event(dispatch.run_id), event, msg_id=event.event_id)
+        self._events.setdefault((dispatch.run_id, dispatch.step.id, dispatch.attempt), []).append(event)

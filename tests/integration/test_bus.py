@@ -70,5 +70,9 @@ async def test_settle_acks_retries_and_terminates(bus: Bus) -> None:
 
     await asyncio.wait_for(consume(psub, handler, stop, fetch_timeout_s=0.2), 10)
     assert sorted(seen) == ["garbage", "ok", "reject", "retry", "retry"]
-    info = await bus.js.stream_info(stream.name)
+    for _ in range(50):  # acks are published without waiting: give the server a moment
+        info = await bus.js.stream_info(stream.name)
+        if info.state.messages == 0:
+            break
+        await asyncio.sleep(0.05)
     assert info.state.messages == 0  # acked or terminated: nothing left, nothing redelivered forever

@@ -18,14 +18,13 @@ from services.gateway.settings import GatewaySettings
 from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings
 from swarm.bus import Bus
-from swarm.client import SwarmClient
+from swarm.client import SwarmClient, read_step_events
 from swarm.contracts import (
     AgentSpec,
     Plan,
     PlanSource,
     RunCompleted,
     RunPlanned,
-    StepEvent,
     StepSpec,
     Subjects,
     utc_now,
@@ -76,20 +75,9 @@ async def start_run(bus: Bus, run_id: str, plan: Plan) -> None:
 
 
 async def succeeded_events(bus: Bus, run_id: str) -> list[str]:
-    """Step ids of the run's 'succeeded' events in the EVENTS stream."""
-    sub = await bus.js.subscribe(Subjects.step_event(run_id), ordered_consumer=True)
-    found = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except TimeoutError:
-                return found
-            event = StepEvent.model_validate_json(msg.data)
-            if event.kind == "succeeded":
-                found.append(event.step_id)
-    finally:
-        await sub.unsubscribe()
+    """Step ids of the run's distinct 'succeeded' events in the EVENTS stream (a replay repeats an event id)."""
+    events = {e.event_id: e for e in await read_step_events(bus.js, run_id) if e.kind == "succeeded"}
+    return [e.step_id for e in events.values()]
 
 
 async def test_layered_run_completes_and_counts_every_step_once(bus: Bus, nats_settings: NatsSettings) -> None:

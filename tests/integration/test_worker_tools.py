@@ -23,6 +23,7 @@ from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings
 from services.worker_pool.tools import ToolContext, ToolRegistry
 from swarm.bus import Bus
+from swarm.client import read_step_events
 from swarm.contracts import (
     OUTPUTS_BUCKET,
     RESULTS,
@@ -84,17 +85,7 @@ async def run_steps(bus: Bus, run_id: str, *steps: StepSpec, timeout_s: float = 
 
 
 async def step_events(bus: Bus, run_id: str) -> list[StepEvent]:
-    sub = await bus.js.subscribe(Subjects.step_event(run_id), ordered_consumer=True)
-    events = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except TimeoutError:
-                return events
-            events.append(StepEvent.model_validate_json(msg.data))
-    finally:
-        await sub.unsubscribe()
+    return await read_step_events(bus.js, run_id)
 
 
 async def output_of(bus: Bus, run_id: str, step_id: str) -> str:
