@@ -545,6 +545,10 @@ class InferenceRequest(Contract):
     step_id: str | None = Field(default=None, description="Step on whose behalf, for accounting.")
     caller: str = Field(default="worker", description="Which service calls: planner, worker, aggregator.")
     sim_latency_ms: float | None = Field(default=None, ge=0, description="For the sim backend: force this latency.")
+    sim_fault: Literal["error", "garbage"] | None = Field(
+        default=None,
+        description="For the sim backend only (load tests): fail with an engine error, or answer garbage.",
+    )
     stream: bool = Field(
         default=False,
         description="Stream the completion: InferenceChunk messages to the reply subject instead of one "

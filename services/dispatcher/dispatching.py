@@ -27,7 +27,7 @@ from services.dispatcher.leases import PartitionLeases
 from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import Dispatch, Outcome, RetryPolicy, RunPhase, RunState, StepPhase
-from swarm.bus import Bus, ConsumerSpec
+from swarm.bus import Bus, ConsumerSpec, Reject
 from swarm.contracts import (
     DISPATCHER_LEASES_BUCKET,
     DISPATCHER_PLANS_CONSUMER,
@@ -110,7 +110,11 @@ class Dispatcher:
             if kind == "planned":
                 await self._start(RunPlanned.model_validate_json(msg.data))
             elif kind == "cancel":
-                await self._cancel(RunCancelRequested.model_validate_json(msg.data))
+                request = RunCancelRequested.model_validate_json(msg.data)
+                # NATS permissions guard the subject, not the body: a tenant may only cancel its own runs.
+                if msg.subject != Subjects.run_event(request.tenant, request.run_id, "cancel"):
+                    raise Reject(f"cancel request on {msg.subject} names another run or tenant")
+                await self._cancel(request)
 
     async def _start(self, planned: RunPlanned) -> None:
         if planned.run_id in self.runs or planned.run_id in self.finished:
@@ -129,7 +133,7 @@ class Dispatcher:
 
     async def _cancel(self, request: RunCancelRequested) -> None:
         run = self.runs.get(request.run_id) or await self._load(request.run_id)
-        if run is None:
+        if run is None or run.tenant != request.tenant:
             return
         outcome = run.cancel(request.reason)
         await self._emit(run, outcome)
@@ -303,6 +307,9 @@ class Dispatcher:
                     await msg.nak(delay=1.0)
                 continue
             outcome = run.apply(result)
+            if outcome.early:
+                await msg.nak(delay=1.0)
+                continue
             if outcome.changed:
                 await self._emit(run, outcome, result)
                 touched[run.run_id] = run

@@ -71,6 +71,7 @@ class Outcome:
     spawned: list[tuple[str, list[str]]] = field(default_factory=list)  # parent, new step ids
     run_finished: RunPhase | None = None
     changed: bool = False
+    early: bool = False  # the result is ahead of this state (see `apply`): deliver it again later
 
 
 @dataclass
@@ -156,12 +157,14 @@ class RunState:
         """Apply one step result; stale and duplicate results change nothing."""
         outcome = Outcome()
         state = self.steps.get(result.step_id)
-        if (
-            state is None
-            or self.phase is not RunPhase.RUNNING
-            or state.phase is not StepPhase.QUEUED
-            or result.attempt != state.attempt
-        ):
+        if state is None or self.phase is not RunPhase.RUNNING or state.phase in FINISHED:
+            return outcome
+        if state.phase is not StepPhase.QUEUED or result.attempt > state.attempt:
+            # A replica that crashed got further than its last checkpoint: this result belongs to a
+            # dispatch we are about to repeat (and the stream de-duplicates). Not ours to drop yet.
+            outcome.early = True
+            return outcome
+        if result.attempt < state.attempt:
             return outcome
         outcome.changed = True
         state.prompt_tokens += result.prompt_tokens

@@ -171,6 +171,9 @@ class GatewayServer:
     async def _on_message(self, msg: Msg) -> None:
         # Runs in the subscription's single delivery loop: decide, then hand off at once.
         received_at = time.perf_counter()
+        if not msg.reply or msg.reply.startswith("$JS."):
+            # No one to answer, or a message a JetStream consumer pushed here (forged via a deliver subject).
+            return
         if self.in_flight >= self.max_queue:
             self._spawn(self._reject_overloaded(msg))
             return

@@ -7,10 +7,11 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 from collections import deque
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -61,6 +62,25 @@ def steps_consumer(settings: WorkerSettings) -> ConsumerSpec:
 def output_key(run_id: str, step_id: str) -> str:
     """Where a step's output lives in the outputs bucket."""
     return f"{run_id}.{step_id}"
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+
+
+def unusable_text(text: str) -> str | None:
+    """Why a model's free-text output cannot be used (empty, or garbage from a broken decoder), or None."""
+    if not text.strip():
+        return "an empty output"
+    if _CONTROL_CHARS.search(text):
+        return "garbage (control characters or undecodable bytes)"
+    return None
+
+
+def sim_fault(dispatch: StepDispatch) -> Literal["error", "garbage"] | None:
+    """The fault a load test planted in a step, injected into its first attempt only (sim backend)."""
+    if dispatch.attempt > 1 or dispatch.step.sim_fault is None:
+        return None
+    return "error" if dispatch.step.sim_fault == "fail_once" else "garbage"
 
 
 def build_prompt(dispatch: StepDispatch, inputs: dict[str, str], context_chars: int) -> tuple[str, str]:
@@ -160,6 +180,7 @@ class StepExecutor:
             step_id=dispatch.step.id,
             caller="worker",
             sim_latency_ms=dispatch.step.sim_latency_ms,
+            sim_fault=sim_fault(dispatch),
         )
         response = await self.inference.complete(request, timeout_s=dispatch.step.timeout_s)
         if not response.ok:
@@ -168,8 +189,8 @@ class StepExecutor:
             dispatch, StepEventKind.INFERENCE_DONE, duration_ms=response.queue_ms + response.duration_ms,
             prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
         )  # fmt: skip
-        if not response.content.strip():
-            raise StepFailed("the model returned an empty output", retryable=True)
+        if problem := unusable_text(response.content):
+            raise StepFailed(f"the model returned {problem}", retryable=True)
         return response.content, response.prompt_tokens, response.completion_tokens, None
 
     async def _run_structured(self, dispatch: StepDispatch) -> tuple[str, int, int, SpawnRequest | None]:
@@ -190,6 +211,7 @@ class StepExecutor:
             request = InferenceRequest(
                 request_id=new_request_id(), messages=conversation, max_tokens=step.max_tokens, json_schema=schema,
                 run_id=dispatch.run_id, step_id=step.id, caller="worker", sim_latency_ms=step.sim_latency_ms,
+                sim_fault=sim_fault(dispatch),
             )  # fmt: skip
             response = await self.inference.complete(request, timeout_s=step.timeout_s)
             if not response.ok:

@@ -210,3 +210,16 @@ def test_scheduler_respects_the_tenant_cap() -> None:
         run.start()
     filled = Scheduler(max_in_flight=100, max_in_flight_per_tenant=7).fill(runs)
     assert sum(len(d) for _, d in filled) == 7
+
+
+def test_a_result_ahead_of_a_restored_state_is_kept_for_later() -> None:
+    # A replica applied a's result and dispatched b, then died before its checkpoint: b's result
+    # reaches the replica that restored the older state before a's (redelivered) result does.
+    plan = planned({"a": (), "b": ("a",)})
+    run = RunState(plan, max_in_flight=100)
+    started(run)
+    restored = RunState.restore(plan, run.checkpoint(), max_in_flight=100)
+    assert restored.apply(result("b")).early
+    restored.apply(result("a"))
+    assert queued(restored) == ["b"]
+    assert restored.apply(result("b")).run_finished is RunPhase.EXECUTED

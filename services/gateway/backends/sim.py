@@ -44,6 +44,10 @@ class LatencyModel:
         return self.mean_ms(completion_tokens) * factor * self.scale
 
 
+# What a broken model or decoder emits: control bytes and a torn token, neither text nor JSON.
+GARBAGE = "\x00\x1b[0m\ufffd\x07{\"ans"
+
+
 def prompt_text(request: InferenceRequest) -> str:
     """All message contents, as one text."""
     return "\n".join(m.content for m in request.messages)
@@ -104,6 +108,8 @@ class SimEngine:
         if self.crash_marker and self.crash_marker in prompt:
             # Stands for an engine failure (CUDA error, OOM, a bug): not an EngineError on purpose.
             raise RuntimeError("sim engine crashed (the prompt holds the crash marker)")
+        if request.sim_fault == "error":
+            raise EngineError("sim engine error (fault injected by the request)")
         prompt_tokens = estimate_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS * len(request.messages)
         if prompt_tokens > self.context_tokens:
             raise EngineError(
@@ -118,6 +124,8 @@ class SimEngine:
         else:
             wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
             content = plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
+        if request.sim_fault == "garbage":
+            content = GARBAGE
         completion_tokens = estimate_tokens(content)
         delay_ms = ttft_ms = 0.0
         if self.latency.scale:
