@@ -32,6 +32,7 @@ import uvloop
 from nats.aio.client import Client as NatsClient
 
 from loadtest.metrics import percentile
+from loadtest.scenarios import scenario
 from swarm.contracts import InferenceRequest, Subjects
 from swarm.inference import InferenceClient, chat
 
@@ -223,3 +224,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@scenario(
+    "gateway-sim",
+    "300 concurrent callers against the gateway (sim backend): requests/s and the latency it adds",
+    needs_deployment=False,
+    measures_floor=False,
+)
+async def gateway_sim_scenario(ctx: Any) -> dict[str, Any]:
+    """`swarm loadtest --scenario gateway-sim`: its own nats-server and gateway process unless --nats-url."""
+    return await run(ctx.options.nats_url)

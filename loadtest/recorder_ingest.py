@@ -28,6 +28,7 @@ from typing import Any
 
 import nats.errors
 
+from loadtest.scenarios import scenario
 from swarm.bus import Bus
 from swarm.contracts import EVENTS, RUNS, InferenceEvent, StepEvent, StepEventKind, Subjects, step_event_id
 from swarm.eventlog import RecorderNotRunning, query_via_recorder
@@ -180,3 +181,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@scenario(
+    "recorder-ingest",
+    "200,000 events through the recorder into the local ClickHouse engine: events/s and events lost",
+    needs_deployment=False,
+    measures_floor=False,
+)
+async def recorder_ingest_scenario(ctx: Any) -> dict[str, Any]:
+    """`swarm loadtest --scenario recorder-ingest`: its own nats-server, recorder process and engine."""
+    return await run_recorder_ingest(events=max(1000, int(200_000 * ctx.options.scale_steps)))
