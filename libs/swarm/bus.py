@@ -96,6 +96,68 @@ class ConsumerSpec:
     ack_policy: str = "explicit"
 
 
+_STATUS_HEADER = "Status"
+
+
+class Puller:
+    """A low-latency reader of a durable pull consumer: returns as soon as messages are there.
+
+    nats-py's `fetch(batch)` keeps waiting, after the first message of a pull request, for the
+    rest of the batch until its timeout: a step published into a half-filled request sat up to a
+    second in the worker's hands. Here one pull request (batch = the reader's free capacity) stays
+    open and its messages are handed out as they arrive; a new request is made only when the last
+    one is exhausted, so messages held never exceed the capacity the reader asked for.
+    """
+
+    def __init__(self, nc: NatsClient, stream: str, durable: str) -> None:
+        self.nc = nc
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.inbox = nc.new_inbox()
+        self._msgs: list[Msg] = []
+        self._arrived = asyncio.Event()
+        self._open_until = 0.0  # monotonic deadline of the open request; 0 when none is open
+        self._left = 0  # messages the open request may still deliver
+        self._sub: Any = None
+
+    async def start(self) -> Puller:
+        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=1_000_000)
+        return self
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if not msg.data and msg.headers and _STATUS_HEADER in msg.headers:
+            self._open_until = 0.0  # 404/408/409: the request is over
+            self._arrived.set()
+            return
+        self._msgs.append(msg)
+        self._left -= 1
+        if self._left <= 0:
+            self._open_until = 0.0
+        self._arrived.set()
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:  # noqa: ASYNC109 - nats-py fetch signature
+        """Up to `batch` messages: those already here, else the first to arrive within `timeout`."""
+        loop = asyncio.get_running_loop()
+        if not self._msgs:
+            if self._open_until <= loop.time():
+                self._left = batch
+                self._open_until = loop.time() + timeout
+                request = {"batch": batch, "expires": int(timeout * 1e9)}
+                await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), max(0.0, self._open_until - loop.time()) + 0.05)
+            await asyncio.sleep(0)  # let the rest of a burst land before handing out
+        msgs, self._msgs = self._msgs[:batch], self._msgs[batch:]
+        if not msgs:
+            raise TimeoutError
+        return msgs
+
+    async def unsubscribe(self) -> None:
+        """Stop reading; messages delivered but not acked are redelivered by JetStream."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
 class Bus:
     """One NATS connection with JetStream, and the helpers every service uses."""
 
@@ -226,10 +288,10 @@ class Bus:
                 f"consumer {spec.stream.name}/{spec.durable} filters {sorted(found)}, wanted {sorted(spec.filter_subjects)}"
             )
 
-    async def pull_subscription(self, spec: ConsumerSpec) -> JetStreamContext.PullSubscription:
-        """Bind to a provisioned durable consumer."""
+    async def pull_subscription(self, spec: ConsumerSpec) -> Puller:
+        """A low-latency reader of a provisioned durable consumer."""
         await self.ensure_consumer(spec)
-        return await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream.name)
+        return await Puller(self.nc, spec.stream.name, spec.durable).start()
 
     async def kv(self, bucket: BucketSpec) -> KeyValue:
         """A key-value bucket handle, cached."""
@@ -312,7 +374,7 @@ async def settle(msg: Msg, handler: MessageHandler) -> None:
 
 
 async def consume(
-    psub: JetStreamContext.PullSubscription,
+    psub: Puller,
     handler: MessageHandler,
     stop: asyncio.Event,
     *,
