@@ -43,6 +43,10 @@ class ProvisioningConflict(RuntimeError):
     """A stream or consumer exists with a configuration other than ours; we never overwrite it."""
 
 
+class PublishNotAcknowledged(TimeoutError):
+    """A stream did not acknowledge a publish in time (NATS away or restarting); the caller retries."""
+
+
 class Retry(Exception):
     """Raised by a handler: redeliver this message later."""
 
@@ -166,6 +170,10 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s, publish_async_max_pending=4000)
         self.settings = settings
         self._kv: dict[str, KeyValue] = {}
+        self._pending: list[tuple[float, asyncio.Future[Any]]] = []  # (ack deadline, future) of publish_nowait
+        self._prune_at = 256
+        self.lost_acks = 0
+        self._reconnected = asyncio.Event()
 
     @classmethod
     async def connect(cls, settings: NatsSettings, name: str) -> Bus:
@@ -177,8 +185,13 @@ class Bus:
         async def on_disconnect() -> None:
             log.warning("nats: disconnected")
 
+        bus: Bus | None = None
+
         async def on_reconnect() -> None:
             log.info("nats: reconnected")
+            if bus is not None:
+                bus._reconnected.set()
+                bus._reconnected = asyncio.Event()
 
         options: dict[str, Any] = {
             "servers": settings.url.split(","),
@@ -204,7 +217,8 @@ class Bus:
                 context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
             options["tls"] = context
         nc = await nats.connect(**options)
-        return cls(nc, settings)
+        bus = cls(nc, settings)
+        return bus
 
     # ------------------------------------------------------------------ provisioning
 
@@ -293,6 +307,10 @@ class Bus:
         await self.ensure_consumer(spec)
         return await Puller(self.nc, spec.stream.name, spec.durable).start()
 
+    async def wait_reconnected(self) -> None:
+        """Return when the connection is next re-established after a disconnect."""
+        await self._reconnected.wait()
+
     async def kv(self, bucket: BucketSpec) -> KeyValue:
         """A key-value bucket handle, cached."""
         if bucket.name not in self._kv:
@@ -309,14 +327,45 @@ class Bus:
     async def publish_nowait(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
         """Publish to JetStream without waiting for this ack; `flush_publishes` waits for all of them."""
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.js.publish_async(
+        future = await self.js.publish_async(
             subject, message.model_dump_json().encode(), headers=headers, wait_stall=self.settings.request_timeout_s
         )
+        self._pending.append((asyncio.get_running_loop().time() + self.settings.request_timeout_s, future))
+        if len(self._pending) >= self._prune_at:
+            self._prune_pending()
 
-    async def flush_publishes(self, timeout_s: float = 10.0) -> None:
-        """Wait until every `publish_nowait` so far is acknowledged by its stream."""
-        if self.js.publish_async_pending():
-            await asyncio.wait_for(self.js.publish_async_completed(), timeout_s)
+    def _prune_pending(self) -> None:
+        """Forget acknowledged publishes; give up on acks lost to a reconnect (nats-py never times them out).
+
+        Cancelling a lost ack's future frees its slot in nats-py's pending window, which would
+        otherwise fill up after a NATS restart and stall every later publish.
+        """
+        now = asyncio.get_running_loop().time()
+        kept = []
+        for deadline, future in self._pending:
+            if future.done():
+                continue
+            if deadline < now:
+                future.cancel()
+                self.lost_acks += 1
+                continue
+            kept.append((deadline, future))
+        self._pending = kept
+        self._prune_at = max(256, 2 * len(kept))
+
+    async def flush_publishes(self, timeout_s: float | None = None) -> None:
+        """Wait until every `publish_nowait` so far is acknowledged by its stream; raise if one is not."""
+        pending, self._pending = self._pending, []
+        self._prune_at = 256
+        futures = [f for _, f in pending if not f.done() or (not f.cancelled() and f.exception() is not None)]
+        if not futures:
+            return
+        done, not_done = await asyncio.wait(futures, timeout=timeout_s or self.settings.request_timeout_s)
+        for future in not_done:
+            future.cancel()
+        failed = [f for f in done if not f.cancelled() and f.exception() is not None]
+        if not_done or failed:
+            raise PublishNotAcknowledged(f"{len(not_done) + len(failed)} of {len(futures)} publishes not acknowledged")
 
     # ------------------------------------------------------------------ health and shutdown
 
@@ -342,8 +391,8 @@ class Bus:
         try:
             await self.flush_publishes(timeout_s=5)
             await self.nc.flush(timeout=5)
-        except (TimeoutError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError):
-            log.warning("closing with %d unacknowledged publishes", self.js.publish_async_pending())
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("closing without every publish acknowledged: %s", exc)
         await self.nc.close()
 
 

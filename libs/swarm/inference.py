@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -23,6 +23,10 @@ DEADLINE_EXCEEDED = "deadline exceeded"
 RETRY_AFTER_HEADER = "Retry-After"
 NO_RESPONDERS_STATUS = "503"
 MAX_BACKOFF_S = 2.0
+
+
+class Reconnected(Exception):
+    """The NATS connection was re-established while a request waited for its reply."""
 
 
 class InferenceError(RuntimeError):
@@ -57,8 +61,11 @@ class InferenceClient:
     that the gateway drops work nobody waits for any more.
     """
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, reconnected: Callable[[], Awaitable[None]] | None = None) -> None:
         self.nc = nc
+        # Returns when the connection is next re-established (Bus.wait_reconnected): a request in
+        # flight across a NATS restart is sent again instead of waiting out its whole timeout.
+        self.reconnected = reconnected
 
     def _payload(self, request: InferenceRequest, remaining_s: float, stream: bool) -> bytes:
         update: dict[str, object] = {}
@@ -67,6 +74,21 @@ class InferenceClient:
         if request.stream != stream:
             update["stream"] = stream
         return (request.model_copy(update=update) if update else request).model_dump_json().encode()
+
+    async def _request(self, payload: bytes, timeout_s: float) -> Msg:
+        """A core request; raises Reconnected when the connection was re-established meanwhile."""
+        if self.reconnected is None:
+            return await self.nc.request(Subjects.INFER, payload, timeout=timeout_s)
+        request = asyncio.ensure_future(self.nc.request(Subjects.INFER, payload, timeout=timeout_s))
+        reconnect = asyncio.ensure_future(self.reconnected())
+        try:
+            await asyncio.wait({request, reconnect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reconnect.cancel()
+        if request.done():
+            return request.result()
+        request.cancel()
+        raise Reconnected
 
     async def complete(self, request: InferenceRequest, timeout_s: float = 120.0) -> InferenceResponse:
         """One completion. A reply with ok=False (bad input, engine error) is returned, not raised."""
@@ -78,9 +100,9 @@ class InferenceClient:
             if remaining <= 0:
                 raise InferenceError(f"no completion within {timeout_s:.0f}s (gateway absent or overloaded)")
             try:
-                msg = await self.nc.request(
-                    Subjects.INFER, self._payload(request, remaining, stream=False), timeout=remaining
-                )
+                msg = await self._request(self._payload(request, remaining, stream=False), remaining)
+            except Reconnected:
+                continue  # the request or its reply may have been lost with the connection: ask again
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 # No gateway yet (starting, restarting): wait and ask again.
                 await asyncio.sleep(min(backoff_s, max(0.0, deadline - loop.time())))

@@ -60,7 +60,7 @@ class Aggregator:
     def __init__(self, bus: Bus, settings: AggregatorSettings) -> None:
         self.bus = bus
         self.settings = settings
-        self.inference = InferenceClient(bus.nc)
+        self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
 
     async def on_executed(self, msg: Msg) -> None:
         """Synthesize one run (settled by `swarm.bus.settle`: a gateway outage retries later)."""

@@ -67,7 +67,7 @@ class Planner:
     def __init__(self, settings: PlannerSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        self.inference = InferenceClient(bus.nc)
+        self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
         self.counts = {"planned": 0, "rejected": 0, "template_fallbacks": 0, "skipped": 0}
 
     def details(self) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class StepExecutor:
         self.bus = bus
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.inference = InferenceClient(bus.nc)
+        self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
         self.tools = ToolRegistry.for_worker(settings)
         self.payloads = Payloads(bus, inline_limit=settings.inline_payload_bytes)
         self._ended_runs: deque[str] = deque(maxlen=10_000)

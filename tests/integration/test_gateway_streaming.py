@@ -87,7 +87,7 @@ async def test_raw_stream_protocol_chunks_to_the_reply_inbox(bus: Bus, start_gat
     await bus.nc.publish(Subjects.INFER, request("st-raw", stream=True).model_dump_json().encode(), reply=inbox)
     chunks = []
     while not chunks or not chunks[-1].done:
-        chunks.append(InferenceChunk.model_validate_json((await sub.next_msg(timeout=5)).data))
+        chunks.append(InferenceChunk.model_validate_json((await sub.next_msg(timeout=30)).data))
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert chunks[-1].response is not None and chunks[-1].response.ok
     assert "".join(c.delta for c in chunks) == chunks[-1].response.content
