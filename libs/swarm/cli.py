@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +48,19 @@ def nats_settings(url: str | None) -> NatsSettings:
     if state is not None:
         return NatsSettings(url=str(state["nats_url"]))
     return NatsSettings()
+
+
+@asynccontextmanager
+async def connected(settings: NatsSettings | str | None) -> AsyncIterator[SwarmClient]:
+    """A client of the deployment (a URL, settings, or the local stack's); a clear exit when none answers."""
+    if not isinstance(settings, NatsSettings):
+        settings = nats_settings(settings)
+    try:
+        client = await SwarmClient.connect(settings)
+    except StackNotRunning as exc:
+        raise fail(str(exc)) from exc
+    async with client:
+        yield client
 
 
 UrlOption = Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: the local stack's).")]
@@ -111,11 +126,7 @@ async def _submit(
     goal: str | None, plan: Plan | None, pattern: PlanPattern | None, agents: int | None,
     policy: RunPolicy, tenant: str, follow: bool, settings: NatsSettings,
 ) -> None:  # fmt: skip
-    try:
-        client = await SwarmClient.connect(settings)
-    except StackNotRunning as exc:
-        raise fail(str(exc)) from exc
-    async with client:
+    async with connected(settings) as client:
         try:
             run_id = await client.submit(goal, plan=plan, pattern=pattern, n_agents=agents, policy=policy, tenant=tenant)
         except StackNotRunning as exc:
@@ -175,11 +186,7 @@ def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20, nats_url: U
     """List recent runs and their status."""
 
     async def listing() -> None:
-        try:
-            client = await SwarmClient.connect(nats_settings(nats_url))
-        except StackNotRunning as exc:
-            raise fail(str(exc)) from exc
-        async with client:
+        async with connected(nats_url) as client:
             records = await client.runs(limit)
         table = Table("run", "status", "agents", "steps", "submitted", "goal")
         for r in records:
@@ -195,11 +202,7 @@ def cancel(run_id: str, tenant: str = DEFAULT_TENANT, nats_url: UrlOption = None
     """Cancel a run: its queued steps are dropped."""
 
     async def cancelling() -> None:
-        try:
-            client = await SwarmClient.connect(nats_settings(nats_url))
-        except StackNotRunning as exc:
-            raise fail(str(exc)) from exc
-        async with client:
+        async with connected(nats_url) as client:
             await client.cancel(run_id, tenant)
         console.print(f"Cancellation of {run_id} requested.")
 
@@ -268,11 +271,7 @@ def report(
     from swarm.report import render_html, render_terminal
 
     async def reporting() -> None:
-        try:
-            client = await SwarmClient.connect(nats_settings(nats_url))
-        except StackNotRunning as exc:
-            raise fail(str(exc)) from exc
-        async with client:
+        async with connected(nats_url) as client:
             try:
                 analysis = await analyze_run(recorder_query(client.bus.nc), run_id)
             except (EventLogError, LookupError) as exc:
@@ -296,11 +295,7 @@ def stats(
     from swarm.eventlog import EventLogError
 
     async def collecting() -> None:
-        try:
-            client = await SwarmClient.connect(nats_settings(nats_url))
-        except StackNotRunning as exc:
-            raise fail(str(exc)) from exc
-        async with client:
+        async with connected(nats_url) as client:
             try:
                 figures = await cross_run_stats(recorder_query(client.bus.nc), int(hours * 3600))
             except EventLogError as exc:

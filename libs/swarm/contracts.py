@@ -661,6 +661,9 @@ class InferenceEvent(Contract):
     completion_tokens: int = Field(default=0, ge=0, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Admission queue time.")
     duration_ms: float = Field(default=0, ge=0, description="Engine time.")
+    ttft_ms: float | None = Field(
+        default=None, ge=0, description="Time from arrival to the first token (streamed replies; else unknown)."
+    )
     at: datetime = Field(default_factory=utc_now, description="When it finished.")
 
 

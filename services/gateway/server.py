@@ -363,6 +363,7 @@ class GatewayServer:
             completion_tokens=completion.completion_tokens,
             queue_ms=queue_ms,
             duration_ms=duration_ms,
+            ttft_ms=(first_token_at - received_at) * 1000.0 if first_token_at is not None else None,
         )
         return response, event
 

@@ -13,7 +13,14 @@ from services.gateway.engine import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus
-from swarm.contracts import InferenceChunk, InferenceRequest, InferenceResponse, Subjects
+from swarm.contracts import (
+    EVENTS,
+    InferenceChunk,
+    InferenceEvent,
+    InferenceRequest,
+    InferenceResponse,
+    Subjects,
+)
 from swarm.inference import DEADLINE_EXCEEDED, InferenceClient, InferenceError, chat
 from swarm.settings import NatsSettings
 
@@ -201,3 +208,21 @@ async def test_bad_input_gets_clear_errors_and_the_gateway_keeps_serving(bus: Bu
     assert all(r.ok for r in results)
     health = server.health()
     assert health["in_flight"] == 0 and health["served_count"] == 20 and health["failed_count"] == 5
+
+
+async def test_a_streamed_call_records_its_time_to_first_token(bus: Bus, start_gateway: StartGateway) -> None:
+    await start_gateway(sim_latency_scale=1.0, sim_ttft_ms=50, sim_tokens_per_s=400, sim_jitter=0)
+    client = InferenceClient(bus.nc)
+    await collect(client, request("st-ttft", max_tokens=40))
+    await client.complete(request("whole-ttft", max_tokens=40))
+    psub = await bus.js.pull_subscribe(Subjects.inference_event(), stream=EVENTS.name)
+    for _ in range(50):
+        try:
+            by_id = {e.event_id: e for e in (InferenceEvent.model_validate_json(m.data) for m in await psub.fetch(10, timeout=1))}
+        except TimeoutError:
+            continue
+        if {"st-ttft", "whole-ttft"} <= by_id.keys():
+            break
+    streamed = by_id["st-ttft"]
+    assert streamed.ttft_ms is not None and 40 <= streamed.ttft_ms < streamed.queue_ms + streamed.duration_ms
+    assert by_id["whole-ttft"].ttft_ms is None  # a whole reply has no first token to time
