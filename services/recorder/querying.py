@@ -59,7 +59,8 @@ async def serve_queries(nc: NatsClient, eventlog: EventLog, max_reply_bytes: int
     """Answer requests on Subjects.RECORDER_QUERY until the subscription is drained."""
 
     async def on_query(msg: Msg) -> None:
-        if not msg.reply:
+        if not msg.reply or msg.reply.startswith("$JS."):
+            # No one to answer, or a message a JetStream consumer pushed here (forged via a deliver subject).
             return
         try:
             body = await answer(eventlog, msg.data, max_reply_bytes)
