@@ -114,7 +114,10 @@ class BucketSpec(BaseModel):
     ttl_s: float = 0.0
 
 
-RUN_STATE_BUCKET = BucketSpec(name="swarm_run_state", description="Dispatcher checkpoints of run state.")
+RUN_STATE_BUCKET = BucketSpec(
+    name="swarm_run_state", ttl_s=7 * 24 * 3600.0,
+    description="Dispatcher checkpoints of run state; a checkpoint not rewritten for 7 days expires.",
+)  # fmt: skip
 RUN_INDEX_BUCKET = BucketSpec(name="swarm_runs", description="One record per run: status, goal, counts.")
 OUTPUTS_BUCKET = BucketSpec(name="swarm_outputs", description="Step outputs, key '<run_id>.<step_id>'.")
 PAYLOADS_STORE = BucketSpec(
