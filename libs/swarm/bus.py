@@ -396,6 +396,12 @@ class Bus:
         await self.nc.close()
 
 
+def answerable(msg: Msg) -> bool:
+    """Whether a core request should be answered: it has a reply subject, and was not pushed here by a
+    JetStream consumer whose deliver subject a client aimed at us (its reply is a `$JS.` ack subject)."""
+    return bool(msg.reply) and not msg.reply.startswith("$JS.")
+
+
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
 

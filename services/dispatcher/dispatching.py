@@ -271,9 +271,7 @@ class Dispatcher:
                 psub = psub or await self.bus.pull_subscription(results_consumer(partition))
                 msgs = await psub.fetch(self.settings.results_batch, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
-                await self._flush_progress()
-                async with self._lock:
-                    await self._checkpoint_due([r for r in self.runs.values() if r.run_id in self._unacked], force=True)
+                await self._idle(partition)
                 continue
             except nats.errors.Error as exc:
                 log.warning("partition %d: fetch failed (%s); retrying", partition, exc)
@@ -433,11 +431,13 @@ class Dispatcher:
         )
         await self.bus.publish_nowait(Subjects.run_event(run.tenant, run.run_id, "progress"), progress)
 
-    async def _flush_progress(self) -> None:
-        """When idle, make sure watchers saw the latest counts."""
+    async def _idle(self, partition: int) -> None:
+        """A partition with no results for a while: publish its runs' latest counts, checkpoint what waits."""
         async with self._lock:
-            for run in self.runs.values():
+            runs = [run for run in self.runs.values() if result_partition(run.run_id) == partition]
+            for run in runs:
                 await self._progress(run)
+            await self._checkpoint_due([run for run in runs if run.run_id in self._unacked], force=True)
 
     async def _finish_run(self, run: RunState, phase: RunPhase) -> None:
         summary = run.summary()

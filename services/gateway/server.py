@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from services.gateway.engine import Completion, Engine, EngineError
 from services.gateway.schemacheck import InvalidSchema, check_schema
 from services.gateway.settings import GatewaySettings
-from swarm.bus import Bus
+from swarm.bus import Bus, answerable
 from swarm.contracts import (
     GATEWAY_QUEUE_GROUP,
     InferenceChunk,
@@ -171,8 +171,7 @@ class GatewayServer:
     async def _on_message(self, msg: Msg) -> None:
         # Runs in the subscription's single delivery loop: decide, then hand off at once.
         received_at = time.perf_counter()
-        if not msg.reply or msg.reply.startswith("$JS."):
-            # No one to answer, or a message a JetStream consumer pushed here (forged via a deliver subject).
+        if not answerable(msg):
             return
         if self.in_flight >= self.max_queue:
             self._spawn(self._reject_overloaded(msg))

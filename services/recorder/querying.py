@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from swarm.bus import answerable
 from swarm.contracts import Subjects
 from swarm.eventlog import EventLog, encode_rows
 
@@ -59,8 +60,7 @@ async def serve_queries(nc: NatsClient, eventlog: EventLog, max_reply_bytes: int
     """Answer requests on Subjects.RECORDER_QUERY until the subscription is drained."""
 
     async def on_query(msg: Msg) -> None:
-        if not msg.reply or msg.reply.startswith("$JS."):
-            # No one to answer, or a message a JetStream consumer pushed here (forged via a deliver subject).
+        if not answerable(msg):
             return
         try:
             body = await answer(eventlog, msg.data, max_reply_bytes)

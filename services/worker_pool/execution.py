@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import socket
-from collections import deque
 from datetime import datetime
 from typing import Any, Literal
 
@@ -46,6 +45,9 @@ from swarm.payloads import Payloads, is_ref
 __all__ = ["StepExecutor", "StepFailed", "build_prompt", "output_key", "steps_consumer"]
 
 log = logging.getLogger(__name__)
+
+
+ENDED_RUNS_KEPT = 10_000
 
 
 def steps_consumer(settings: WorkerSettings) -> ConsumerSpec:
@@ -108,7 +110,7 @@ class StepExecutor:
         self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
         self.tools = ToolRegistry.for_worker(settings)
         self.payloads = Payloads(bus, inline_limit=settings.inline_payload_bytes)
-        self._ended_runs: deque[str] = deque(maxlen=10_000)
+        self._ended_runs: dict[str, None] = {}  # insertion-ordered set, bounded: checked on every step
         self.steps_done = 0
         self._events: dict[tuple[str, str, int], list[StepEvent]] = {}  # per attempt, until flushed
 
@@ -117,7 +119,9 @@ class StepExecutor:
 
         async def on_end(msg: Msg) -> None:
             with contextlib.suppress(ValueError, AttributeError):
-                self._ended_runs.append(json.loads(msg.data).get("run_id"))
+                self._ended_runs[json.loads(msg.data).get("run_id")] = None
+                if len(self._ended_runs) > ENDED_RUNS_KEPT:
+                    del self._ended_runs[next(iter(self._ended_runs))]
 
         for kind in ("cancelled", "failed"):
             await self.bus.nc.subscribe(Subjects.run_kind_all(kind), cb=on_end)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,7 +41,7 @@ class ToolContext:
         return SpawnRequest(agents=agents, steps=steps)
 
 
-class Tool:
+class Tool(ABC):
     """Base of every tool; user tools subclass it and register through the `swarm.tools` entry point group."""
 
     name: ClassVar[str]
@@ -48,6 +49,6 @@ class Tool:
     parameters: ClassVar[dict[str, Any]] = {"type": "object"}
     timeout_s: float | None = None  # None: the worker's tool_timeout_s
 
+    @abstractmethod
     async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
         """Run the tool; raise ToolError for failures the model should see."""
-        raise NotImplementedError
