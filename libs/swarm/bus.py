@@ -157,9 +157,12 @@ class Puller:
         return msgs
 
     async def unsubscribe(self) -> None:
-        """Stop reading; messages delivered but not acked are redelivered by JetStream."""
+        """Stop reading; messages received but never handed out go back at once (nak), the rest after ack_wait."""
         if self._sub is not None:
             await self._sub.unsubscribe()
+        held, self._msgs = self._msgs, []
+        for msg in held:
+            await msg.nak()
 
 
 class Bus:

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from pydantic import ValidationError
 
-from services.dispatcher.leases import PartitionLeases
+from services.dispatcher.leases import LeaseChanges, PartitionLeases
 from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import Dispatch, Outcome, RetryPolicy, RunPhase, RunState, StepPhase
@@ -75,7 +75,7 @@ def results_consumer(partition: int) -> ConsumerSpec:
         stream=RESULTS,
         durable=f"{DISPATCHER_RESULTS_CONSUMER}-{partition}",
         filter_subjects=(Subjects.results_partition(partition),),
-        ack_wait_s=30.0,
+        ack_wait_s=10.0,  # results are acked within a checkpoint interval: a crashed replica's come back soon
     )
 
 
@@ -146,7 +146,7 @@ class Dispatcher:
     async def acquire_leases(self) -> None:
         """Take a first share of the partitions (before plans are consumed, so new runs stay in memory)."""
         self.leases = PartitionLeases(await self.bus.kv(DISPATCHER_LEASES_BUCKET), self.instance_id)
-        await self._apply_lease_changes(*await self.leases.renew())
+        await self._apply_lease_changes(await self.leases.renew())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the leases renewed and the owned partitions consumed, until `stop`."""
@@ -161,36 +161,51 @@ class Dispatcher:
                 break
             started = time.monotonic()
             try:
-                gained, lost = await self.leases.renew()
+                changes = await self.leases.renew()
                 renewed_at = time.monotonic()
                 if renewed_at - started > LEASE_RENEW_S:
                     log.warning("lease renewal took %.1fs", renewed_at - started)
             except (nats.errors.Error, TimeoutError) as exc:  # NATS away: keep what we have, try again
                 log.warning("lease renewal failed: %s", exc)
-                gained, lost = set(), set()
+                changes = LeaseChanges()
                 if time.monotonic() - renewed_at > DISPATCHER_LEASES_BUCKET.ttl_s:
-                    lost = set(self.leases.owned)  # expired by now: others may own them
+                    changes.lost = set(self.leases.owned)  # expired by now: others may own them
                     self.leases.owned.clear()
-            await self._apply_lease_changes(gained, lost)
-        for _, partition_stop in self._loops.values():
-            partition_stop.set()
-        await asyncio.gather(*(task for task, _ in self._loops.values()))
+            await self._apply_lease_changes(changes)
+        await self._stop_partitions(set(self._loops))
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             async with self._lock:  # hand over clean state: whoever takes the runs replays nothing
                 await self._checkpoint_due(list(self.runs.values()), force=True)
             await self.leases.release_all()
 
-    async def _apply_lease_changes(self, gained: set[int], lost: set[int]) -> None:
-        for partition in lost:
-            await self._stop_partition(self._loops.pop(partition, None))
-            for run_id in [r for r in self.runs if result_partition(r) == partition]:
-                self._forget(run_id)
-        if gained:
-            await self._adopt(gained)
-        for partition in gained:
+    async def _apply_lease_changes(self, changes: LeaseChanges) -> None:
+        """Hand over what we lost or must give up, then take up what we gained.
+
+        Kept short (the loops stop at once, together): the next renewal must come well within the TTL.
+        """
+        assert self.leases is not None
+        leaving = changes.lost | changes.surplus
+        if leaving:
+            await self._stop_partitions(leaving)
+            async with self._lock:
+                await self._hand_over(leaving)
+            for partition in changes.surplus:
+                await self.leases.release(partition)
+        if changes.gained:
+            await self._adopt(changes.gained)
+        for partition in changes.gained:
             partition_stop = asyncio.Event()
             task = asyncio.create_task(self._results_loop(partition, partition_stop))
             self._loops[partition] = (task, partition_stop)
+
+    async def _hand_over(self, partitions: set[int]) -> None:
+        """Checkpoint the partitions' runs (acking the results they cover) and drop them from memory.
+
+        Checkpoints are compare-and-set: a new owner that already wrote a newer state is never overwritten.
+        """
+        for run in [run for run in self.runs.values() if result_partition(run.run_id) in partitions]:
+            if await self._checkpoint(run):
+                self._forget(run.run_id)
 
     async def _adopt(self, partitions: set[int]) -> None:
         """Load the running runs of newly owned partitions, so even a run with no result in flight is watched."""
@@ -203,6 +218,8 @@ class Dispatcher:
             for run_id in run_ids:
                 if result_partition(run_id) in partitions and run_id not in self.runs and run_id not in self.finished:
                     await self._load(run_id)
+            await self._schedule()  # steps a checkpoint left ready (over a concurrency cap) go out now
+            await self._flush()
 
     async def sweep_lost_steps(self, stop: asyncio.Event) -> None:
         """Fail attempts that got no result long after their dispatch, so they are retried or dead-lettered.
@@ -246,17 +263,18 @@ class Dispatcher:
             for run in touched.values():
                 await self._checkpoint(run)
 
-    @staticmethod
-    async def _stop_partition(loop: tuple[asyncio.Task[None], asyncio.Event] | None) -> None:
-        if loop is not None:
-            loop[1].set()
-            await loop[0]
+    async def _stop_partitions(self, partitions: set[int]) -> None:
+        """Stop the partitions' result loops, together; each finishes the batch in its hands first."""
+        loops = [loop for p in partitions if (loop := self._loops.pop(p, None)) is not None]
+        for _, partition_stop in loops:
+            partition_stop.set()
+        await asyncio.gather(*(task for task, _ in loops))
 
     def _owns(self, run_id: str) -> bool:
         return self.leases is not None and result_partition(run_id) in self.leases.owned
 
     def _forget(self, run_id: str) -> None:
-        # Results applied but not checkpointed are left unacknowledged: they come back after ack_wait.
+        # Callers checkpoint first (which acks the results it covers) or nak what it could not cover.
         self._unacked.pop(run_id, None)
         self._checkpointed_at.pop(run_id, None)
         self.runs.pop(run_id, None)
@@ -264,12 +282,21 @@ class Dispatcher:
         self._last_progress.pop(run_id, None)
 
     async def _results_loop(self, partition: int, stop: asyncio.Event) -> None:
-        """Fetch one partition's results in batches: apply, publish, checkpoint, ack. Survives NATS outages."""
+        """Fetch one partition's results in batches: apply, publish, checkpoint, ack. Survives NATS outages.
+
+        A fetch still waiting for results is abandoned as soon as `stop` is set: handovers are quick.
+        """
         psub = None
+        stopped = asyncio.create_task(stop.wait())
         while not stop.is_set():
             try:
                 psub = psub or await self.bus.pull_subscription(results_consumer(partition))
-                msgs = await psub.fetch(self.settings.results_batch, timeout=1.0)
+                fetch = asyncio.ensure_future(psub.fetch(self.settings.results_batch, timeout=1.0))
+                await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    break
+                msgs = fetch.result()
             except (TimeoutError, nats.errors.TimeoutError):
                 await self._idle(partition)
                 continue
@@ -283,6 +310,7 @@ class Dispatcher:
             except (nats.errors.Error, TimeoutError) as exc:
                 # Unacked results come back after ack_wait and re-apply idempotently.
                 log.warning("batch of %d results not settled (%s); they will be redelivered", len(msgs), exc)
+        stopped.cancel()
         if psub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await psub.unsubscribe()

@@ -4,13 +4,14 @@ Every replica registers itself (`member.<id>`, renewed), counts the members, and
 its share of the partitions (`p<N>` = owner id, renewed with compare-and-set). A replica that
 dies stops renewing; its leases expire after the bucket's TTL and the others take them over,
 loading the partition's runs from their checkpoints. A replica that joins makes the others
-release their surplus, so the partitions spread out again.
+hand over their surplus (checkpoint its runs, then release), so the partitions spread out again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
@@ -22,6 +23,15 @@ log = logging.getLogger(__name__)
 MEMBER_PREFIX = "member."
 
 
+@dataclass
+class LeaseChanges:
+    """What one renewal changed: partitions newly ours, taken from us, and ours to hand over."""
+
+    gained: set[int] = field(default_factory=set)
+    lost: set[int] = field(default_factory=set)
+    surplus: set[int] = field(default_factory=set)  # still ours: the caller checkpoints, then `release`s them
+
+
 class PartitionLeases:
     """This replica's view of which partitions it owns; `renew` keeps it current."""
 
@@ -31,8 +41,8 @@ class PartitionLeases:
         self.partitions = partitions
         self.owned: dict[int, int] = {}  # partition -> revision of our lease
 
-    async def renew(self) -> tuple[set[int], set[int]]:
-        """Renew, release surplus, acquire free partitions; returns (gained, lost)."""
+    async def renew(self) -> LeaseChanges:
+        """Renew our leases and acquire free partitions up to our share; surplus is named, not released."""
         await self.kv.put(f"{MEMBER_PREFIX}{self.instance_id}", b"")
         try:
             keys = await self.kv.keys()
@@ -40,17 +50,14 @@ class PartitionLeases:
             keys = []
         members = max(1, sum(1 for k in keys if k.startswith(MEMBER_PREFIX)))
         share = math.ceil(self.partitions / members)
-        lost: set[int] = set()
+        changes = LeaseChanges()
         for partition, revision in list(self.owned.items()):
             try:
                 self.owned[partition] = await self.kv.update(self._key(partition), self._me, last=revision)
             except KeyWrongLastSequenceError:
-                lost.add(partition)
+                changes.lost.add(partition)
                 del self.owned[partition]
-        for partition in sorted(self.owned)[share:]:
-            await self.release(partition)
-            lost.add(partition)
-        gained: set[int] = set()
+        changes.surplus = set(sorted(self.owned)[share:])
         for partition in range(self.partitions):
             if len(self.owned) >= share:
                 break
@@ -58,12 +65,15 @@ class PartitionLeases:
                 continue
             try:
                 self.owned[partition] = await self.kv.create(self._key(partition), self._me)
-                gained.add(partition)
+                changes.gained.add(partition)
             except KeyWrongLastSequenceError:
                 continue
-        if gained or lost:
-            log.info("partitions: gained %s, lost %s, own %s", sorted(gained), sorted(lost), sorted(self.owned))
-        return gained, lost
+        if changes.gained or changes.lost or changes.surplus:
+            log.info(
+                "partitions: gained %s, lost %s, handing over %s, own %s",
+                sorted(changes.gained), sorted(changes.lost), sorted(changes.surplus), sorted(self.owned),
+            )  # fmt: skip
+        return changes
 
     async def release(self, partition: int) -> None:
         """Give a partition up (shutdown, rebalancing)."""

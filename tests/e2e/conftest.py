@@ -1,0 +1,21 @@
+"""On a failed e2e test, the tails of the stack's service logs go into the report (CI keeps no files)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.when != "call" or not report.failed or stack is None:
+        return
+    for log in sorted(stack.logs.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        report.sections.append((f"service log {log.name} (last {len(lines)} lines)", "\n".join(lines)))
