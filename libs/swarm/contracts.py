@@ -140,6 +140,7 @@ DISPATCHER_PLANS_CONSUMER = "dispatcher-plans"
 DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"  # one durable per partition: "dispatcher-results-<p>"
 # Results are split into partitions by run id; each partition is owned by one dispatcher replica.
 RESULT_PARTITIONS = 16
+RESULT_EVENTS_MAX = 64  # step events a StepResult carries; a worker publishes any more itself
 AGGREGATOR_CONSUMER = "aggregator"
 WORKERS_CONSUMER_PREFIX = "workers"  # one durable per pool: "workers-<pool>"
 RECORDER_CONSUMER = "recorder"
@@ -216,6 +217,11 @@ class Subjects:
     def inference_event() -> str:
         """Inference call events, for the recorder."""
         return "swarm.events.inference"
+
+    @staticmethod
+    def inference_event_batch() -> str:
+        """Several inference call events in one message (an InferenceEventBatch), for the recorder."""
+        return "swarm.events.inferencebatch"
 
     @staticmethod
     def health(service: str) -> str:
@@ -391,6 +397,12 @@ class StepResult(Contract):
     worker_id: str = Field(description="Which worker ran it.")
     spawn: SpawnRequest | None = Field(
         default=None, description="Agents and steps this step adds to its run (dynamic spawn)."
+    )
+    events: tuple[StepEvent, ...] = Field(
+        default=(),
+        max_length=RESULT_EVENTS_MAX,
+        description="The attempt's step events not yet published (started, inference, tool calls): "
+        "the dispatcher publishes them with its own, saving every step a message of its own.",
     )
 
 
@@ -670,6 +682,14 @@ class InferenceEvent(Contract):
     at: datetime = Field(default_factory=utc_now, description="When it finished.")
 
 
+class InferenceEventBatch(Contract):
+    """Several inference call events in one message: what a busy gateway publishes."""
+
+    events: tuple[InferenceEvent, ...] = Field(
+        min_length=1, max_length=2000, description="The events, each recorded as if published alone."
+    )
+
+
 # --------------------------------------------------------------------------- channel registry (for proto/)
 
 
@@ -700,6 +720,8 @@ CHANNELS: tuple[Channel, ...] = (
             description="Several step transitions of one run in one message, for the event log."),
     Channel(address=Subjects.inference_event(), stream=EVENTS.name, message=InferenceEvent,
             description="Inference calls for the event log."),
+    Channel(address=Subjects.inference_event_batch(), stream=EVENTS.name, message=InferenceEventBatch,
+            description="Several inference calls in one message, for the event log."),
     Channel(address=Subjects.INFER, stream=None, message=InferenceRequest, reply=InferenceResponse,
             description="Core NATS request to the gateway's queue group; the reply is an InferenceResponse, "
             "or with stream=true a sequence of InferenceChunk messages to the reply subject."),

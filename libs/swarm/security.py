@@ -237,7 +237,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     )
     # The gateway serves core request/reply: it answers on the requester's inbox (responses), never JetStream.
     gateway = _service("gateway").sub(f"{Subjects.INFER} {GATEWAY_QUEUE_GROUP}")  # only in its queue group
-    gateway.pub(Subjects.inference_event())
+    gateway.pub(Subjects.inference_event(), Subjects.inference_event_batch())
     recorder = (
         Grants()
         .sub(SERVICE_INBOX)

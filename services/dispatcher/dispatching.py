@@ -328,6 +328,7 @@ class Dispatcher:
             run = self.runs.get(result.run_id) or await self._load(result.run_id)
             if run is None:
                 if result.run_id in self.finished:
+                    self._worker_events(result)
                     to_ack.append(("", msg))
                 else:  # its plan is not processed yet (or not checkpointed): ask again shortly
                     await msg.nak(delay=1.0)
@@ -336,6 +337,7 @@ class Dispatcher:
             if outcome.early:
                 await msg.nak(delay=1.0)
                 continue
+            self._worker_events(result)
             if outcome.changed:
                 await self._emit(run, outcome, result)
                 touched[run.run_id] = run
@@ -419,6 +421,11 @@ class Dispatcher:
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
             await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED,
                               attributes={"depends_on": ",".join(run.depends_on[step.id])})  # fmt: skip
+
+    def _worker_events(self, result: StepResult) -> None:
+        """The events a worker sent along with its result go out with ours (duplicates share event ids)."""
+        if result.events:
+            self._events.setdefault(result.run_id, []).extend(result.events)
 
     async def _event(self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object) -> None:
         """Buffer a step event; `_flush` publishes each run's buffer as one StepEventBatch."""

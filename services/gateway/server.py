@@ -10,7 +10,8 @@ Requests arrive by core NATS request/reply on the gateway queue group (no JetStr
 - Bad input (invalid request, unknown model, malformed schema) is answered before it takes a slot; engine
   errors and crashes become error replies, and the gateway keeps serving.
 - Streaming (`stream=true`): InferenceChunk messages to the reply subject, the last one carrying the reply.
-Every call, served or not, emits an InferenceEvent (fire-and-forget publish).
+Every call, served or not, emits an InferenceEvent; they are published in batches (every
+EVENTS_FLUSH_S, or EVENTS_PER_BATCH at once), one JetStream message for many calls.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from swarm.contracts import (
     GATEWAY_QUEUE_GROUP,
     InferenceChunk,
     InferenceEvent,
+    InferenceEventBatch,
     InferenceRequest,
     InferenceResponse,
     Subjects,
@@ -53,6 +55,8 @@ DRAIN_TIMEOUT_S = 30.0  # at stop, how long admitted requests may take to finish
 # Scheduling classes, 0 first: the calls a whole run waits on go before the bulk of worker calls.
 CALLER_PRIORITY = {"planner": 0, "aggregator": 0}
 DEFAULT_PRIORITY = 5
+EVENTS_FLUSH_S = 0.05
+EVENTS_PER_BATCH = 500
 
 
 def peek(data: bytes) -> tuple[str, bool]:
@@ -125,13 +129,31 @@ class GatewayServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._subscription: Subscription | None = None
-        self._event_subject = Subjects.inference_event()
+        self._events: list[InferenceEvent] = []
+        self._events_flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join the gateway queue group."""
+        self._events_flusher = asyncio.create_task(self._flush_events_periodically())
         self._subscription = await self.bus.nc.subscribe(
             Subjects.INFER, queue=GATEWAY_QUEUE_GROUP, cb=self._on_message
         )
+
+    async def flush_events(self) -> None:
+        """Publish the events recorded so far as one InferenceEventBatch (without waiting for the ack)."""
+        events, self._events = self._events, []
+        if events:
+            await self.bus.publish_nowait(Subjects.inference_event_batch(), InferenceEventBatch(events=tuple(events)))
+
+    async def _record(self, event: InferenceEvent) -> None:
+        self._events.append(event)
+        if len(self._events) >= EVENTS_PER_BATCH:
+            await self.flush_events()
+
+    async def _flush_events_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(EVENTS_FLUSH_S)
+            await self.flush_events()
 
     def health(self) -> dict[str, Any]:
         """What the health probe reports."""
@@ -165,6 +187,10 @@ class GatewayServer:
             for task in set(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._events_flusher is not None:
+            self._events_flusher.cancel()
+            self._events_flusher = None
+        await self.flush_events()  # the bus waits for its ack when it closes
 
     # ------------------------------------------------------------------ admission and scheduling
 
@@ -289,7 +315,7 @@ class GatewayServer:
             self._next()
         if msg.reply:
             await self._send(msg.reply, response, stream=request.stream, index=index)
-        await self.bus.publish_nowait(self._event_subject, event)
+        await self._record(event)
 
     async def _stream(self, request: InferenceRequest, reply: str) -> tuple[Completion, float | None, int]:
         """Forward the engine's deltas as chunks; the Completion, when the first token came, the next index."""
@@ -392,7 +418,7 @@ class GatewayServer:
         response, event = self._failure(request_id, request, error)
         if msg.reply:
             await self._send(msg.reply, response, stream=stream)
-        await self.bus.publish_nowait(self._event_subject, event)
+        await self._record(event)
 
     def retry_after_s(self) -> float:
         """When a rejected caller should try again: the time to work off the queue, roughly."""
@@ -408,4 +434,4 @@ class GatewayServer:
         if msg.reply:
             headers = {RETRY_AFTER_HEADER: f"{self.retry_after_s():.3f}"}
             await self._send(msg.reply, response, stream=stream, headers=headers)
-        await self.bus.publish_nowait(self._event_subject, event)
+        await self._record(event)

@@ -38,7 +38,15 @@ from pydantic import ValidationError
 
 from services.recorder.settings import RecorderSettings
 from swarm.bus import Bus, ConsumerSpec
-from swarm.contracts import EVENTS, RECORDER_CONSUMER, InferenceEvent, StepEvent, StepEventBatch, Subjects
+from swarm.contracts import (
+    EVENTS,
+    RECORDER_CONSUMER,
+    InferenceEvent,
+    InferenceEventBatch,
+    StepEvent,
+    StepEventBatch,
+    Subjects,
+)
 from swarm.eventlog import EventLog
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,7 @@ log = logging.getLogger(__name__)
 STEP_EVENT_PREFIX = Subjects.step_event("")
 STEP_EVENT_BATCH_PREFIX = Subjects.step_event_batch("")
 INFERENCE_EVENT_SUBJECT = Subjects.inference_event()
+INFERENCE_EVENT_BATCH_SUBJECT = Subjects.inference_event_batch()
 
 # A failed insert is bad data when the driver could not serialize a row (isolate and drop it);
 # any other failure (unknown table, engine or disk error, connection) is an outage: retry later.
@@ -88,15 +97,17 @@ class Batch:
         return (time.monotonic() - self.started_at) * 1000 if self else 0.0
 
 
-def decode(msg: Msg) -> list[StepEvent] | InferenceEvent:
-    """The event(s) a message carries, by subject; raises ValueError (or ValidationError) when malformed."""
+def decode(msg: Msg) -> tuple[Sequence[StepEvent], Sequence[InferenceEvent]]:
+    """The step and inference events a message carries, by subject; raises ValueError (or ValidationError) when malformed."""
     subject = msg.subject
-    if subject.startswith(STEP_EVENT_PREFIX):
-        return [StepEvent.model_validate_json(msg.data)]
-    if subject == INFERENCE_EVENT_SUBJECT:
-        return InferenceEvent.model_validate_json(msg.data)
     if subject.startswith(STEP_EVENT_BATCH_PREFIX):
-        return list(StepEventBatch.model_validate_json(msg.data).events)
+        return StepEventBatch.model_validate_json(msg.data).events, ()
+    if subject.startswith(STEP_EVENT_PREFIX):
+        return (StepEvent.model_validate_json(msg.data),), ()
+    if subject == INFERENCE_EVENT_BATCH_SUBJECT:
+        return (), InferenceEventBatch.model_validate_json(msg.data).events
+    if subject == INFERENCE_EVENT_SUBJECT:
+        return (), (InferenceEvent.model_validate_json(msg.data),)
     raise ValueError(f"no event type is recorded from subject {subject}")
 
 
@@ -227,10 +238,9 @@ class EventRecorder:
             return
         if not batch:
             batch.started_at = time.monotonic()
-        if isinstance(decoded, list):
-            batch.step_events.extend(decoded)
-        else:
-            batch.inference_events.append(decoded)
+        step_events, inference_events = decoded
+        batch.step_events.extend(step_events)
+        batch.inference_events.extend(inference_events)
         batch.msgs.append(msg)
 
     async def flush(self, batch: Batch) -> bool:

@@ -24,6 +24,7 @@ from services.worker_pool.validation import ModelReply, structured_output, valid
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
     OUTPUTS_BUCKET,
+    RESULT_EVENTS_MAX,
     STEPS,
     WORKERS_CONSUMER_PREFIX,
     ChatMessage,
@@ -142,7 +143,12 @@ class StepExecutor:
             result = await self._attempt(dispatch, started_at)
         finally:
             heartbeat.cancel()
-        await self._flush_events(dispatch)
+        events = self._events.get(self._attempt_key(dispatch), [])
+        if len(events) <= RESULT_EVENTS_MAX:  # the usual case: they ride with the result
+            result = result.model_copy(update={"events": tuple(events)})
+            self._events.pop(self._attempt_key(dispatch), None)
+        else:
+            await self._flush_events(dispatch)
         await self.bus.publish(Subjects.result(dispatch.run_id), result)
         self.steps_done += 1
 
@@ -286,7 +292,7 @@ class StepExecutor:
 
     async def _flush_events(self, dispatch: StepDispatch) -> None:
         """Publish the attempt's buffered events as one StepEventBatch (one message per step, not per event)."""
-        events = self._events.pop((dispatch.run_id, dispatch.step.id, dispatch.attempt), None)
+        events = self._events.pop(self._attempt_key(dispatch), None)
         if events:
             await self.bus.publish_nowait(Subjects.step_event_batch(dispatch.run_id), StepEventBatch(events=tuple(events)))
 
@@ -308,4 +314,8 @@ class StepExecutor:
             worker_id=self.worker_id,
             **fields,
         )
-        self._events.setdefault((dispatch.run_id, dispatch.step.id, dispatch.attempt), []).append(event)
+        self._events.setdefault(self._attempt_key(dispatch), []).append(event)
+
+    @staticmethod
+    def _attempt_key(dispatch: StepDispatch) -> tuple[str, str, int]:
+        return dispatch.run_id, dispatch.step.id, dispatch.attempt

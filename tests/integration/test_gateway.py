@@ -16,7 +16,7 @@ from services.gateway.engine import create_engine
 from services.gateway.server import RETRY_AFTER_HEADER, GatewayServer
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus
-from swarm.contracts import EVENTS, InferenceEvent, InferenceRequest, InferenceResponse, Subjects
+from swarm.contracts import EVENTS, InferenceEventBatch, InferenceRequest, InferenceResponse, Subjects
 from swarm.inference import OVERLOADED, InferenceClient, chat
 from swarm.settings import NatsSettings
 
@@ -120,18 +120,20 @@ async def test_overload_is_answered_at_once_with_retry_after(bus: Bus, start_gat
     assert all(r.ok for r in results)
 
 
-async def test_every_call_lands_in_the_events_stream(bus: Bus, start_gateway: StartGateway) -> None:
-    _, gateway_bus = await start_gateway()
+async def test_every_call_lands_in_the_events_stream_in_batches(bus: Bus, start_gateway: StartGateway) -> None:
+    server, gateway_bus = await start_gateway()
     client = InferenceClient(bus.nc)
     await asyncio.gather(
         *(client.complete(request(f"ev-{i}", run_id="run-ev", step_id=f"s{i}")) for i in range(20))
     )
     await client.complete(request("ev-bad", model="nope"))
+    await server.flush_events()
     await gateway_bus.flush_publishes()
 
-    psub = await bus.js.pull_subscribe(Subjects.inference_event(), stream=EVENTS.name)
-    events = [InferenceEvent.model_validate_json(m.data) for m in await psub.fetch(21, timeout=5)]
-    by_id = {e.event_id: e for e in events}
+    psub = await bus.js.pull_subscribe(Subjects.inference_event_batch(), stream=EVENTS.name)
+    batches = [InferenceEventBatch.model_validate_json(m.data) for m in await psub.fetch(21, timeout=1)]
+    assert len(batches) < 21  # fewer messages than calls
+    by_id = {e.event_id: e for batch in batches for e in batch.events}
     assert set(by_id) == {f"ev-{i}" for i in range(20)} | {"ev-bad"}
     assert all(by_id[f"ev-{i}"].ok and by_id[f"ev-{i}"].step_id == f"s{i}" for i in range(20))
     assert by_id["ev-0"].run_id == "run-ev" and by_id["ev-0"].completion_tokens > 0

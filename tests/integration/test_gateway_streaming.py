@@ -17,6 +17,7 @@ from swarm.contracts import (
     EVENTS,
     InferenceChunk,
     InferenceEvent,
+    InferenceEventBatch,
     InferenceRequest,
     InferenceResponse,
     Subjects,
@@ -215,12 +216,14 @@ async def test_a_streamed_call_records_its_time_to_first_token(bus: Bus, start_g
     client = InferenceClient(bus.nc)
     await collect(client, request("st-ttft", max_tokens=40))
     await client.complete(request("whole-ttft", max_tokens=40))
-    psub = await bus.js.pull_subscribe(Subjects.inference_event(), stream=EVENTS.name)
+    psub = await bus.js.pull_subscribe(Subjects.inference_event_batch(), stream=EVENTS.name)
+    by_id: dict[str, InferenceEvent] = {}
     for _ in range(50):
         try:
-            by_id = {e.event_id: e for e in (InferenceEvent.model_validate_json(m.data) for m in await psub.fetch(10, timeout=1))}
+            msgs = await psub.fetch(10, timeout=1)
         except TimeoutError:
             continue
+        by_id |= {e.event_id: e for m in msgs for e in InferenceEventBatch.model_validate_json(m.data).events}
         if {"st-ttft", "whole-ttft"} <= by_id.keys():
             break
     streamed = by_id["st-ttft"]

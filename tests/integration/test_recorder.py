@@ -21,6 +21,7 @@ from swarm.contracts import (
     RECORDER_CONSUMER,
     AgentSpec,
     InferenceEvent,
+    InferenceEventBatch,
     Plan,
     PlanSource,
     RunCompleted,
@@ -113,14 +114,19 @@ async def test_events_are_recorded_once_and_malformed_ones_do_not_block(bus: Bus
     await bus.js.publish(Subjects.inference_event(), b'{"v": 1}')
     call = InferenceEvent(event_id="q1", run_id="r1", model="m", backend="sim", ok=True, prompt_tokens=5)
     await bus.publish_nowait(Subjects.inference_event(), call)
+    batched = tuple(call.model_copy(update={"event_id": f"q{i}", "prompt_tokens": i}) for i in (2, 3))
+    await bus.publish_nowait(Subjects.inference_event_batch(), InferenceEventBatch(events=batched))
     await bus.publish_nowait(Subjects.step_event("r1"), step_event("r1", 50))  # after the malformed ones
     await bus.flush_publishes()
 
     assert await eventually(lambda: _has(count_step_events(bus, "r1"), n=51)) == {"n": 51, "unique_n": 51}
-    calls = await eventually(
-        lambda: query_via_recorder(bus.nc, "SELECT event_id, prompt_tokens FROM inference_calls FINAL")
-    )
-    assert calls == [{"event_id": "q1", "prompt_tokens": 5}]
+    async def all_calls() -> list[dict[str, object]] | None:
+        sql = "SELECT event_id, prompt_tokens FROM inference_calls FINAL ORDER BY event_id"
+        rows = await query_via_recorder(bus.nc, sql)
+        return rows if len(rows) == 3 else None
+
+    calls = await eventually(all_calls)
+    assert calls == [{"event_id": f"q{i}", "prompt_tokens": i if i > 1 else 5} for i in (1, 2, 3)]
 
     async def settled() -> bool:
         info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
@@ -129,7 +135,7 @@ async def test_events_are_recorded_once_and_malformed_ones_do_not_block(bus: Bus
     await eventually(settled)
     details = await health(bus)
     assert details["events_rejected"] == 2
-    assert details["events_recorded"] == 53  # the duplicate was stored and collapsed, not dropped
+    assert details["events_recorded"] == 55  # the duplicate was stored and collapsed, not dropped
 
 
 async def _has(rows: Awaitable[dict[str, int]], n: int) -> dict[str, int] | None:

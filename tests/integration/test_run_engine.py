@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -95,6 +96,10 @@ async def test_layered_run_completes_and_counts_every_step_once(bus: Bus, nats_s
     assert final.summary.steps_succeeded == 40 and final.summary.retries_count == 0
     events = await succeeded_events(bus, "run-a")
     assert sorted(events) == sorted(s.id for s in plan.steps)
+    # The worker's own events travel inside its results; the dispatcher publishes them with its own.
+    kinds = Counter((e.step_id, e.kind) for e in await read_step_events(bus.js, "run-a"))
+    for step in plan.steps:
+        assert [kinds[step.id, k] for k in ("queued", "started", "inference_done", "succeeded")] == [1, 1, 1, 1]
 
 
 async def test_dispatcher_restart_mid_run_resumes_from_its_checkpoint(bus: Bus, nats_settings: NatsSettings) -> None:

@@ -84,8 +84,9 @@ async def run_steps(bus: Bus, run_id: str, *steps: StepSpec, timeout_s: float = 
     return results
 
 
-async def step_events(bus: Bus, run_id: str) -> list[StepEvent]:
-    return await read_step_events(bus.js, run_id)
+async def step_events(bus: Bus, run_id: str, results: dict[str, StepResult]) -> list[StepEvent]:
+    """What the worker published itself (a long step's heartbeat) and what rode with its results."""
+    return [*await read_step_events(bus.js, run_id, idle_s=0.3), *(e for r in results.values() for e in r.events)]
 
 
 async def output_of(bus: Bus, run_id: str, step_id: str) -> str:
@@ -103,7 +104,7 @@ async def test_steps_with_the_python_tool_run_through_the_worker(bus: Bus, nats_
     async with worker_and_gateway(bus, settings):
         results = await run_steps(bus, "run-tools", *steps)
     assert all(r.status is StepStatus.SUCCEEDED for r in results.values()), results
-    events = await step_events(bus, "run-tools")
+    events = await step_events(bus, "run-tools", results)
     assert len({e.event_id for e in events}) == len(events)  # every event id is unique, tool calls included
     tool_calls = [e for e in events if e.kind is StepEventKind.TOOL_CALL]
     # The sim model decides by a seeded draw: deterministic, and over six steps it calls the tool.
