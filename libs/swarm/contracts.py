@@ -141,6 +141,8 @@ DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"  # one durable per partition:
 # Results are split into partitions by run id; each partition is owned by one dispatcher replica.
 RESULT_PARTITIONS = 16
 RESULT_EVENTS_MAX = 64  # step events a StepResult carries; a worker publishes any more itself
+INLINE_OUTPUT_MAX_CHARS = 16_384  # outputs up to this size also travel inline, in results and dispatches
+INLINE_INPUTS_MAX_CHARS = 256 * 1024  # inline dependency outputs per StepDispatch; the rest by key
 AGGREGATOR_CONSUMER = "aggregator"
 WORKERS_CONSUMER_PREFIX = "workers"  # one durable per pool: "workers-<pool>"
 RECORDER_CONSUMER = "recorder"
@@ -359,6 +361,11 @@ class StepDispatch(Contract):
     missing_inputs: tuple[Id, ...] = Field(
         default=(), description="Dependencies that failed (quorum policy): their outputs are missing."
     )
+    inputs: dict[Id, str] = Field(
+        default_factory=dict,
+        description="Outputs of dependencies the dispatcher still holds, inline; the worker reads the others "
+        "from the outputs bucket.",
+    )
 
 
 class StepStatus(StrEnum):
@@ -388,6 +395,11 @@ class StepResult(Contract):
     status: StepStatus = Field(description="Outcome.")
     output_key: str | None = Field(default=None, description="Key of the output in the outputs bucket.")
     output_preview: str = Field(default="", max_length=400, description="The first characters of the output.")
+    output: str | None = Field(
+        default=None,
+        max_length=INLINE_OUTPUT_MAX_CHARS,
+        description="The whole output when it is small, so dependents can get it inline (it is in the bucket too).",
+    )
     error: str | None = Field(default=None, max_length=4000, description="Why the attempt failed.")
     retryable: bool = Field(default=True, description="Whether another attempt may succeed.")
     prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens spent.")

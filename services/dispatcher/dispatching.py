@@ -16,6 +16,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import nats.errors
@@ -32,6 +33,7 @@ from swarm.contracts import (
     DISPATCHER_LEASES_BUCKET,
     DISPATCHER_PLANS_CONSUMER,
     DISPATCHER_RESULTS_CONSUMER,
+    INLINE_INPUTS_MAX_CHARS,
     RESULTS,
     RUN_INDEX_BUCKET,
     RUN_STATE_BUCKET,
@@ -58,6 +60,14 @@ from swarm.contracts import (
 from swarm.dag import PlanLimits
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeldOutput:
+    """A step's output, kept for its dependents' dispatches."""
+
+    text: str
+    dependents_left: int
 
 PLANS_CONSUMER = ConsumerSpec(
     stream=RUNS,
@@ -99,6 +109,7 @@ class Dispatcher:
         self._events: dict[str, list[StepEvent]] = {}  # per run, published together by _flush
         self._unacked: dict[str, list[Msg]] = {}  # results applied, waiting for the checkpoint that covers them
         self._checkpointed_at: dict[str, float] = {}  # (run, step, attempt) -> monotonic time
+        self._outputs: dict[str, dict[str, HeldOutput]] = {}  # run -> step -> output its dependents get inline
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ plans and cancellations
@@ -277,6 +288,7 @@ class Dispatcher:
         # Callers checkpoint first (which acks the results it covers) or nak what it could not cover.
         self._unacked.pop(run_id, None)
         self._checkpointed_at.pop(run_id, None)
+        self._outputs.pop(run_id, None)
         self.runs.pop(run_id, None)
         self.revisions.pop(run_id, None)
         self._last_progress.pop(run_id, None)
@@ -367,6 +379,9 @@ class Dispatcher:
 
     async def _emit(self, run: RunState, outcome: Outcome, result: StepResult | None = None) -> None:
         """Publish what a transition produced (without waiting; the caller flushes)."""
+        for step_id in outcome.succeeded:  # held before any dependent is dispatched
+            if result is not None and result.output is not None and run.children[step_id]:
+                self._outputs.setdefault(run.run_id, {})[step_id] = HeldOutput(result.output, len(run.children[step_id]))
         await self._dispatch(run, outcome.dispatches)
         for parent, new_steps in outcome.spawned:
             await self._event(run, parent, run.steps[parent].attempt, StepEventKind.SPAWNED,
@@ -413,6 +428,7 @@ class Dispatcher:
                 dispatched_at=now,
                 not_before=now + timedelta(seconds=dispatch.delay_s) if dispatch.delay_s else None,
                 missing_inputs=tuple(d for d in step.depends_on if run.steps[d].phase is StepPhase.FAILED),
+                inputs=self._inline_inputs(run, step.depends_on, first_attempt=dispatch.attempt == 1),
             )
             await self.bus.publish_nowait(
                 Subjects.steps(self.settings.pool), message, msg_id=f"{run.run_id}.{step.id}.{dispatch.attempt}"
@@ -421,6 +437,27 @@ class Dispatcher:
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
             await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED,
                               attributes={"depends_on": ",".join(run.depends_on[step.id])})  # fmt: skip
+
+    def _inline_inputs(self, run: RunState, depends_on: tuple[str, ...], first_attempt: bool) -> dict[str, str]:
+        """The dependencies' outputs we hold, within the message budget; an output is let go once every
+        dependent got its first dispatch (retries, and a run taken over from a checkpoint, read the bucket)."""
+        held = self._outputs.get(run.run_id)
+        if not held:
+            return {}
+        inputs: dict[str, str] = {}
+        budget = INLINE_INPUTS_MAX_CHARS
+        for dep in depends_on:
+            output = held.get(dep)
+            if output is None:
+                continue
+            if len(output.text) <= budget:
+                inputs[dep] = output.text
+                budget -= len(output.text)
+            if first_attempt:
+                output.dependents_left -= 1
+                if output.dependents_left <= 0:
+                    del held[dep]
+        return inputs
 
     def _worker_events(self, result: StepResult) -> None:
         """The events a worker sent along with its result go out with ours (duplicates share event ids)."""

@@ -23,6 +23,7 @@ from services.worker_pool.tools import ToolContext, ToolRegistry, UnknownTool
 from services.worker_pool.validation import ModelReply, structured_output, validator_for
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
+    INLINE_OUTPUT_MAX_CHARS,
     OUTPUTS_BUCKET,
     RESULT_EVENTS_MAX,
     STEPS,
@@ -173,6 +174,7 @@ class StepExecutor:
         await self.payloads.put(key, output.encode())  # one KV put, unless it is too large for a message
         return StepResult(
             status=StepStatus.SUCCEEDED, output_key=key, output_preview=output[:400],
+            output=output if len(output) <= INLINE_OUTPUT_MAX_CHARS else None,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finished_at=utc_now(), spawn=spawn,
             **fields,
         )  # fmt: skip
@@ -276,8 +278,9 @@ class StepExecutor:
             value = entry.value or b""
             return (await self.payloads.resolve(value) if is_ref(value) else value).decode()
 
-        texts = await asyncio.gather(*(fetch(d) for d in deps))
-        return dict(zip(deps, texts, strict=True))
+        by_key = [d for d in deps if d not in dispatch.inputs]  # the usual case: none, all came inline
+        fetched = dict(zip(by_key, await asyncio.gather(*(fetch(d) for d in by_key)), strict=True))
+        return {d: dispatch.inputs[d] if d in dispatch.inputs else fetched[d] for d in deps}
 
     async def _heartbeat(self, msg: Msg, dispatch: StepDispatch) -> None:
         """Tell JetStream the step is still being worked on, so it is not redelivered to another worker.

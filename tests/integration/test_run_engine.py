@@ -21,12 +21,16 @@ from services.worker_pool.settings import WorkerSettings
 from swarm.bus import Bus
 from swarm.client import SwarmClient, read_step_events
 from swarm.contracts import (
+    STEPS,
     AgentSpec,
     Plan,
     PlanSource,
     RunCompleted,
     RunPlanned,
+    StepDispatch,
+    StepResult,
     StepSpec,
+    StepStatus,
     Subjects,
     utc_now,
 )
@@ -164,3 +168,39 @@ async def test_a_step_lost_from_the_queue_is_retried(bus: Bus, nats_settings: Na
             final = await SwarmClient(bus).wait("run-lost", "t", timeout_s=30)
     assert isinstance(final, RunCompleted), final
     assert final.summary.retries_count >= 1
+
+
+async def test_small_outputs_reach_dependents_inline_and_large_ones_by_key(bus: Bus, nats_settings: NatsSettings) -> None:
+    """The dispatcher's side of inline inputs, with this test as the worker pool."""
+    plan = Plan(
+        agents=(AgentSpec(id="a", role="analyst"),),
+        steps=(
+            StepSpec(id="small", agent_id="a", instruction="x"),
+            StepSpec(id="large", agent_id="a", instruction="x"),
+            StepSpec(id="merge", agent_id="a", instruction="x", depends_on=("small", "large")),
+        ),
+    )
+    pool = await bus.js.pull_subscribe(Subjects.steps("default"), durable="test-pool", stream=STEPS.name)
+
+    async def next_dispatches(n: int) -> dict[str, StepDispatch]:
+        dispatches: dict[str, StepDispatch] = {}
+        while len(dispatches) < n:
+            for msg in await pool.fetch(n - len(dispatches), timeout=10):
+                await msg.ack()
+                dispatch = StepDispatch.model_validate_json(msg.data)
+                dispatches[dispatch.step.id] = dispatch
+        return dispatches
+
+    async with service(dispatcher_main, DispatcherSettings(nats=nats_settings)):
+        await start_run(bus, "run-inline", plan)
+        first = await next_dispatches(2)
+        assert set(first) == {"small", "large"} and not any(d.inputs for d in first.values())
+        for step_id, output in (("small", "a short answer"), ("large", None)):  # None: over the inline size
+            now = utc_now()
+            result = StepResult(
+                run_id="run-inline", step_id=step_id, attempt=1, status=StepStatus.SUCCEEDED, output=output,
+                output_key=f"run-inline.{step_id}", started_at=now, finished_at=now, worker_id="test",
+            )  # fmt: skip
+            await bus.publish(Subjects.result("run-inline"), result)
+        merge = (await next_dispatches(1))["merge"]
+    assert merge.inputs == {"small": "a short answer"}  # the worker reads "large" from the bucket

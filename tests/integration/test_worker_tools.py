@@ -64,11 +64,15 @@ async def worker_and_gateway(
         await engine.close()
 
 
-async def run_steps(bus: Bus, run_id: str, *steps: StepSpec, timeout_s: float = 60) -> dict[str, StepResult]:
-    """Queue the steps, wait for one result of each."""
+async def run_steps(
+    bus: Bus, run_id: str, *steps: StepSpec, timeout_s: float = 60, inputs: dict[str, str] | None = None
+) -> dict[str, StepResult]:
+    """Queue the steps (with `inputs` inline), wait for one result of each."""
     psub = await bus.js.pull_subscribe(Subjects.result(run_id), durable=f"test-{run_id}", stream=RESULTS.name)
     for step in steps:
-        dispatch = StepDispatch(run_id=run_id, tenant="t", goal="check the numbers", agent=AGENT, step=step, attempt=1)
+        dispatch = StepDispatch(
+            run_id=run_id, tenant="t", goal="check the numbers", agent=AGENT, step=step, attempt=1, inputs=inputs or {}
+        )
         await bus.publish(Subjects.steps("default"), dispatch)
     results: dict[str, StepResult] = {}
     async with asyncio.timeout(timeout_s):
@@ -116,6 +120,22 @@ async def test_steps_with_the_python_tool_run_through_the_worker(bus: Bus, nats_
     assert len(inference_done) >= len(steps) + len(tool_calls)
     for step in steps:
         assert (await output_of(bus, "run-tools", step.id)).strip()
+
+
+async def test_inputs_come_inline_from_the_dispatch_or_else_from_the_outputs_bucket(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    await (await bus.kv(OUTPUTS_BUCKET)).put("run-inputs.stored", b"from the bucket")
+    steps = (
+        StepSpec(id="both", agent_id="a1", instruction="merge", depends_on=("inline", "stored")),
+        StepSpec(id="nowhere", agent_id="a1", instruction="merge", depends_on=("inline", "absent")),
+    )
+    async with worker_and_gateway(bus, WorkerSettings(nats=nats_settings)):
+        results = await run_steps(bus, "run-inputs", *steps, inputs={"inline": "held by the dispatcher"})
+    assert results["both"].status is StepStatus.SUCCEEDED, results["both"].error
+    assert results["both"].output == await output_of(bus, "run-inputs", "both")  # small: inline and stored
+    assert results["nowhere"].status is StepStatus.FAILED
+    assert results["nowhere"].error == "output of dependency absent not found"
 
 
 async def test_an_unknown_tool_fails_the_step_for_good(bus: Bus, nats_settings: NatsSettings) -> None:
