@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
@@ -165,15 +166,57 @@ class Puller:
             await msg.nak()
 
 
+class PublishAcks:
+    """JetStream publish acks, all on one wildcard inbox subscription.
+
+    nats-py's `publish_async` starts a task and a timer per message (its pending-window semaphore sits
+    behind `asyncio.wait_for`), and `publish` a request with its own inbox: on the hot path that was a
+    third of a dispatcher's CPU, and each publish became its own socket write. Here a publish is one
+    buffered write and one future; the acks resolve them by the token at the end of the reply subject.
+    """
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self._tokens = itertools.count()
+        self._subscribed = False
+
+    async def expect(self) -> tuple[str, str, asyncio.Future[None]]:
+        """A reply subject for one publish, its token, and the future its ack resolves."""
+        if not self._subscribed:  # on first use: a Bus may wrap a connection made elsewhere
+            self._subscribed = True
+            await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_ack, pending_msgs_limit=1_000_000)
+        token = str(next(self._tokens))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting[token] = future
+        return f"{self.prefix}.{token}", token, future
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self.waiting.pop(msg.subject[len(self.prefix) + 1 :], None)
+        if future is None or future.done():
+            return
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(NoStreamResponseError())  # no stream listens on the subject
+        elif b'"error"' in msg.data:
+            try:
+                APIError.from_error(json.loads(msg.data)["error"])
+            except APIError as exc:
+                future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+
 class Bus:
     """One NATS connection with JetStream, and the helpers every service uses."""
 
     def __init__(self, nc: NatsClient, settings: NatsSettings) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s, publish_async_max_pending=4000)
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
+        self.acks = PublishAcks(nc)
         self._kv: dict[str, KeyValue] = {}
-        self._pending: list[tuple[float, asyncio.Future[Any]]] = []  # (ack deadline, future) of publish_nowait
+        self._pending: list[tuple[float, str, asyncio.Future[None]]] = []  # (deadline, token, ack) of publish_nowait
         self._prune_at = 256
         self.lost_acks = 0
         self._reconnected = asyncio.Event()
@@ -324,35 +367,59 @@ class Bus:
 
     async def publish(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
         """Publish to JetStream and wait for the stream's ack (at-least-once)."""
+        reply, token, ack = await self.acks.expect()
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.js.publish(subject, message.model_dump_json().encode(), headers=headers)
+        await self.nc.publish(subject, message.model_dump_json().encode(), reply=reply, headers=headers)
+        try:
+            await asyncio.wait_for(ack, self.settings.request_timeout_s)
+        except TimeoutError:
+            self.acks.waiting.pop(token, None)
+            raise PublishNotAcknowledged(f"no ack from the stream of {subject}") from None
+
+    async def publish_together(self, *messages: tuple[str, bytes]) -> None:
+        """Publish (subject, payload) messages to JetStream at once and wait until every one is acknowledged."""
+        acks = []
+        for subject, payload in messages:
+            reply, token, ack = await self.acks.expect()
+            await self.nc.publish(subject, payload, reply=reply)
+            acks.append((token, ack))
+        try:
+            await asyncio.wait_for(asyncio.gather(*(ack for _, ack in acks)), self.settings.request_timeout_s)
+        except TimeoutError:
+            for token, _ in acks:
+                self.acks.waiting.pop(token, None)
+            raise PublishNotAcknowledged(f"{len(acks)} publishes not acknowledged in time") from None
 
     async def publish_nowait(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
         """Publish to JetStream without waiting for this ack; `flush_publishes` waits for all of them."""
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        future = await self.js.publish_async(
-            subject, message.model_dump_json().encode(), headers=headers, wait_stall=self.settings.request_timeout_s
+        await self.publish_bytes_nowait(
+            subject, message.model_dump_json().encode(), {"Nats-Msg-Id": msg_id} if msg_id else None
         )
-        self._pending.append((asyncio.get_running_loop().time() + self.settings.request_timeout_s, future))
+
+    async def publish_bytes_nowait(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        """`publish_nowait` of a payload already encoded."""
+        reply, token, ack = await self.acks.expect()
+        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+        self._pending.append((asyncio.get_running_loop().time() + self.settings.request_timeout_s, token, ack))
         if len(self._pending) >= self._prune_at:
             self._prune_pending()
 
     def _prune_pending(self) -> None:
-        """Forget acknowledged publishes; give up on acks lost to a reconnect (nats-py never times them out).
-
-        Cancelling a lost ack's future frees its slot in nats-py's pending window, which would
-        otherwise fill up after a NATS restart and stall every later publish.
-        """
+        """Forget acknowledged publishes (failed ones stay, for `flush_publishes` to raise); give up on
+        acks lost to a reconnect, which would otherwise be waited for forever."""
         now = asyncio.get_running_loop().time()
         kept = []
-        for deadline, future in self._pending:
+        for deadline, token, future in self._pending:
             if future.done():
+                if not future.cancelled() and future.exception() is not None:
+                    kept.append((deadline, token, future))
                 continue
             if deadline < now:
                 future.cancel()
+                self.acks.waiting.pop(token, None)
                 self.lost_acks += 1
                 continue
-            kept.append((deadline, future))
+            kept.append((deadline, token, future))
         self._pending = kept
         self._prune_at = max(256, 2 * len(kept))
 
@@ -360,12 +427,15 @@ class Bus:
         """Wait until every `publish_nowait` so far is acknowledged by its stream; raise if one is not."""
         pending, self._pending = self._pending, []
         self._prune_at = 256
-        futures = [f for _, f in pending if not f.done() or (not f.cancelled() and f.exception() is not None)]
-        if not futures:
+        waiting = [(t, f) for _, t, f in pending if not f.done() or (not f.cancelled() and f.exception() is not None)]
+        if not waiting:
             return
+        futures = [f for _, f in waiting]
         done, not_done = await asyncio.wait(futures, timeout=timeout_s or self.settings.request_timeout_s)
-        for future in not_done:
-            future.cancel()
+        for token, future in waiting:
+            if future in not_done:
+                future.cancel()
+                self.acks.waiting.pop(token, None)
         failed = [f for f in done if not f.cancelled() and f.exception() is not None]
         if not_done or failed:
             raise PublishNotAcknowledged(f"{len(not_done) + len(failed)} of {len(futures)} publishes not acknowledged")

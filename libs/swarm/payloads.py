@@ -59,10 +59,18 @@ class Payloads:
         self.store = store
         self._objects: ObjectStore | None = None
 
+    def fits_inline(self, data: bytes) -> bool:
+        """Whether `data` is stored in the bucket itself (else in the object store, by reference)."""
+        return len(data) <= self.inline_limit and not is_ref(data)
+
+    def kv_subject(self, key: str) -> str:
+        """The subject a value under `key` is published to (a KV put is a publish to it)."""
+        return f"$KV.{self.bucket.name}.{key}"
+
     async def put(self, key: str, data: bytes) -> bool:
         """Store `data` under `key`; returns whether it went by reference. Small values cost one KV put."""
         kv = await self.bus.kv(self.bucket)
-        if len(data) <= self.inline_limit and not is_ref(data):
+        if self.fits_inline(data):
             await kv.put(key, data)
             return False
         objects = await self._object_store()

@@ -19,7 +19,9 @@ async def main(stop: asyncio.Event, settings: WorkerSettings | None = None) -> N
     await executor.watch_ended_runs()
     steps = await bus.pull_subscription(steps_consumer(settings))
     await bus.serve_health("worker", lambda: {"steps_done": executor.steps_done})
+    heartbeats = asyncio.create_task(executor.heartbeats())
     await consume(steps, executor.on_step, stop, batch=settings.concurrency, concurrency=settings.concurrency)
+    heartbeats.cancel()
     await bus.close()
 
 

@@ -115,6 +115,7 @@ class StepExecutor:
         self._ended_runs: dict[str, None] = {}  # insertion-ordered set, bounded: checked on every step
         self.steps_done = 0
         self._events: dict[tuple[str, str, int], list[StepEvent]] = {}  # per attempt, until flushed
+        self._running: dict[tuple[str, str, int], tuple[float, Msg, StepDispatch]] = {}  # since, delivery, step
 
     async def watch_ended_runs(self) -> None:
         """Skip the queued steps of runs that were cancelled or failed meanwhile."""
@@ -139,21 +140,25 @@ class StepExecutor:
                 raise Retry("backoff", delay_s=wait_s)
         started_at = utc_now()
         await self._event(dispatch, StepEventKind.STARTED, at=started_at)
-        heartbeat = asyncio.create_task(self._heartbeat(msg, dispatch))
+        key = self._attempt_key(dispatch)
+        self._running[key] = (asyncio.get_running_loop().time(), msg, dispatch)
         try:
-            result = await self._attempt(dispatch, started_at)
+            result, unstored = await self._attempt(dispatch, started_at)
         finally:
-            heartbeat.cancel()
-        events = self._events.get(self._attempt_key(dispatch), [])
+            self._running.pop(key, None)
+        events = self._events.get(key, [])
         if len(events) <= RESULT_EVENTS_MAX:  # the usual case: they ride with the result
             result = result.model_copy(update={"events": tuple(events)})
-            self._events.pop(self._attempt_key(dispatch), None)
+            self._events.pop(key, None)
         else:
             await self._flush_events(dispatch)
-        await self.bus.publish(Subjects.result(dispatch.run_id), result)
+        messages = [(self.payloads.kv_subject(result.output_key or ""), unstored)] if unstored is not None else []
+        messages.append((Subjects.result(dispatch.run_id), result.model_dump_json().encode()))
+        await self.bus.publish_together(*messages)  # the output and the result, acked before the step is
         self.steps_done += 1
 
-    async def _attempt(self, dispatch: StepDispatch, started_at: datetime) -> StepResult:
+    async def _attempt(self, dispatch: StepDispatch, started_at: datetime) -> tuple[StepResult, bytes | None]:
+        """The attempt's result, and its output when it is small enough to be published with the result."""
         step = dispatch.step
         fields = {
             "run_id": dispatch.run_id, "step_id": step.id, "attempt": dispatch.attempt,
@@ -164,20 +169,23 @@ class StepExecutor:
                 output, prompt_tokens, completion_tokens, spawn = await self._run(dispatch)
         except TimeoutError:
             error = f"step timed out after {step.timeout_s:.0f}s"
-            return StepResult(status=StepStatus.FAILED, error=error, finished_at=utc_now(), **fields)
+            return StepResult(status=StepStatus.FAILED, error=error, finished_at=utc_now(), **fields), None
         except (InferenceError, StepFailed) as exc:
             retryable = not isinstance(exc, StepFailed) or exc.retryable
             return StepResult(
                 status=StepStatus.FAILED, error=str(exc)[:4000], retryable=retryable, finished_at=utc_now(), **fields
-            )
+            ), None
         key = output_key(dispatch.run_id, step.id)
-        await self.payloads.put(key, output.encode())  # one KV put, unless it is too large for a message
+        data: bytes | None = output.encode()
+        if not self.payloads.fits_inline(data):
+            await self.payloads.put(key, data)  # by reference, through the object store
+            data = None
         return StepResult(
             status=StepStatus.SUCCEEDED, output_key=key, output_preview=output[:400],
             output=output if len(output) <= INLINE_OUTPUT_MAX_CHARS else None,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finished_at=utc_now(), spawn=spawn,
             **fields,
-        )  # fmt: skip
+        ), data  # fmt: skip
 
     async def _run(self, dispatch: StepDispatch) -> tuple[str, int, int, SpawnRequest | None]:
         if dispatch.step.tools or dispatch.step.output_schema is not None:
@@ -282,16 +290,20 @@ class StepExecutor:
         fetched = dict(zip(by_key, await asyncio.gather(*(fetch(d) for d in by_key)), strict=True))
         return {d: dispatch.inputs[d] if d in dispatch.inputs else fetched[d] for d in deps}
 
-    async def _heartbeat(self, msg: Msg, dispatch: StepDispatch) -> None:
-        """Tell JetStream the step is still being worked on, so it is not redelivered to another worker.
+    async def heartbeats(self) -> None:
+        """Tell JetStream the steps running longer than a heartbeat are still worked on, so they are not
+        redelivered to another worker; their events so far are published, so watchers see them started.
 
-        A long step also publishes its events so far, so watchers see it started.
+        One loop for all steps: a task per step cost more than the steps themselves at zero latency.
         """
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
-                await self._flush_events(dispatch)
+            due = asyncio.get_running_loop().time() - self.settings.heartbeat_s
+            for started, msg, dispatch in list(self._running.values()):
+                if started <= due:
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.in_progress()
+                        await self._flush_events(dispatch)
 
     async def _flush_events(self, dispatch: StepDispatch) -> None:
         """Publish the attempt's buffered events as one StepEventBatch (one message per step, not per event)."""

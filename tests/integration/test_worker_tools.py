@@ -27,6 +27,8 @@ from swarm.client import read_step_events
 from swarm.contracts import (
     OUTPUTS_BUCKET,
     RESULTS,
+    STEPS,
+    WORKERS_CONSUMER_PREFIX,
     AgentSpec,
     InferenceRequest,
     StepDispatch,
@@ -49,7 +51,7 @@ AGENT = AgentSpec(id="a1", role="analyst")
 async def worker_and_gateway(
     bus: Bus, settings: WorkerSettings, **gateway: Any
 ) -> AsyncIterator[None]:
-    gateway_settings = GatewaySettings(backend="sim", sim_latency_scale=0.0, **gateway)
+    gateway_settings = GatewaySettings(backend="sim", **{"sim_latency_scale": 0.0, **gateway})
     engine = create_engine(gateway_settings)
     server = GatewayServer(bus, engine, gateway_settings)
     await server.start()
@@ -213,3 +215,17 @@ async def test_the_scratchpad_is_shared_within_a_run(bus: Bus) -> None:
     assert isinstance(log, dict) and sorted(log["value"].replace(">", ">\n").split()) == sorted(f"<{i}>" for i in range(10))
     assert await pad.call({"op": "keys"}, ctx("run-s", "s1")) == {"keys": ["log", "plan"]}
     assert await pad.call({"op": "keys"}, ctx("run-empty", "s1")) == {"keys": []}
+
+
+async def test_a_step_longer_than_ack_wait_is_kept_by_heartbeats_and_shows_it_started(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    settings = WorkerSettings(nats=nats_settings, ack_wait_s=1.0, heartbeat_s=0.25)
+    slow = StepSpec(id="slow", agent_id="a1", instruction="think", sim_latency_ms=3000)
+    async with worker_and_gateway(bus, settings, sim_latency_scale=1.0):
+        results = await run_steps(bus, "run-slow", slow)
+        consumer = await bus.js.consumer_info(STEPS.name, f"{WORKERS_CONSUMER_PREFIX}-default")
+    assert results["slow"].status is StepStatus.SUCCEEDED
+    assert consumer.delivered.consumer_seq == 1  # three ack_waits long, and delivered once
+    published = await read_step_events(bus.js, "run-slow", idle_s=0.3)
+    assert [e.kind for e in published][:1] == [StepEventKind.STARTED]  # before the result, by the heartbeat
