@@ -166,45 +166,61 @@ class Puller:
             await msg.nak()
 
 
-class PublishAcks:
-    """JetStream publish acks, all on one wildcard inbox subscription.
+class ReplyInbox:
+    """Replies to many messages on one wildcard inbox subscription, matched by the token ending the subject.
 
-    nats-py's `publish_async` starts a task and a timer per message (its pending-window semaphore sits
-    behind `asyncio.wait_for`), and `publish` a request with its own inbox: on the hot path that was a
-    third of a dispatcher's CPU, and each publish became its own socket write. Here a publish is one
-    buffered write and one future; the acks resolve them by the token at the end of the reply subject.
+    nats-py's `request` makes an inbox token, a future and a timer per call, and `publish_async` a task
+    and a timer per message (its pending-window semaphore sits behind `asyncio.wait_for`): on the hot
+    path that was a third of a dispatcher's CPU, and each publish became its own socket write. Here a
+    request is one buffered write and one future, resolved by `resolve(msg, future)`.
     """
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, resolve: Callable[[Msg, asyncio.Future[Any]], None]) -> None:
         self.nc = nc
         self.prefix = nc.new_inbox()
-        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.waiting: dict[str, asyncio.Future[Any]] = {}
+        self._resolve = resolve
         self._tokens = itertools.count()
         self._subscribed = False
 
-    async def expect(self) -> tuple[str, str, asyncio.Future[None]]:
-        """A reply subject for one publish, its token, and the future its ack resolves."""
+    async def expect(self) -> tuple[str, str, asyncio.Future[Any]]:
+        """A reply subject for one message, its token (to `forget` it), and the future its reply resolves."""
         if not self._subscribed:  # on first use: a Bus may wrap a connection made elsewhere
             self._subscribed = True
-            await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_ack, pending_msgs_limit=1_000_000)
+            await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000)
         token = str(next(self._tokens))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting[token] = future
         return f"{self.prefix}.{token}", token, future
 
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self.waiting.pop(msg.subject[len(self.prefix) + 1 :], None)
-        if future is None or future.done():
-            return
-        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(NoStreamResponseError())  # no stream listens on the subject
-        elif b'"error"' in msg.data:
-            try:
-                APIError.from_error(json.loads(msg.data)["error"])
-            except APIError as exc:
+    def forget(self, token: str) -> None:
+        """Stop waiting for a reply (timed out); a late one is dropped."""
+        self.waiting.pop(token, None)
+
+    def fail_all(self, exc: Exception) -> None:
+        """Fail every waiting future (the connection was re-established: those replies are not coming)."""
+        waiting, self.waiting = self.waiting, {}
+        for future in waiting.values():
+            if not future.done():
                 future.set_exception(exc)
-        else:
-            future.set_result(None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self.waiting.pop(msg.subject[len(self.prefix) + 1 :], None)
+        if future is not None and not future.done():
+            self._resolve(msg, future)
+
+
+def resolve_publish_ack(msg: Msg, future: asyncio.Future[None]) -> None:
+    """A JetStream PubAck: the future succeeds, or fails with the stream's error."""
+    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        future.set_exception(NoStreamResponseError())  # no stream listens on the subject
+    elif b'"error"' in msg.data:
+        try:
+            APIError.from_error(json.loads(msg.data)["error"])
+        except APIError as exc:
+            future.set_exception(exc)
+    else:
+        future.set_result(None)
 
 
 class Bus:
@@ -214,7 +230,7 @@ class Bus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
-        self.acks = PublishAcks(nc)
+        self.acks = ReplyInbox(nc, resolve_publish_ack)
         self._kv: dict[str, KeyValue] = {}
         self._pending: list[tuple[float, str, asyncio.Future[None]]] = []  # (deadline, token, ack) of publish_nowait
         self._prune_at = 256
@@ -373,7 +389,7 @@ class Bus:
         try:
             await asyncio.wait_for(ack, self.settings.request_timeout_s)
         except TimeoutError:
-            self.acks.waiting.pop(token, None)
+            self.acks.forget(token)
             raise PublishNotAcknowledged(f"no ack from the stream of {subject}") from None
 
     async def publish_together(self, *messages: tuple[str, bytes]) -> None:
@@ -387,7 +403,7 @@ class Bus:
             await asyncio.wait_for(asyncio.gather(*(ack for _, ack in acks)), self.settings.request_timeout_s)
         except TimeoutError:
             for token, _ in acks:
-                self.acks.waiting.pop(token, None)
+                self.acks.forget(token)
             raise PublishNotAcknowledged(f"{len(acks)} publishes not acknowledged in time") from None
 
     async def publish_nowait(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
@@ -416,7 +432,7 @@ class Bus:
                 continue
             if deadline < now:
                 future.cancel()
-                self.acks.waiting.pop(token, None)
+                self.acks.forget(token)
                 self.lost_acks += 1
                 continue
             kept.append((deadline, token, future))
@@ -435,7 +451,7 @@ class Bus:
         for token, future in waiting:
             if future in not_done:
                 future.cancel()
-                self.acks.waiting.pop(token, None)
+                self.acks.forget(token)
         failed = [f for f in done if not f.cancelled() and f.exception() is not None]
         if not_done or failed:
             raise PublishNotAcknowledged(f"{len(not_done) + len(failed)} of {len(futures)} publishes not acknowledged")

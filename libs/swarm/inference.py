@@ -16,6 +16,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from swarm.bus import ReplyInbox
 from swarm.contracts import ChatMessage, InferenceChunk, InferenceRequest, InferenceResponse, Subjects
 
 OVERLOADED = "overloaded"
@@ -54,6 +55,10 @@ def retry_after_s(msg: Msg, default_s: float) -> float:
     return hint * (0.5 + random.random())
 
 
+def _resolve_with_msg(msg: Msg, future: asyncio.Future[Msg]) -> None:
+    future.set_result(msg)
+
+
 class InferenceClient:
     """Calls the gateway; backs off and retries while it is overloaded or absent, until the deadline.
 
@@ -63,9 +68,17 @@ class InferenceClient:
 
     def __init__(self, nc: NatsClient, reconnected: Callable[[], Awaitable[None]] | None = None) -> None:
         self.nc = nc
-        # Returns when the connection is next re-established (Bus.wait_reconnected): a request in
-        # flight across a NATS restart is sent again instead of waiting out its whole timeout.
+        self.replies = ReplyInbox(nc, _resolve_with_msg)
+        # Returns when the connection is next re-established (Bus.wait_reconnected): requests in
+        # flight across a NATS restart are sent again instead of waiting out their whole timeout.
         self.reconnected = reconnected
+        self._reconnect_watch: asyncio.Task[None] | None = None
+
+    async def _fail_waiting_on_reconnect(self) -> None:
+        assert self.reconnected is not None
+        while True:
+            await self.reconnected()
+            self.replies.fail_all(Reconnected())
 
     def _payload(self, request: InferenceRequest, remaining_s: float, stream: bool) -> bytes:
         update: dict[str, object] = {}
@@ -77,18 +90,18 @@ class InferenceClient:
 
     async def _request(self, payload: bytes, timeout_s: float) -> Msg:
         """A core request; raises Reconnected when the connection was re-established meanwhile."""
-        if self.reconnected is None:
-            return await self.nc.request(Subjects.INFER, payload, timeout=timeout_s)
-        request = asyncio.ensure_future(self.nc.request(Subjects.INFER, payload, timeout=timeout_s))
-        reconnect = asyncio.ensure_future(self.reconnected())
+        if self.reconnected is not None and self._reconnect_watch is None:
+            self._reconnect_watch = asyncio.create_task(self._fail_waiting_on_reconnect())
+        reply, token, future = await self.replies.expect()
+        await self.nc.publish(Subjects.INFER, payload, reply=reply)
         try:
-            await asyncio.wait({request, reconnect}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reconnect.cancel()
-        if request.done():
-            return request.result()
-        request.cancel()
-        raise Reconnected
+            msg: Msg = await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            self.replies.forget(token)
+            raise nats.errors.TimeoutError from None
+        if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
+            raise nats.errors.NoRespondersError
+        return msg
 
     async def complete(self, request: InferenceRequest, timeout_s: float = 120.0) -> InferenceResponse:
         """One completion. A reply with ok=False (bad input, engine error) is returned, not raised."""
