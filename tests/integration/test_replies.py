@@ -40,9 +40,11 @@ async def test_an_inference_request_in_flight_is_sent_again_after_a_reconnect(tm
     server = NatsServer(store_dir=tmp_path / "nats", log_file=tmp_path / "nats.log").start()
     bus = await Bus.connect(NatsSettings(url=server.url), "test")
     received: list[str] = []
+    first_request = asyncio.Event()
 
     async def gateway(msg: Msg) -> None:  # silent on the first request: its reply is lost with the server
         received.append(InferenceRequest.model_validate_json(msg.data).request_id)
+        first_request.set()
         if len(received) > 1:
             await msg.respond(InferenceResponse(request_id=received[-1], ok=True, content="again").model_dump_json().encode())
 
@@ -51,8 +53,7 @@ async def test_an_inference_request_in_flight_is_sent_again_after_a_reconnect(tm
     request = InferenceRequest(request_id="q1", messages=chat("s", "u"))
     try:
         call = asyncio.create_task(client.complete(request, timeout_s=60))
-        while not received:
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(first_request.wait(), 10)
         server.stop()
         server.start()
         response = await asyncio.wait_for(call, 30)  # well before the 60 s the lost reply would cost
