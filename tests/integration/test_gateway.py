@@ -9,7 +9,9 @@ from typing import Any
 
 import jsonschema
 import nats
+import nats.errors
 import pytest
+from nats.aio.msg import Msg
 
 from services.gateway.__main__ import main as gateway_main
 from services.gateway.engine import create_engine
@@ -72,15 +74,25 @@ async def test_json_schema_completion_validates(bus: Bus, start_gateway: StartGa
     jsonschema.validate(json.loads(response.content), schema)
 
 
+async def raw_request(bus: Bus, payload: bytes) -> Msg:
+    """A request outside InferenceClient, retried like it while the gateway's queue group is not visible yet."""
+    for _ in range(50):
+        try:
+            return await bus.nc.request(Subjects.INFER, payload, timeout=5)
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("no gateway answered for 5 s")
+
+
 async def test_bad_requests_get_error_replies_and_the_gateway_keeps_serving(
     bus: Bus, start_gateway: StartGateway
 ) -> None:
     await start_gateway()
-    reply = await bus.nc.request(Subjects.INFER, b"{not json", timeout=5)
+    reply = await raw_request(bus, b"{not json")
     garbage = InferenceResponse.model_validate_json(reply.data)
     assert not garbage.ok and garbage.error is not None and garbage.error.startswith("invalid request")
 
-    reply = await bus.nc.request(Subjects.INFER, b'{"request_id": "bad-1", "messages": []}', timeout=5)
+    reply = await raw_request(bus, b'{"request_id": "bad-1", "messages": []}')
     invalid = InferenceResponse.model_validate_json(reply.data)
     assert not invalid.ok and invalid.request_id == "bad-1" and "messages" in (invalid.error or "")
 
