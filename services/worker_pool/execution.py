@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 
 ENDED_RUNS_KEPT = 10_000
+MIN_INPUT_CHARS = 200  # the least of each dependency's output a prompt shows
 
 
 def steps_consumer(settings: WorkerSettings) -> ConsumerSpec:
@@ -93,9 +94,19 @@ def build_prompt(dispatch: StepDispatch, inputs: dict[str, str], context_chars: 
     system = agent.instructions or f"You are a {agent.role}. Answer concisely and factually."
     parts = [f"Overall goal: {dispatch.goal}"]
     if inputs:
-        share = max(200, context_chars // len(inputs))
+        # An equal share of the budget each, but never a useless sliver: a wide fan-in keeps the
+        # first inputs whole enough to read and says how many it left out.
+        share = max(MIN_INPUT_CHARS, context_chars // len(inputs))
         parts.append("Inputs from earlier steps:")
-        parts.extend(f"[{step_id}] {text[:share]}" for step_id, text in inputs.items())
+        used = shown = 0
+        for step_id, text in inputs.items():
+            piece = text[:share]
+            if shown and used + len(piece) > context_chars:
+                break
+            parts.append(f"[{step_id}] {piece}")
+            used, shown = used + len(piece), shown + 1
+        if shown < len(inputs):
+            parts.append(f"({len(inputs) - shown} more inputs left out: the prompt's budget for inputs is spent)")
     if dispatch.missing_inputs:
         parts.append(f"(Inputs missing because those steps failed: {', '.join(dispatch.missing_inputs)})")
     parts.append(f"Your task: {step.instruction}")
