@@ -223,6 +223,26 @@ def resolve_publish_ack(msg: Msg, future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def identity_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats.connect options for who we are: user and password or credentials, TLS, our inbox prefix."""
+    options: dict[str, Any] = {}
+    if settings.user:
+        options["user"] = settings.user
+        options["password"] = settings.password.get_secret_value() if settings.password else None
+    if settings.creds_file:
+        options["user_credentials"] = str(settings.creds_file)
+    if settings.inbox_prefix:
+        options["inbox_prefix"] = settings.inbox_prefix
+    if settings.tls_ca_file or settings.tls_cert_file:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+        if settings.tls_cert_file:
+            context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
+        options["tls"] = context
+    return options
+
+
 class Bus:
     """One NATS connection with JetStream, and the helpers every service uses."""
 
@@ -255,30 +275,11 @@ class Bus:
                 bus._reconnected.set()
                 bus._reconnected = asyncio.Event()
 
-        options: dict[str, Any] = {
-            "servers": settings.url.split(","),
-            "name": name,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
-            "error_cb": on_error,
-            "disconnected_cb": on_disconnect,
-            "reconnected_cb": on_reconnect,
-        }
-        if settings.user:
-            options["user"] = settings.user
-            options["password"] = settings.password.get_secret_value() if settings.password else None
-        if settings.creds_file:
-            options["user_credentials"] = str(settings.creds_file)
-        if settings.inbox_prefix:
-            options["inbox_prefix"] = settings.inbox_prefix
-        if settings.tls_ca_file or settings.tls_cert_file:
-            import ssl
-
-            context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
-            if settings.tls_cert_file:
-                context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
-            options["tls"] = context
-        nc = await nats.connect(**options)
+        nc = await nats.connect(
+            servers=settings.url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+            **identity_options(settings),
+        )  # fmt: skip
         bus = cls(nc, settings)
         return bus
 
@@ -383,28 +384,18 @@ class Bus:
 
     async def publish(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
         """Publish to JetStream and wait for the stream's ack (at-least-once)."""
+        await self.publish_bytes(subject, message.model_dump_json().encode(), {"Nats-Msg-Id": msg_id} if msg_id else None)
+
+    async def publish_bytes(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        """`publish` of a payload already encoded (a KV value: subject `$KV.<bucket>.<key>`)."""
         reply, token, ack = await self.acks.expect()
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.nc.publish(subject, message.model_dump_json().encode(), reply=reply, headers=headers)
+        await self.nc.publish(subject, payload, reply=reply, headers=headers)
         try:
-            await asyncio.wait_for(ack, self.settings.request_timeout_s)
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                await ack
         except TimeoutError:
             self.acks.forget(token)
             raise PublishNotAcknowledged(f"no ack from the stream of {subject}") from None
-
-    async def publish_together(self, *messages: tuple[str, bytes]) -> None:
-        """Publish (subject, payload) messages to JetStream at once and wait until every one is acknowledged."""
-        acks = []
-        for subject, payload in messages:
-            reply, token, ack = await self.acks.expect()
-            await self.nc.publish(subject, payload, reply=reply)
-            acks.append((token, ack))
-        try:
-            await asyncio.wait_for(asyncio.gather(*(ack for _, ack in acks)), self.settings.request_timeout_s)
-        except TimeoutError:
-            for token, _ in acks:
-                self.acks.forget(token)
-            raise PublishNotAcknowledged(f"{len(acks)} publishes not acknowledged in time") from None
 
     async def publish_nowait(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
         """Publish to JetStream without waiting for this ack; `flush_publishes` waits for all of them."""

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import nats
 import nats.errors
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import TypeAdapter
 
-from swarm.bus import Bus
+from swarm.bus import Bus, identity_options
 from swarm.contracts import (
     DEFAULT_TENANT,
     RUN_INDEX_BUCKET,
+    RUNS,
     TERMINAL_RUN_EVENTS,
     Plan,
     PlanPattern,
@@ -33,6 +36,7 @@ from swarm.contracts import (
 from swarm.settings import NatsSettings
 
 RUN_EVENT = TypeAdapter(RunEvent)
+WATCH_HEARTBEAT_S = 2.0  # a run watcher missing three heartbeats re-creates its consumer
 
 
 class StackNotRunning(RuntimeError):
@@ -86,9 +90,8 @@ class SwarmClient:
             # first connection quickly: nats-py would otherwise retry an unreachable server forever.
             nc = await asyncio.wait_for(
                 nats.connect(
-                    servers=settings.url.split(","), connect_timeout=2, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5, error_cb=quiet, user=settings.user,
-                    password=settings.password.get_secret_value() if settings.password else None,
+                    servers=settings.url.split(","), name="swarm-client", connect_timeout=2,
+                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet, **identity_options(settings),
                 ),
                 timeout=connect_timeout_s,
             )  # fmt: skip
@@ -137,19 +140,55 @@ class SwarmClient:
         return task.run_id
 
     async def events(self, run_id: str, tenant: str = DEFAULT_TENANT) -> AsyncIterator[RunEvent]:
-        """Every lifecycle event of the run from its start, until a terminal one."""
-        sub = await self.bus.js.subscribe(
-            Subjects.run_all(tenant, run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
+        """Every lifecycle event of the run from its start, until a terminal one.
+
+        Read through a named push consumer filtered to the run: the one kind a tenant's NATS user may
+        create (`swarm.security`), unlike nats-py's ordered consumer. Like that one it is re-created
+        after the last event seen when its heartbeats stop (a NATS restart drops it).
+        """
+        last_seq = 0
+        sub = await self._watch(tenant, run_id, after_seq=last_seq)
         try:
             while True:
-                msg = await sub.next_msg(timeout=None)
+                try:
+                    msg = await sub.next_msg(timeout=WATCH_HEARTBEAT_S * 3)
+                except nats.errors.TimeoutError:
+                    with contextlib.suppress(nats.errors.Error, TimeoutError):  # NATS away: try again later
+                        replaced, sub = sub, await self._watch(tenant, run_id, after_seq=last_seq)
+                        await replaced.unsubscribe()  # the old consumer, if alive, loses interest and expires
+                    continue
+                if not msg.data:  # an idle heartbeat, or a flow-control request to answer
+                    if msg.reply:
+                        await msg.respond(b"")
+                    continue
+                if msg.metadata.sequence.stream <= last_seq:
+                    continue  # delivered again by a re-created consumer
+                last_seq = msg.metadata.sequence.stream
                 event = RUN_EVENT.validate_json(msg.data)
                 yield event
                 if event.kind in TERMINAL_RUN_EVENTS:
                     return
         finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _watch(self, tenant: str, run_id: str, after_seq: int) -> Subscription:
+        """A new inbox subscription, and a consumer delivering the run's events after `after_seq` to it."""
+        nc = self.bus.nc
+        sub = await nc.subscribe(nc.new_inbox())
+        config = ConsumerConfig(
+            name=f"watch-{secrets.token_hex(8)}", filter_subject=Subjects.run_all(tenant, run_id),
+            deliver_subject=sub.subject, ack_policy=AckPolicy.NONE, flow_control=True,
+            idle_heartbeat=WATCH_HEARTBEAT_S, mem_storage=True, num_replicas=1, inactive_threshold=30.0,
+            **({"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after_seq + 1} if after_seq
+               else {"deliver_policy": DeliverPolicy.ALL}),
+        )  # fmt: skip
+        try:
+            await nc.jsm().add_consumer(RUNS.name, config)
+        except BaseException:
             await sub.unsubscribe()
+            raise
+        return sub
 
     async def wait(self, run_id: str, tenant: str = DEFAULT_TENANT, timeout_s: float | None = None) -> RunEvent:
         """The run's terminal event (completed, failed, cancelled or rejected)."""

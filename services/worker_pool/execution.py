@@ -163,9 +163,11 @@ class StepExecutor:
             self._events.pop(key, None)
         else:
             await self._flush_events(dispatch)
-        messages = [(self.payloads.kv_subject(result.output_key or ""), unstored)] if unstored is not None else []
-        messages.append((Subjects.result(dispatch.run_id), result.model_dump_json().encode()))
-        await self.bus.publish_together(*messages)  # the output and the result, acked before the step is
+        if unstored is not None:
+            # Stored before the result is sent: whoever the result wakes (a dependent's retry, the
+            # aggregator reading the sinks) finds it. Two streams do not keep each other's order.
+            await self.bus.publish_bytes(self.payloads.kv_subject(result.output_key or ""), unstored)
+        await self.bus.publish(Subjects.result(dispatch.run_id), result)
         self.steps_done += 1
 
     async def _attempt(self, dispatch: StepDispatch, started_at: datetime) -> tuple[StepResult, bytes | None]:
