@@ -12,12 +12,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
-from swarm.contracts import AgentSpec, Plan, RunCompleted, StepSpec, Subjects, TaskSubmission
+from swarm.client import SwarmClient
+from swarm.contracts import AgentSpec, Plan, RunCompleted, StepSpec
 from swarm.natsserver import NatsServer
 from swarm.security import SYSTEM_USER, inbox_prefix, render_nats_auth, tenant_user, user_permissions
+from swarm.settings import NatsSettings
 from swarm.stack import SERVICE_ORDER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -83,47 +84,27 @@ async def test_a_tenant_run_completes_with_every_service_least_privileged(
 ) -> None:
     server, home = secured_stack
     user = tenant_user(TENANT)
-    nc = await nats.connect(server.url, user=user, password=PASSWORDS[user], inbox_prefix=inbox_prefix(user))
-    try:
-        agents = (
-            AgentSpec(id="a0", role="researcher"),
-            AgentSpec(id="a1", role="researcher"),
-            AgentSpec(id="lead", role="editor"),
-        )
-        steps = (
-            StepSpec(id="m0", agent_id="a0", instruction="Part 0."),
-            StepSpec(id="m1", agent_id="a1", instruction="Part 1."),
-            StepSpec(id="reduce", agent_id="lead", instruction="Combine.", depends_on=("m0", "m1")),
-        )
-        task = TaskSubmission(run_id="secured-1", tenant=TENANT, plan=Plan(agents=agents, steps=steps))
-        follow = await _follow(nc, task.run_id)
-        await nc.jetstream(timeout=5).publish(
-            Subjects.task(TENANT), task.model_dump_json().encode(), headers={"Nats-Msg-Id": task.run_id}
-        )
-        kinds = []
-        while not kinds or kinds[-1] not in ("completed", "failed", "rejected", "cancelled"):
-            msg = await follow.next_msg(timeout=60)
-            if msg.data:  # idle heartbeats carry no data
-                kinds.append(msg.subject.rsplit(".", 1)[-1])
-        assert kinds[0] == "planned" and kinds[-1] == "completed", kinds
-        assert RunCompleted.model_validate_json(msg.data).summary.steps_succeeded == 3
-    finally:
-        await nc.close()
+    # The SDK as the tenant: submit, follow and cancel are all a tenant's NATS user may do.
+    settings = NatsSettings(url=server.url, user=user, password=PASSWORDS[user], inbox_prefix=inbox_prefix(user))
+    agents = (
+        AgentSpec(id="a0", role="researcher"),
+        AgentSpec(id="a1", role="researcher"),
+        AgentSpec(id="lead", role="editor"),
+    )
+    steps = (
+        StepSpec(id="m0", agent_id="a0", instruction="Part 0."),
+        StepSpec(id="m1", agent_id="a1", instruction="Part 1."),
+        StepSpec(id="reduce", agent_id="lead", instruction="Combine.", depends_on=("m0", "m1")),
+    )
+    async with await SwarmClient.connect(settings) as client:
+        run_id = await client.submit(plan=Plan(agents=agents, steps=steps), tenant=TENANT, run_id="secured-1")
+        events = [event async for event in client.events(run_id, TENANT)]
+    kinds = [event.kind for event in events]
+    assert kinds[0] == "planned" and kinds[-1] == "completed", kinds
+    final = events[-1]
+    assert isinstance(final, RunCompleted) and final.summary.steps_succeeded == 3
     # Every service did all of that without a single refused publish or subscription.
     log = (home / "nats.log").read_text()
     # nats-server logs "Publish Violation" / "Subscribe Violation".
     refused = [line for line in log.splitlines() if "Violation" in line]
     assert not refused, refused
-
-
-async def _follow(nc: nats.NATS, run_id: str):  # type: ignore[no-untyped-def]
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-    config = ConsumerConfig(
-        name=nc._nuid.next().decode(), filter_subject=Subjects.run_all(TENANT, run_id), deliver_subject=nc.new_inbox(),
-        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, flow_control=True, idle_heartbeat=5.0,
-        mem_storage=True, num_replicas=1, inactive_threshold=5.0,
-    )  # fmt: skip
-    sub = await nc.subscribe(config.deliver_subject)
-    await nc.jetstream(timeout=5)._jsm.add_consumer("RUNS", config)
-    return sub
