@@ -737,4 +737,7 @@ CHANNELS: tuple[Channel, ...] = (
     Channel(address=Subjects.INFER, stream=None, message=InferenceRequest, reply=InferenceResponse,
             description="Core NATS request to the gateway's queue group; the reply is an InferenceResponse, "
             "or with stream=true a sequence of InferenceChunk messages to the reply subject."),
+    Channel(address="{reply_inbox}", stream=None, message=InferenceChunk,
+            description="A streamed inference reply: the chunks the gateway sends to the reply subject of a "
+            "request with stream=true, in index order; the last one (done=true) carries the InferenceResponse."),
 )

@@ -33,6 +33,7 @@ PARAMETER_DOCS = {
     "pool": "Worker pool name (letters, digits, '_' or '-'); 'default' unless configured.",
     "kind": "The run event's 'kind' field.",
     "partition": "Results partition of the run: crc32(run_id) modulo RESULT_PARTITIONS (16).",
+    "reply_inbox": "The reply subject the requester set on its request (an inbox of its own).",
 }
 
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
@@ -116,8 +117,11 @@ def component_schemas(models: dict[str, Any]) -> dict[str, Any]:
 
 
 def channel_id(address: str) -> str:
-    """A stable id from a subject pattern: its literal tokens after 'swarm', lowerCamelCase."""
+    """A stable id from a subject pattern: its literal tokens after 'swarm', lowerCamelCase
+    ('replyInbox' for an address that is all placeholder: a requester's own inbox)."""
     tokens = [token for token in address.split(".")[1:] if not _PLACEHOLDER_RE.fullmatch(token)]
+    if not tokens:
+        return "replyInbox"
     return tokens[0] + "".join(token[:1].upper() + token[1:] for token in tokens[1:])
 
 
