@@ -380,6 +380,23 @@ class Bus:
             self._kv[bucket.name] = await self.js.key_value(bucket.name)
         return self._kv[bucket.name]
 
+    async def kv_keys(self, bucket: BucketSpec, pattern: str) -> list[str]:
+        """Keys of `bucket` matching a subject-style `pattern`, filtered by the server.
+
+        nats-py's `KeyValue.keys` reads every key of the bucket and filters them itself.
+        """
+        kv = await self.kv(bucket)
+        watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        keys = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                keys.append(entry.key)
+        finally:
+            await watcher.stop()
+        return keys
+
     # ------------------------------------------------------------------ publishing
 
     async def publish(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:

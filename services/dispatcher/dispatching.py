@@ -21,7 +21,7 @@ from datetime import timedelta
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from pydantic import ValidationError
 
 from services.dispatcher.leases import LeaseChanges, PartitionLeases
@@ -76,7 +76,14 @@ PLANS_CONSUMER = ConsumerSpec(
     ack_wait_s=60.0,
 )
 EVENTS_PER_BATCH = 500
+FINISHED_RUNS_KEPT = 100_000
+RUNNING_MARKER_PREFIX = "running"
 LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
+
+
+def running_marker(run_id: str) -> str:
+    """The run-state key that says a run is under way, grouped by results partition for `_adopt`."""
+    return f"{RUNNING_MARKER_PREFIX}.p{result_partition(run_id)}.{run_id}"
 
 
 def results_consumer(partition: int) -> ConsumerSpec:
@@ -101,7 +108,7 @@ class Dispatcher:
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.runs: dict[str, RunState] = {}
         self.revisions: dict[str, int] = {}  # run -> revision of its checkpoint we last wrote or read
-        self.finished: set[str] = set()
+        self.finished: dict[str, None] = {}  # runs known to be over (insertion-ordered, bounded: see _finished)
         self.leases: PartitionLeases | None = None
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._last_progress: dict[str, float] = {}
@@ -134,6 +141,7 @@ class Dispatcher:
             return  # a redelivered plan: the run is under way or over
         run = RunState(planned, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run.run_id] = run
+        await (await self.bus.kv(RUN_STATE_BUCKET)).put(running_marker(run.run_id), b"")  # before its checkpoint
         run.start()
         await self._schedule()
         await self._flush()
@@ -219,15 +227,17 @@ class Dispatcher:
                 self._forget(run.run_id)
 
     async def _adopt(self, partitions: set[int]) -> None:
-        """Load the running runs of newly owned partitions, so even a run with no result in flight is watched."""
-        kv = await self.bus.kv(RUN_STATE_BUCKET)
-        try:
-            run_ids = await kv.keys()
-        except NoKeysError:
-            return
+        """Load the running runs of newly owned partitions, so even a run with no result in flight is watched.
+
+        They are found by their running markers (`running.p<N>.<run_id>`), not by reading every checkpoint.
+        """
+        run_ids = []
+        for partition in sorted(partitions):
+            markers = await self.bus.kv_keys(RUN_STATE_BUCKET, f"{RUNNING_MARKER_PREFIX}.p{partition}.*")
+            run_ids.extend(marker.rsplit(".", 1)[-1] for marker in markers)
         async with self._lock:
             for run_id in run_ids:
-                if result_partition(run_id) in partitions and run_id not in self.runs and run_id not in self.finished:
+                if run_id not in self.runs and run_id not in self.finished:
                     await self._load(run_id)
             await self._schedule()  # steps a checkpoint left ready (over a concurrency cap) go out now
             await self._flush()
@@ -572,8 +582,18 @@ class Dispatcher:
             await msg.ack()
         if run.phase is not RunPhase.RUNNING:
             self._forget(run.run_id)
-            self.finished.add(run.run_id)
+            await self._finished(run.run_id)
         return True
+
+    async def _finished(self, run_id: str) -> None:
+        """Remember that the run is over (a bounded memory: an evicted run is re-read from its checkpoint)
+        and drop its running marker."""
+        self.finished[run_id] = None
+        if len(self.finished) > FINISHED_RUNS_KEPT:
+            del self.finished[next(iter(self.finished))]
+        kv = await self.bus.kv(RUN_STATE_BUCKET)
+        with contextlib.suppress(nats.errors.Error, TimeoutError):  # a marker left behind is dropped at the next adopt
+            await kv.delete(running_marker(run_id))
 
     async def _load(self, run_id: str) -> RunState | None:
         """Take a run over from its checkpoint and its planned event (after a restart or from another replica)."""
@@ -585,7 +605,7 @@ class Dispatcher:
         checkpoint = json.loads(entry.value or b"{}")
         self.revisions[run_id] = entry.revision or 0
         if checkpoint.get("phase") != RunPhase.RUNNING.value:
-            self.finished.add(run_id)
+            await self._finished(run_id)
             return None
         try:
             raw = await self.bus.js.get_last_msg(RUNS.name, Subjects.run_event(checkpoint["tenant"], run_id, "planned"))

@@ -76,3 +76,14 @@ async def test_settle_acks_retries_and_terminates(bus: Bus) -> None:
             break
         await asyncio.sleep(0.05)
     assert info.state.messages == 0  # acked or terminated: nothing left, nothing redelivered forever
+
+
+async def test_kv_keys_match_a_pattern_on_the_server_and_skip_deleted_ones(bus: Bus) -> None:
+    bucket = ALL_BUCKETS[0]
+    assert await bus.kv_keys(bucket, "running.>") == []
+    kv = await bus.kv(bucket)
+    for key in ("running.p1.a", "running.p1.b", "running.p2.c", "other"):
+        await kv.put(key, b"")
+    await kv.delete("running.p1.b")
+    assert await bus.kv_keys(bucket, "running.p1.*") == ["running.p1.a"]
+    assert sorted(await bus.kv_keys(bucket, "running.>")) == ["running.p1.a", "running.p2.c"]

@@ -12,6 +12,7 @@ import pytest
 from services.aggregator.__main__ import main as aggregator_main
 from services.aggregator.settings import AggregatorSettings
 from services.dispatcher.__main__ import main as dispatcher_main
+from services.dispatcher.dispatching import running_marker
 from services.dispatcher.settings import DispatcherSettings
 from services.gateway.engine import create_engine
 from services.gateway.server import GatewayServer
@@ -21,6 +22,7 @@ from services.worker_pool.settings import WorkerSettings
 from swarm.bus import Bus
 from swarm.client import SwarmClient, read_step_events
 from swarm.contracts import (
+    RUN_STATE_BUCKET,
     STEPS,
     AgentSpec,
     Plan,
@@ -104,6 +106,7 @@ async def test_layered_run_completes_and_counts_every_step_once(bus: Bus, nats_s
     kinds = Counter((e.step_id, e.kind) for e in await read_step_events(bus.js, "run-a"))
     for step in plan.steps:
         assert [kinds[step.id, k] for k in ("queued", "started", "inference_done", "succeeded")] == [1, 1, 1, 1]
+    assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == []  # its running marker went with it
 
 
 async def test_dispatcher_restart_mid_run_resumes_from_its_checkpoint(bus: Bus, nats_settings: NatsSettings) -> None:
@@ -195,6 +198,7 @@ async def test_small_outputs_reach_dependents_inline_and_large_ones_by_key(bus: 
         await start_run(bus, "run-inline", plan)
         first = await next_dispatches(2)
         assert set(first) == {"small", "large"} and not any(d.inputs for d in first.values())
+        assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == [running_marker("run-inline")]
         for step_id, output in (("small", "a short answer"), ("large", None)):  # None: over the inline size
             now = utc_now()
             result = StepResult(
