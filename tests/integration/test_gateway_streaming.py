@@ -124,16 +124,34 @@ async def test_overloaded_stream_is_retried_by_the_client(bus: Bus, start_gatewa
 # ------------------------------------------------------------------ deadlines and priorities
 
 
+async def until_running(server: GatewayServer) -> None:
+    """Until the blocking request holds the gateway's slot (a fixed sleep is too short on a busy machine)."""
+    for _ in range(1000):
+        if server.running:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the blocking request never started")
+
+
+async def until_admitted(server: GatewayServer, n: int) -> None:
+    """Until `n` requests are running or queued at the gateway."""
+    for _ in range(1000):
+        if server.in_flight >= n:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{server.in_flight} requests admitted, {n} expected")
+
+
 async def test_deadline_passed_while_queued_is_answered_without_running(bus: Bus, start_gateway: StartGateway) -> None:
     server = await start_gateway(slots=1, sim_latency_scale=1.0, sim_jitter=0)
     client = InferenceClient(bus.nc)
-    blocker = asyncio.create_task(client.complete(request("dl-block", sim_latency_ms=400), timeout_s=10))
-    await asyncio.sleep(0.05)
+    blocker = asyncio.create_task(client.complete(request("dl-block", sim_latency_ms=1000), timeout_s=10))
+    await until_running(server)
     started = time.perf_counter()
     late = await client.complete(request("dl-late", sim_latency_ms=10, deadline_ms=100), timeout_s=10)
     waited = time.perf_counter() - started
     assert not late.ok and (late.error or "").startswith(DEADLINE_EXCEEDED) and "queued" in (late.error or "")
-    assert 0.08 < waited < 0.35  # answered at its deadline, not when the slot freed up
+    assert 0.08 < waited < 0.8  # answered at its deadline, not when the slot freed up (after ~1 s)
     assert (await blocker).ok
     assert server.expired_count == 1 and server.served_count == 1  # the late one never ran
 
@@ -149,7 +167,7 @@ async def test_client_timeout_becomes_the_deadline(bus: Bus, start_gateway: Star
     server = await start_gateway(slots=1, sim_latency_scale=1.0, sim_jitter=0)
     client = InferenceClient(bus.nc)
     blocker = asyncio.create_task(client.complete(request("ct-block", sim_latency_ms=500), timeout_s=10))
-    await asyncio.sleep(0.05)
+    await until_running(server)
     with pytest.raises(InferenceError):
         await client.complete(request("ct-late", sim_latency_ms=10), timeout_s=0.2)
     assert (await blocker).ok
@@ -163,14 +181,14 @@ async def test_planner_and_aggregator_calls_go_before_worker_calls(bus: Bus, sta
     finished: list[str] = []
 
     async def call(request_id: str, **fields: Any) -> None:
-        response = await client.complete(request(request_id, sim_latency_ms=30, **fields), timeout_s=10)
+        response = await client.complete(request(request_id, **{"sim_latency_ms": 30, **fields}), timeout_s=10)
         assert response.ok, response.error
         finished.append(request_id)
 
-    blocker = asyncio.create_task(call("blocker"))
-    await asyncio.sleep(0.01)
+    blocker = asyncio.create_task(call("blocker", sim_latency_ms=300))
+    await until_running(server)
     tasks = [asyncio.create_task(call(f"worker-{i}", caller="worker")) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await until_admitted(server, 4)
     tasks.append(asyncio.create_task(call("aggregator", caller="aggregator")))
     tasks.append(asyncio.create_task(call("planner", caller="planner")))
     tasks.append(asyncio.create_task(call("urgent-worker", caller="worker", priority=0)))
