@@ -17,6 +17,7 @@ EVENTS_FLUSH_S, or EVENTS_PER_BATCH at once), one JetStream message for many cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import json
@@ -26,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
@@ -153,7 +155,10 @@ class GatewayServer:
     async def _flush_events_periodically(self) -> None:
         while True:
             await asyncio.sleep(EVENTS_FLUSH_S)
-            await self.flush_events()
+            try:
+                await self.flush_events()
+            except nats.errors.Error as exc:  # the events of that batch are lost; serving goes on
+                log.warning("inference events not published: %s", exc)
 
     def health(self) -> dict[str, Any]:
         """What the health probe reports."""
@@ -190,7 +195,8 @@ class GatewayServer:
         if self._events_flusher is not None:
             self._events_flusher.cancel()
             self._events_flusher = None
-        await self.flush_events()  # the bus waits for its ack when it closes
+        with contextlib.suppress(nats.errors.Error):
+            await self.flush_events()  # the bus waits for its ack when it closes
 
     # ------------------------------------------------------------------ admission and scheduling
 
