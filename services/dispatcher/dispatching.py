@@ -61,14 +61,6 @@ from swarm.dag import PlanLimits
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class HeldOutput:
-    """A step's output, kept for its dependents' dispatches."""
-
-    text: str
-    dependents_left: int
-
 PLANS_CONSUMER = ConsumerSpec(
     stream=RUNS,
     durable=DISPATCHER_PLANS_CONSUMER,
@@ -79,6 +71,14 @@ EVENTS_PER_BATCH = 500
 FINISHED_RUNS_KEPT = 100_000
 RUNNING_MARKER_PREFIX = "running"
 LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
+
+
+@dataclass
+class HeldOutput:
+    """A step's output, kept for its dependents' dispatches."""
+
+    text: str
+    dependents_left: int
 
 
 def running_marker(run_id: str) -> str:
