@@ -329,9 +329,20 @@ class _Compiler:
         fmt = schema.get("format")
         if fmt in _FORMATS and "pattern" not in schema:
             make = _FORMATS[fmt]
-            sample = make(random.Random(0))
-            if low <= len(sample) <= high:
-                return lambda rng, depth: make(rng)
+            # Formatted values vary in length (an email's word): draw until one fits the length bounds,
+            # falling back to a fitting sample found here; no fitting sample at all means plain text.
+            fitting = next(
+                (v for seed in range(64) if low <= len(v := make(random.Random(seed))) <= high), None
+            )
+            if fitting is not None:
+
+                def formatted(rng: random.Random, depth: int) -> str:
+                    for _ in range(16):
+                        if low <= len(value := make(rng)) <= high:
+                            return value
+                    return fitting
+
+                return formatted
         pattern_text = schema.get("pattern")
         pattern = None
         if pattern_text is not None:
