@@ -254,7 +254,6 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
         self._pending: list[tuple[float, str, asyncio.Future[None]]] = []  # (deadline, token, ack) of publish_nowait
         self._prune_at = 256
-        self.lost_acks = 0
         self._reconnected = asyncio.Event()
 
     @classmethod
@@ -416,14 +415,9 @@ class Bus:
 
     async def publish_nowait(self, subject: str, message: BaseModel, msg_id: str | None = None) -> None:
         """Publish to JetStream without waiting for this ack; `flush_publishes` waits for all of them."""
-        await self.publish_bytes_nowait(
-            subject, message.model_dump_json().encode(), {"Nats-Msg-Id": msg_id} if msg_id else None
-        )
-
-    async def publish_bytes_nowait(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
-        """`publish_nowait` of a payload already encoded."""
         reply, token, ack = await self.acks.expect()
-        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self.nc.publish(subject, message.model_dump_json().encode(), reply=reply, headers=headers)
         self._pending.append((asyncio.get_running_loop().time() + self.settings.request_timeout_s, token, ack))
         if len(self._pending) >= self._prune_at:
             self._prune_pending()
@@ -433,6 +427,7 @@ class Bus:
         acks lost to a reconnect, which would otherwise be waited for forever."""
         now = asyncio.get_running_loop().time()
         kept = []
+        lost = 0
         for deadline, token, future in self._pending:
             if future.done():
                 if not future.cancelled() and future.exception() is not None:
@@ -441,9 +436,11 @@ class Bus:
             if deadline < now:
                 future.cancel()
                 self.acks.forget(token)
-                self.lost_acks += 1
+                lost += 1
                 continue
             kept.append((deadline, token, future))
+        if lost:
+            log.warning("%d publish acks never came (lost to a reconnect?); given up", lost)
         self._pending = kept
         self._prune_at = max(256, 2 * len(kept))
 

@@ -166,12 +166,13 @@ class StepExecutor:
         if unstored is not None:
             # Stored before the result is sent: whoever the result wakes (a dependent's retry, the
             # aggregator reading the sinks) finds it. Two streams do not keep each other's order.
-            await self.bus.publish_bytes(self.payloads.kv_subject(result.output_key or ""), unstored)
+            await self.bus.publish_bytes(self.payloads.kv_subject(output_key(dispatch.run_id, dispatch.step.id)), unstored)
         await self.bus.publish(Subjects.result(dispatch.run_id), result)
         self.steps_done += 1
 
     async def _attempt(self, dispatch: StepDispatch, started_at: datetime) -> tuple[StepResult, bytes | None]:
-        """The attempt's result, and its output when it is small enough to be published with the result."""
+        """The attempt's result, and its output when it is small enough for the bucket itself (the caller
+        stores it); a larger one is already in the object store, by reference."""
         step = dispatch.step
         fields = {
             "run_id": dispatch.run_id, "step_id": step.id, "attempt": dispatch.attempt,
