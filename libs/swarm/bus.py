@@ -49,11 +49,16 @@ class PublishNotAcknowledged(TimeoutError):
 
 
 class Retry(Exception):
-    """Raised by a handler: redeliver this message later."""
+    """Raised by a handler: redeliver this message later.
 
-    def __init__(self, reason: str, delay_s: float = 1.0) -> None:
+    `bounded`: the wait may never end (a result for a run nobody knows), so the consumer's
+    `give_up_after` applies; unbounded retries wait out outages, however long.
+    """
+
+    def __init__(self, reason: str, delay_s: float = 1.0, bounded: bool = False) -> None:
         super().__init__(reason)
         self.delay_s = delay_s
+        self.bounded = bounded
 
 
 class Reject(Exception):
@@ -96,9 +101,9 @@ class ConsumerSpec:
     max_deliver: int = -1
     max_ack_pending: int = 20_000
     deliver_all: bool = True
-    # "all": one ack covers every earlier message of the consumer (one ack per batch); only for a
-    # consumer with a single reader that acks in order (the recorder), else use "explicit".
-    ack_policy: str = "explicit"
+    # A message whose handler keeps failing (a bug, a poison payload) is terminated on this delivery;
+    # outages and plain `Retry`s never count (they end only at the server's max_deliver, if any).
+    give_up_after: int = 10
 
 
 _STATUS_HEADER = "Status"
@@ -243,6 +248,54 @@ def identity_options(settings: NatsSettings) -> dict[str, Any]:
     return options
 
 
+@dataclass
+class LoopHealth:
+    """How one supervised loop of a service is doing (reported by its health probe)."""
+
+    alive: bool = False
+    restarts_count: int = 0
+    last_error: str = ""
+
+
+class Loops:
+    """A service's long-running loops, each restarted (and logged) if it dies, each visible in health."""
+
+    RESTART_DELAY_S = 1.0
+
+    def __init__(self) -> None:
+        self.health: dict[str, LoopHealth] = {}
+
+    async def run(self, name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+        """Run `loop()` until it returns or `stop` is set; restart it after a crash.
+
+        `loop` makes its own subscriptions: a restart starts from a clean reader.
+        """
+        state = self.health[name] = LoopHealth()
+        try:
+            while True:
+                state.alive = True
+                try:
+                    await loop()
+                    return
+                except Exception as exc:  # a dead loop is logged, shown in health and restarted
+                    state.alive = False
+                    state.restarts_count += 1
+                    state.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.error("loop %s died; restarting in %.0fs", name, self.RESTART_DELAY_S, exc_info=exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.RESTART_DELAY_S)
+                    if stop.is_set():
+                        return
+        finally:
+            if self.health.get(name) is state:
+                del self.health[name]  # ended on purpose: no longer expected to run
+
+    def details(self) -> dict[str, Any]:
+        """The loops' states, and whether all of them run."""
+        loops = {name: vars(state) for name, state in self.health.items()}
+        return {"healthy": all(state.alive for state in self.health.values()), "loops": loops}
+
+
 class Bus:
     """One NATS connection with JetStream, and the helpers every service uses."""
 
@@ -255,6 +308,7 @@ class Bus:
         self._pending: list[tuple[float, str, asyncio.Future[None]]] = []  # (deadline, token, ack) of publish_nowait
         self._prune_at = 256
         self._reconnected = asyncio.Event()
+        self.loops = Loops()
 
     @classmethod
     async def connect(cls, settings: NatsSettings, name: str) -> Bus:
@@ -345,7 +399,7 @@ class Bus:
         """Create the durable consumer, or check that the existing one filters what we expect."""
         config = ConsumerConfig(
             durable_name=spec.durable,
-            ack_policy=AckPolicy.ALL if spec.ack_policy == "all" else AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_s,
             max_deliver=spec.max_deliver,
             max_ack_pending=spec.max_ack_pending,
@@ -362,6 +416,12 @@ class Bus:
         if found != set(spec.filter_subjects):
             raise ProvisioningConflict(
                 f"consumer {spec.stream.name}/{spec.durable} filters {sorted(found)}, wanted {sorted(spec.filter_subjects)}"
+            )
+        if info.config.ack_policy != AckPolicy.EXPLICIT:
+            # One ack covering every earlier delivery would also ack a crashed reader's unfinished ones.
+            raise ProvisioningConflict(
+                f"consumer {spec.stream.name}/{spec.durable} acks {info.config.ack_policy}, wanted explicit acks"
+                " (delete it to let it be re-created)"
             )
 
     async def pull_subscription(self, spec: ConsumerSpec) -> Puller:
@@ -464,11 +524,11 @@ class Bus:
     # ------------------------------------------------------------------ health and shutdown
 
     async def serve_health(self, service: str, details: Callable[[], dict[str, Any]] | None = None) -> None:
-        """Answer `swarm.health.<service>` probes (every replica answers)."""
+        """Answer `swarm.health.<service>` probes (every replica answers), with the state of its loops."""
         instance = f"{socket.gethostname()}:{os.getpid()}"
 
         async def on_probe(msg: Msg) -> None:
-            body = {"service": service, "instance": instance, **(details() if details else {})}
+            body = {"service": service, "instance": instance, **self.loops.details(), **(details() if details else {})}
             await msg.respond(json.dumps(body).encode())
 
         await self.nc.subscribe(Subjects.health(service), cb=on_probe)
@@ -497,29 +557,84 @@ def answerable(msg: Msg) -> bool:
 
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
+BatchHandler = Callable[[list[Msg]], Awaitable[None]]
+
+# Bad payloads: no delivery can succeed.
+MALFORMED = (Reject, ValidationError, json.JSONDecodeError, UnicodeDecodeError)
+# The world is away (NATS reconnecting, a stream not acking, a disk or socket error): wait it out.
+OUTAGES = (nats.errors.Error, TimeoutError, OSError)
+RETRY_BACKOFF_CAP_S = 30.0
 
 
-async def settle(msg: Msg, handler: MessageHandler) -> None:
-    """Run one handler on one JetStream message and ack, nak or term it: the one place for that decision.
+def deliveries(msg: Msg) -> int:
+    """How many times JetStream delivered this message (1 for a message not from a consumer)."""
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except (nats.errors.Error, ValueError, AttributeError, IndexError):
+        return 1
 
-    - success: ack.
-    - `Retry`: nak with its delay (redelivered later, up to the consumer's max_deliver).
-    - `Reject` or a malformed payload: term (never redelivered); the handler has recorded why.
-    - anything else: a bug or an outage; nak with a delay so the message is not lost, and log it.
+
+def is_settled(msg: Msg) -> bool:
+    """Whether the message was acked, nak'd or terminated already."""
+    return bool(getattr(msg, "_ackd", False))
+
+
+async def fail(msg: Msg, exc: BaseException, give_up_after: int = ConsumerSpec.give_up_after) -> None:
+    """The one error policy for a message that could not be handled; each case is logged once.
+
+    - malformed (`Reject`, a validation or decoding error): terminated now, never redelivered.
+    - an outage or a `Retry`: nak'd with its delay (backoff for outages); never given up by us.
+    - a bounded `Retry` or any other exception (a bug, a poison payload): nak'd with exponential
+      backoff, and terminated on delivery `give_up_after`: a message cannot wedge a consumer.
     """
+    n = deliveries(msg)
+    where = f"{msg.subject} (delivery {n})"
+    with contextlib.suppress(nats.errors.Error):
+        if isinstance(exc, MALFORMED):
+            log.warning("rejected %s: %s", where, str(exc)[:500])
+            await msg.term()
+        elif isinstance(exc, Retry) and not exc.bounded:
+            if n == 1:
+                log.info("retry %s in %.1fs: %s", where, exc.delay_s, exc)
+            await msg.nak(delay=exc.delay_s)
+        elif isinstance(exc, OUTAGES):
+            if n == 1 or n % 10 == 0:
+                log.warning("%s not handled, will be redelivered: %s: %s", where, type(exc).__name__, exc)
+            await msg.nak(delay=min(RETRY_BACKOFF_CAP_S, 0.5 * 2 ** min(n, 8)))
+        elif n >= give_up_after:
+            log.error("gave up on %s after %d deliveries, terminated: %s: %s", msg.subject, n, type(exc).__name__, exc)
+            await msg.term()
+        else:
+            if n == 1:
+                if isinstance(exc, Retry):
+                    log.warning("retry %s (at most %d deliveries): %s", where, give_up_after, exc)
+                else:
+                    log.error("handler failed on %s; redelivering (at most %d times)", where, give_up_after, exc_info=exc)
+            delay_s = exc.delay_s if isinstance(exc, Retry) else 0.0
+            await msg.nak(delay=max(delay_s, min(RETRY_BACKOFF_CAP_S, 0.5 * 2 ** min(n, 8))))
+
+
+async def settle(msg: Msg, handler: MessageHandler, give_up_after: int = ConsumerSpec.give_up_after) -> None:
+    """Run one handler on one JetStream message: ack on success, else `fail`'s policy."""
     try:
         await handler(msg)
-    except Retry as exc:
-        log.info("retry %s in %.1fs: %s", msg.subject, exc.delay_s, exc)
-        await msg.nak(delay=exc.delay_s)
-    except (Reject, ValidationError, json.JSONDecodeError) as exc:
-        log.warning("rejected %s: %s", msg.subject, str(exc)[:500])
-        await msg.term()
-    except Exception:
-        log.exception("handler failed on %s; redelivering", msg.subject)
-        await msg.nak(delay=2.0)
+    except Exception as exc:  # every failure goes through the one policy; none is swallowed
+        await fail(msg, exc, give_up_after)
     else:
-        await msg.ack()
+        with contextlib.suppress(nats.errors.Error):
+            await msg.ack()
+
+
+async def _fetch(psub: Puller, batch: int, timeout_s: float) -> list[Msg] | None:
+    """A fetch that survives outages: None when nothing came (or NATS is away for a moment)."""
+    try:
+        return await psub.fetch(batch, timeout=timeout_s)
+    except (TimeoutError, nats.errors.TimeoutError):
+        return None
+    except nats.errors.Error as exc:  # reconnecting, server restarting, JetStream briefly unavailable
+        log.warning("fetch from %s failed (%s); retrying", psub.next_subject, exc)
+        await asyncio.sleep(0.5)
+        return None
 
 
 async def consume(
@@ -531,8 +646,9 @@ async def consume(
     concurrency: int = 1,
     fetch_timeout_s: float = 1.0,
     heartbeat_s: float | None = None,
+    give_up_after: int = ConsumerSpec.give_up_after,
 ) -> None:
-    """Fetch batches until `stop` is set; run `handler` on each message, at most `concurrency` at once.
+    """Fetch until `stop`; run `handler` on each message under `settle`, at most `concurrency` at once.
 
     With `heartbeat_s`, a message whose handler is still running is reported in progress that often,
     so the consumer's ack_wait can stay short (a crashed consumer's messages come back soon) while a
@@ -550,9 +666,9 @@ async def consume(
 
     async def settle_with_heartbeat(msg: Msg) -> None:
         if heartbeat_s is None:
-            await settle(msg, handler)
+            await settle(msg, handler, give_up_after)
             return
-        settling = asyncio.create_task(settle(msg, handler))
+        settling = asyncio.create_task(settle(msg, handler, give_up_after))
         while not settling.done():
             await asyncio.wait({settling}, timeout=heartbeat_s)
             if not settling.done():
@@ -562,15 +678,8 @@ async def consume(
 
     while not stop.is_set():
         free = max(1, min(batch, concurrency - len(running))) if concurrency > 1 else batch
-        try:
-            msgs = await psub.fetch(free, timeout=fetch_timeout_s)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue
-        except nats.errors.Error as exc:  # reconnecting, server restarting, JetStream briefly unavailable
-            log.warning("fetch failed (%s); retrying", exc)
-            await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
+        msgs = await _fetch(psub, free, fetch_timeout_s)
+        for msg in msgs or ():
             if concurrency == 1:
                 await settle_with_heartbeat(msg)
                 continue
@@ -580,3 +689,73 @@ async def consume(
             task.add_done_callback(running.discard)
     if running:
         await asyncio.gather(*running, return_exceptions=True)
+    with contextlib.suppress(nats.errors.Error):
+        await psub.unsubscribe()
+
+
+async def consume_batches(
+    psub: Puller,
+    handler: BatchHandler,
+    stop: asyncio.Event,
+    *,
+    batch: int = 256,
+    fetch_timeout_s: float | Callable[[], float] = 1.0,
+    on_idle: Callable[[], Awaitable[None]] | None = None,
+    give_up_after: int = ConsumerSpec.give_up_after,
+) -> None:
+    """Fetch until `stop`; hand each fetched batch to `handler`, which settles its messages itself
+    (now, or later: the dispatcher acks results once a checkpoint covers them).
+
+    Where `handler` raises, the unsettled messages of the batch go through `fail` one by one: an
+    outage redelivers them, and anything else is isolated by handling each message alone, so one
+    poison message fails (and is eventually terminated) without taking its batch-mates with it.
+    `on_idle` runs when a fetch brings nothing. A fetch in progress is abandoned as soon as `stop` is set.
+    """
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            timeout_s = fetch_timeout_s() if callable(fetch_timeout_s) else fetch_timeout_s
+            fetch = asyncio.ensure_future(_fetch(psub, batch, timeout_s))
+            await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                fetch.cancel()
+                break
+            msgs = fetch.result()
+            if not msgs:
+                if on_idle is not None:
+                    await _handle_batch(on_idle_as_batch(on_idle), [], give_up_after)
+                continue
+            await _handle_batch(handler, msgs, give_up_after)
+    finally:
+        stopped.cancel()
+        with contextlib.suppress(nats.errors.Error):
+            await psub.unsubscribe()
+
+
+def on_idle_as_batch(on_idle: Callable[[], Awaitable[None]]) -> BatchHandler:
+    """`on_idle` under the batch error policy (an idle tick carries no message)."""
+
+    async def handler(_: list[Msg]) -> None:
+        await on_idle()
+
+    return handler
+
+
+async def _handle_batch(handler: BatchHandler, msgs: list[Msg], give_up_after: int) -> None:
+    try:
+        await handler(msgs)
+    except OUTAGES as exc:
+        unsettled = [m for m in msgs if not is_settled(m)]
+        log.warning("batch of %d not settled (%s: %s); redelivering", len(unsettled), type(exc).__name__, exc)
+        for msg in unsettled:
+            await fail(msg, exc, give_up_after)
+    except Exception as exc:  # isolated below, then the one policy per message
+        unsettled = [m for m in msgs if not is_settled(m)]
+        if len(unsettled) == 1:
+            await fail(unsettled[0], exc, give_up_after)
+        elif not unsettled:
+            log.error("batch handler failed after settling its messages", exc_info=exc)
+        else:
+            log.warning("batch handler failed on %d messages (%s); handling them one by one", len(unsettled), exc)
+            for msg in unsettled:
+                await _handle_batch(handler, [msg], give_up_after)

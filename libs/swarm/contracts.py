@@ -26,6 +26,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+RESULT_PARTITIONS = 16
+
+
 def result_partition(run_id: str) -> int:
     """The results partition of a run: stable across processes and versions."""
     return zlib.crc32(run_id.encode()) % RESULT_PARTITIONS
@@ -81,7 +84,9 @@ STEPS = StreamSpec(
 )
 RESULTS = StreamSpec(
     name="RESULTS",
-    subjects=("swarm.results.>",),
+    # One subject per partition, not `swarm.results.>`: a result on a partition nobody reads would
+    # stay in this work queue forever; here its publish fails at once instead.
+    subjects=tuple(f"swarm.results.{partition}.*" for partition in range(RESULT_PARTITIONS)),
     retention=Retention.WORK_QUEUE,
     description="Step results back to the dispatcher.",
 )
@@ -139,7 +144,9 @@ PLANNER_CONSUMER = "planner"
 DISPATCHER_PLANS_CONSUMER = "dispatcher-plans"
 DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"  # one durable per partition: "dispatcher-results-<p>"
 # Results are split into partitions by run id; each partition is owned by one dispatcher replica.
-RESULT_PARTITIONS = 16
+# Widths of the event log's integer columns: a value beyond them is rejected, never silently clamped.
+UINT16_MAX = 2**16 - 1
+UINT32_MAX = 2**32 - 1
 RESULT_EVENTS_MAX = 64  # step events a StepResult carries; a worker publishes any more itself
 INLINE_OUTPUT_MAX_CHARS = 16_384  # outputs up to this size also travel inline, in results and dispatches
 INLINE_INPUTS_MAX_CHARS = 256 * 1024  # inline dependency outputs per StepDispatch; the rest by key
@@ -604,8 +611,8 @@ class InferenceResponse(Contract):
     error: str | None = Field(default=None, description="Why not, when not ok.")
     model: str = Field(default="", description="Model that served it.")
     backend: str = Field(default="", description="Engine backend.")
-    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens.")
-    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens.")
+    prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens.")
+    completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Time waiting for an engine slot.")
     duration_ms: float = Field(default=0, ge=0, description="Engine time.")
 
@@ -649,12 +656,12 @@ class StepEvent(Contract):
     tenant: Id = Field(description="Tenant.")
     step_id: Id = Field(description="The step.")
     agent_id: str = Field(default="", description="The agent.")
-    attempt: int = Field(default=1, ge=0, description="Attempt number.")
+    attempt: int = Field(default=1, ge=0, le=UINT16_MAX, description="Attempt number.")
     kind: StepEventKind = Field(description="The transition.")
     at: datetime = Field(default_factory=utc_now, description="When it happened.")
     duration_ms: float = Field(default=0, ge=0, description="Duration of what ended here, if anything.")
-    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens of what ended here.")
-    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens of what ended here.")
+    prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens of what ended here.")
+    completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens of what ended here.")
     worker_id: str = Field(default="", description="Which worker, if any.")
     error: str = Field(default="", description="Error text for failures.")
     attributes: dict[str, str] = Field(default_factory=dict, description="Free-form attributes.")
@@ -673,6 +680,15 @@ def step_event_id(run_id: str, step_id: str, attempt: int, kind: StepEventKind |
     return f"{run_id}.{step_id}.{attempt}.{kind}"
 
 
+def is_step_event_id(event: StepEvent) -> bool:
+    """Whether an event's id is the one its fields derive (`step_event_id`, with an optional `.<seq>` of
+    a numbered tool or model call): an event cannot pose as another, or dodge de-duplication."""
+    base = step_event_id(event.run_id, event.step_id, event.attempt, event.kind)
+    return event.event_id == base or (
+        event.event_id.startswith(f"{base}.") and event.event_id[len(base) + 1 :].isdigit()
+    )
+
+
 class InferenceEvent(Contract):
     """One gateway call, as recorded in ClickHouse's inference_calls."""
 
@@ -684,8 +700,8 @@ class InferenceEvent(Contract):
     backend: str = Field(description="Backend.")
     ok: bool = Field(description="Whether it produced a completion.")
     error: str = Field(default="", description="Why not.")
-    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens.")
-    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens.")
+    prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens.")
+    completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Admission queue time.")
     duration_ms: float = Field(default=0, ge=0, description="Engine time.")
     ttft_ms: float | None = Field(

@@ -56,8 +56,6 @@ RUN_COLUMNS = (
 )  # fmt: skip
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.up\.sql$")
-_UINT16_MAX = 2**16 - 1
-_UINT32_MAX = 2**32 - 1
 RECORDER_NOT_RUNNING = "the recorder is not running: start the stack with `swarm up`"
 
 
@@ -178,19 +176,19 @@ def _dedup_token(table: str, event_ids: Iterable[str]) -> str:
 
 
 def step_event_columns(events: Sequence[StepEvent]) -> list[list[Any]]:
-    """Column-oriented data for `step_events`, in STEP_EVENT_COLUMNS order (ints clamped to the column types)."""
+    """Column-oriented data for `step_events`, in STEP_EVENT_COLUMNS order (the contracts bound ints to the column types)."""
     return [
         [e.event_id for e in events],
         [e.run_id for e in events],
         [e.tenant for e in events],
         [e.step_id for e in events],
         [e.agent_id for e in events],
-        [min(e.attempt, _UINT16_MAX) for e in events],
+        [e.attempt for e in events],
         [str(e.kind) for e in events],
         [e.at for e in events],
         [e.duration_ms for e in events],
-        [min(e.prompt_tokens, _UINT32_MAX) for e in events],
-        [min(e.completion_tokens, _UINT32_MAX) for e in events],
+        [e.prompt_tokens for e in events],
+        [e.completion_tokens for e in events],
         [e.worker_id for e in events],
         [e.error for e in events],
         [e.attributes for e in events],
@@ -217,8 +215,8 @@ def inference_call_columns(events: Sequence[InferenceEvent], prices: ModelPrices
         [e.backend for e in events],
         [e.ok for e in events],
         [e.error for e in events],
-        [min(e.prompt_tokens, _UINT32_MAX) for e in events],
-        [min(e.completion_tokens, _UINT32_MAX) for e in events],
+        [e.prompt_tokens for e in events],
+        [e.completion_tokens for e in events],
         [e.queue_ms for e in events],
         [e.duration_ms for e in events],
         [e.at for e in events],

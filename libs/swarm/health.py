@@ -35,10 +35,12 @@ async def probe(service: str, settings: NatsSettings, wait_s: float = 2.0, any_r
 
         async def on_answer(msg: Msg) -> None:
             try:
-                instance = str(json.loads(msg.data).get("instance", ""))
+                body = json.loads(msg.data)
+                instance = str(body.get("instance", ""))
             except (ValueError, AttributeError):
                 return
-            if any_replica or instance.startswith(f"{host}:"):
+            # A replica whose loop died (and is being restarted) answers, but is not healthy.
+            if (any_replica or instance.startswith(f"{host}:")) and body.get("healthy", True):
                 answered.set()
 
         sub = await bus.nc.subscribe(inbox, cb=on_answer)

@@ -16,12 +16,16 @@ async def main(stop: asyncio.Event, settings: AggregatorSettings | None = None) 
     bus = await Bus.connect(settings.nats, "aggregator")
     await bus.provision()
     aggregator = Aggregator(bus, settings)
-    executed = await bus.pull_subscription(EXECUTED_CONSUMER)
+
+    async def synthesize() -> None:
+        executed = await bus.pull_subscription(EXECUTED_CONSUMER)
+        await consume(
+            executed, aggregator.on_executed, stop, batch=8, concurrency=8,
+            heartbeat_s=EXECUTED_CONSUMER.ack_wait_s / 3, give_up_after=EXECUTED_CONSUMER.give_up_after,
+        )  # fmt: skip
+
     await bus.serve_health("aggregator")
-    await consume(
-        executed, aggregator.on_executed, stop, batch=8, concurrency=8,
-        heartbeat_s=EXECUTED_CONSUMER.ack_wait_s / 3,
-    )  # fmt: skip
+    await bus.loops.run("executed", synthesize, stop)
     await bus.close()
 
 

@@ -77,7 +77,7 @@ class Aggregator:
             update={
                 "prompt_tokens": executed.summary.prompt_tokens + synthesis.prompt_tokens,
                 "completion_tokens": executed.summary.completion_tokens + synthesis.completion_tokens,
-                "wall_ms": (utc_now() - executed.submitted_at).total_seconds() * 1000,
+                "wall_ms": max(0.0, (utc_now() - executed.submitted_at).total_seconds() * 1000),
             }
         )
         completed = RunCompleted(run_id=executed.run_id, tenant=executed.tenant, answer=synthesis.answer, summary=summary)

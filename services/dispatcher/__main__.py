@@ -17,10 +17,15 @@ async def main(stop: asyncio.Event, settings: DispatcherSettings | None = None) 
     await bus.provision()
     dispatcher = Dispatcher(bus, settings)
     await dispatcher.acquire_leases()
-    plans = await bus.pull_subscription(PLANS_CONSUMER)
+
+    async def take_plans() -> None:
+        await consume(await bus.pull_subscription(PLANS_CONSUMER), dispatcher.on_run_message, stop)
+
     await bus.serve_health("dispatcher", lambda: {"runs": len(dispatcher.runs)})
     await asyncio.gather(
-        consume(plans, dispatcher.on_run_message, stop), dispatcher.run(stop), dispatcher.sweep_lost_steps(stop)
+        bus.loops.run("plans", take_plans, stop),
+        bus.loops.run("leases", lambda: dispatcher.run(stop), stop),
+        bus.loops.run("sweeper", lambda: dispatcher.sweep_lost_steps(stop), stop),
     )
     await bus.close()
 

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from pydantic import ValidationError
 
 from services.dispatcher.leases import LeaseChanges, PartitionLeases
 from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import Dispatch, Outcome, RetryPolicy, RunPhase, RunState, StepPhase
-from swarm.bus import Bus, ConsumerSpec, Reject
+from swarm.bus import Bus, ConsumerSpec, Reject, Retry, consume_batches, fail
 from swarm.contracts import (
     DISPATCHER_LEASES_BUCKET,
     DISPATCHER_PLANS_CONSUMER,
@@ -53,11 +53,12 @@ from swarm.contracts import (
     StepResult,
     StepStatus,
     Subjects,
+    is_step_event_id,
     result_partition,
     step_event_id,
     utc_now,
 )
-from swarm.dag import PlanLimits
+from swarm.dag import PlanError, PlanLimits
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ EVENTS_PER_BATCH = 500
 FINISHED_RUNS_KEPT = 100_000
 RUNNING_MARKER_PREFIX = "running"
 LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
+# What a worker may report about its own attempt; the dispatcher writes the rest of a step's history.
+WORKER_EVENT_KINDS = frozenset({StepEventKind.STARTED, StepEventKind.TOOL_CALL, StepEventKind.INFERENCE_DONE})
 
 
 @dataclass
@@ -79,6 +82,12 @@ class HeldOutput:
 
     text: str
     dependents_left: int
+
+
+async def _settle_quietly(settling: Awaitable[None]) -> None:
+    """Ack or nak, where a message settled already (isolated after a failed batch) or a lost ack is harmless."""
+    with contextlib.suppress(nats.errors.Error):
+        await settling
 
 
 def running_marker(run_id: str) -> str:
@@ -139,7 +148,11 @@ class Dispatcher:
             return
         if await self._load(planned.run_id) is not None or planned.run_id in self.finished:
             return  # a redelivered plan: the run is under way or over
-        run = RunState(planned, self.settings.max_in_flight_per_run, self.retry, self.limits)
+        try:
+            run = RunState(planned, self.settings.max_in_flight_per_run, self.retry, self.limits)
+        except PlanError as exc:
+            await self._refuse(planned, f"invalid plan: {exc}")
+            raise Reject(f"run {planned.run_id}: invalid plan: {exc}") from exc
         self.runs[run.run_id] = run
         await (await self.bus.kv(RUN_STATE_BUCKET)).put(running_marker(run.run_id), b"")  # before its checkpoint
         run.start()
@@ -149,6 +162,18 @@ class Dispatcher:
         log.info("run %s started: %d agents, %d steps", run.run_id, len(run.agents), len(run.steps))
         if not self._owns(run.run_id):  # its partition's owner takes it from the checkpoint
             self._forget(run.run_id)
+
+    async def _refuse(self, planned: RunPlanned, error: str) -> None:
+        """End a run whose plan cannot run: its followers see why instead of waiting forever."""
+        failed = RunFailed(run_id=planned.run_id, tenant=planned.tenant, error=error)
+        subject = Subjects.run_event(planned.tenant, planned.run_id, "failed")
+        await self.bus.publish(subject, failed, f"{planned.run_id}.failed")
+        record = RunRecord(
+            run_id=planned.run_id, tenant=planned.tenant, status=RunStatus.FAILED, goal=planned.goal[:200],
+            steps_total=len(planned.plan.steps), agents_count=len(planned.plan.agents),
+            submitted_at=planned.submitted_at, error=error,
+        )  # fmt: skip
+        await (await self.bus.kv(RUN_INDEX_BUCKET)).put(planned.run_id, record.model_dump_json().encode())
 
     async def _cancel(self, request: RunCancelRequested) -> None:
         run = self.runs.get(request.run_id) or await self._load(request.run_id)
@@ -214,7 +239,8 @@ class Dispatcher:
             await self._adopt(changes.gained)
         for partition in changes.gained:
             partition_stop = asyncio.Event()
-            task = asyncio.create_task(self._results_loop(partition, partition_stop))
+            loop = functools.partial(self._results_loop, partition, partition_stop)
+            task = asyncio.create_task(self.bus.loops.run(f"results-{partition}", loop, partition_stop))
             self._loops[partition] = (task, partition_stop)
 
     async def _hand_over(self, partitions: set[int]) -> None:
@@ -304,74 +330,69 @@ class Dispatcher:
         self._last_progress.pop(run_id, None)
 
     async def _results_loop(self, partition: int, stop: asyncio.Event) -> None:
-        """Fetch one partition's results in batches: apply, publish, checkpoint, ack. Survives NATS outages.
+        """Consume one partition's results in batches: apply, publish, checkpoint, ack (see `_apply_batch`)."""
+        psub = await self.bus.pull_subscription(results_consumer(partition))
 
-        A fetch still waiting for results is abandoned as soon as `stop` is set: handovers are quick.
-        """
-        psub = None
-        stopped = asyncio.create_task(stop.wait())
-        while not stop.is_set():
-            try:
-                psub = psub or await self.bus.pull_subscription(results_consumer(partition))
-                fetch = asyncio.ensure_future(psub.fetch(self.settings.results_batch, timeout=1.0))
-                await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
-                if not fetch.done():
-                    fetch.cancel()
-                    break
-                msgs = fetch.result()
-            except (TimeoutError, nats.errors.TimeoutError):
-                await self._idle(partition)
-                continue
-            except nats.errors.Error as exc:
-                log.warning("partition %d: fetch failed (%s); retrying", partition, exc)
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                async with self._lock:
-                    await self._apply_batch(msgs)
-            except (nats.errors.Error, TimeoutError) as exc:
-                # Unacked results come back after ack_wait and re-apply idempotently.
-                log.warning("batch of %d results not settled (%s); they will be redelivered", len(msgs), exc)
-        stopped.cancel()
-        if psub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await psub.unsubscribe()
+        async def apply(msgs: list[Msg]) -> None:
+            async with self._lock:
+                await self._apply_batch(msgs)
+
+        async def idle() -> None:
+            await self._idle(partition)
+
+        await consume_batches(
+            psub, apply, stop, batch=self.settings.results_batch, on_idle=idle,
+            give_up_after=self.settings.results_give_up_after,
+        )  # fmt: skip
 
     async def _apply_batch(self, msgs: list[Msg]) -> None:
         to_ack: list[tuple[str, Msg]] = []
         touched: dict[str, RunState] = {}
         for msg in msgs:
             try:
-                result = StepResult.model_validate_json(msg.data)
-            except ValidationError as exc:
-                log.warning("malformed result on %s dropped: %s", msg.subject, str(exc)[:300])
-                await msg.term()
+                run = await self._apply_result(msg, touched)
+            except Exception as exc:  # one result's failure is that result's, through the one policy
+                await fail(msg, exc, self.settings.results_give_up_after)
                 continue
-            run = self.runs.get(result.run_id) or await self._load(result.run_id)
-            if run is None:
-                if result.run_id in self.finished:
-                    self._worker_events(result)
-                    to_ack.append(("", msg))
-                else:  # its plan is not processed yet (or not checkpointed): ask again shortly
-                    await msg.nak(delay=1.0)
-                continue
-            outcome = run.apply(result)
-            if outcome.early:
-                await msg.nak(delay=1.0)
-                continue
-            self._worker_events(result)
-            if outcome.changed:
-                await self._emit(run, outcome, result)
-                touched[run.run_id] = run
-            to_ack.append((run.run_id, msg))
+            to_ack.append((run.run_id if run is not None else "", msg))
         touched.update({run.run_id: run for run in await self._schedule()})
         await self._flush()
         for run_id, msg in to_ack:
             if run_id:
                 self._unacked.setdefault(run_id, []).append(msg)
             else:
-                await msg.ack()
+                await _settle_quietly(msg.ack())
         await self._checkpoint_due(touched.values())
+
+    async def _apply_result(self, msg: Msg, touched: dict[str, RunState]) -> RunState | None:
+        """Apply one result message; the run it changed (None: nothing to wait for before its ack).
+
+        A result must match a dispatched attempt of a known step of a known run; anything else is
+        rejected (terminated, logged) or, where it may still become valid, retried a bounded number of times.
+        """
+        result = StepResult.model_validate_json(msg.data)
+        if msg.subject != Subjects.result(result.run_id):
+            raise Reject(f"result for run {result.run_id} arrived on {msg.subject}")
+        run = self.runs.get(result.run_id) or await self._load(result.run_id)
+        if run is None:
+            if result.run_id in self.finished:
+                self._worker_events(result)
+                return None
+            # Its plan may not be processed (or checkpointed) yet; a run that never appears gives up.
+            raise Retry(f"result for unknown run {result.run_id}", delay_s=1.0, bounded=True)
+        state = run.steps.get(result.step_id)
+        if state is None:
+            raise Reject(f"result for step {result.step_id}, which run {result.run_id} does not have")
+        outcome = run.apply(result)
+        if outcome.early:
+            # A replica that crashed got further than its last checkpoint; bounded: a forged attempt ends.
+            raise Retry(f"result for attempt {result.attempt} of {result.step_id} ahead of {state.attempt}",
+                        delay_s=1.0, bounded=True)  # fmt: skip
+        self._worker_events(result)
+        if outcome.changed:
+            await self._emit(run, outcome, result)
+            touched[run.run_id] = run
+        return run
 
     async def _checkpoint_due(self, runs: Iterable[RunState], force: bool = False) -> None:
         """Checkpoint runs whose last checkpoint is older than the interval (or finished ones).
@@ -470,9 +491,22 @@ class Dispatcher:
         return inputs
 
     def _worker_events(self, result: StepResult) -> None:
-        """The events a worker sent along with its result go out with ours (duplicates share event ids)."""
-        if result.events:
-            self._events.setdefault(result.run_id, []).extend(result.events)
+        """The events a worker sent along with its result go out with ours (duplicates share event ids).
+
+        Only events of the result's own attempt, of the kinds a worker reports, with their derived ids:
+        a result cannot write another step's history.
+        """
+        if not result.events:
+            return
+        kept = [
+            e for e in result.events
+            if (e.run_id, e.step_id, e.attempt) == (result.run_id, result.step_id, result.attempt)
+            and e.kind in WORKER_EVENT_KINDS and is_step_event_id(e)
+        ]  # fmt: skip
+        if len(kept) < len(result.events):
+            log.warning("run %s step %s: %d foreign step events in a result dropped",
+                        result.run_id, result.step_id, len(result.events) - len(kept))  # fmt: skip
+        self._events.setdefault(result.run_id, []).extend(kept)
 
     async def _event(self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object) -> None:
         """Buffer a step event; `_flush` publishes each run's buffer as one StepEventBatch."""
@@ -527,7 +561,7 @@ class Dispatcher:
         if phase is RunPhase.EXECUTED:
             executed = RunExecuted(
                 run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
-                sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.planned.submitted_at,
+                sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.submitted_at,
             )  # fmt: skip
             await self.bus.publish_nowait(subject(run.tenant, run.run_id, "executed"), executed, f"{run.run_id}.executed")
             await self._index(run, RunStatus.SYNTHESIZING)
@@ -550,7 +584,7 @@ class Dispatcher:
         record = RunRecord(
             run_id=run.run_id, tenant=run.tenant, status=status, goal=run.planned.goal[:200],
             steps_total=len(run.steps), agents_count=len(run.agents),
-            submitted_at=run.planned.submitted_at, error=error,
+            submitted_at=run.submitted_at, error=error,
         )  # fmt: skip
         kv = await self.bus.kv(RUN_INDEX_BUCKET)
         await kv.put(run.run_id, record.model_dump_json().encode())
@@ -575,11 +609,11 @@ class Dispatcher:
             log.info("run %s was changed by another replica; re-reading it", run.run_id)
             self._forget(run.run_id)
             for msg in covered:  # re-applied by whoever holds the newer state
-                await msg.nak(delay=0.5)
+                await _settle_quietly(msg.nak(delay=0.5))
             return False
         self._checkpointed_at[run.run_id] = time.monotonic()
         for msg in covered:
-            await msg.ack()
+            await _settle_quietly(msg.ack())
         if run.phase is not RunPhase.RUNNING:
             self._forget(run.run_id)
             await self._finished(run.run_id)

@@ -25,6 +25,9 @@ class DispatcherSettings(BaseSettings):
         0.2, ge=0, description="Least time between checkpoints of a run; results are acked when covered."
     )
     results_batch: int = Field(256, ge=1, description="Results fetched and checkpointed together.")
+    results_give_up_after: int = Field(
+        12, ge=1, description="Deliveries (with backoff, ~4 min) of a result for an unknown run or attempt before it is terminated."
+    )
     retry_base_s: float = Field(0.5, ge=0, description="Backoff before the second attempt (doubles after).")
     retry_cap_s: float = Field(30.0, ge=0, description="Longest backoff between attempts.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least time between progress events of a run.")

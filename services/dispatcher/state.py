@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -24,7 +24,24 @@ from swarm.contracts import (
     StepStatus,
     utc_now,
 )
-from swarm.dag import PlanError, PlanLimits, children_of, sinks, topological_order
+from swarm.dag import PlanError, PlanLimits, children_of, sinks, topological_order, validate_plan
+
+CLOCK_SKEW = timedelta(seconds=5)
+OLDEST_SUBMISSION = timedelta(days=7)  # RUNS retention: a plan cannot outlive its task by more
+
+
+def _aware(at: datetime) -> datetime:
+    """A time with an offset (one without is taken as UTC)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def trusted_submitted_at(planned: RunPlanned) -> datetime:
+    """The submission time durations start from: the client's claim, unless it lies after the plan
+    was made (a clock ahead, a forged value) or implausibly long before; then the plan's own time."""
+    planned_at, submitted_at = _aware(planned.at), _aware(planned.submitted_at)
+    if planned_at - OLDEST_SUBMISSION <= submitted_at <= planned_at + CLOCK_SKEW:
+        return min(submitted_at, planned_at)
+    return planned_at
 
 
 class StepPhase(StrEnum):
@@ -109,13 +126,17 @@ class RunState:
         retry: RetryPolicy | None = None,
         limits: PlanLimits | None = None,
     ) -> None:
+        self.limits = limits or PlanLimits()
+        # Re-validated here: a RunPlanned is a message like any other, and a bad one must not wedge us.
+        validate_plan(planned.plan, self.limits)
+        topological_order({s.id: s.depends_on for s in planned.plan.steps})
         self.planned = planned
+        self.submitted_at = trusted_submitted_at(planned)
         self.run_id = planned.run_id
         self.tenant = planned.tenant
         self.priority = planned.priority
         self.max_in_flight = max_in_flight
         self.retry = retry or RetryPolicy()
-        self.limits = limits or PlanLimits()
         self.spawns: list[tuple[str, SpawnRequest]] = []
         self.agents: dict[str, AgentSpec] = {a.id: a for a in planned.plan.agents}
         self.steps: dict[str, StepState] = {s.id: StepState(spec=s) for s in planned.plan.steps}
@@ -317,7 +338,7 @@ class RunState:
             retries_count=self.retries_count,
             prompt_tokens=sum(s.prompt_tokens for s in self.steps.values()),
             completion_tokens=sum(s.completion_tokens for s in self.steps.values()),
-            wall_ms=(utc_now() - self.planned.submitted_at).total_seconds() * 1000,
+            wall_ms=max(0.0, (utc_now() - self.submitted_at).total_seconds() * 1000),
         )
 
     # ------------------------------------------------------------------ checkpoints

@@ -29,7 +29,10 @@ async def run_recorder(settings: RecorderSettings, stop: asyncio.Event) -> None:
             queries = await serve_queries(bus.nc, eventlog, settings.query_max_reply_bytes)
             await bus.serve_health("recorder", lambda: {**events.details(), "runs_recorded": runs.recorded_count})
             log.info("recording into %s (%s)", settings.clickhouse.database, settings.clickhouse.mode)
-            await asyncio.gather(events.run(stop), runs.run(stop))
+            await asyncio.gather(
+                bus.loops.run("events", lambda: events.run(stop), stop),
+                bus.loops.run("runs", lambda: runs.run(stop), stop),
+            )
             await queries.unsubscribe()
         finally:
             await bus.close()

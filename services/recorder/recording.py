@@ -1,16 +1,16 @@
 """Step and inference events from the EVENTS stream into ClickHouse, in big batches, acked only once stored.
 
 - A batch is inserted when it holds `batch_max_events` messages or its oldest waited `batch_max_ms`.
-- Acks follow a successful insert, in stream order. The consumer's ack policy is AckAll: one ack
-  (of the batch's last message) covers the whole batch, which is what lets one recorder keep up
-  with 20k+ events/s. It also means ONE reader per durable consumer: a second replica's ack would
-  cover the first one's unstored messages. Scale out with one durable per subject partition instead.
-  A consumer created earlier with explicit acks keeps them (every message acked).
+- Every message is acked explicitly, after the insert that stored it: a recorder killed between fetch
+  and insert leaves its messages unacked, and JetStream redelivers them (to its successor or a sibling
+  replica) after ack_wait. Producers bundle events (a StepEventBatch per dispatcher flush), so an ack
+  covers hundreds of events. (An AckAll consumer lost such batches: the successor's first ack also
+  acknowledged the dead recorder's deliveries.)
 - While ClickHouse fails, the same batch is retried with back-off (same rows, same dedup token)
   and nothing later is fetched or acked: events wait in JetStream (limits retention), and if the
   outage outlasts ack_wait the redeliveries collapse by event_id.
-- A malformed message, or a row the engine refuses, is logged, counted and dropped (acked with its
-  batch): it never blocks the stream or comes back.
+- A malformed message is terminated; an event whose id is not the one its fields derive, or a row the
+  engine refuses, is logged, counted and dropped: it never blocks the stream or comes back.
 - A redelivered event is stored again but collapses by event_id (ReplacingMergeTree, FINAL), and
   a re-inserted identical batch is dropped whole by its insert_deduplication_token.
 - Producers may bundle step events: a StepEventBatch on Subjects.step_event_batch(run_id).
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import struct
 import time
@@ -31,13 +30,10 @@ from typing import Any
 import nats.errors
 from clickhouse_connect.driver.exceptions import DataError
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy
-from pydantic import ValidationError
 
 from services.recorder.settings import RecorderSettings
-from swarm.bus import Bus, ConsumerSpec
+from swarm.bus import MALFORMED, Bus, ConsumerSpec, Reject, consume_batches, fail
 from swarm.contracts import (
     EVENTS,
     RECORDER_CONSUMER,
@@ -46,6 +42,7 @@ from swarm.contracts import (
     StepEvent,
     StepEventBatch,
     Subjects,
+    is_step_event_id,
 )
 from swarm.eventlog import EventLog
 
@@ -60,18 +57,16 @@ INFERENCE_EVENT_BATCH_SUBJECT = Subjects.inference_event_batch()
 # any other failure (unknown table, engine or disk error, connection) is an outage: retry later.
 _DATA_ERRORS = (DataError, ValueError, TypeError, OverflowError, struct.error)
 _OUTAGE_ERRORS = (ClickHouseError, OSError)
-_STATUS_HEADER = "Status"
 
 
 def events_consumer(settings: RecorderSettings) -> ConsumerSpec:
-    """The recorder's durable pull consumer on EVENTS (AckAll: one ack per batch, one reader)."""
+    """The recorder's durable pull consumer on EVENTS (explicit acks, after the insert)."""
     return ConsumerSpec(
         stream=EVENTS,
         durable=RECORDER_CONSUMER,
         filter_subjects=EVENTS.subjects,
         ack_wait_s=settings.ack_wait_s,
         max_ack_pending=max(20_000, 4 * settings.batch_max_events),
-        ack_policy="all",
     )
 
 
@@ -111,53 +106,6 @@ def decode(msg: Msg) -> tuple[Sequence[StepEvent], Sequence[InferenceEvent]]:
     raise ValueError(f"no event type is recorded from subject {subject}")
 
 
-class BatchPuller:
-    """Reads a durable pull consumer with JetStream's pull API: one request per batch, a callback per message.
-
-    nats-py's `fetch` awaits every message with its own timeout (asyncio.wait_for), which cost the
-    recorder about a third of its CPU; here a message is one list append.
-    """
-
-    def __init__(self, nc: NatsClient, stream: str, durable: str) -> None:
-        self.nc = nc
-        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self.inbox = nc.new_inbox()
-        self._msgs: list[Msg] = []
-        self._want = 0
-        self._done = asyncio.Event()
-        self._sub: Any = None
-
-    async def start(self) -> None:
-        """Subscribe the inbox the requested messages arrive on."""
-        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=1_000_000)
-
-    async def _on_msg(self, msg: Msg) -> None:
-        if not msg.data and msg.headers and _STATUS_HEADER in msg.headers:
-            self._done.set()  # 404/408/409: this request is over (no more, expired, or limits)
-            return
-        self._msgs.append(msg)
-        if len(self._msgs) >= self._want:
-            self._done.set()
-
-    async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
-        """Up to `batch` messages, waiting at most about `timeout_s` for them."""
-        if len(self._msgs) < batch:
-            self._want = batch
-            self._done.clear()
-            request = {"batch": batch - len(self._msgs), "expires": int(timeout_s * 1e9)}
-            await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), timeout_s + 0.5)
-        # Messages of a request that outlived our wait arrive later and are kept for the next call.
-        msgs, self._msgs = self._msgs[:batch], self._msgs[batch:]
-        return msgs
-
-    async def stop(self) -> None:
-        """Unsubscribe; undelivered and unacked messages are redelivered by JetStream."""
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-
-
 class EventRecorder:
     """The EVENTS consumer loop and its counters (reported by the health probe)."""
 
@@ -170,8 +118,9 @@ class EventRecorder:
         self.failed_inserts_count = 0
         self.pending_count = 0
         self.last_insert_ms = 0.0
-        self.ack_all = True
         self._stop = asyncio.Event()
+        self._batch = Batch()
+        self._inserting: asyncio.Task[bool] | None = None
 
     def details(self) -> dict[str, Any]:
         """Counters for the health probe."""
@@ -187,58 +136,63 @@ class EventRecorder:
         """Fetch, batch and insert until `stop`; then insert what is pending and return.
 
         One insert runs (in a thread) while the next batch is fetched and decoded: at most two
-        batches are held, well under the consumer's max_ack_pending, and acks stay in stream order.
+        batches are held, well under the consumer's max_ack_pending.
         """
         self._stop = stop
-        spec = events_consumer(self.settings)
-        await self.bus.ensure_consumer(spec)
-        info = await self.bus.js.consumer_info(spec.stream.name, spec.durable)
-        self.ack_all = info.config.ack_policy == AckPolicy.ALL
-        puller = BatchPuller(self.bus.nc, spec.stream.name, spec.durable)
-        await puller.start()
-        batch = Batch()
-        inserting: asyncio.Task[bool] | None = None
-        max_msgs = self.settings.batch_max_events
-        while not stop.is_set():
-            # Never wait past the batch's deadline, nor longer than fetch_timeout_s (so `stop` is seen).
-            wait_s = self.settings.fetch_timeout_s
-            if batch:
-                wait_s = min(wait_s, max(0.001, (self.settings.batch_max_ms - batch.age_ms()) / 1000))
-            try:
-                msgs = await puller.fetch(max_msgs - len(batch), timeout_s=wait_s)
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._add(batch, msg)
-            self.pending_count = batch.events_count
-            if not batch or (len(batch) < max_msgs and batch.age_ms() < self.settings.batch_max_ms):
-                continue
-            if inserting is not None:
-                await inserting
-            inserting = asyncio.create_task(self.flush(batch))
-            batch = Batch()
-        await puller.stop()
-        if inserting is not None:
-            await inserting
-        if batch:
-            await self.flush(batch)
-        self.pending_count = 0
+        psub = await self.bus.pull_subscription(events_consumer(self.settings))
+        try:
+            await consume_batches(
+                psub, self._on_msgs, stop, batch=self.settings.batch_max_events,
+                fetch_timeout_s=self._wait_s, on_idle=self._on_idle,
+            )  # fmt: skip
+        finally:
+            if self._inserting is not None:
+                await self._inserting
+            if self._batch:
+                await self.flush(self._batch)
+            self._batch, self._inserting = Batch(), None
+            self.pending_count = 0
+
+    def _wait_s(self) -> float:
+        """Never wait past the pending batch's deadline, nor longer than fetch_timeout_s (so `stop` is seen)."""
+        if not self._batch:
+            return self.settings.fetch_timeout_s
+        left_s = (self.settings.batch_max_ms - self._batch.age_ms()) / 1000
+        return min(self.settings.fetch_timeout_s, max(0.001, left_s))
+
+    async def _on_msgs(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            await self._add(self._batch, msg)
+        self.pending_count = self._batch.events_count
+        if len(self._batch) >= self.settings.batch_max_events or self._batch.age_ms() >= self.settings.batch_max_ms:
+            await self._start_insert()
+
+    async def _on_idle(self) -> None:
+        if self._batch and self._batch.age_ms() >= self.settings.batch_max_ms:
+            await self._start_insert()
+
+    async def _start_insert(self) -> None:
+        """Insert the pending batch in the background (after the previous insert finished)."""
+        if self._inserting is not None:
+            await self._inserting
+        self._inserting = asyncio.create_task(self.flush(self._batch))
+        self._batch = Batch()
 
     async def _add(self, batch: Batch, msg: Msg) -> None:
         try:
-            decoded = decode(msg)
-        except (ValidationError, ValueError, json.JSONDecodeError) as exc:
+            step_events, inference_events = decode(msg)
+        except (*MALFORMED, ValueError) as exc:  # nothing a redelivery could fix: terminated, logged once
             self.rejected_count += 1
-            log.warning("malformed event on %s dropped: %s", msg.subject, str(exc)[:300])
-            if self.ack_all:
-                batch.msgs.append(msg)  # acked with the batch; a term would ack every earlier message now
-            else:
-                await msg.term()
+            await fail(msg, Reject(str(exc)))
             return
+        forged = [e for e in step_events if not is_step_event_id(e)]
+        if forged:
+            self.rejected_count += len(forged)
+            log.warning("%d step events on %s dropped: their ids are not the ones their fields derive (e.g. %s)",
+                        len(forged), msg.subject, forged[0].event_id[:200])  # fmt: skip
+            step_events = [e for e in step_events if is_step_event_id(e)]
         if not batch:
             batch.started_at = time.monotonic()
-        step_events, inference_events = decoded
         batch.step_events.extend(step_events)
         batch.inference_events.extend(inference_events)
         batch.msgs.append(msg)
@@ -256,18 +210,16 @@ class EventRecorder:
                 self.failed_inserts_count += 1
                 if self._stop.is_set():
                     log.error("stopping during an outage: %d events stay in JetStream: %s", batch.events_count, exc)
-                    if not self.ack_all:
-                        for msg in batch.msgs:
+                    for msg in batch.msgs:
+                        with contextlib.suppress(nats.errors.Error):
                             await msg.nak()
                     return False
                 delay_s = min(self.settings.retry_max_s, 0.5 * 2 ** (failures - 1))
                 log.warning("event log unavailable (%s); %d events wait, retrying in %.1fs", exc, batch.events_count, delay_s)
                 await _sleep_unless(self._stop, delay_s)
         self.last_insert_ms = (time.monotonic() - started) * 1000
-        if self.ack_all:
-            await batch.msgs[-1].ack()
-        else:
-            for msg in batch.msgs:
+        for msg in batch.msgs:  # a lost ack only means a redelivery, which collapses by event_id
+            with contextlib.suppress(nats.errors.Error):
                 await msg.ack()
         self.recorded_count += stored
         return True

@@ -7,6 +7,7 @@ higher version, so a redelivered 'planned' never turns a finished run back into 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
 from services.recorder.settings import RecorderSettings
-from swarm.bus import Bus, ConsumerSpec
+from swarm.bus import Bus, ConsumerSpec, Retry, consume_batches, fail
 from swarm.contracts import (
     RECORDER_RUNS_CONSUMER,
     RUNS,
@@ -113,41 +114,33 @@ class RunRecorder:
         self.eventlog = eventlog
         self.settings = settings
         self.recorded_count = 0
+        self._failures = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch run events and upsert run rows until `stop`."""
         psub = await self.bus.pull_subscription(runs_consumer(self.settings))
-        failures = 0
-        while not stop.is_set():
+        await consume_batches(psub, self._on_msgs, stop, batch=RUNS_BATCH, fetch_timeout_s=self.settings.fetch_timeout_s)
+
+    async def _on_msgs(self, msgs: list[Msg]) -> None:
+        events: list[tuple[Msg, RecordedRunEvent]] = []
+        for msg in msgs:
             try:
-                msgs = await psub.fetch(RUNS_BATCH, timeout=self.settings.fetch_timeout_s)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                await asyncio.sleep(0.5)
-                continue
-            events: list[tuple[Msg, RecordedRunEvent]] = []
-            for msg in msgs:
-                try:
-                    event = _RUN_EVENT.validate_json(msg.data)
-                except ValidationError as exc:
-                    log.warning("malformed run event on %s terminated: %s", msg.subject, str(exc)[:300])
-                    await msg.term()
-                    continue
-                events.append((msg, event))  # type: ignore[arg-type]  # the filter admits only these kinds
-            try:
-                await asyncio.to_thread(self.write, [event for _, event in events])
-            except (ClickHouseError, OSError) as exc:
-                failures += 1
-                log.error("writing %d run events failed; they will be redelivered: %s", len(events), exc)
-                for msg, _ in events:
-                    await msg.nak(delay=min(self.settings.retry_max_s, 0.5 * 2**failures))
-                continue
-            failures = 0
-            for msg, _ in events:
+                events.append((msg, _RUN_EVENT.validate_json(msg.data)))  # type: ignore[arg-type]  # the filter admits only these kinds
+            except ValidationError as exc:
+                await fail(msg, exc)
+        try:
+            await asyncio.to_thread(self.write, [event for _, event in events])
+        except (ClickHouseError, OSError) as exc:
+            self._failures += 1
+            delay_s = min(self.settings.retry_max_s, 0.5 * 2**self._failures)
+            for msg, _ in events:  # the event log is away: wait it out (never given up)
+                await fail(msg, Retry(f"writing run events failed: {exc}", delay_s=delay_s))
+            return
+        self._failures = 0
+        for msg, _ in events:
+            with contextlib.suppress(nats.errors.Error):
                 await msg.ack()
-            self.recorded_count += len(events)
-        await psub.unsubscribe()
+        self.recorded_count += len(events)
 
     def write(self, events: list[RecordedRunEvent]) -> int:
         """Merge the events into their runs' current rows and write those rows (blocking)."""

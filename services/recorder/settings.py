@@ -25,7 +25,8 @@ class RecorderSettings(BaseSettings):
     batch_max_ms: float = Field(500.0, gt=0, description="Insert when the oldest pending event waited this long.")
     fetch_timeout_s: float = Field(1.0, gt=0, description="Longest wait of one fetch while nothing is pending.")
     retry_max_s: float = Field(30.0, gt=0, description="Longest back-off between inserts while ClickHouse fails.")
-    ack_wait_s: float = Field(60.0, gt=0, description="Redelivery time of an unacknowledged event.")
+    # Short: a killed recorder's fetched, unstored events come back this soon (redeliveries collapse by event_id).
+    ack_wait_s: float = Field(15.0, gt=0, description="Redelivery time of an unacknowledged event.")
     query_max_reply_bytes: int = Field(1_000_000, gt=0, description="Largest query reply (NATS max_payload).")
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,

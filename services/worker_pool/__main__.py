@@ -17,10 +17,16 @@ async def main(stop: asyncio.Event, settings: WorkerSettings | None = None) -> N
     await bus.provision()
     executor = StepExecutor(bus, settings)
     await executor.watch_ended_runs()
-    steps = await bus.pull_subscription(steps_consumer(settings))
+    spec = steps_consumer(settings)
+
+    async def run_steps() -> None:
+        steps = await bus.pull_subscription(spec)
+        await consume(steps, executor.on_step, stop, batch=settings.concurrency, concurrency=settings.concurrency,
+                      give_up_after=spec.max_deliver)  # fmt: skip
+
     await bus.serve_health("worker", lambda: {"steps_done": executor.steps_done})
-    heartbeats = asyncio.create_task(executor.heartbeats())
-    await consume(steps, executor.on_step, stop, batch=settings.concurrency, concurrency=settings.concurrency)
+    heartbeats = asyncio.create_task(bus.loops.run("heartbeats", executor.heartbeats, stop))
+    await bus.loops.run("steps", run_steps, stop)
     heartbeats.cancel()
     await bus.close()
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
+from pydantic import TypeAdapter, ValidationError
 
 from services.worker_pool.errors import StepFailed
 from services.worker_pool.settings import WorkerSettings
@@ -26,10 +27,13 @@ from swarm.contracts import (
     INLINE_OUTPUT_MAX_CHARS,
     OUTPUTS_BUCKET,
     RESULT_EVENTS_MAX,
+    RUN_STATE_BUCKET,
     STEPS,
     WORKERS_CONSUMER_PREFIX,
     ChatMessage,
     InferenceRequest,
+    RunCancelled,
+    RunFailed,
     SpawnRequest,
     StepDispatch,
     StepEvent,
@@ -50,6 +54,7 @@ log = logging.getLogger(__name__)
 
 
 ENDED_RUNS_KEPT = 10_000
+_ENDED_RUN_EVENT: TypeAdapter[RunCancelled | RunFailed] = TypeAdapter(RunCancelled | RunFailed)
 MIN_INPUT_CHARS = 200  # the least of each dependency's output a prompt shows
 
 
@@ -127,18 +132,51 @@ class StepExecutor:
         self.steps_done = 0
         self._events: dict[tuple[str, str, int], list[StepEvent]] = {}  # per attempt, until flushed
         self._running: dict[tuple[str, str, int], tuple[float, Msg, StepDispatch]] = {}  # since, delivery, step
+        self._confirming: set[asyncio.Task[None]] = set()
 
     async def watch_ended_runs(self) -> None:
-        """Skip the queued steps of runs that were cancelled or failed meanwhile."""
+        """Skip the queued steps of runs that were cancelled or failed meanwhile.
+
+        An end is believed only when the message is a well-formed RunCancelled/RunFailed on its own
+        run's subject, and the run's checkpoint (written by the dispatcher alone) confirms it: a
+        forged `{"run_id": ...}` cannot make workers drop a live run's steps.
+        """
 
         async def on_end(msg: Msg) -> None:
-            with contextlib.suppress(ValueError, AttributeError):
-                self._ended_runs[json.loads(msg.data).get("run_id")] = None
-                if len(self._ended_runs) > ENDED_RUNS_KEPT:
-                    del self._ended_runs[next(iter(self._ended_runs))]
+            try:
+                event = _ENDED_RUN_EVENT.validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("malformed run end on %s ignored: %s", msg.subject, str(exc)[:300])
+                return
+            if msg.subject != Subjects.run_event(event.tenant, event.run_id, event.kind):
+                log.warning("run end for %s/%s on %s ignored", event.tenant, event.run_id, msg.subject)
+                return
+            if event.run_id not in self._ended_runs:
+                task = asyncio.create_task(self._confirm_ended(event.run_id))
+                self._confirming.add(task)
+                task.add_done_callback(self._confirming.discard)
 
         for kind in ("cancelled", "failed"):
             await self.bus.nc.subscribe(Subjects.run_kind_all(kind), cb=on_end)
+
+    async def _confirm_ended(self, run_id: str) -> None:
+        """Mark the run ended once its checkpoint says so (the dispatcher writes it just after the event)."""
+        kv = await self.bus.kv(RUN_STATE_BUCKET)
+        for delay_s in (0.0, 0.2, 0.5, 1.0, 2.0, 4.0):
+            await asyncio.sleep(delay_s)
+            try:
+                entry = await kv.get(run_id)
+            except KeyNotFoundError:
+                continue
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("cannot confirm the end of run %s: %s", run_id, exc)
+                continue
+            if json.loads(entry.value or b"{}").get("phase", "running") != "running":
+                self._ended_runs[run_id] = None
+                if len(self._ended_runs) > ENDED_RUNS_KEPT:
+                    del self._ended_runs[next(iter(self._ended_runs))]
+                return
+        log.warning("run %s announced as ended, but its checkpoint says it runs: ignored", run_id)
 
     async def on_step(self, msg: Msg) -> None:
         """Handle one delivery of a step (settled by `swarm.bus.settle`)."""
@@ -305,18 +343,20 @@ class StepExecutor:
         return {d: dispatch.inputs[d] if d in dispatch.inputs else fetched[d] for d in deps}
 
     async def heartbeats(self) -> None:
-        """Tell JetStream the steps running longer than a heartbeat are still worked on, so they are not
-        redelivered to another worker; their events so far are published, so watchers see them started.
+        """Tell JetStream the running steps are still worked on, so they are not redelivered to another
+        worker (a killed worker's steps are, after the short ack_wait); a step running long publishes its
+        events so far, so watchers see it started.
 
         One loop for all steps: a task per step cost more than the steps themselves at zero latency.
         """
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            due = asyncio.get_running_loop().time() - self.settings.heartbeat_s
+            now = loop.time()
             for started, msg, dispatch in list(self._running.values()):
-                if started <= due:
-                    with contextlib.suppress(nats.errors.Error):
-                        await msg.in_progress()
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+                    if started <= now - self.settings.early_events_s:
                         await self._flush_events(dispatch)
 
     async def _flush_events(self, dispatch: StepDispatch) -> None:

@@ -17,9 +17,13 @@ class WorkerSettings(BaseSettings):
     nats: NatsSettings = Field(default_factory=NatsSettings)
     pool: str = Field(DEFAULT_POOL, description="Worker pool (STEPS subject) to serve.")
     concurrency: int = Field(64, ge=1, description="Steps run at once by this process.")
-    ack_wait_s: float = Field(30.0, gt=0, description="Redeliver a step whose worker went silent this long.")
+    # Short, with heartbeats 3x as often: a killed worker's steps run again elsewhere within seconds.
+    ack_wait_s: float = Field(3.0, gt=0, description="Redeliver a step whose worker went silent this long.")
     max_deliver: int = Field(20, ge=1, description="Deliveries of one step before it is given up.")
-    heartbeat_s: float = Field(10.0, gt=0, description="Interval of in-progress heartbeats while a step runs.")
+    heartbeat_s: float = Field(1.0, gt=0, description="Interval of in-progress heartbeats while a step runs.")
+    early_events_s: float = Field(
+        10.0, gt=0, description="A step running this long publishes its events so far (watchers see it started)."
+    )
     context_chars: int = Field(6000, ge=200, description="Characters of dependency outputs put into a prompt.")
     inline_payload_bytes: int = Field(
         1_000_000, ge=1024, description="Outputs larger than this go to the object store by reference."

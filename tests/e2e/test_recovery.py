@@ -6,22 +6,29 @@ Each time the run completes and every step is counted exactly once (one 'succeed
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+import nats
 import pytest
 from nats.js.errors import KeyNotFoundError
 
 from swarm.client import SwarmClient
 from swarm.contracts import (
     DISPATCHER_LEASES_BUCKET,
+    EVENTS,
+    RECORDER_CONSUMER,
     AgentSpec,
     Plan,
     RunCompleted,
     StepSpec,
+    Subjects,
     result_partition,
 )
+from swarm.eventlog import query_via_recorder
 from swarm.natsserver import free_port
 from swarm.settings import NatsSettings, StackSettings
 from swarm.stack import Stack
@@ -30,9 +37,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CRASH_ENV = {
     "SWARM_GATEWAY_SIM_LATENCY_SCALE": "1",
-    "SWARM_WORKER_ACK_WAIT_S": "4",  # a dead worker's step is redelivered after this long
-    "SWARM_WORKER_HEARTBEAT_S": "1",
     "SWARM_WORKER_CONCURRENCY": "16",
+    # Batches held ~1 s between fetch and insert, so a kill -9 lands on fetched, unstored events
+    # (which come back after the recorder's default ack_wait).
+    "SWARM_RECORDER_BATCH_MAX_MS": "1000",
 }
 
 
@@ -121,6 +129,63 @@ async def partition_owner_pid(stack: Stack, run_id: str) -> int:
             except KeyNotFoundError:
                 await asyncio.sleep(0.1)
     return int(owner.split("-")[-2])  # instance ids are <host>-<pid>-<random>
+
+
+async def test_recorder_killed_three_times_mid_run_loses_and_doubles_nothing(stack: Stack) -> None:
+    plan = wide_plan(240, 300)
+    killed_holding: list[int] = []
+
+    def crash_three_times() -> None:
+        for _ in range(3):  # each time while it holds fetched events not yet inserted
+            killed_holding.append(asyncio.run(recorder_holding_events(stack)))
+            stack.kill("recorder", 0)
+            stack.respawn("recorder", 0)
+
+    run_ids: list[str] = []
+    await run_through(stack, plan, crash_three_times, crash_after_s=0.5, run_ids=run_ids)
+    assert len(killed_holding) == 3 and min(killed_holding) > 0
+    async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
+        await assert_event_log_matches_stream(client, run_ids[0])
+
+
+async def recorder_holding_events(stack: Stack, timeout_s: float = 30) -> int:
+    """Wait until the recorder holds fetched events waiting for their insert; how many."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                reply = await nc.request(Subjects.health("recorder"), b"", timeout=0.5)
+                pending = int(json.loads(reply.data).get("events_pending", 0))
+                if pending:
+                    return pending
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                pass  # not up yet
+            await asyncio.sleep(0.02)
+        return 0
+    finally:
+        await nc.close()
+
+
+async def assert_event_log_matches_stream(client: SwarmClient, run_id: str, timeout_s: float = 60) -> None:
+    """ClickHouse holds exactly one row (after FINAL) per step event in EVENTS: none missing, none doubled."""
+    in_stream = {e.event_id for e in await client.step_events(run_id)}
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:  # the recorder catches up: its consumer holds nothing, then the rows are final
+        info = await client.bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"recorder still behind: {info}"
+        await asyncio.sleep(0.5)
+    stored = await query_via_recorder(
+        client.bus.nc,
+        "SELECT count() AS rows_n, uniqExact(event_id) AS unique_n, countIf(event_id IN {ids:Array(String)}) AS "
+        "known_n FROM step_events FINAL WHERE run_id = {run:String}",
+        {"run": run_id, "ids": sorted(in_stream)},
+        timeout_s=30,
+    )
+    n = len(in_stream)
+    assert stored == [{"rows_n": n, "unique_n": n, "known_n": n}], f"{n} events in EVENTS"
 
 
 async def test_nats_server_restarted_mid_run(stack: Stack) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from nats.js.api import StreamConfig
 
-from swarm.bus import Bus, ConsumerSpec, ProvisioningConflict, Reject, Retry, consume
+from swarm.bus import Bus, ConsumerSpec, ProvisioningConflict, Reject, Retry, consume, consume_batches
 from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, TASKS, Retention, StreamSpec
 from swarm.settings import NatsSettings
 
@@ -87,3 +87,98 @@ async def test_kv_keys_match_a_pattern_on_the_server_and_skip_deleted_ones(bus: 
     await kv.delete("running.p1.b")
     assert await bus.kv_keys(bucket, "running.p1.*") == ["running.p1.a"]
     assert sorted(await bus.kv_keys(bucket, "running.>")) == ["running.p1.a", "running.p2.c"]
+
+
+async def _drained(bus: Bus, stream: str) -> int:
+    """Messages left in a work-queue stream once acks and terms have landed."""
+    for _ in range(100):
+        info = await bus.js.stream_info(stream)
+        if info.state.messages == 0:
+            break
+        await asyncio.sleep(0.05)
+    return info.state.messages
+
+
+async def test_a_poison_message_is_terminated_after_bounded_deliveries_and_the_loop_goes_on(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = StreamSpec(name="T_POISON", subjects=("t.poison.>",), retention=Retention.WORK_QUEUE, description="t")
+    await bus.provision(streams=[stream], buckets=[])
+    spec = ConsumerSpec(stream=stream, durable="t", filter_subjects=("t.poison.>",), give_up_after=3)
+    psub = await bus.pull_subscription(spec)
+    await bus.js.publish("t.poison.bad", b"boom")
+    for i in range(3):
+        await bus.js.publish(f"t.poison.ok{i}", b"fine")
+    attempts: list[str] = []
+    stop = asyncio.Event()
+
+    async def handler(msg) -> None:  # type: ignore[no-untyped-def]
+        kind = msg.subject.rsplit(".", 1)[1]
+        attempts.append(kind)
+        if attempts.count("bad") >= 3 and len(set(attempts)) == 4:
+            stop.set()
+        if kind == "bad":
+            raise KeyError("a bug this message triggers")
+
+    with caplog.at_level("INFO", logger="swarm.bus"):
+        await asyncio.wait_for(consume(psub, handler, stop, fetch_timeout_s=0.2, give_up_after=3), 30)
+    assert attempts.count("bad") == 3  # bounded: delivered three times, then terminated
+    assert sorted(set(attempts)) == ["bad", "ok0", "ok1", "ok2"]
+    assert await _drained(bus, stream.name) == 0
+    failures = [r for r in caplog.records if "t.poison.bad" in r.getMessage()]
+    assert [r.levelname for r in failures] == ["ERROR", "ERROR"]  # the first failure (with traceback), the give-up
+    assert "gave up" in failures[-1].getMessage()
+
+
+async def test_a_batch_handler_failing_on_one_message_settles_the_rest(bus: Bus) -> None:
+    stream = StreamSpec(name="T_BATCH", subjects=("t.batch.>",), retention=Retention.WORK_QUEUE, description="t")
+    await bus.provision(streams=[stream], buckets=[])
+    spec = ConsumerSpec(stream=stream, durable="t", filter_subjects=("t.batch.>",))
+    for i in range(5):
+        await bus.js.publish(f"t.batch.m{i}", b"poison" if i == 2 else b"fine")
+    handled: list[str] = []
+    stop = asyncio.Event()
+
+    async def handler(msgs) -> None:  # type: ignore[no-untyped-def]
+        if any(m.data == b"poison" for m in msgs):
+            raise ZeroDivisionError("the batch holds a message this handler cannot take")
+        for m in msgs:
+            handled.append(m.subject)
+            await m.ack()
+        if len(handled) == 4:
+            stop.set()
+
+    psub = await bus.pull_subscription(spec)
+    await asyncio.wait_for(consume_batches(psub, handler, stop, batch=10, fetch_timeout_s=0.2, give_up_after=2), 30)
+    assert sorted(handled) == [f"t.batch.m{i}" for i in (0, 1, 3, 4)]
+    assert await _drained(bus, stream.name) == 1  # the poison waits for its (last) redelivery
+    stop2 = asyncio.Event()
+    asyncio.get_running_loop().call_later(4.0, stop2.set)
+    await consume_batches(await bus.pull_subscription(spec), handler, stop2, batch=10, fetch_timeout_s=0.2, give_up_after=2)
+    assert await _drained(bus, stream.name) == 0  # given up on its second delivery, terminated
+
+
+async def test_a_dead_loop_is_restarted_and_shown_in_health(bus: Bus) -> None:
+    stop = asyncio.Event()
+    runs = 0
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("died once")
+        await stop.wait()
+
+    bus.loops.RESTART_DELAY_S = 0.1  # type: ignore[misc]
+    task = asyncio.create_task(bus.loops.run("flaky", flaky, stop))
+    for _ in range(100):
+        if runs == 2:
+            break
+        await asyncio.sleep(0.02)
+    details = bus.loops.details()
+    assert runs == 2 and details["healthy"] is True
+    assert details["loops"]["flaky"]["restarts_count"] == 1
+    assert "died once" in details["loops"]["flaky"]["last_error"]
+    stop.set()
+    await task
+    assert "flaky" not in bus.loops.details()["loops"]  # ended on purpose: not expected any more

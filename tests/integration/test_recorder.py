@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.api import AckPolicy
 
 from services.recorder.recorder import run_recorder
 from services.recorder.settings import RecorderSettings
@@ -280,3 +281,31 @@ async def test_inference_cost_comes_from_the_price_table(bus: Bus, recorder_sett
         rows = await eventually(costs)
     assert rows == [{"event_id": "c1", "cost_usd": 0.006, "ttft_ms": None},
                     {"event_id": "c2", "cost_usd": 0.00075, "ttft_ms": None}]  # fmt: skip
+
+
+async def test_forged_and_out_of_range_events_are_rejected_not_recorded(bus: Bus, recorder: asyncio.Event) -> None:
+    genuine = [step_event("r7", i) for i in range(3)]
+    # A fourth 'succeeded' under a made-up id (it would count as an extra success), and an attempt
+    # wider than the column (it used to be clamped to 65535 silently).
+    forged = step_event("r7", 0).model_copy(update={"event_id": "r7.extra-success"})
+    too_wide = json.loads(step_event("r7", 9).model_dump_json())
+    too_wide.update(attempt=70_000, event_id=step_event_id("r7", "s9", 70_000, StepEventKind.SUCCEEDED))
+    await bus.publish(Subjects.step_event_batch("r7"), StepEventBatch(events=(*genuine, forged)))
+    await bus.js.publish(Subjects.step_event("r7"), json.dumps(too_wide).encode())
+    await bus.publish(Subjects.step_event("r7"), step_event("r7", 3))
+    assert await eventually(lambda: _has(count_step_events(bus, "r7"), n=4)) == {"n": 4, "unique_n": 4}
+    details = await eventually(lambda: _rejected_at_least(bus, 2))
+    assert details["events_rejected"] == 2
+    rows = await query_via_recorder(bus.nc, "SELECT max(attempt) AS a FROM step_events FINAL WHERE run_id = 'r7'")
+    assert rows == [{"a": 1}]
+
+
+async def _rejected_at_least(bus: Bus, n: int) -> dict[str, Any] | None:
+    details = await health(bus)
+    return details if details["events_rejected"] >= n else None
+
+
+async def test_explicit_acks_after_insert(bus: Bus, recorder: asyncio.Event) -> None:
+    """One ack per message, after the insert: an ack can never cover another reader's deliveries."""
+    info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
+    assert info.config.ack_policy == AckPolicy.EXPLICIT

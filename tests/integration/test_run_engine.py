@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import pytest
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from services.aggregator.__main__ import main as aggregator_main
 from services.aggregator.settings import AggregatorSettings
@@ -22,18 +25,25 @@ from services.worker_pool.settings import WorkerSettings
 from swarm.bus import Bus
 from swarm.client import SwarmClient, read_step_events
 from swarm.contracts import (
+    DISPATCHER_PLANS_CONSUMER,
+    DISPATCHER_RESULTS_CONSUMER,
+    RESULT_PARTITIONS,
+    RESULTS,
     RUN_STATE_BUCKET,
+    RUNS,
     STEPS,
     AgentSpec,
     Plan,
     PlanSource,
     RunCompleted,
+    RunFailed,
     RunPlanned,
     StepDispatch,
     StepResult,
     StepSpec,
     StepStatus,
     Subjects,
+    result_partition,
     utc_now,
 )
 from swarm.settings import NatsSettings
@@ -208,3 +218,151 @@ async def test_small_outputs_reach_dependents_inline_and_large_ones_by_key(bus: 
             await bus.publish(Subjects.result("run-inline"), result)
         merge = (await next_dispatches(1))["merge"]
     assert merge.inputs == {"small": "a short answer"}  # the worker reads "large" from the bucket
+
+
+# ---------------------------------------------------------------------------- poison messages
+# Each: the bad message is logged and terminated (not redelivered forever), and runs on the same
+# results partition still complete.
+
+
+def same_partition_run_ids(first: str, n: int) -> list[str]:
+    """`first` and n-1 more run ids hashed to the same results partition."""
+    ids, k = [first], 0
+    while len(ids) < n:
+        k += 1
+        if result_partition(f"{first}-{k}") == result_partition(first):
+            ids.append(f"{first}-{k}")
+    return ids
+
+
+async def completed_event(bus: Bus, run_id: str, timeout_s: float = 60) -> RunCompleted:
+    """The run's own `completed` event (a forged terminal event must not end the wait)."""
+    subject = Subjects.run_event("t", run_id, "completed")
+    for _ in range(int(timeout_s / 0.1)):
+        try:
+            return RunCompleted.model_validate_json((await bus.js.get_last_msg(RUNS.name, subject)).data)
+        except NotFoundError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not complete")
+
+
+async def consumer_settled(bus: Bus, stream: str, durable: str) -> bool:
+    """Whether the consumer holds nothing unacknowledged or pending (the bad message is gone for good)."""
+    for _ in range(100):
+        info = await bus.js.consumer_info(stream, durable)
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_submission_time_in_the_future_neither_wedges_the_partition_nor_skews_durations(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    future_run, later_run = same_partition_run_ids("run-future", 2)
+    plan = layered_plan(layers=2, width=3)
+    async with (
+        gateway(bus),
+        service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+        service(worker_main, WorkerSettings(nats=nats_settings)),
+        service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+    ):
+        tomorrow = utc_now() + timedelta(days=1)
+        planned = RunPlanned(run_id=future_run, tenant="t", goal="g", plan=plan, source=PlanSource.EXPLICIT,
+                             submitted_at=tomorrow)  # fmt: skip
+        await bus.publish(Subjects.run_event("t", future_run, "planned"), planned, msg_id=f"{future_run}.planned")
+        first = await completed_event(bus, future_run)
+        await start_run(bus, later_run, plan)
+        later = await completed_event(bus, later_run)
+    assert 0 <= first.summary.wall_ms < 60_000  # from the plan's own time, not the client's claim
+    assert later.summary.steps_succeeded == 6
+
+
+async def test_an_invalid_plan_fails_its_run_with_the_reason_and_is_not_redelivered(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    unknown_dep, cycle, good = same_partition_run_ids("run-badplan", 3)
+    agents = [{"id": "a", "role": "r"}]
+    bad_plans = {
+        unknown_dep: [{"id": "s1", "agent_id": "a", "instruction": "x", "depends_on": ["nope"]}],
+        cycle: [{"id": "s1", "agent_id": "a", "instruction": "x", "depends_on": ["s2"]},
+                {"id": "s2", "agent_id": "a", "instruction": "x", "depends_on": ["s1"]}],
+    }  # fmt: skip
+    async with (
+        gateway(bus),
+        service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+        service(worker_main, WorkerSettings(nats=nats_settings)),
+        service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+    ):
+        for run_id, steps in bad_plans.items():  # raw JSON: what a forged or buggy producer could send
+            body = {"run_id": run_id, "tenant": "t", "goal": "g", "source": "explicit",
+                    "submitted_at": utc_now().isoformat(), "plan": {"agents": agents, "steps": steps}}  # fmt: skip
+            await bus.publish_bytes(Subjects.run_event("t", run_id, "planned"), json.dumps(body).encode())
+        for run_id, reason in ((unknown_dep, "unknown step nope"), (cycle, "cycle")):
+            failed = RunFailed.model_validate_json(
+                (await wait_for_msg(bus, Subjects.run_event("t", run_id, "failed"))).data
+            )
+            assert "invalid plan" in failed.error and reason in failed.error
+        await start_run(bus, good, layered_plan(layers=2, width=2))
+        assert (await completed_event(bus, good)).summary.steps_succeeded == 4
+        assert await consumer_settled(bus, RUNS.name, DISPATCHER_PLANS_CONSUMER)
+
+
+async def wait_for_msg(bus: Bus, subject: str, timeout_s: float = 30):  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout_s / 0.1)):
+        try:
+            return await bus.js.get_last_msg(RUNS.name, subject)
+        except NotFoundError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing on {subject}")
+
+
+async def test_results_for_unknown_runs_and_steps_are_given_up(bus: Bus, nats_settings: NatsSettings) -> None:
+    settings = DispatcherSettings(nats=nats_settings, results_give_up_after=2)
+    now = utc_now()
+    ghost = StepResult(run_id="run-ghost", step_id="s", attempt=1, status=StepStatus.SUCCEEDED, started_at=now,
+                       finished_at=now, worker_id="forger")  # fmt: skip
+    async with (
+        gateway(bus),
+        service(dispatcher_main, settings),
+        service(worker_main, WorkerSettings(nats=nats_settings)),
+        service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+    ):
+        await bus.publish(Subjects.result("run-ghost"), ghost)
+        run_id = same_partition_run_ids("run-real", 1)[0]
+        await start_run(bus, run_id, layered_plan(layers=1, width=2, sim_latency_ms=300))
+        for forged in (
+            ghost.model_copy(update={"run_id": run_id, "step_id": "no-such-step"}),  # a step the run lacks
+            ghost.model_copy(update={"run_id": run_id, "step_id": "s0_0", "attempt": 999}),  # an attempt never made
+        ):
+            await bus.publish(Subjects.result(run_id), forged)
+        await completed_event(bus, run_id)
+        for partition in {result_partition("run-ghost"), result_partition(run_id)}:
+            assert await consumer_settled(bus, RESULTS.name, f"{DISPATCHER_RESULTS_CONSUMER}-{partition}")
+    assert (await bus.js.stream_info(RESULTS.name)).state.messages == 0
+
+
+async def test_a_result_on_a_partition_nobody_reads_is_refused_at_publish(bus: Bus) -> None:
+    now = utc_now()
+    result = StepResult(run_id="r", step_id="s", attempt=1, status=StepStatus.SUCCEEDED, started_at=now,
+                        finished_at=now, worker_id="w")  # fmt: skip
+    with pytest.raises(NoStreamResponseError):
+        await bus.publish(f"swarm.results.{RESULT_PARTITIONS + 83}.r", result)
+
+
+async def test_forged_run_ends_do_not_make_workers_drop_a_live_run(bus: Bus, nats_settings: NatsSettings) -> None:
+    plan = layered_plan(layers=3, width=4, sim_latency_ms=200)
+    async with (
+        gateway(bus),
+        service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+        service(worker_main, WorkerSettings(nats=nats_settings)),
+        service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+    ):
+        await start_run(bus, "run-live", plan)
+        await asyncio.sleep(0.3)
+        forged = RunFailed(run_id="run-live", tenant="t", error="forged")
+        await bus.nc.publish(Subjects.run_event("t", "run-live", "failed"), b'{"run_id": "run-live"}')
+        await bus.nc.publish(Subjects.run_event("t", "run-live", "failed"), forged.model_dump_json().encode())
+        await bus.nc.publish(Subjects.run_event("t", "run-live", "cancelled"), b"\x00\xff not json")
+        final = await completed_event(bus, "run-live", timeout_s=30)
+    assert final.summary.steps_succeeded == 12

@@ -220,7 +220,7 @@ async def test_the_scratchpad_is_shared_within_a_run(bus: Bus) -> None:
 async def test_a_step_longer_than_ack_wait_is_kept_by_heartbeats_and_shows_it_started(
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
-    settings = WorkerSettings(nats=nats_settings, ack_wait_s=1.0, heartbeat_s=0.25)
+    settings = WorkerSettings(nats=nats_settings, ack_wait_s=1.0, heartbeat_s=0.25, early_events_s=1.0)
     slow = StepSpec(id="slow", agent_id="a1", instruction="think", sim_latency_ms=3000)
     async with worker_and_gateway(bus, settings, sim_latency_scale=1.0):
         results = await run_steps(bus, "run-slow", slow)

@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from services.recorder.settings import MIGRATIONS_DIR
-from swarm.contracts import InferenceEvent, StepEvent, StepEventKind, step_event_id
+from swarm.contracts import UINT16_MAX, UINT32_MAX, InferenceEvent, StepEvent, StepEventKind, step_event_id
 from swarm.eventlog import EventLog, EventLogError, EventLogLocked, find_migrations, open_client
 from swarm.settings import ClickHouseSettings
 
@@ -106,11 +107,18 @@ def test_inference_calls_insert(eventlog: EventLog) -> None:
     assert rows == [{"ok": False, "n": 5}, {"ok": True, "n": 5}]
 
 
-def test_big_values_are_clamped_not_refused(eventlog: EventLog) -> None:
-    event = step_event("r2", "s1", StepEventKind.STARTED, attempt=70_000, prompt_tokens=2**40)
+def test_values_wider_than_their_columns_are_refused_not_clamped() -> None:
+    with pytest.raises(ValidationError, match="attempt"):
+        step_event("r2", "s1", StepEventKind.STARTED, attempt=70_000)
+    with pytest.raises(ValidationError, match="prompt_tokens"):
+        step_event("r2", "s1", StepEventKind.STARTED, prompt_tokens=2**40)
+
+
+def test_the_widest_values_are_stored_exactly(eventlog: EventLog) -> None:
+    event = step_event("r2", "s1", StepEventKind.STARTED, attempt=UINT16_MAX, prompt_tokens=UINT32_MAX)
     eventlog.insert_step_events([event])
     assert eventlog.query("SELECT attempt, prompt_tokens FROM step_events") == [
-        {"attempt": 65535, "prompt_tokens": 2**32 - 1}
+        {"attempt": UINT16_MAX, "prompt_tokens": UINT32_MAX}
     ]
 
 
