@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -346,3 +348,24 @@ async def test_gpu_smoke_runs_every_check_on_a_local_checkpoint(
     assert summary["guided_json_valid"] is True and summary["tokens_per_s"] > 0 and summary["ttft_ms"] > 0
     assert len(calls(fake_trtllm, "abort")) == 1 and calls(fake_trtllm, "shutdown") == [{}]
     json.dumps(summary)  # the summary line is JSON
+
+
+def test_gpu_smoke_command_works_offline_and_ends_with_a_json_summary(
+    hf_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The whole script as an operator runs it, with FAKE nvidia-smi and tensorrt_llm, and no Hub access."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'FAKE GPU, 81559 MiB, 575.57'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    fakes = Path(__file__).resolve().parents[1] / "fakes"
+    done = subprocess.run(
+        [sys.executable, gpu_smoke.__file__, "--model", str(hf_checkpoint), "--no-install"],
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([str(fakes), *sys.path])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["backend"] == "trtllm" and summary["tp"] == 1
+    assert summary["guided_json_valid"] is True and summary["model"] == "checkpoint"
+    assert {"tokens_per_s", "ttft_ms", "load_s"} <= set(summary)

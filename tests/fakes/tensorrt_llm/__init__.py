@@ -109,19 +109,14 @@ class RequestOutput:
         self._length_cut = length_cut  # stopped by max_tokens, not by the model
         self._streaming = streaming
         self._done = False
-        self._aborted = False
 
     @property
     def finished(self) -> bool:
         return self._done
 
-    def aborted(self) -> bool:
-        return self._aborted
-
     def abort(self) -> None:
         """Like the real one: asks the executor to drop the request; its last response says 'cancelled'."""
         CALLS.append(("abort", {"request_id": self.request_id, "finished": self._done}))
-        self._aborted = True
         if not self._done:
             self._done = True
             self.outputs[0].finish_reason = "cancelled"
@@ -163,8 +158,6 @@ class RequestOutput:
 
 class LLM:
     """FAKE LLM (the PyTorch runtime): checks the constructor and generate_async calls, answers deterministically."""
-
-    runtime = "pytorch"
 
     def __init__(
         self,

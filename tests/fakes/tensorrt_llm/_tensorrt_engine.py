@@ -17,8 +17,6 @@ from tensorrt_llm import LLM as _LLM
 class LLM(_LLM):
     """FAKE engine-directory LLM: like the fake LLM, refusing build-time limits and grammar backends it lacks."""
 
-    runtime = "tensorrt"
-
     def __init__(self, model: str, tokenizer: str | None = None, **kwargs: Any) -> None:
         for baked in ("max_seq_len", "max_batch_size"):
             if baked in kwargs:
