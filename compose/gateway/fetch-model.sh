@@ -19,8 +19,10 @@ fi
 if command -v hf >/dev/null; then cli=hf; else cli=huggingface-cli; fi
 mkdir -p "$model_dir"
 # Resumes a download that was interrupted; the token travels in HF_TOKEN, never on the command line.
+# original/ holds Meta's own-format copy of the weights (as large again), which TensorRT-LLM does not read.
+# One --exclude only: the older CLI keeps the last of several, the newer one reads a second value as a file.
 "$cli" download "${TRTLLM_HF_MODEL}" --revision "${TRTLLM_HF_REVISION:-main}" --local-dir "$model_dir" \
-    --exclude "original/*" "*.pth"
+    --exclude "original/*"
 # A checkpoint is usable only with its config and tokenizer: check before marking it complete.
 for needed in config.json tokenizer_config.json; do
     [ -f "$model_dir/$needed" ] || { echo "$source_id has no $needed: not a Hugging Face checkpoint" >&2; exit 1; }
