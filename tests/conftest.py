@@ -1,9 +1,11 @@
-"""Fixtures: a real nats-server with JetStream on a free port, and a connected Bus."""
+"""Fixtures: a real nats-server with JetStream on a free port, a connected Bus, and the FAKE tensorrt_llm."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -32,3 +34,32 @@ async def bus(nats_settings: NatsSettings) -> AsyncIterator[Bus]:
     await connected.provision()
     yield connected
     await connected.close()
+
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+@pytest.fixture
+def fake_trtllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """FAKE tensorrt_llm (tests/fakes) on sys.path, out of sys.modules afterwards; its CALLS start empty."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import tensorrt_llm
+
+    assert tensorrt_llm.__doc__ and tensorrt_llm.__doc__.startswith("FAKE")
+    tensorrt_llm.CALLS.clear()
+    yield tensorrt_llm
+    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def hf_checkpoint(tmp_path: Path) -> Path:
+    """A local Hugging Face checkpoint directory as the model-fetch job leaves it (config, tokenizer)."""
+    checkpoint = tmp_path / "models" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (checkpoint / name).write_text("{}")
+    return checkpoint

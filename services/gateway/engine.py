@@ -46,7 +46,11 @@ class Engine(Protocol):
         ...
 
     def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
-        """Text deltas as they are generated, then the Completion; raises EngineError like `generate`."""
+        """Text deltas as they are generated, then the Completion; raises EngineError like `generate`.
+
+        An async generator: the gateway closes it (`aclose`) when it stops reading early, and cancels it on a
+        deadline, so a backend can stop generating for a caller that is gone.
+        """
         ...
 
     async def close(self) -> None:

@@ -328,16 +328,19 @@ class GatewayServer:
         publish = self.bus.nc.publish
         index = 0
         first_token_at: float | None = None
-        async for item in self.engine.generate_stream(request):
-            if isinstance(item, Completion):
-                return item, first_token_at, index
-            if not item:
-                continue
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            chunk = InferenceChunk(request_id=request.request_id, index=index, delta=item)
-            await publish(reply, chunk.model_dump_json().encode())
-            index += 1
+        # Closed on every way out (a failed publish too), so the engine learns at once that nobody reads on
+        # and can stop generating (trtllm aborts the request) instead of when the generator is collected.
+        async with contextlib.aclosing(self.engine.generate_stream(request)) as items:
+            async for item in items:
+                if isinstance(item, Completion):
+                    return item, first_token_at, index
+                if not item:
+                    continue
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                chunk = InferenceChunk(request_id=request.request_id, index=index, delta=item)
+                await publish(reply, chunk.model_dump_json().encode())
+                index += 1
         raise RuntimeError(f"engine {self.engine.name} ended a stream without its completion")
 
     async def _send(

