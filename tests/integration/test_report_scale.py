@@ -83,7 +83,7 @@ def write_events(settings: ClickHouseSettings, t0: datetime) -> tuple[RunSummary
     ids = step_ids()
     for i, step_id in enumerate(ids):
         agent = "lead" if step_id == "final" else f"agent-{i % AGENTS:03d}"
-        wave = i // AGENTS
+        wave = (i // AGENTS) + (1 if step_id == "final" else 0)  # the final step waits for the last wave
         queued = t0 + timedelta(seconds=wave * WAVE_S)
         started = queued + timedelta(milliseconds=5 + (i % 7))
         run_ms = 800.0 + (i % 13) * 10
@@ -99,7 +99,7 @@ def write_events(settings: ClickHouseSettings, t0: datetime) -> tuple[RunSummary
         calls.append(InferenceEvent(event_id=f"call-{step_id}", run_id=RUN_ID, step_id=step_id, caller="worker",
                                     model="sim", backend="sim", ok=True, prompt_tokens=50, completion_tokens=20,
                                     duration_ms=run_ms, at=started + timedelta(milliseconds=run_ms)))  # fmt: skip
-    end = t0 + timedelta(seconds=(STEPS // AGENTS + 1) * WAVE_S)
+    end = t0 + timedelta(seconds=(STEPS // AGENTS + 3) * WAVE_S)
     calls.append(InferenceEvent(event_id="call-plan", run_id=RUN_ID, caller="planner", model="sim", backend="sim",
                                 ok=True, prompt_tokens=300, completion_tokens=700, at=t0))  # fmt: skip
     for j in range(3):
@@ -167,7 +167,7 @@ async def test_a_query_larger_than_one_reply_comes_back_whole(big_run: BigRun) -
 async def test_analysis_of_4000_steps(big_run: BigRun) -> None:
     analysis = await analyze_run(recorder_query(big_run.bus.nc), RUN_ID, bus=big_run.bus)
     assert len(analysis.steps) == STEPS
-    assert analysis.critical_path[-1] == "final" and len(analysis.critical_path) == STEPS // AGENTS + 1
+    assert analysis.critical_path[-1] == "final" and len(analysis.critical_path) == (STEPS - 2) // AGENTS + 2
     assert analysis.peak_concurrency == AGENTS
     assert analysis.answer == ANSWER
     assert len(analysis.outputs) == STEPS
