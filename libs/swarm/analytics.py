@@ -1,11 +1,14 @@
 """The questions swarm users ask of the event log, answered by queries (and a little Python).
 
 Per run: makespan, critical path, parallelism over time, stragglers, retries and failures by
-reason, tokens and cost per agent and model, time queued versus running. Across runs: runs per
-minute, success rate, steps/s, step latency quantiles, gateway time to first token and tokens/s.
+reason, tokens and cost by phase (planning, steps, synthesis), agent and model, time queued versus
+running; and, read from NATS rather than the event log, its final answer (RUNS) and every step's
+output (the outputs bucket). Across runs: runs per minute, success rate, steps/s, step latency
+quantiles, gateway time to first token and tokens/s.
 
 Every function takes a `Query` (SQL with `{name:Type}` parameters -> rows), so the same code reads
-through the recorder (`recorder_query`, local mode) or from an `EventLog` (`eventlog_query`).
+through the recorder (`recorder_query`, local mode; results of any size come back in parts) or from
+an `EventLog` (`eventlog_query`).
 Also here: `expand_grafana_macros`, the ClickHouse datasource plugin's macros, so tests can run
 every dashboard panel's SQL against the real engine.
 """
