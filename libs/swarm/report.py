@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -194,6 +195,11 @@ def _pct(value: float) -> str:
     return f"{max(0.0, min(100.0, value)):.3f}%"
 
 
+def _natural(text: str) -> tuple[tuple[int, str], ...]:
+    """A sort key that puts agent-2 before agent-10."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", text))
+
+
 def _bars(s: StepSpan, t0: float, total: float, critical: bool) -> str:
     """A step's queued stretch and running bar, positioned in percent of the run."""
     if s.started_at is None or s.finished_at is None:
@@ -234,7 +240,7 @@ def timeline_html(
     out = [f'<div class=tl><div class=axis><span class=lbl></span><span class=track>{ticks}</span></div>']
     lane_open = " open" if open_lanes else ""
     step_open = " open" if open_steps else ""
-    for agent, lane in sorted(lanes.items()):
+    for agent, lane in sorted(lanes.items(), key=lambda kv: _natural(kv[0])):
         bars = "".join(_bars(s, t0, total, s.step_id in crit) for s in lane)
         count = f"{len(lane)} step" + ("" if len(lane) == 1 else "s")
         out.append(f'<details class=lane{lane_open}><summary><span class=lbl title="{_esc(agent)} ({count})">'

@@ -102,3 +102,10 @@ def test_terminal_report_cuts_long_answers_and_token_tables() -> None:
     console.print(render_terminal(analysis(answer="x" * 5000, tokens=many), answer_chars=100, token_rows_max=10))
     text = console.export_text()
     assert "4900 more characters" in text and "… 40 more" in text and "agent-10" not in text
+
+
+def test_lanes_are_in_natural_order() -> None:
+    steps = [span(f"s{i}", 0, 1) for i in (10, 2, 1)]
+    steps = [StepSpan(**{**vars(s), "agent_id": f"agent-{s.step_id[1:]}"}) for s in steps]
+    html = render_html(analysis(steps=steps, critical_path=[]))
+    assert html.index(">agent-1<") < html.index(">agent-2<") < html.index(">agent-10<")
