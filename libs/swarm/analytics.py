@@ -37,6 +37,8 @@ Query = Callable[[str, Mapping[str, Any]], Awaitable[list[dict[str, Any]]]]
 STRAGGLER_FACTOR = 2.0  # a step is a straggler when it ran this many times the run's median
 STRAGGLER_MIN_MS = 20.0  # ... and at least this much longer (sub-ms sim steps are not stragglers)
 MAX_OUTPUT_CHARS = 20_000  # of one step's output in a report
+OUTPUTS_BUDGET_CHARS = 16_000_000  # of all outputs in a report: past it, each gets an equal share ...
+MIN_OUTPUT_CHARS = 500  # ... but at least this much
 PHASES = ("planning", "steps", "synthesis")  # the phases of a run's inference calls, in order
 
 
@@ -190,7 +192,7 @@ class RunAnalysis:
     running_ms_total: float
     notes: list[str] = field(default_factory=list)
     answer: str | None = None  # the final answer (RunCompleted), when the run has one and it was read
-    outputs: dict[str, str] = field(default_factory=dict)  # step id -> output (cut at MAX_OUTPUT_CHARS)
+    outputs: dict[str, str] = field(default_factory=dict)  # step id -> output (cut by `cut_outputs`)
     token_totals: list[TokenTotal] = field(default_factory=list)  # every inference call, by phase
     summary_tokens: tuple[int, int] | None = None  # (prompt, completion) as the run's summary counts them
 
@@ -310,7 +312,7 @@ async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunA
     path = critical_path(spans)
     by_id = {s.step_id: s for s in spans}
     run = run_rows[0] if run_rows else {"run_id": run_id, "status": "unknown"}
-    starts = [s.queued_at or s.started_at for s in spans if (s.queued_at or s.started_at) is not None]
+    starts = [t for s in spans if (t := s.queued_at or s.started_at) is not None]
     ends = [s.finished_at for s in spans if s.finished_at is not None]
     makespan_ms = (max(ends) - min(starts)) * 1000 if starts and ends else float(run.get("wall_ms") or 0)
     path_ms = 0.0
@@ -351,9 +353,20 @@ async def read_answer(bus: Bus, tenant: str, run_id: str) -> str | None:
     return RunCompleted.model_validate_json(msg.data or b"").answer
 
 
-async def read_outputs(bus: Bus, run_id: str, max_chars: int = MAX_OUTPUT_CHARS) -> dict[str, str]:
-    """Every step output of a run from the outputs bucket (large ones from the object store), each cut at
-    `max_chars`. One ordered consumer streams the bucket's last values under '<run_id>.*'."""
+def cut_outputs(outputs: Mapping[str, str], max_chars: int, budget_chars: int) -> dict[str, str]:
+    """Outputs each cut at `max_chars`, or shorter when they would exceed `budget_chars` together
+    (thousands of long outputs must not make a report of hundreds of MB); a cut says how much is missing."""
+    total = sum(min(len(text), max_chars) for text in outputs.values())
+    limit = max_chars if total <= budget_chars else max(MIN_OUTPUT_CHARS, budget_chars // max(1, len(outputs)))
+    return {
+        key: text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"
+        for key, text in outputs.items()
+    }
+
+
+async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
+    """Every step output of a run from the outputs bucket (large ones from the object store), cut to fit a
+    report (`cut_outputs`). One ordered consumer streams the bucket's last values under '<run_id>.*'."""
     kv = await bus.kv(OUTPUTS_BUCKET)
     payloads = Payloads(bus)
     outputs: dict[str, str] = {}
@@ -367,13 +380,10 @@ async def read_outputs(bus: Bus, run_id: str, max_chars: int = MAX_OUTPUT_CHARS)
                 value = await payloads.resolve(entry.value or b"")
             except PayloadMissing as exc:
                 value = f"({exc})".encode()
-            text = value.decode(errors="replace")
-            if len(text) > max_chars:
-                text = text[:max_chars] + f"\n… ({len(text) - max_chars} more characters)"
-            outputs[entry.key.removeprefix(prefix)] = text
+            outputs[entry.key.removeprefix(prefix)] = value.decode(errors="replace")
     finally:
-        await watcher.stop()
-    return outputs
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return cut_outputs(outputs, MAX_OUTPUT_CHARS, OUTPUTS_BUDGET_CHARS)
 
 
 # --------------------------------------------------------------------------- across runs

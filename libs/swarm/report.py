@@ -393,16 +393,16 @@ def render_html(a: RunAnalysis, generated_at: datetime | None = None) -> str:
         f"under the service that made them.</p>{bars_svg(token_bars, 'tokens')}</section>",
     ]
     if a.stragglers:
-        rows = [(s["step_id"], s["agent_id"], _ms(s["run_ms"]), f"{s['x_median']:.1f}x") for s in a.stragglers]
-        sections.append(f"<section><h2>Stragglers</h2>{_table(('step', 'agent', 'ran', 'vs median'), rows)}</section>")
+        slow = [(s["step_id"], s["agent_id"], _ms(s["run_ms"]), f"{s['x_median']:.1f}x") for s in a.stragglers]
+        sections.append(f"<section><h2>Stragglers</h2>{_table(('step', 'agent', 'ran', 'vs median'), slow)}</section>")
     if a.failures:
-        rows = [(f["kind"], f["steps_count"], f["events_count"], f["reason"]) for f in a.failures]
-        sections.append(f"<section><h2>Failures and retries</h2>{_table(('kind', 'steps', 'events', 'reason'), rows)}</section>")
+        failed = [(f["kind"], f["steps_count"], f["events_count"], f["reason"]) for f in a.failures]
+        sections.append(f"<section><h2>Failures and retries</h2>{_table(('kind', 'steps', 'events', 'reason'), failed)}</section>")
     if a.tokens:
-        rows = [(t["phase"], t["agent_id"], t["model"], t["calls_count"], t["prompt_tokens"], t["completion_tokens"],
-                 f"{float(t['cost_usd']):.4f}") for t in a.tokens]  # fmt: skip
+        spent = [(t["phase"], t["agent_id"], t["model"], t["calls_count"], t["prompt_tokens"], t["completion_tokens"],
+                  f"{float(t['cost_usd']):.4f}") for t in a.tokens]  # fmt: skip
         headers = ("phase", "agent", "model", "calls", "prompt", "completion", "cost $")
-        sections.append(f"<section><h2>Tokens and cost by phase, agent and model</h2>{_table(headers, rows)}</section>")
+        sections.append(f"<section><h2>Tokens and cost by phase, agent and model</h2>{_table(headers, spent)}</section>")
     sections.extend(f"<p class=note>note: {_esc(n)}</p>" for n in a.notes)
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Swarm run {_esc(a.run_id)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>\n")  # fmt: skip
