@@ -26,7 +26,9 @@ class RecorderSettings(BaseSettings):
     fetch_timeout_s: float = Field(1.0, gt=0, description="Longest wait of one fetch while nothing is pending.")
     retry_max_s: float = Field(30.0, gt=0, description="Longest back-off between inserts while ClickHouse fails.")
     ack_wait_s: float = Field(60.0, gt=0, description="Redelivery time of an unacknowledged event.")
-    query_max_reply_bytes: int = Field(1_000_000, gt=0, description="Largest query reply (NATS max_payload).")
+    query_max_reply_bytes: int = Field(
+        1_000_000, gt=0, description="Largest message of a query answer (NATS max_payload); larger answers come in parts."
+    )
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="USD per million (prompt, completion) tokens by model, as JSON, e.g. "
