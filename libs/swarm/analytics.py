@@ -84,7 +84,7 @@ WHERE run_id = {run:String} AND kind IN ('failed', 'dead_lettered', 'cancelled',
 GROUP BY kind, reason ORDER BY events_count DESC
 """
 # Every inference call of the run, by phase and by whom: a step's calls go to its agent; calls made
-# outside any step (planning, synthesis) to the service that made them.
+# outside any step (planning, synthesis) to the service that made them. Those few rows come first.
 TOKENS_SQL = """
 SELECT multiIf(c.step_id != '', 'steps', c.caller = 'planner', 'planning', c.caller = 'aggregator', 'synthesis',
                c.caller != '', c.caller, 'other') AS phase,
@@ -94,7 +94,7 @@ SELECT multiIf(c.step_id != '', 'steps', c.caller = 'planner', 'planning', c.cal
 FROM (SELECT * FROM inference_calls FINAL WHERE run_id = {run:String}) AS c
 LEFT JOIN (SELECT step_id, any(agent_id) AS agent_id FROM step_events FINAL WHERE run_id = {run:String}
            GROUP BY step_id) AS s ON s.step_id = c.step_id
-GROUP BY phase, agent_id, model ORDER BY completion_tokens DESC, agent_id
+GROUP BY phase, agent_id, model ORDER BY phase = 'steps', completion_tokens DESC, agent_id
 """
 INFERENCE_SQL = """
 SELECT count() AS calls_count, countIf(NOT ok) AS failed_count, avg(queue_ms) AS queue_ms_avg,

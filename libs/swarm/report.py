@@ -157,8 +157,9 @@ def render_terminal(a: RunAnalysis, answer_chars: int = TERMINAL_ANSWER_CHARS, t
             failures.add_row(f["kind"], str(f["steps_count"]), str(f["events_count"]), escape(f["reason"][:160]))
         parts.append(failures)
     if a.tokens:
-        tokens = Table("phase", "agent", "model", "calls", "prompt", "completion", "cost $",
-                       title="Tokens by phase, agent and model (every inference call)")  # fmt: skip
+        tokens = Table(title="Tokens by phase, agent and model (every inference call)")
+        for name in ("phase", "agent", "model", "calls", "prompt", "completion", "cost $"):
+            tokens.add_column(name, overflow="fold")  # ids and model names whole, on narrow terminals too
         for t in a.tokens[:token_rows_max]:
             tokens.add_row(t["phase"], escape(t["agent_id"] or "(unknown)"), t["model"], str(t["calls_count"]),
                            str(t["prompt_tokens"]), str(t["completion_tokens"]), f"{float(t['cost_usd']):.4f}")  # fmt: skip
