@@ -101,21 +101,20 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-async def run_content(nats_url: str, run_id: str) -> tuple[str, dict[str, str]]:
+async def run_content(nats_url: str) -> tuple[str, str, dict[str, str]]:
+    """The run of the goal (this stack's only one), its answer and its step outputs."""
     async with await SwarmClient.connect(NatsSettings(url=nats_url)) as client:
+        (run_id,) = [r.run_id for r in await client.runs() if r.goal == GOAL]
         final = await client.wait(run_id, timeout_s=60)
         assert isinstance(final, RunCompleted), final
-        return final.answer, await read_outputs(client.bus, run_id)
+        return run_id, final.answer, await read_outputs(client.bus, run_id)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make install` installs it as root)")
 def test_the_html_report_of_a_make_run_run_shows_the_answer_and_the_outputs(stack: Stack, tmp_path: Path) -> None:
-    submitted = cli("submit", GOAL, "--follow", "--nats-url", stack.nats_url)
+    submitted = cli("submit", GOAL, "--follow", "--nats-url", stack.nats_url)  # what `make run` does
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    match = re.search(r"Submitted run (\S+)", submitted.stdout)
-    assert match, submitted.stdout
-    run_id = match.group(1)
-    answer, outputs = asyncio.run(run_content(stack.nats_url, run_id))
+    run_id, answer, outputs = asyncio.run(run_content(stack.nats_url))
     assert answer.strip() and outputs
 
     html_file = tmp_path / "report.html"
