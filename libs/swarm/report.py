@@ -48,7 +48,7 @@ _STYLE = (
     "min-width:2px;box-sizing:border-box}.track i.q{top:8px;height:3px;background:#dadce0}"
     ".axis .track b{position:absolute;top:2px;font-weight:normal;color:#5f6368;transform:translateX(-50%)}"
     ".axis{display:flex;border-bottom:1px solid #eee}.lane>summary{border-top:1px solid #f1f3f4}"
-    ".step>summary .lbl{color:#5f6368;font-size:10.5px}"
+    ".lane .step>summary .lbl{color:#5f6368;font-size:10.5px}.tl>.step>summary{border-top:1px solid #f1f3f4}"
     f".out{{margin:2px 0 8px {_LABEL_W}px;padding:6px 8px;background:#f8f9fa;border-radius:4px;"
     "white-space:pre-wrap;font-size:12px;max-height:24em;overflow:auto}p.out{color:#5f6368}"
     + "".join(f"i.{k}{{background:{c}}}" for k, c in _COLORS.items())
@@ -224,7 +224,8 @@ def timeline_html(
 ) -> str:
     """Agent timeline: a lane per agent with a bar per step (its last attempt), critical path outlined.
 
-    Each lane opens onto one row per step: its bar again, and its output, collapsible, right under it.
+    Each lane opens onto one row per step: its bar again, and its output, collapsible, right under it
+    (an agent with one step gets just that row).
     HTML and CSS only (details/summary), so it needs no script and stays usable at 4,000 steps.
     """
     timed = [s for s in steps if s.started_at is not None and s.finished_at is not None]
@@ -241,17 +242,23 @@ def timeline_html(
     out = [f'<div class=tl><div class=axis><span class=lbl></span><span class=track>{ticks}</span></div>']
     lane_open = " open" if open_lanes else ""
     step_open = " open" if open_steps else ""
+
+    def step_row(s: StepSpan, label: str) -> str:
+        output = outputs.get(s.step_id)
+        body = f"<pre class=out>{_esc(output)}</pre>" if output is not None else "<p class=out>no output recorded</p>"
+        return (f'<details class="step"{step_open} id="step-{_esc(s.step_id)}"><summary>'
+                f'<span class=lbl title="{_esc(label)}">{_esc(label)}</span><span class=track>'
+                f"{_bars(s, t0, total, s.step_id in crit)}</span></summary>{body}</details>")  # fmt: skip
+
     for agent, lane in sorted(lanes.items(), key=lambda kv: _natural(kv[0])):
+        name = agent or "(no agent)"
+        if len(lane) == 1:  # a lane of one step is that step's row
+            out.append(step_row(lane[0], f"{name} \u00b7 {lane[0].step_id}"))
+            continue
         bars = "".join(_bars(s, t0, total, s.step_id in crit) for s in lane)
-        count = f"{len(lane)} step" + ("" if len(lane) == 1 else "s")
-        out.append(f'<details class=lane{lane_open}><summary><span class=lbl title="{_esc(agent)} ({count})">'
-                   f'{_esc(agent or "(no agent)")}</span><span class=track>{bars}</span></summary>')  # fmt: skip
-        for s in lane:
-            output = outputs.get(s.step_id)
-            body = f"<pre class=out>{_esc(output)}</pre>" if output is not None else "<p class=out>no output recorded</p>"
-            out.append(f'<details class="step"{step_open} id="step-{_esc(s.step_id)}"><summary>'
-                       f'<span class=lbl>{_esc(s.step_id)}</span><span class=track>'
-                       f"{_bars(s, t0, total, s.step_id in crit)}</span></summary>{body}</details>")  # fmt: skip
+        out.append(f'<details class=lane{lane_open}><summary><span class=lbl title="{_esc(name)} ({len(lane)} steps)">'
+                   f"{_esc(name)}</span><span class=track>{bars}</span></summary>")  # fmt: skip
+        out.extend(step_row(s, s.step_id) for s in lane)
         out.append("</details>")
     out.append("</div>")
     return "".join(out)

@@ -108,4 +108,4 @@ def test_lanes_are_in_natural_order() -> None:
     steps = [span(f"s{i}", 0, 1) for i in (10, 2, 1)]
     steps = [StepSpan(**{**vars(s), "agent_id": f"agent-{s.step_id[1:]}"}) for s in steps]
     html = render_html(analysis(steps=steps, critical_path=[]))
-    assert html.index(">agent-1<") < html.index(">agent-2<") < html.index(">agent-10<")
+    assert html.index(">agent-1 \u00b7 s1<") < html.index(">agent-2 \u00b7 s2<") < html.index(">agent-10 \u00b7 s10<")
