@@ -228,9 +228,9 @@ def timeline_html(
     (an agent with one step gets just that row).
     HTML and CSS only (details/summary), so it needs no script and stays usable at 4,000 steps.
     """
-    timed = [s for s in steps if s.started_at is not None and s.finished_at is not None]
     if not steps:
         return "<p>No step ran.</p>"
+    timed = [s for s in steps if s.started_at is not None and s.finished_at is not None]
     t0 = min((min(s.queued_at or s.started_at or 0, s.started_at or 0) for s in timed), default=0.0)
     t1 = max((s.finished_at or 0 for s in timed), default=t0)
     total = max(t1 - t0, 1e-6)
@@ -379,9 +379,8 @@ def render_html(a: RunAnalysis, generated_at: datetime | None = None) -> str:
         f'<span class="key"><i style="background:{c}"></i>{k.replace("_", " ")}</span>' for k, c in _COLORS.items()
     ) + f'<span class="key"><i style="background:#fff;border:2px solid {_CRITICAL}"></i>critical path</span>'
     legend += '<span class="key"><i style="background:#dadce0;height:4px"></i>queued</span>'
-    small = len(a.steps) <= OPEN_STEPS_MAX
     timeline = timeline_html(a.steps, a.critical_path, a.outputs, open_lanes=len(a.steps) <= OPEN_LANES_MAX,
-                             open_steps=small)  # fmt: skip
+                             open_steps=len(a.steps) <= OPEN_STEPS_MAX)  # fmt: skip
     sections = [f"<h1>Run <code>{_esc(a.run_id)}</code></h1><p class=sub>Swarm run report · generated {generated}</p>"]
     headline = _headline(a)
     if headline is not None:
