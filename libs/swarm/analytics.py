@@ -1,11 +1,14 @@
 """The questions swarm users ask of the event log, answered by queries (and a little Python).
 
 Per run: makespan, critical path, parallelism over time, stragglers, retries and failures by
-reason, tokens and cost per agent and model, time queued versus running. Across runs: runs per
-minute, success rate, steps/s, step latency quantiles, gateway time to first token and tokens/s.
+reason, tokens and cost by phase (planning, steps, synthesis), agent and model, time queued versus
+running; and, read from NATS rather than the event log, its final answer (RUNS) and every step's
+output (the outputs bucket). Across runs: runs per minute, success rate, steps/s, step latency
+quantiles, gateway time to first token and tokens/s.
 
 Every function takes a `Query` (SQL with `{name:Type}` parameters -> rows), so the same code reads
-through the recorder (`recorder_query`, local mode) or from an `EventLog` (`eventlog_query`).
+through the recorder (`recorder_query`, local mode; results of any size come back in parts) or from
+an `EventLog` (`eventlog_query`).
 Also here: `expand_grafana_macros`, the ClickHouse datasource plugin's macros, so tests can run
 every dashboard panel's SQL against the real engine.
 """
@@ -13,6 +16,7 @@ every dashboard panel's SQL against the real engine.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import re
 import statistics
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,13 +25,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
 
+from swarm.bus import Bus
+from swarm.contracts import OUTPUTS_BUCKET, RUNS, RunCompleted, Subjects
 from swarm.eventlog import EventLog, query_via_recorder
+from swarm.payloads import PayloadMissing, Payloads
 
 Query = Callable[[str, Mapping[str, Any]], Awaitable[list[dict[str, Any]]]]
 
 STRAGGLER_FACTOR = 2.0  # a step is a straggler when it ran this many times the run's median
 STRAGGLER_MIN_MS = 20.0  # ... and at least this much longer (sub-ms sim steps are not stragglers)
+MAX_OUTPUT_CHARS = 20_000  # of one step's output in a report
+OUTPUTS_BUDGET_CHARS = 16_000_000  # of all outputs in a report: past it, each gets an equal share ...
+MIN_OUTPUT_CHARS = 500  # ... but at least this much
+PHASES = ("planning", "steps", "synthesis")  # the phases of a run's inference calls, in order
 
 
 def recorder_query(nc: NatsClient, timeout_s: float = 30.0) -> Query:
@@ -71,14 +83,18 @@ FROM step_events FINAL
 WHERE run_id = {run:String} AND kind IN ('failed', 'dead_lettered', 'cancelled', 'retried')
 GROUP BY kind, reason ORDER BY events_count DESC
 """
+# Every inference call of the run, by phase and by whom: a step's calls go to its agent; calls made
+# outside any step (planning, synthesis) to the service that made them. Those few rows come first.
 TOKENS_SQL = """
-SELECT s.agent_id AS agent_id, c.model AS model, count() AS calls_count,
-       sum(c.prompt_tokens) AS prompt_tokens, sum(c.completion_tokens) AS completion_tokens,
-       sum(c.cost_usd) AS cost_usd
+SELECT multiIf(c.step_id != '', 'steps', c.caller = 'planner', 'planning', c.caller = 'aggregator', 'synthesis',
+               c.caller != '', c.caller, 'other') AS phase,
+       if(c.step_id != '', s.agent_id, c.caller) AS agent_id, c.model AS model, count() AS calls_count,
+       countIf(NOT c.ok) AS failed_count, sum(c.prompt_tokens) AS prompt_tokens,
+       sum(c.completion_tokens) AS completion_tokens, sum(c.cost_usd) AS cost_usd
 FROM (SELECT * FROM inference_calls FINAL WHERE run_id = {run:String}) AS c
 LEFT JOIN (SELECT step_id, any(agent_id) AS agent_id FROM step_events FINAL WHERE run_id = {run:String}
            GROUP BY step_id) AS s ON s.step_id = c.step_id
-GROUP BY agent_id, model ORDER BY completion_tokens DESC
+GROUP BY phase, agent_id, model ORDER BY phase = 'steps', completion_tokens DESC, agent_id
 """
 INFERENCE_SQL = """
 SELECT count() AS calls_count, countIf(NOT ok) AS failed_count, avg(queue_ms) AS queue_ms_avg,
@@ -144,6 +160,18 @@ class StepSpan:
         return max(0.0, (self.finished_at - self.started_at) * 1000)
 
 
+@dataclass(frozen=True)
+class TokenTotal:
+    """The inference calls of one phase of a run (planning, steps, synthesis) and their tokens."""
+
+    phase: str
+    calls_count: int
+    failed_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
 @dataclass
 class RunAnalysis:
     """Everything `swarm report` shows about one run."""
@@ -163,6 +191,10 @@ class RunAnalysis:
     queued_ms_total: float
     running_ms_total: float
     notes: list[str] = field(default_factory=list)
+    answer: str | None = None  # the final answer (RunCompleted), when the run has one and it was read
+    outputs: dict[str, str] = field(default_factory=dict)  # step id -> output (cut by `cut_outputs`)
+    token_totals: list[TokenTotal] = field(default_factory=list)  # every inference call, by phase
+    summary_tokens: tuple[int, int] | None = None  # (prompt, completion) as the run's summary counts them
 
     @property
     def peak_concurrency(self) -> int:
@@ -224,13 +256,15 @@ def concurrency(spans: Sequence[StepSpan], points: int = 200) -> list[tuple[floa
     intervals = [(s.started_at, s.finished_at) for s in spans if s.started_at is not None and s.finished_at is not None]
     if not intervals:
         return []
-    t0 = min(a for a, _ in intervals)
-    t1 = max(b for _, b in intervals)
+    starts = sorted(a for a, _ in intervals)
+    ends = sorted(b for _, b in intervals)
+    t0, t1 = starts[0], ends[-1]
     step = max((t1 - t0) / points, 1e-6)
     samples = []
     for i in range(points + 1):
         t = t0 + i * step
-        samples.append((round(t - t0, 6), sum(1 for a, b in intervals if a <= t < b)))
+        # running at t: started at or before t, minus finished at or before t (a <= t < b)
+        samples.append((round(t - t0, 6), bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)))
     return samples
 
 
@@ -247,8 +281,22 @@ def stragglers(spans: Sequence[StepSpan], factor: float = STRAGGLER_FACTOR) -> l
     ]
 
 
-async def analyze_run(query: Query, run_id: str) -> RunAnalysis:
-    """Everything about one run, in a handful of queries."""
+def token_totals(tokens: Sequence[Mapping[str, Any]]) -> list[TokenTotal]:
+    """TOKENS_SQL rows summed by phase: planning, steps, synthesis (those first, in that order), others."""
+    sums: dict[str, list[float]] = {}
+    for row in tokens:
+        total = sums.setdefault(row["phase"], [0, 0, 0, 0, 0.0])
+        for i, key in enumerate(("calls_count", "failed_count", "prompt_tokens", "completion_tokens", "cost_usd")):
+            total[i] += row[key]
+    order = {phase: i for i, phase in enumerate(PHASES)}
+    return [
+        TokenTotal(phase, int(t[0]), int(t[1]), int(t[2]), int(t[3]), float(t[4]))
+        for phase, t in sorted(sums.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    ]
+
+
+async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunAnalysis:
+    """Everything about one run, in a handful of queries; with a `bus`, also its answer and step outputs."""
     params = {"run": run_id}
     run_rows, step_rows, plan_rows, failures, tokens, inference = await asyncio.gather(
         query(RUN_SQL, params), query(STEPS_SQL, params), query(PLAN_SQL, params),
@@ -264,19 +312,78 @@ async def analyze_run(query: Query, run_id: str) -> RunAnalysis:
     path = critical_path(spans)
     by_id = {s.step_id: s for s in spans}
     run = run_rows[0] if run_rows else {"run_id": run_id, "status": "unknown"}
-    starts = [s.queued_at or s.started_at for s in spans if (s.queued_at or s.started_at) is not None]
+    starts = [t for s in spans if (t := s.queued_at or s.started_at) is not None]
     ends = [s.finished_at for s in spans if s.finished_at is not None]
     makespan_ms = (max(ends) - min(starts)) * 1000 if starts and ends else float(run.get("wall_ms") or 0)
     path_ms = 0.0
     if path:
         first, last = by_id[path[0]], by_id[path[-1]]
         path_ms = ((last.finished_at or 0) - (first.queued_at or first.started_at or 0)) * 1000
-    return RunAnalysis(
+    summary_tokens = None
+    if run_rows and (run.get("prompt_tokens") or run.get("completion_tokens")):
+        summary_tokens = (int(run["prompt_tokens"]), int(run["completion_tokens"]))
+    analysis = RunAnalysis(
         run_id=run_id, run=run, steps=spans, makespan_ms=makespan_ms, critical_path=path,
         critical_path_ms=max(0.0, path_ms), lower_bound_ms=lower_bound_ms(spans), concurrency=concurrency(spans),
         stragglers=stragglers(spans), failures=failures, tokens=tokens, inference=inference[0] if inference else {},
         queued_ms_total=sum(s.queued_ms for s in spans), running_ms_total=sum(s.run_ms for s in spans), notes=notes,
+        token_totals=token_totals(tokens), summary_tokens=summary_tokens,
     )  # fmt: skip
+    if bus is not None:
+        tenant = str(run.get("tenant") or "*")
+        analysis.answer, analysis.outputs = await asyncio.gather(
+            read_answer(bus, tenant, run_id), read_outputs(bus, run_id)
+        )
+        if analysis.answer is None and run.get("status") == "completed":
+            notes.append("the run's 'completed' event is no longer on the RUNS stream: its answer cannot be shown")
+        if spans and not analysis.outputs:
+            notes.append(f"no step output is in the {OUTPUTS_BUCKET.name} bucket (deleted, or another deployment)")
+    return analysis
+
+
+# --------------------------------------------------------------------------- content (NATS, not the event log)
+
+
+async def read_answer(bus: Bus, tenant: str, run_id: str) -> str | None:
+    """The final answer of a run: its RunCompleted on the RUNS stream (None when there is none)."""
+    try:
+        msg = await bus.js.get_last_msg(RUNS.name, Subjects.run_event(tenant, run_id, "completed"))
+    except NotFoundError:
+        return None
+    return RunCompleted.model_validate_json(msg.data or b"").answer
+
+
+def cut_outputs(outputs: Mapping[str, str], max_chars: int, budget_chars: int) -> dict[str, str]:
+    """Outputs each cut at `max_chars`, or shorter when they would exceed `budget_chars` together
+    (thousands of long outputs must not make a report of hundreds of MB); a cut says how much is missing."""
+    total = sum(min(len(text), max_chars) for text in outputs.values())
+    limit = max_chars if total <= budget_chars else max(MIN_OUTPUT_CHARS, budget_chars // max(1, len(outputs)))
+    return {
+        key: text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"
+        for key, text in outputs.items()
+    }
+
+
+async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
+    """Every step output of a run from the outputs bucket (large ones from the object store), cut to fit a
+    report (`cut_outputs`). One ordered consumer streams the bucket's last values under '<run_id>.*'."""
+    kv = await bus.kv(OUTPUTS_BUCKET)
+    payloads = Payloads(bus)
+    outputs: dict[str, str] = {}
+    prefix = f"{run_id}."
+    watcher = await kv.watch(f"{prefix}*", ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:  # every current value has been delivered
+                break
+            try:
+                value = await payloads.resolve(entry.value or b"")
+            except PayloadMissing as exc:
+                value = f"({exc})".encode()
+            outputs[entry.key.removeprefix(prefix)] = value.decode(errors="replace")
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return cut_outputs(outputs, MAX_OUTPUT_CHARS, OUTPUTS_BUDGET_CHARS)
 
 
 # --------------------------------------------------------------------------- across runs

@@ -273,7 +273,7 @@ def report(
     async def reporting() -> None:
         async with connected(nats_url) as client:
             try:
-                analysis = await analyze_run(recorder_query(client.bus.nc), run_id)
+                analysis = await analyze_run(recorder_query(client.bus.nc), run_id, bus=client.bus)
             except (EventLogError, LookupError) as exc:
                 raise fail(str(exc).strip("'\"")) from exc
         console.print(render_terminal(analysis))

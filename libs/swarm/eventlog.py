@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from clickhouse_connect.driver.exceptions import ProgrammingError
 from nats.aio.client import Client as NatsClient
 
 from swarm.contracts import InferenceEvent, StepEvent, Subjects
+from swarm.inference import NO_RESPONDERS_STATUS
 from swarm.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,39 @@ def encode_rows(rows: list[dict[str, Any]]) -> bytes:
     return json.dumps({"rows": rows}, default=_json_value).encode()
 
 
+class ResultTooLarge(EventLogError):
+    """A query result over what one answer may carry, or a row over what one message may."""
+
+
+def encode_parts(rows: Sequence[Mapping[str, Any]], max_part_bytes: int, max_total_bytes: int) -> list[bytes]:
+    """Rows as the recorder's reply in parts: {"rows": [...], "part": i, "more": bool}, each at most
+    `max_part_bytes`; there is always at least one part (an empty result is one part with no rows)."""
+    envelope = len(b'{"rows": [], "part": 0000000, "more": false}')
+    parts: list[bytes] = []
+    chunk: list[bytes] = []
+    size = envelope
+    total = 0
+
+    def close(more: bool) -> None:
+        more_text = b"true" if more else b"false"
+        parts.append(b'{"rows": [' + b", ".join(chunk) + b'], "part": %d, "more": %s}' % (len(parts), more_text))
+
+    for i, row in enumerate(rows):
+        encoded = json.dumps(row, default=_json_value).encode()
+        total += len(encoded) + 2
+        if total > max_total_bytes:
+            raise ResultTooLarge(f"the result is over the {max_total_bytes} bytes one answer may carry")
+        if envelope + len(encoded) > max_part_bytes:
+            raise ResultTooLarge(f"row {i} is {len(encoded)} bytes, over the {max_part_bytes} one message may carry")
+        if size + len(encoded) + 2 > max_part_bytes:
+            close(more=True)
+            chunk, size = [], envelope
+        chunk.append(encoded)
+        size += len(encoded) + 2
+    close(more=False)
+    return parts
+
+
 # --------------------------------------------------------------------------- the event log
 
 
@@ -390,16 +425,34 @@ class EventLog:
 async def query_via_recorder(
     nc: NatsClient, sql: str, parameters: Mapping[str, Any] | None = None, timeout_s: float = 10.0
 ) -> list[dict[str, Any]]:
-    """Run a read-only query on the recorder's engine (the CLI's way to read the local chdb directory)."""
-    body = json.dumps({"sql": sql, "parameters": dict(parameters or {})}).encode()
+    """Run a read-only query on the recorder's engine (the CLI's way to read the local chdb directory).
+
+    The rows come back in as many messages as they need (see services/recorder/querying.py);
+    `timeout_s` bounds the wait for each of them.
+    """
+    body = json.dumps({"sql": sql, "parameters": dict(parameters or {}), "parts": True}).encode()
+    # Our own inbox, not nc.request: that takes the first reply only.
+    inbox = nc.new_inbox()
+    subscription = await nc.subscribe(inbox)
+    rows: list[dict[str, Any]] = []
     try:
-        reply = await nc.request(Subjects.RECORDER_QUERY, body, timeout=timeout_s)
-    except nats.errors.NoRespondersError as exc:
-        raise RecorderNotRunning(RECORDER_NOT_RUNNING) from exc
-    except (TimeoutError, nats.errors.TimeoutError) as exc:
-        raise RecorderQueryError(f"the recorder did not answer within {timeout_s:g}s") from exc
-    answer = json.loads(reply.data)
-    if "error" in answer:
-        raise RecorderQueryError(answer["error"])
-    rows: list[dict[str, Any]] = answer["rows"]
+        await nc.publish(Subjects.RECORDER_QUERY, body, reply=inbox)
+        for expected in itertools.count():
+            try:
+                reply = await subscription.next_msg(timeout=timeout_s)
+            except nats.errors.TimeoutError as exc:
+                waited = f"part {expected} of the answer" if expected else "an answer"
+                raise RecorderQueryError(f"the recorder did not send {waited} within {timeout_s:g}s") from exc
+            if not reply.data and reply.headers and reply.headers.get("Status") == NO_RESPONDERS_STATUS:
+                raise RecorderNotRunning(RECORDER_NOT_RUNNING)
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                raise RecorderQueryError(answer["error"])
+            if answer.get("part", 0) != expected:
+                raise RecorderQueryError(f"part {answer.get('part')} of the answer arrived, {expected} expected")
+            rows.extend(answer["rows"])
+            if not answer.get("more"):
+                break
+    finally:
+        await subscription.unsubscribe()
     return rows

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group
 from rich.markup import escape
+from rich.panel import Panel
 from rich.table import Table
 
 from swarm.analytics import RunAnalysis, StepSpan
@@ -22,6 +24,36 @@ from swarm.analytics import RunAnalysis, StepSpan
 _COLORS = {"succeeded": "#4c8bf5", "failed": "#e8710a", "dead_lettered": "#d93025", "cancelled": "#9aa0a6"}
 _CRITICAL = "#c5221f"
 _FONT = "font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif"
+TERMINAL_ANSWER_CHARS = 3000  # of the answer in the terminal; the HTML report has all of it
+OPEN_LANES_MAX = 60  # runs with at most this many steps show every lane's steps opened
+OPEN_STEPS_MAX = 12  # ... and at most this many, every step's output opened
+TOKEN_BARS_MAX = 30  # agents in the tokens chart; the rest are one bar
+_LABEL_W = 170
+_STYLE = (
+    f"body{{{_FONT};margin:24px auto;max-width:1020px;color:#202124}}h1{{font-size:22px;margin:0}}"
+    "h2{font-size:16px;margin:22px 0 6px}.sub{color:#5f6368;margin:2px 0 8px;font-size:13px}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #eee;padding:3px 10px 3px 0;"
+    "text-align:left;vertical-align:top}th{color:#5f6368;font-weight:600}.legend{font-size:12px;margin:4px 0}"
+    ".key{margin-right:14px}.key i{display:inline-block;width:12px;height:10px;margin-right:4px;"
+    "vertical-align:middle}.note{color:#b06000}section{margin-bottom:10px}"
+    ".answer,.error{white-space:pre-wrap;font-size:14px;line-height:1.45;padding:10px 14px;border-radius:6px}"
+    ".answer{background:#e8f0fe;border-left:4px solid #4c8bf5}.error{background:#fce8e6;border-left:4px solid #d93025}"
+    ".tl{font-size:11px}.tl summary{display:flex;align-items:center;cursor:pointer;list-style:none}"
+    ".tl summary::-webkit-details-marker{display:none}"
+    f".lbl{{flex:none;width:{_LABEL_W}px;padding-right:6px;box-sizing:border-box;text-align:right;overflow:hidden;"
+    "text-overflow:ellipsis;white-space:nowrap;color:#333}"
+    "details>summary>.lbl::before{content:'\\25B8  ';color:#9aa0a6}"
+    "details[open]>summary>.lbl::before{content:'\\25BE  '}"
+    ".track{position:relative;flex:1;height:18px}.track i{position:absolute;top:3px;height:12px;border-radius:2px;"
+    "min-width:2px;box-sizing:border-box}.track i.q{top:8px;height:3px;background:#dadce0}"
+    ".axis .track b{position:absolute;top:2px;font-weight:normal;color:#5f6368;transform:translateX(-50%)}"
+    ".axis{display:flex;border-bottom:1px solid #eee}.lane>summary{border-top:1px solid #f1f3f4}"
+    ".lane .step>summary .lbl{color:#5f6368;font-size:10.5px}.tl>.step>summary{border-top:1px solid #f1f3f4}"
+    f".out{{margin:2px 0 8px {_LABEL_W}px;padding:6px 8px;background:#f8f9fa;border-radius:4px;"
+    "white-space:pre-wrap;font-size:12px;max-height:24em;overflow:auto}p.out{color:#5f6368}"
+    + "".join(f"i.{k}{{background:{c}}}" for k, c in _COLORS.items())
+    + f"i.other{{background:#9aa0a6}}i.crit{{border:2px solid {_CRITICAL}}}"
+)
 
 
 def _ms(value: float | None) -> str:
@@ -30,17 +62,49 @@ def _ms(value: float | None) -> str:
     return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
 
 
+def _tokens(prompt: int, completion: int) -> str:
+    return f"{prompt:,} prompt + {completion:,} completion"
+
+
+def _calls(n: int) -> str:
+    return f"{n} call" + ("" if n == 1 else "s")
+
+
+def token_rows(a: RunAnalysis) -> list[tuple[str, str]]:
+    """What the run's tokens were spent on, and how that squares with the run summary's figure."""
+    totals = a.token_totals
+    rows = []
+    if totals:
+        prompt, completion = sum(t.prompt_tokens for t in totals), sum(t.completion_tokens for t in totals)
+        calls, cost = sum(t.calls_count for t in totals), sum(t.cost_usd for t in totals)
+        rows.append(("tokens, all inference calls", f"{_tokens(prompt, completion)} in {_calls(calls)}, ${cost:.4f} "
+                     "(every call the gateway served for this run)"))  # fmt: skip
+        rows.append(("tokens by phase", " \u00b7 ".join(
+            f"{t.phase} {t.prompt_tokens:,} + {t.completion_tokens:,} ({_calls(t.calls_count)}"
+            + (f", {t.failed_count} failed" if t.failed_count else "") + ")" for t in totals
+        )))  # fmt: skip
+    if a.summary_tokens is not None:
+        text = f"{_tokens(*a.summary_tokens)}: step results and synthesis, not planning (what `swarm submit --follow` shows)"
+        by_phase = {t.phase: t for t in totals}
+        counted = [by_phase[p] for p in ("steps", "synthesis") if p in by_phase]
+        if counted:
+            gap = (a.summary_tokens[0] - sum(t.prompt_tokens for t in counted),
+                   a.summary_tokens[1] - sum(t.completion_tokens for t in counted))  # fmt: skip
+            if gap != (0, 0):
+                text += (f"; {gap[0]:+,} + {gap[1]:+,} against the steps' and synthesis' calls above (attempts whose "
+                         "result the dispatcher did not count, or calls not recorded yet)")  # fmt: skip
+        rows.append(("tokens, run summary", text))
+    return rows
+
+
 def summary_rows(a: RunAnalysis) -> list[tuple[str, str]]:
     """The headline figures, as (label, value)."""
     run = a.run
     succeeded = sum(1 for s in a.steps if s.outcome == "succeeded")
     retried = sum(max(0, s.attempts_count - 1) for s in a.steps)
     ratio = f" ({a.makespan_ms / a.lower_bound_ms:.2f}x the lower bound)" if a.lower_bound_ms else ""
-    tokens_in = sum(int(t["prompt_tokens"]) for t in a.tokens)
-    tokens_out = sum(int(t["completion_tokens"]) for t in a.tokens)
-    cost = sum(float(t["cost_usd"]) for t in a.tokens)
     busy = a.queued_ms_total + a.running_ms_total
-    return [
+    rows = [
         ("status", str(run.get("status", "unknown"))),
         ("goal", str(run.get("goal", ""))[:120]),  # escaped by each renderer
         ("steps", f"{succeeded} succeeded of {len(a.steps)}; {retried} retries"),
@@ -50,13 +114,31 @@ def summary_rows(a: RunAnalysis) -> list[tuple[str, str]]:
         ("peak concurrency", f"{a.peak_concurrency} steps"),
         ("queued vs running", f"{_ms(a.queued_ms_total)} queued, {_ms(a.running_ms_total)} running"
          + (f" ({a.queued_ms_total / busy:.0%} queued)" if busy else "")),
-        ("tokens", f"{tokens_in} prompt + {tokens_out} completion, ${cost:.4f}"),
-        ("stragglers", ", ".join(s["step_id"] for s in a.stragglers[:8]) or "none"),
     ]  # fmt: skip
+    rows += token_rows(a)
+    rows.append(("stragglers", ", ".join(s["step_id"] for s in a.stragglers[:8]) or "none"))
+    return rows
 
 
-def render_terminal(a: RunAnalysis) -> Group:
-    """The report for the terminal: summary, critical path, failures, tokens."""
+def _headline(a: RunAnalysis) -> tuple[str, str] | None:
+    """("answer" or "error", text) for the top of the report, or None when there is neither."""
+    if a.answer is not None:
+        return "answer", a.answer
+    if a.run.get("error"):
+        return "error", f"{a.run.get('status', 'failed')}: {a.run['error']}"
+    return None
+
+
+def render_terminal(a: RunAnalysis, answer_chars: int = TERMINAL_ANSWER_CHARS, token_rows_max: int = 20) -> Group:
+    """The report for the terminal: the answer, summary, critical path, failures, tokens."""
+    parts: list[Any] = []
+    headline = _headline(a)
+    if headline is not None:
+        kind, text = headline
+        if len(text) > answer_chars:
+            text = text[:answer_chars] + f"\n… ({len(text) - answer_chars} more characters: see the HTML report)"
+        style = "green" if kind == "answer" else "red"
+        parts.append(Panel(escape(text), title=kind.capitalize(), title_align="left", border_style=style))
     summary = Table(title=f"Run {a.run_id}", show_header=False)
     for label, value in summary_rows(a):
         summary.add_row(label, escape(value))
@@ -65,7 +147,7 @@ def render_terminal(a: RunAnalysis) -> Group:
     for step_id in a.critical_path:
         s = by_id[step_id]
         path.add_row(step_id, s.agent_id, _ms(s.queued_ms), _ms(s.run_ms))
-    parts: list[Any] = [summary, path]
+    parts += [summary, path]
     if a.failures:
         failures = Table(title="Failures and retries")
         for name in ("kind", "steps", "events"):
@@ -75,12 +157,22 @@ def render_terminal(a: RunAnalysis) -> Group:
             failures.add_row(f["kind"], str(f["steps_count"]), str(f["events_count"]), escape(f["reason"][:160]))
         parts.append(failures)
     if a.tokens:
-        tokens = Table("agent", "model", "calls", "prompt", "completion", "cost $", title="Tokens by agent and model")
-        for t in a.tokens:
-            tokens.add_row(t["agent_id"] or "(none)", t["model"], str(t["calls_count"]), str(t["prompt_tokens"]),
-                           str(t["completion_tokens"]), f"{float(t['cost_usd']):.4f}")  # fmt: skip
+        tokens = Table(title="Tokens by phase, agent and model (every inference call)")
+        for name in ("phase", "agent", "model", "calls", "prompt", "completion", "cost $"):
+            tokens.add_column(name, overflow="fold")  # ids and model names whole, on narrow terminals too
+        for t in a.tokens[:token_rows_max]:
+            tokens.add_row(t["phase"], escape(t["agent_id"] or "(unknown)"), t["model"], str(t["calls_count"]),
+                           str(t["prompt_tokens"]), str(t["completion_tokens"]), f"{float(t['cost_usd']):.4f}")  # fmt: skip
+        rest = a.tokens[token_rows_max:]
+        if rest:
+            tokens.add_row("", f"… {len(rest)} more", "", str(sum(int(t["calls_count"]) for t in rest)),
+                           str(sum(int(t["prompt_tokens"]) for t in rest)),
+                           str(sum(int(t["completion_tokens"]) for t in rest)),
+                           f"{sum(float(t['cost_usd']) for t in rest):.4f}")  # fmt: skip
         parts.append(tokens)
-    parts.extend(f"[yellow]note:[/] {n}" for n in a.notes)
+    if a.outputs:
+        parts.append(f"{len(a.outputs)} step outputs: in the HTML report (--html), next to each step's bar.")
+    parts.extend(f"[yellow]note:[/] {escape(n)}" for n in a.notes)
     return Group(*parts)
 
 
@@ -100,43 +192,75 @@ def _nice_ticks(top: float, n: int = 5) -> list[float]:
     return [i * step for i in range(int(top / step) + 1)]
 
 
-def gantt_svg(steps: Sequence[StepSpan], critical: Sequence[str], width: int = 980) -> str:
-    """Agent timeline: one lane per agent, a bar per step attempt span; critical path outlined in red."""
-    spans = [s for s in steps if s.started_at is not None and s.finished_at is not None]
-    if not spans:
+def _pct(value: float) -> str:
+    return f"{max(0.0, min(100.0, value)):.3f}%"
+
+
+def _natural(text: str) -> tuple[tuple[int, str], ...]:
+    """A sort key that puts agent-2 before agent-10."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", text))
+
+
+def _bars(s: StepSpan, t0: float, total: float, critical: bool) -> str:
+    """A step's queued stretch and running bar, positioned in percent of the run."""
+    if s.started_at is None or s.finished_at is None:
+        return ""
+    out = []
+    if s.queued_at is not None and s.started_at > s.queued_at:
+        left = (s.queued_at - t0) / total * 100
+        out.append(f'<i class=q style="left:{_pct(left)};width:{_pct((s.started_at - s.queued_at) / total * 100)}"></i>')
+    left = (s.started_at - t0) / total * 100
+    width = (s.finished_at - s.started_at) / total * 100
+    title = f"{s.step_id} ({s.agent_id}): {s.outcome or 'unfinished'}, ran {_ms(s.run_ms)}, queued {_ms(s.queued_ms)}"
+    title += f", attempts {s.attempts_count}" + (" \u2014 on the critical path" if critical else "")
+    outcome = s.outcome if s.outcome in _COLORS else "other"
+    crit = " crit" if critical else ""
+    out.append(f'<i class="b {outcome}{crit}" style="left:{_pct(left)};width:{_pct(width)}" title="{_esc(title)}"></i>')
+    return "".join(out)
+
+
+def timeline_html(
+    steps: Sequence[StepSpan], critical: Sequence[str], outputs: Mapping[str, str], open_lanes: bool, open_steps: bool
+) -> str:
+    """Agent timeline: a lane per agent with a bar per step (its last attempt), critical path outlined.
+
+    Each lane opens onto one row per step: its bar again, and its output, collapsible, right under it
+    (an agent with one step gets just that row).
+    HTML and CSS only (details/summary), so it needs no script and stays usable at 4,000 steps.
+    """
+    if not steps:
         return "<p>No step ran.</p>"
-    t0 = min(min(s.queued_at or s.started_at or 0, s.started_at or 0) for s in spans)
-    t1 = max(s.finished_at or 0 for s in spans)
+    timed = [s for s in steps if s.started_at is not None and s.finished_at is not None]
+    t0 = min((min(s.queued_at or s.started_at or 0, s.started_at or 0) for s in timed), default=0.0)
+    t1 = max((s.finished_at or 0 for s in timed), default=t0)
     total = max(t1 - t0, 1e-6)
-    lanes: dict[str, list[StepSpan]] = defaultdict(list)
-    for s in sorted(spans, key=lambda s: s.started_at or 0):
-        lanes[s.agent_id].append(s)
-    left, lane_h, top = 130, 22, 24
-    height = top + lane_h * len(lanes) + 30
-    plot_w = width - left - 20
     crit = set(critical)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" style="{_FONT};font-size:11px">']
-    for tick in _nice_ticks(total * 1000):
-        x = left + tick / 1000 / total * plot_w
-        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" stroke="#eee"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - 12}" text-anchor="middle" fill="#555">{_ms(tick)}</text>')
-    for i, (agent, lane) in enumerate(sorted(lanes.items())):
-        y = top + i * lane_h
-        out.append(f'<text x="{left - 6}" y="{y + 15}" text-anchor="end" fill="#333">{_esc(agent[:18])}</text>')
-        for s in lane:
-            if s.queued_at is not None and s.started_at is not None and s.started_at > s.queued_at:
-                qx = left + (s.queued_at - t0) / total * plot_w
-                qw = (s.started_at - s.queued_at) / total * plot_w
-                out.append(f'<rect x="{qx:.1f}" y="{y + 9}" width="{max(qw, 0.5):.1f}" height="4" fill="#dadce0"/>')
-            x = left + ((s.started_at or t0) - t0) / total * plot_w
-            w = max(((s.finished_at or 0) - (s.started_at or 0)) / total * plot_w, 1.5)
-            color = _COLORS.get(s.outcome, "#9aa0a6")
-            stroke = f' stroke="{_CRITICAL}" stroke-width="2.5"' if s.step_id in crit else ""
-            title = f"{s.step_id} ({s.agent_id}): {s.outcome}, ran {_ms(s.run_ms)}, queued {_ms(s.queued_ms)}"
-            title += ", attempts " + str(s.attempts_count) + (" — on the critical path" if s.step_id in crit else "")
-            out.append(f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{lane_h - 6}" rx="2" fill="{color}"'
-                       f'{stroke}><title>{_esc(title)}</title></rect>')  # fmt: skip
-    out.append("</svg>")
+    lanes: dict[str, list[StepSpan]] = defaultdict(list)
+    for s in sorted(steps, key=lambda s: (s.started_at is None, s.started_at or 0, s.step_id)):
+        lanes[s.agent_id].append(s)
+    ticks = "".join(f'<b style="left:{_pct(t / 1000 / total * 100)}">{_ms(t)}</b>' for t in _nice_ticks(total * 1000))
+    out = [f'<div class=tl><div class=axis><span class=lbl></span><span class=track>{ticks}</span></div>']
+    lane_open = " open" if open_lanes else ""
+    step_open = " open" if open_steps else ""
+
+    def step_row(s: StepSpan, label: str) -> str:
+        output = outputs.get(s.step_id)
+        body = f"<pre class=out>{_esc(output)}</pre>" if output is not None else "<p class=out>no output recorded</p>"
+        return (f'<details class="step"{step_open} id="step-{_esc(s.step_id)}"><summary>'
+                f'<span class=lbl title="{_esc(label)}">{_esc(label)}</span><span class=track>'
+                f"{_bars(s, t0, total, s.step_id in crit)}</span></summary>{body}</details>")  # fmt: skip
+
+    for agent, lane in sorted(lanes.items(), key=lambda kv: _natural(kv[0])):
+        name = agent or "(no agent)"
+        if len(lane) == 1:  # a lane of one step is that step's row
+            out.append(step_row(lane[0], f"{name} \u00b7 {lane[0].step_id}"))
+            continue
+        bars = "".join(_bars(s, t0, total, s.step_id in crit) for s in lane)
+        out.append(f'<details class=lane{lane_open}><summary><span class=lbl title="{_esc(name)} ({len(lane)} steps)">'
+                   f"{_esc(name)}</span><span class=track>{bars}</span></summary>")  # fmt: skip
+        out.extend(step_row(s, s.step_id) for s in lane)
+        out.append("</details>")
+    out.append("</div>")
     return "".join(out)
 
 
@@ -244,44 +368,48 @@ def render_html(a: RunAnalysis, generated_at: datetime | None = None) -> str:
                  for i, sid in enumerate(a.critical_path)]  # fmt: skip
     tokens_by_agent: dict[str, float] = defaultdict(float)
     for t in a.tokens:
-        tokens_by_agent[t["agent_id"] or "(no step)"] += int(t["prompt_tokens"]) + int(t["completion_tokens"])
-    token_bars = [(agent, n, "#a142f4") for agent, n in sorted(tokens_by_agent.items(), key=lambda kv: -kv[1])]
+        label = t["agent_id"] if t["phase"] == "steps" else f"{t['agent_id']} ({t['phase']})"
+        tokens_by_agent[label or "(unknown)"] += int(t["prompt_tokens"]) + int(t["completion_tokens"])
+    ranked = sorted(tokens_by_agent.items(), key=lambda kv: -kv[1])
+    token_bars = [(agent, n, "#a142f4") for agent, n in ranked[:TOKEN_BARS_MAX]]
+    if len(ranked) > TOKEN_BARS_MAX:
+        token_bars.append((f"{len(ranked) - TOKEN_BARS_MAX} more", sum(n for _, n in ranked[TOKEN_BARS_MAX:]), "#c58af9"))
     latencies = [s.run_ms for s in a.steps if s.outcome == "succeeded" and s.run_ms > 0]
     legend = "".join(
         f'<span class="key"><i style="background:{c}"></i>{k.replace("_", " ")}</span>' for k, c in _COLORS.items()
     ) + f'<span class="key"><i style="background:#fff;border:2px solid {_CRITICAL}"></i>critical path</span>'
     legend += '<span class="key"><i style="background:#dadce0;height:4px"></i>queued</span>'
-    sections = [
-        f"<h1>Run <code>{_esc(a.run_id)}</code></h1><p class=sub>Swarm run report · generated {generated}</p>",
+    timeline = timeline_html(a.steps, a.critical_path, a.outputs, open_lanes=len(a.steps) <= OPEN_LANES_MAX,
+                             open_steps=len(a.steps) <= OPEN_STEPS_MAX)  # fmt: skip
+    sections = [f"<h1>Run <code>{_esc(a.run_id)}</code></h1><p class=sub>Swarm run report · generated {generated}</p>"]
+    headline = _headline(a)
+    if headline is not None:
+        kind, text = headline
+        sections.append(f'<section id={kind}><h2>{kind.capitalize()}</h2><div class="{kind}">{_esc(text)}</div></section>')
+    sections += [
         f"<section><h2>Summary</h2>{summary}</section>",
         f"<section><h2>Agent timeline</h2><p class=sub>One lane per agent, one bar per step (its last attempt); "
-        f"hover a bar for details.</p><div class=legend>{legend}</div>{gantt_svg(a.steps, a.critical_path)}</section>",
+        f"hover a bar for details, click a lane for its steps and a step for its output.</p>"
+        f"<div class=legend>{legend}</div>{timeline}</section>",
         f"<section><h2>Concurrency over time</h2>{line_svg(a.concurrency, 'time since the first step started', 'steps running')}</section>",
         f"<section><h2>Critical path</h2><p class=sub>The chain of steps that set the makespan: from the last step "
         f"to finish, back through the dependency each one waited for. {_ms(a.critical_path_ms)} of "
         f"{_ms(a.makespan_ms)}.</p>{_table(('#', 'step', 'agent', 'queued', 'ran'), path_rows)}</section>",
         f"<section><h2>Step latency</h2><p class=sub>Running time of succeeded steps.</p>{histogram_svg(latencies)}</section>",
-        f"<section><h2>Tokens by agent</h2>{bars_svg(token_bars, 'tokens')}</section>",
+        f"<section><h2>Tokens by agent</h2><p class=sub>Every inference call of the run; planning and synthesis "
+        f"under the service that made them.</p>{bars_svg(token_bars, 'tokens')}</section>",
     ]
     if a.stragglers:
-        rows = [(s["step_id"], s["agent_id"], _ms(s["run_ms"]), f"{s['x_median']:.1f}x") for s in a.stragglers]
-        sections.append(f"<section><h2>Stragglers</h2>{_table(('step', 'agent', 'ran', 'vs median'), rows)}</section>")
+        slow = [(s["step_id"], s["agent_id"], _ms(s["run_ms"]), f"{s['x_median']:.1f}x") for s in a.stragglers]
+        sections.append(f"<section><h2>Stragglers</h2>{_table(('step', 'agent', 'ran', 'vs median'), slow)}</section>")
     if a.failures:
-        rows = [(f["kind"], f["steps_count"], f["events_count"], f["reason"]) for f in a.failures]
-        sections.append(f"<section><h2>Failures and retries</h2>{_table(('kind', 'steps', 'events', 'reason'), rows)}</section>")
+        failed = [(f["kind"], f["steps_count"], f["events_count"], f["reason"]) for f in a.failures]
+        sections.append(f"<section><h2>Failures and retries</h2>{_table(('kind', 'steps', 'events', 'reason'), failed)}</section>")
     if a.tokens:
-        rows = [(t["agent_id"], t["model"], t["calls_count"], t["prompt_tokens"], t["completion_tokens"],
-                 f"{float(t['cost_usd']):.4f}") for t in a.tokens]  # fmt: skip
-        sections.append(f"<section><h2>Tokens and cost by agent and model</h2>"
-                        f"{_table(('agent', 'model', 'calls', 'prompt', 'completion', 'cost $'), rows)}</section>")  # fmt: skip
+        spent = [(t["phase"], t["agent_id"], t["model"], t["calls_count"], t["prompt_tokens"], t["completion_tokens"],
+                  f"{float(t['cost_usd']):.4f}") for t in a.tokens]  # fmt: skip
+        headers = ("phase", "agent", "model", "calls", "prompt", "completion", "cost $")
+        sections.append(f"<section><h2>Tokens and cost by phase, agent and model</h2>{_table(headers, spent)}</section>")
     sections.extend(f"<p class=note>note: {_esc(n)}</p>" for n in a.notes)
-    style = (
-        f"body{{{_FONT};margin:24px auto;max-width:1020px;color:#202124}}h1{{font-size:22px;margin:0}}"
-        "h2{font-size:16px;margin:22px 0 6px}.sub{color:#5f6368;margin:2px 0 8px;font-size:13px}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #eee;padding:3px 10px 3px 0;"
-        "text-align:left}th{color:#5f6368;font-weight:600}.legend{font-size:12px;margin:4px 0}"
-        ".key{margin-right:14px}.key i{display:inline-block;width:12px;height:10px;margin-right:4px;"
-        "vertical-align:middle}.note{color:#b06000}section{margin-bottom:10px}"
-    )
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Swarm run {_esc(a.run_id)}</title>"
-            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")  # fmt: skip
+            f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>\n")  # fmt: skip

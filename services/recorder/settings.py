@@ -27,7 +27,9 @@ class RecorderSettings(BaseSettings):
     retry_max_s: float = Field(30.0, gt=0, description="Longest back-off between inserts while ClickHouse fails.")
     # Short: a killed recorder's fetched, unstored events come back this soon (redeliveries collapse by event_id).
     ack_wait_s: float = Field(15.0, gt=0, description="Redelivery time of an unacknowledged event.")
-    query_max_reply_bytes: int = Field(1_000_000, gt=0, description="Largest query reply (NATS max_payload).")
+    query_max_reply_bytes: int = Field(
+        1_000_000, gt=0, description="Largest message of a query answer (NATS max_payload); larger answers come in parts."
+    )
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="USD per million (prompt, completion) tokens by model, as JSON, e.g. "

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,9 @@ async def test_run_analysis_answers_the_questions(recorded: RecordedRun) -> None
     agents = {t["agent_id"] for t in analysis.tokens}
     assert {"lead", "analyst-0"} <= agents
     assert sum(t["cost_usd"] for t in analysis.tokens) > 0
+    # The synthesis call has no step: it is the aggregator's, not an agent "(none)".
+    assert ("synthesis", "aggregator") in {(t["phase"], t["agent_id"]) for t in analysis.tokens}
+    assert [t.phase for t in analysis.token_totals] == ["steps", "synthesis"]  # an explicit plan: no planning call
     assert analysis.running_ms_total > 0 and analysis.queued_ms_total >= 0
 
 
@@ -174,9 +178,14 @@ async def test_cross_run_stats(recorded: RecordedRun) -> None:
 
 
 async def test_html_report_of_a_real_run(recorded: RecordedRun, tmp_path: Path) -> None:
-    analysis = await analyze_run(recorder_query(recorded.bus.nc), recorded.run_id)
+    analysis = await analyze_run(recorder_query(recorded.bus.nc), recorded.run_id, bus=recorded.bus)
+    final = await SwarmClient(recorded.bus).wait(recorded.run_id, "acme", timeout_s=5)
+    assert isinstance(final, RunCompleted) and analysis.answer == final.answer
+    assert set(analysis.outputs) == {s.id for s in recorded.plan.steps} - {"map-7"}  # map-7 was dead-lettered
     html = render_html(analysis)
     assert "<svg" in html and "map-3" in html and "critical" in html.lower()
+    assert html.index(html_escape(final.answer)) < html.index("<h2>Summary</h2>")
+    assert html_escape(analysis.outputs["map-3"]) in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html
     (tmp_path / "report.html").write_text(html)
 

@@ -10,6 +10,7 @@ from swarm.analytics import (
     StepSpan,
     concurrency,
     critical_path,
+    cut_outputs,
     expand_grafana_macros,
     lower_bound_ms,
     stragglers,
@@ -79,3 +80,14 @@ def test_stragglers_and_concurrency() -> None:
     assert [s["step_id"] for s in stragglers(steps)] == ["late"]
     samples = concurrency(diamond(), points=12)
     assert max(n for _, n in samples) == 2 and samples[0] == (0.0, 2)
+
+
+def test_outputs_are_cut_to_fit_a_report() -> None:
+    outputs = {"short": "ok", "long": "x" * 100}
+    assert cut_outputs(outputs, max_chars=1000, budget_chars=10_000) == outputs
+    assert cut_outputs(outputs, max_chars=40, budget_chars=10_000)["long"] == "x" * 40 + "\n… (60 more characters)"
+    many = {f"s{i}": "y" * 2000 for i in range(10)}
+    cut = cut_outputs(many, max_chars=5000, budget_chars=10_000)  # 20,000 > 10,000: each gets its share
+    assert all(text.startswith("y" * 1000 + "\n…") for text in cut.values())
+    tiny = cut_outputs(many, max_chars=5000, budget_chars=100)  # a share is never under MIN_OUTPUT_CHARS
+    assert all(text.startswith("y" * 500 + "\n…") for text in tiny.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,10 +96,26 @@ def test_runs_rows_merge_across_writes(eventlog: EventLog) -> None:
 
 
 async def test_query_answers(eventlog: EventLog) -> None:
-    assert await answer(eventlog, b'{"sql": "SELECT {n:UInt8} + 1 AS x", "parameters": {"n": 1}}', 10_000) == (
+    assert await answer(eventlog, b'{"sql": "SELECT {n:UInt8} + 1 AS x", "parameters": {"n": 1}}', 10_000) == [
         b'{"rows": [{"x": 2}]}'
-    )
-    assert b"read-only" in await answer(eventlog, b'{"sql": "DROP TABLE runs"}', 10_000)
-    assert b"bad request" in await answer(eventlog, b"not json", 10_000)
-    assert b"UNKNOWN_TABLE" in await answer(eventlog, b'{"sql": "SELECT * FROM nope"}', 10_000)
-    assert b"add a LIMIT" in await answer(eventlog, b'{"sql": "SELECT number FROM numbers(10000)"}', 1000)
+    ]
+    assert b"read-only" in (await answer(eventlog, b'{"sql": "DROP TABLE runs"}', 10_000))[0]
+    assert b"bad request" in (await answer(eventlog, b"not json", 10_000))[0]
+    assert b"UNKNOWN_TABLE" in (await answer(eventlog, b'{"sql": "SELECT * FROM nope"}', 10_000))[0]
+    assert b"add a LIMIT" in (await answer(eventlog, b'{"sql": "SELECT number FROM numbers(10000)"}', 1000))[0]
+
+
+async def test_a_large_result_comes_in_parts_when_asked(eventlog: EventLog) -> None:
+    request = b'{"sql": "SELECT number AS n FROM numbers(10000)", "parts": true}'
+    bodies = await answer(eventlog, request, 1000)
+    assert len(bodies) > 10 and all(len(body) <= 1000 for body in bodies)
+    parts = [json.loads(body) for body in bodies]
+    assert [p["part"] for p in parts] == list(range(len(parts)))
+    assert [p["more"] for p in parts] == [True] * (len(parts) - 1) + [False]
+    assert [row["n"] for p in parts for row in p["rows"]] == list(range(10000))
+    empty = await answer(eventlog, b'{"sql": "SELECT 1 AS n WHERE 0", "parts": true}', 1000)
+    assert [json.loads(body) for body in empty] == [{"rows": [], "part": 0, "more": False}]
+    too_much = await answer(eventlog, request, 1000, max_result_bytes=5000)
+    assert len(too_much) == 1 and b"over the 5000 bytes" in too_much[0]
+    wide = await answer(eventlog, b'{"sql": "SELECT repeat(\'x\', 2000) AS s", "parts": true}', 1000)
+    assert len(wide) == 1 and b"row 0 is" in wide[0]
