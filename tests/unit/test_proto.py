@@ -146,9 +146,34 @@ def test_messages_reference_component_schemas(doc: dict[str, Any]) -> None:
         assert message["contentType"] == "application/json"
 
 
-def test_asyncapi_discriminator_is_a_property_name(doc: dict[str, Any]) -> None:
-    # AsyncAPI's Schema Object takes the discriminator as a plain property name.
-    assert doc["components"]["schemas"]["RunEvent"]["discriminator"] == "kind"
+def _keys(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(node) | {key for value in node.values() for key in _keys(value)}
+    if isinstance(node, list):
+        return {key for item in node for key in _keys(item)}
+    return set()
+
+
+def test_run_events_are_told_apart_by_a_required_kind_const(generated: Path, doc: dict[str, Any]) -> None:
+    # No `discriminator` in any of its three dialects: oneOf over members whose `kind` is a required const.
+    assert "discriminator" not in _keys(doc)
+    event_schema = json.loads((generated / "schemas" / "RunEvent.json").read_text())
+    assert "discriminator" not in _keys(event_schema)
+    members = [option["$ref"].rsplit("/", 1)[-1] for option in event_schema["oneOf"]]
+    kinds = []
+    for name in members:
+        member = event_schema["$defs"][name]
+        assert {"v", "kind"} <= set(member["required"]), name
+        kinds.append(member["properties"]["kind"]["const"])
+    assert len(set(kinds)) == len(members)
+
+
+def test_every_message_requires_its_version(generated: Path) -> None:
+    for path in (generated / "schemas").glob("*.json"):
+        schema = json.loads(path.read_text())
+        roots = [schema["$defs"][o["$ref"].rsplit("/", 1)[-1]] for o in schema["oneOf"]] if "oneOf" in schema else [schema]
+        for root in roots:
+            assert "v" in root["required"], (path.name, root["title"])
 
 
 def test_readme_explains_submission_and_following(generated: Path) -> None:
