@@ -44,3 +44,12 @@ def test_typescript_client_against_the_stack(stack: Stack) -> None:
     # node's test runner closes with its counts: every test ran and passed, none was skipped.
     assert "# fail 0" in done.stdout and "# skipped 0" in done.stdout, report
     assert "# pass 9" in done.stdout, report
+
+
+def test_typescript_example_prints_the_answer(stack: Stack) -> None:
+    done = subprocess.run(
+        ["npm", "run", "--silent", "example", "--", "Explain tides in two sentences"], cwd=CLIENT_DIR,
+        env={**os.environ, "SWARM_NATS_URL": stack.nats_url}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "planned: 4 steps by 4 agents" in done.stdout and "4 steps," in done.stdout, done.stdout
