@@ -86,13 +86,8 @@ def message_names(channels: Iterable[Channel] = CHANNELS) -> frozenset[str]:
     for channel in channels:
         for model in (channel.message, channel.reply):
             if model is not None:
-                names.update(_union_member_names(model) or [model_name(model)])
+                names.update(union_members(model) or [model_name(model)])
     return frozenset(names)
-
-
-def _union_member_names(model: Any) -> list[str]:
-    raw = TypeAdapter(model).json_schema()
-    return [option["$ref"].rsplit("/", 1)[-1] for option in raw.get("oneOf", []) if "$ref" in option]
 
 
 def _without_discriminator(schema: Any) -> Any:
@@ -122,7 +117,8 @@ def schema_file(model: Any, name: str) -> dict[str, Any]:
 
 def union_members(model: Any) -> list[str]:
     """The member names of a discriminated union's schema, in declaration order; [] for a plain model."""
-    return _union_member_names(model)
+    raw = TypeAdapter(model).json_schema()
+    return [option["$ref"].rsplit("/", 1)[-1] for option in raw.get("oneOf", []) if "$ref" in option]
 
 
 # --------------------------------------------------------------------------- AsyncAPI

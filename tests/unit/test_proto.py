@@ -208,3 +208,15 @@ def test_messages_validate_against_their_schema_files(generated: Path) -> None:
     jsonschema.validate(event, event_schema, cls=jsonschema.Draft202012Validator)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**event, "kind": "nonsense"}, event_schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_readme_states_every_rule_limit_and_rejection_code(generated: Path) -> None:
+    text = (generated / "README.md").read_text()
+    assert f"({contracts.TASKS.duplicate_window_s:g} s)" in text
+    assert f"{contracts.RUNS.max_age_s / 86400:g} days" in text
+    for limit in (contracts.PLAN_MAX_AGENTS, contracts.PLAN_MAX_STEPS, contracts.STEP_MAX_DEPENDS_ON):
+        assert str(limit) in text
+    for code in contracts.RejectionCode:
+        assert f"`{code.value}`" in text, code
+    for rule in ("Nats-Msg-Id", "tenant", "offset", "run_id` is used once"):
+        assert rule in text, rule
