@@ -16,6 +16,9 @@ const BANNER = "// Generated from proto/ by `npm run generate` (run by `make pro
 function untitled(schema) {
   if (Array.isArray(schema)) return schema.map(untitled);
   if (schema === null || typeof schema !== "object") return schema;
+  // A $ref with siblings (pydantic adds the field's description and default) would be declared anew as
+  // `Plan1`, `RunSummary2`...: the reference alone names the shared type.
+  if ("$ref" in schema) return { $ref: schema.$ref };
   return Object.fromEntries(Object.entries(schema).filter(([key]) => key !== "title").map(([k, v]) => [k, untitled(v)]));
 }
 

@@ -18,7 +18,7 @@ export type SwarmMessage =
 export type RunEvent =
   RunRejected | RunPlanned | RunProgress | RunExecuted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled;
 /**
- * Which rule it breaks.
+ * Why one part of a task was rejected: the JSON Schema keyword it breaks, or a rule schemas cannot state.
  */
 export type RejectionCode =
   | "type"
@@ -56,15 +56,15 @@ export type RejectionCode =
  */
 export type PlanPattern = "map" | "map-reduce" | "pipeline" | "vote";
 /**
- * Failure policy.
+ * How a run treats failed steps.
  */
 export type RunPolicy = "fail-fast" | "quorum";
 /**
- * Where the plan came from.
+ * Where a plan came from.
  */
 export type PlanSource = "explicit" | "llm" | "template";
 /**
- * The transition.
+ * Every state transition a step can make.
  */
 export type StepEventKind =
   | "queued"
@@ -78,7 +78,7 @@ export type StepEventKind =
   | "spawned"
   | "cancelled";
 /**
- * Outcome.
+ * Outcome of one attempt of a step.
  */
 export type StepStatus = "succeeded" | "failed";
 /**
@@ -92,10 +92,6 @@ export type TaskSubmission1 =
   | {
       plan: {};
     };
-/**
- * Failure policy of the run.
- */
-export type RunPolicy1 = "fail-fast" | "quorum";
 
 /**
  * One piece of a streamed completion, sent to the request's reply subject; the last one has done=True.
@@ -440,7 +436,7 @@ export interface RunPlanned {
   v: 1;
 }
 /**
- * The validated plan.
+ * Agents and the step DAG of one run.
  */
 export interface Plan {
   /**
@@ -632,7 +628,7 @@ export interface RunExecuted {
   v: 1;
 }
 /**
- * Totals of the step phase (wall_ms up to now).
+ * Counts and totals of a finished run.
  */
 export interface RunSummary {
   /**
@@ -696,7 +692,7 @@ export interface RunCompleted {
    * The run.
    */
   run_id: string;
-  summary: RunSummary1;
+  summary: RunSummary;
   /**
    * Tenant of the run.
    */
@@ -705,51 +701,6 @@ export interface RunCompleted {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v: 1;
-}
-/**
- * Totals of the whole run.
- */
-export interface RunSummary1 {
-  /**
-   * Sub-agents in the plan.
-   */
-  agents_count: number;
-  /**
-   * Completion tokens over all steps (and synthesis).
-   */
-  completion_tokens: number;
-  /**
-   * Prompt tokens over all steps (and synthesis).
-   */
-  prompt_tokens: number;
-  /**
-   * Attempts beyond the first, over all steps.
-   */
-  retries_count: number;
-  /**
-   * Steps never run because the run ended first.
-   */
-  steps_cancelled?: number;
-  /**
-   * Steps dead-lettered after their last attempt.
-   */
-  steps_failed: number;
-  /**
-   * Steps that succeeded.
-   */
-  steps_succeeded: number;
-  /**
-   * Steps in the plan.
-   */
-  steps_total: number;
-  /**
-   * Contract version of this message (CONTRACT_VERSION).
-   */
-  v?: 1;
-  /**
-   * From submission to the final answer.
-   */
-  wall_ms: number;
 }
 /**
  * The run ended without an answer.
@@ -780,7 +731,7 @@ export interface RunFailed {
   /**
    * Totals, when the run got that far.
    */
-  summary?: RunSummary2 | null;
+  summary?: RunSummary | null;
   /**
    * Tenant of the run.
    */
@@ -789,51 +740,6 @@ export interface RunFailed {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v: 1;
-}
-/**
- * Counts and totals of a finished run.
- */
-export interface RunSummary2 {
-  /**
-   * Sub-agents in the plan.
-   */
-  agents_count: number;
-  /**
-   * Completion tokens over all steps (and synthesis).
-   */
-  completion_tokens: number;
-  /**
-   * Prompt tokens over all steps (and synthesis).
-   */
-  prompt_tokens: number;
-  /**
-   * Attempts beyond the first, over all steps.
-   */
-  retries_count: number;
-  /**
-   * Steps never run because the run ended first.
-   */
-  steps_cancelled?: number;
-  /**
-   * Steps dead-lettered after their last attempt.
-   */
-  steps_failed: number;
-  /**
-   * Steps that succeeded.
-   */
-  steps_succeeded: number;
-  /**
-   * Steps in the plan.
-   */
-  steps_total: number;
-  /**
-   * Contract version of this message (CONTRACT_VERSION).
-   */
-  v?: 1;
-  /**
-   * From submission to the final answer.
-   */
-  wall_ms: number;
 }
 /**
  * A client asks to cancel the run.
@@ -897,7 +803,7 @@ export interface RunCancelled {
  * A ready step on a worker pool's queue: everything a stateless worker needs.
  */
 export interface StepDispatch {
-  agent: AgentSpec1;
+  agent: AgentSpec;
   /**
    * 1 for the first attempt, then 2, 3, ...
    */
@@ -934,7 +840,7 @@ export interface StepDispatch {
    * The run.
    */
   run_id: string;
-  step: StepSpec1;
+  step: StepSpec;
   /**
    * Tenant of the run.
    */
@@ -943,86 +849,6 @@ export interface StepDispatch {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v: 1;
-}
-/**
- * A sub-agent: an identity whose turns are steps.
- */
-export interface AgentSpec1 {
-  /**
-   * Agent id, unique within the run.
-   */
-  id: string;
-  /**
-   * System instructions given to the agent on every step.
-   */
-  instructions?: string;
-  /**
-   * Short role name, e.g. 'researcher'.
-   */
-  role: string;
-  /**
-   * Contract version of this message (CONTRACT_VERSION).
-   */
-  v?: 1;
-}
-/**
- * One turn of one agent, a node of the run's DAG.
- */
-export interface StepSpec1 {
-  /**
-   * The agent that takes this turn.
-   */
-  agent_id: string;
-  /**
-   * Steps whose outputs this step needs; it runs after all of them succeed.
-   *
-   * @maxItems 500
-   *
-   * Items: An identifier: letters, digits, '_' or '-'.
-   */
-  depends_on?: string[];
-  /**
-   * Step id, unique within the run.
-   */
-  id: string;
-  /**
-   * What the agent must do in this step.
-   */
-  instruction: string;
-  /**
-   * Attempts before the step is dead-lettered.
-   */
-  max_attempts?: number;
-  /**
-   * Completion token budget of the step.
-   */
-  max_tokens?: number;
-  /**
-   * JSON Schema the step's output must satisfy; a failing output gets a repair retry.
-   */
-  output_schema?: {
-    [k: string]: unknown | undefined;
-  } | null;
-  /**
-   * For the 'sim' inference backend only (load tests): 'fail_once' fails the step's first attempt, 'garbage' makes the model return an unusable output. Ignored by every other backend.
-   */
-  sim_fault?: ("fail_once" | "garbage") | null;
-  /**
-   * For the 'sim' inference backend only: the simulated engine latency of this step.
-   */
-  sim_latency_ms?: number | null;
-  /**
-   * Seconds one attempt may run.
-   */
-  timeout_s?: number;
-  /**
-   * Tools the agent may call in this step, by registry name (e.g. 'python', 'spawn').
-   */
-  tools?: string[];
-  /**
-   * Contract version of this message (CONTRACT_VERSION).
-   */
-  v?: 1;
 }
 /**
  * One transition of one step, as recorded in ClickHouse's step_events.
@@ -1220,8 +1046,8 @@ export interface TaskSubmission2 {
   /**
    * An explicit plan; when given, the planner only validates it.
    */
-  plan?: Plan1 | null;
-  policy?: RunPolicy1;
+  plan?: Plan | null;
+  policy?: RunPolicy;
   /**
    * Higher runs are scheduled first.
    */
@@ -1246,31 +1072,4 @@ export interface TaskSubmission2 {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v: 1;
-}
-/**
- * Agents and the step DAG of one run.
- */
-export interface Plan1 {
-  /**
-   * The run's sub-agents.
-   *
-   * @minItems 1
-   * @maxItems 300
-   */
-  agents: AgentSpec[];
-  /**
-   * The template the plan follows, if any.
-   */
-  pattern?: PlanPattern | null;
-  /**
-   * The run's steps (a DAG over depends_on).
-   *
-   * @minItems 1
-   * @maxItems 4000
-   */
-  steps: StepSpec[];
-  /**
-   * Contract version of this message (CONTRACT_VERSION).
-   */
-  v?: 1;
 }
