@@ -114,9 +114,9 @@ class Planner:
         try:
             outcome = await plan_for_task(task, self.settings, self.complete if self.settings.llm_enabled else None)
         except PlanError as exc:
-            rejected = TaskRejected(task.run_id, task.tenant, [plan_reason(exc, explicit=task.plan is not None)])
-            await self._reject(index, task.run_id, task.tenant, rejected.reasons, goal=goal_of(task), task=task)
-            raise Reject(rejected.error) from exc
+            why = plan_reason(exc, explicit=task.plan is not None)
+            await self._reject(index, task.run_id, task.tenant, (why,), goal=goal_of(task), task=task)
+            raise Reject(describe((why,))) from exc
         event = planned_event(task, outcome)
         payload = event.model_dump_json().encode()
         if len(payload) > MAX_INLINE_BYTES:
@@ -126,7 +126,7 @@ class Planner:
                 f"the planned run is {len(payload)} bytes, over the {MAX_INLINE_BYTES} a message may carry",
             )  # fmt: skip
             await self._reject(index, task.run_id, task.tenant, (too_large,), goal=goal_of(task), task=task)
-            raise Reject(too_large.message)
+            raise Reject(describe((too_large,)))
         await self.bus.js.publish(
             Subjects.run_event(task.tenant, task.run_id, event.kind), payload,
             headers={"Nats-Msg-Id": f"{task.run_id}.planned"}, timeout=self.settings.nats.request_timeout_s,
