@@ -114,18 +114,18 @@ def parse_task(data: bytes, subject: str, headers: Mapping[str, str] | None) -> 
 
     reasons = schema_reasons(body)
     if tenant is None:
-        reasons.append(reason("", RejectionCode.TENANT_MISMATCH, f"the subject {subject!r} names no tenant"))
+        reasons.append(reason("", RejectionCode.TENANT_MISMATCH, f"the subject {json.dumps(subject)} names no tenant"))
     elif isinstance(body, dict) and isinstance(body.get("tenant"), str) and body["tenant"] != tenant:
         reasons.append(reason(
             "/tenant", RejectionCode.TENANT_MISMATCH,
-            f"is {body['tenant']!r}, but the task was published on the subject of tenant {tenant!r}",
+            f"is {json.dumps(body['tenant'])}, but the task was published on the subject of tenant {json.dumps(tenant)}",
         ))  # fmt: skip
     if msg_id is None:
         reasons.append(reason("", RejectionCode.MSG_ID_MISSING, f"the {MSG_ID_HEADER} header (the run_id) is missing"))
     elif isinstance(body, dict) and isinstance(body.get("run_id"), str) and body["run_id"] != msg_id:
         reasons.append(reason(
             "/run_id", RejectionCode.MSG_ID_MISMATCH,
-            f"is {body['run_id']!r}, but the {MSG_ID_HEADER} header is {msg_id!r}: they must be equal",
+            f"is {json.dumps(body['run_id'])}, but the {MSG_ID_HEADER} header is {json.dumps(msg_id)}: they must be equal",
         ))  # fmt: skip
     if reasons:
         raise TaskRejected(run_id, tenant or DEFAULT_TENANT, reasons)
