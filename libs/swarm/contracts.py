@@ -12,13 +12,23 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 CONTRACT_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="An identifier: letters, digits, '_' or '-'.")]
+# A time from outside: RFC 3339 with an offset ('Z' or +hh:mm). A naive time would be ambiguous and cannot be
+# compared with the services' own (aware, UTC) times, so it is rejected rather than guessed.
+Timestamp = Annotated[AwareDatetime, Field(description="An RFC 3339 date-time with a time zone offset.")]
+
+# What one submission may hold (proto/ states them as maxItems; the planner's settings may lower them).
+PLAN_MAX_AGENTS = 300
+PLAN_MAX_STEPS = 4000
+STEP_MAX_DEPENDS_ON = 500
+TASK_MAX_LABELS = 64
+REJECTION_MAX_REASONS = 100
 
 
 def utc_now() -> datetime:
@@ -275,7 +285,11 @@ class StepSpec(Contract):
     agent_id: Id = Field(description="The agent that takes this turn.")
     instruction: str = Field(min_length=1, max_length=16000, description="What the agent must do in this step.")
     depends_on: tuple[Id, ...] = Field(
-        default=(), description="Steps whose outputs this step needs; it runs after all of them succeed."
+        default=(),
+        description="Steps whose outputs this step needs; it runs after all of them succeed.",
+        # Stated in the schema, enforced by validate_plan against the configured limit (not here: internal
+        # plans must fail with a PlanError, never a ValidationError).
+        json_schema_extra={"maxItems": STEP_MAX_DEPENDS_ON},
     )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the step is dead-lettered.")
     timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Seconds one attempt may run.")
@@ -303,8 +317,12 @@ class StepSpec(Contract):
 class Plan(Contract):
     """Agents and the step DAG of one run."""
 
-    agents: tuple[AgentSpec, ...] = Field(min_length=1, description="The run's sub-agents.")
-    steps: tuple[StepSpec, ...] = Field(min_length=1, description="The run's steps (a DAG over depends_on).")
+    agents: tuple[AgentSpec, ...] = Field(
+        min_length=1, description="The run's sub-agents.", json_schema_extra={"maxItems": PLAN_MAX_AGENTS}
+    )
+    steps: tuple[StepSpec, ...] = Field(
+        min_length=1, description="The run's steps (a DAG over depends_on).", json_schema_extra={"maxItems": PLAN_MAX_STEPS}
+    )
     pattern: PlanPattern | None = Field(default=None, description="The template the plan follows, if any.")
 
 
@@ -321,26 +339,44 @@ class RunPolicy(StrEnum):
 class TaskSubmission(Contract):
     """A task published to the queue: a goal to decompose, or an explicit plan."""
 
-    run_id: Id = Field(description="Run id chosen by the client; also the idempotency key.")
-    tenant: Id = Field(default=DEFAULT_TENANT, description="Tenant the run belongs to.")
+    # "A goal or a plan", in the schema: what JSON Schema can say of a submission is said there.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["goal"], "properties": {"goal": {"type": "string"}}},
+                {"required": ["plan"], "properties": {"plan": {"type": "object"}}},
+            ]
+        }
+    )
+
+    run_id: Id = Field(
+        description="Run id chosen by the client, used once; the Nats-Msg-Id header must carry the same value."
+    )
+    tenant: Id = Field(
+        default=DEFAULT_TENANT,
+        description="Tenant the run belongs to: the subject's tenant token (the planner fills it in when absent).",
+    )
     goal: str | None = Field(
-        default=None, max_length=32000, description="What the swarm must achieve (decomposed by the planner)."
+        default=None,
+        max_length=32000,
+        pattern=r"\S",
+        description="What the swarm must achieve (decomposed by the planner); not blank.",
     )
     plan: Plan | None = Field(default=None, description="An explicit plan; when given, the planner only validates it.")
     pattern: PlanPattern | None = Field(default=None, description="Ask the planner for this pattern template.")
-    n_agents: int | None = Field(default=None, ge=1, le=300, description="Preferred number of sub-agents.")
+    n_agents: int | None = Field(
+        default=None, ge=1, le=PLAN_MAX_AGENTS, description="Preferred number of sub-agents."
+    )
     priority: int = Field(default=0, ge=-10, le=10, description="Higher runs are scheduled first.")
     policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy of the run.")
     quorum: float = Field(default=0.95, gt=0, le=1, description="Fraction of steps that must succeed (quorum policy).")
-    submitted_at: datetime = Field(default_factory=utc_now, description="When the client submitted the task.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels, recorded with the run.")
-
-    @field_validator("goal")
-    @classmethod
-    def _goal_not_blank(cls, goal: str | None) -> str | None:
-        if goal is not None and not goal.strip():
-            raise ValueError("goal is empty")
-        return goal
+    submitted_at: Timestamp = Field(
+        default_factory=utc_now,
+        description="When the client submitted the task (with an offset); recorded with the run.",
+    )
+    labels: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=TASK_MAX_LABELS, description="Free-form labels, recorded with the run."
+    )
 
     @model_validator(mode="after")
     def _goal_or_plan(self) -> TaskSubmission:
@@ -447,14 +483,72 @@ class RunEventBase(Contract):
 
     run_id: Id = Field(description="The run.")
     tenant: Id = Field(description="Tenant of the run.")
-    at: datetime = Field(default_factory=utc_now, description="When it happened.")
+    at: Timestamp = Field(default_factory=utc_now, description="When it happened (with an offset).")
+
+
+class RejectionCode(StrEnum):
+    """Why one part of a task was rejected: the JSON Schema keyword it breaks, or a rule schemas cannot state."""
+
+    # Broken JSON Schema keywords (the names ajv reports as `keyword`).
+    TYPE = "type"
+    REQUIRED = "required"
+    ADDITIONAL_PROPERTIES = "additionalProperties"
+    PATTERN = "pattern"
+    FORMAT = "format"
+    MIN_LENGTH = "minLength"
+    MAX_LENGTH = "maxLength"
+    MIN_ITEMS = "minItems"
+    MAX_ITEMS = "maxItems"
+    MAX_PROPERTIES = "maxProperties"
+    PROPERTY_NAMES = "propertyNames"
+    MINIMUM = "minimum"
+    MAXIMUM = "maximum"
+    EXCLUSIVE_MINIMUM = "exclusiveMinimum"
+    EXCLUSIVE_MAXIMUM = "exclusiveMaximum"
+    CONST = "const"
+    ENUM = "enum"
+    ANY_OF = "anyOf"
+    # Rules of the message as a whole.
+    JSON = "json"
+    MSG_ID_MISSING = "msg_id_missing"
+    MSG_ID_MISMATCH = "msg_id_mismatch"
+    TENANT_MISMATCH = "tenant_mismatch"
+    # Rules of a plan's graph.
+    DUPLICATE_ID = "duplicate_id"
+    UNKNOWN_AGENT = "unknown_agent"
+    UNKNOWN_STEP = "unknown_step"
+    CYCLE = "cycle"
+    LIMIT = "limit"
+    TOO_LARGE = "too_large"
+    # No plan could be made for a goal (a planner-side failure, not the client's).
+    PLAN_FAILED = "plan_failed"
+    INVALID = "invalid"
+
+
+class RejectionReason(BaseModel):
+    """One machine-readable reason a task was rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(
+        max_length=1000,
+        description="JSON Pointer (RFC 6901) into the submitted body, e.g. '/plan/steps/3/depends_on/0'; "
+        "'' for the message as a whole (its headers, subject or bytes).",
+    )
+    code: RejectionCode = Field(description="Which rule it breaks.")
+    message: str = Field(max_length=1000, description="The reason in words.")
 
 
 class RunRejected(RunEventBase):
     """The task could not be accepted; nothing will run."""
 
     kind: Literal["rejected"] = Field("rejected", description="Event kind, also the last subject token.")
-    error: str = Field(description="Why, e.g. the validation error.")
+    error: str = Field(description="Why, in words: every reason on one line.")
+    reasons: tuple[RejectionReason, ...] = Field(
+        default=(),
+        max_length=REJECTION_MAX_REASONS,
+        description=f"Why, one entry per broken rule (the first {REJECTION_MAX_REASONS}).",
+    )
 
 
 class RunPlanned(RunEventBase):

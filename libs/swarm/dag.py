@@ -6,11 +6,16 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from swarm.contracts import Plan
+from swarm.contracts import Plan, RejectionCode
 
 
 class PlanError(ValueError):
     """A plan that cannot run: duplicate ids, unknown references, a cycle, or too big."""
+
+    def __init__(self, message: str, code: RejectionCode = RejectionCode.INVALID, path: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.path = path  # JSON Pointer into the plan, e.g. '/steps/3/depends_on/0'
 
 
 @dataclass(frozen=True)
@@ -26,25 +31,40 @@ def validate_plan(plan: Plan, limits: PlanLimits | None = None) -> None:
     """Raise PlanError with a clear reason unless `plan` is a runnable DAG within `limits`."""
     limits = limits or PlanLimits()
     if len(plan.agents) > limits.max_agents:
-        raise PlanError(f"plan has {len(plan.agents)} agents, the limit is {limits.max_agents}")
+        raise PlanError(
+            f"plan has {len(plan.agents)} agents, the limit is {limits.max_agents}", RejectionCode.LIMIT, "/agents"
+        )
     if len(plan.steps) > limits.max_steps:
-        raise PlanError(f"plan has {len(plan.steps)} steps, the limit is {limits.max_steps}")
+        raise PlanError(
+            f"plan has {len(plan.steps)} steps, the limit is {limits.max_steps}", RejectionCode.LIMIT, "/steps"
+        )
     for what, ids in (("agent", [a.id for a in plan.agents]), ("step", [s.id for s in plan.steps])):
         duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
         if duplicates:
-            raise PlanError(f"duplicate {what} ids: {', '.join(duplicates[:10])}")
+            second = [i for i, id_ in enumerate(ids) if id_ == duplicates[0]][1]
+            raise PlanError(
+                f"duplicate {what} ids: {', '.join(duplicates[:10])}",
+                RejectionCode.DUPLICATE_ID, f"/{what}s/{second}/id",
+            )  # fmt: skip
     known_agents = {a.id for a in plan.agents}
     step_ids = {s.id for s in plan.steps}
-    for step in plan.steps:
+    for i, step in enumerate(plan.steps):
         if step.agent_id not in known_agents:
-            raise PlanError(f"step {step.id} names unknown agent {step.agent_id}")
+            raise PlanError(
+                f"step {step.id} names unknown agent {step.agent_id}", RejectionCode.UNKNOWN_AGENT, f"/steps/{i}/agent_id"
+            )
         if len(step.depends_on) > limits.max_depends_on:
-            raise PlanError(f"step {step.id} depends on {len(step.depends_on)} steps, the limit is {limits.max_depends_on}")
-        for dep in step.depends_on:
+            raise PlanError(
+                f"step {step.id} depends on {len(step.depends_on)} steps, the limit is {limits.max_depends_on}",
+                RejectionCode.LIMIT, f"/steps/{i}/depends_on",
+            )  # fmt: skip
+        for j, dep in enumerate(step.depends_on):
             if dep not in step_ids:
-                raise PlanError(f"step {step.id} depends on unknown step {dep}")
+                raise PlanError(
+                    f"step {step.id} depends on unknown step {dep}", RejectionCode.UNKNOWN_STEP, f"/steps/{i}/depends_on/{j}"
+                )
             if dep == step.id:
-                raise PlanError(f"step {step.id} depends on itself")
+                raise PlanError(f"step {step.id} depends on itself", RejectionCode.CYCLE, f"/steps/{i}/depends_on/{j}")
     topological_order({s.id: s.depends_on for s in plan.steps})
 
 
@@ -63,7 +83,7 @@ def topological_order(depends_on: Mapping[str, tuple[str, ...]]) -> list[str]:
                 ready.append(child)
     if len(order) != len(depends_on):
         on_cycle = sorted(step for step, n in remaining.items() if n > 0)
-        raise PlanError(f"the step graph has a cycle through: {', '.join(on_cycle[:10])}")
+        raise PlanError(f"the step graph has a cycle through: {', '.join(on_cycle[:10])}", RejectionCode.CYCLE, "/steps")
     return order
 
 

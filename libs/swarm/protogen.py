@@ -18,7 +18,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from swarm import contracts
-from swarm.contracts import CHANNELS, CONTRACT_VERSION, TERMINAL_RUN_EVENTS, Channel
+from swarm.bus import MAX_INLINE_BYTES
+from swarm.contracts import CHANNELS, CONTRACT_VERSION, TERMINAL_RUN_EVENTS, Channel, RejectionCode
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -63,8 +64,46 @@ def channel_models(channels: Iterable[Channel] = CHANNELS) -> dict[str, Any]:
 
 
 def json_schema(model: Any, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
-    """The validation JSON Schema of a model or union (what a message must look like to be accepted)."""
-    return TypeAdapter(model).json_schema(ref_template=ref_template)
+    """The validation JSON Schema of a model or union (what a message must look like to be accepted).
+
+    Standard validators in strict mode (ajv) must accept it: a union is `oneOf` over members whose `kind`
+    is a required `const`, without pydantic's OpenAPI-style `discriminator`; and every message (a channel's
+    model, or a member of its union) requires its envelope, `v` and `kind`, which the services always write.
+    """
+    schema = _without_discriminator(TypeAdapter(model).json_schema(ref_template=ref_template))
+    messages = message_names()
+    if schema.get("title") in messages:
+        _require_envelope(schema)
+    for name, definition in schema.get("$defs", {}).items():
+        if name in messages:
+            _require_envelope(definition)
+    return schema
+
+
+def message_names(channels: Iterable[Channel] = CHANNELS) -> frozenset[str]:
+    """Names of every message model: channel models and replies, a union's members instead of the union."""
+    names = set()
+    for channel in channels:
+        for model in (channel.message, channel.reply):
+            if model is not None:
+                names.update(union_members(model) or [model_name(model)])
+    return frozenset(names)
+
+
+def _without_discriminator(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {key: _without_discriminator(value) for key, value in schema.items() if key != "discriminator"}
+    if isinstance(schema, list):
+        return [_without_discriminator(item) for item in schema]
+    return schema
+
+
+def _require_envelope(schema: dict[str, Any]) -> None:
+    properties = schema.get("properties", {})
+    required = schema.setdefault("required", [])
+    for name in ("v", "kind"):
+        if name in properties and name not in required:
+            required.append(name)
 
 
 def schema_file(model: Any, name: str) -> dict[str, Any]:
@@ -78,25 +117,11 @@ def schema_file(model: Any, name: str) -> dict[str, Any]:
 
 def union_members(model: Any) -> list[str]:
     """The member names of a discriminated union's schema, in declaration order; [] for a plain model."""
-    schema = json_schema(model)
-    refs = [option["$ref"] for option in schema.get("oneOf", []) if "$ref" in option]
-    return [ref.rsplit("/", 1)[-1] for ref in refs]
+    raw = TypeAdapter(model).json_schema()
+    return [option["$ref"].rsplit("/", 1)[-1] for option in raw.get("oneOf", []) if "$ref" in option]
 
 
 # --------------------------------------------------------------------------- AsyncAPI
-
-
-def _asyncapi_schema(schema: Any) -> Any:
-    """Adapt pydantic's JSON Schema to AsyncAPI's Schema Object, whose `discriminator` is a property name."""
-    if isinstance(schema, dict):
-        adapted = {key: _asyncapi_schema(value) for key, value in schema.items()}
-        discriminator = adapted.get("discriminator")
-        if isinstance(discriminator, dict):
-            adapted["discriminator"] = discriminator["propertyName"]
-        return adapted
-    if isinstance(schema, list):
-        return [_asyncapi_schema(item) for item in schema]
-    return schema
 
 
 def component_schemas(models: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +136,8 @@ def component_schemas(models: dict[str, Any]) -> dict[str, Any]:
     for name, model in models.items():
         schema = json_schema(model, ref_template="#/components/schemas/{model}")
         for def_name, definition in schema.pop("$defs", {}).items():
-            add(def_name, _asyncapi_schema(definition))
-        add(name, _asyncapi_schema(schema))
+            add(def_name, definition)
+        add(name, schema)
     return schemas
 
 
@@ -149,10 +174,12 @@ def _message_object(name: str, model: Any) -> dict[str, Any]:
             "properties": {
                 "Nats-Msg-Id": {
                     "type": "string",
-                    "description": "The run_id: JetStream drops a duplicate submission within the "
-                    "stream's duplicate window.",
+                    "pattern": contracts.ID_PATTERN,
+                    "description": "Required, equal to the body's run_id: JetStream drops a duplicate submission "
+                    f"within the stream's duplicate window ({contracts.TASKS.duplicate_window_s:g} s).",
                 }
             },
+            "required": ["Nats-Msg-Id"],
         }
     return message
 
@@ -168,8 +195,8 @@ def _parameters(address: str) -> dict[str, Any]:
 
 
 def _run_event_kinds() -> list[str]:
-    schema = json_schema(contracts.RunEvent)
-    return sorted(schema["discriminator"]["mapping"])
+    definitions = json_schema(contracts.RunEvent)["$defs"]
+    return sorted(definitions[name]["properties"]["kind"]["const"] for name in union_members(contracts.RunEvent))
 
 
 def asyncapi(channels: Iterable[Channel] = CHANNELS) -> dict[str, Any]:
@@ -259,8 +286,31 @@ def asyncapi(channels: Iterable[Channel] = CHANNELS) -> dict[str, Any]:
 # --------------------------------------------------------------------------- README
 
 
+# The rules a schema cannot state, each with the code its rejection carries.
+REJECTION_RULES: dict[RejectionCode, str] = {
+    RejectionCode.JSON: "The body is not JSON (UTF-8).",
+    RejectionCode.MSG_ID_MISSING: "The `Nats-Msg-Id` header is missing.",
+    RejectionCode.MSG_ID_MISMATCH: "`run_id` differs from the `Nats-Msg-Id` header (path `/run_id`).",
+    RejectionCode.TENANT_MISMATCH: "`tenant` differs from the subject's tenant token (path `/tenant`), or the subject "
+    "names no tenant (path '').",
+    RejectionCode.DUPLICATE_ID: "Two agents, or two steps, share an id (path of the second one's `id`).",
+    RejectionCode.UNKNOWN_AGENT: "A step's `agent_id` names no agent of the plan.",
+    RejectionCode.UNKNOWN_STEP: "A `depends_on` entry names no step of the plan.",
+    RejectionCode.CYCLE: "The steps' `depends_on` form a cycle (path `/plan/steps`), or a step depends on itself.",
+    RejectionCode.LIMIT: "Over a limit the operator set lower than the schema's (`SWARM_PLANNER_MAX_AGENTS`, "
+    "`_MAX_STEPS`, `_MAX_DEPENDS_ON`).",
+    RejectionCode.TOO_LARGE: f"The planned run (RunPlanned) would be over {MAX_INLINE_BYTES:,} bytes of JSON.",
+    RejectionCode.PLAN_FAILED: "No plan could be made for the goal (path ''); the planner's side, not the task's.",
+    RejectionCode.INVALID: "Anything else the model refuses (the message says what).",
+}
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:g} days"
+
+
 def readme(channels: Iterable[Channel] = CHANNELS) -> str:
-    """proto/README.md: how a client in any language submits a task and follows it."""
+    """proto/README.md: how a client in any language submits a task and follows it, and every rule and limit."""
     channels = tuple(channels)
     rows = []
     for channel in channels:
@@ -269,10 +319,13 @@ def readme(channels: Iterable[Channel] = CHANNELS) -> str:
         reply = f" → [{model_name(channel.reply)}](schemas/{model_name(channel.reply)}.json)" if channel.reply else ""
         rows.append(f"| `{channel.address}` | {channel.stream or 'core NATS'} | {schema}{reply} | {names} |")
     table = "\n".join(rows)
+    rules = "\n".join(f"| `{code.value}` | {text} |" for code, text in REJECTION_RULES.items())
     task = contracts.Subjects.task("<tenant>")
     follow = contracts.Subjects.run_all("<tenant>", "<run_id>")
     cancel = contracts.Subjects.run_event("<tenant>", "<run_id>", "cancel")
+    rejected = contracts.Subjects.run_event("<tenant>", "<run_id>", "rejected")
     terminal = ", ".join(f"`{kind}`" for kind in TERMINAL_RUN_EVENTS)
+    window = f"{contracts.TASKS.duplicate_window_s:g} s"
     return f"""# Swarm wire contract
 
 Generated from `libs/swarm/contracts.py` by `python -m swarm.protogen` (`make proto`); do not edit.
@@ -280,20 +333,43 @@ A unit test fails when these files drift from the code.
 
 - `asyncapi.json` — AsyncAPI 3.0.0: every channel (subject pattern), its stream and its messages.
 - `schemas/<Model>.json` — a JSON Schema (draft 2020-12) per message. Messages are JSON objects;
-  unknown fields are rejected; every message carries `"v": {CONTRACT_VERSION}` (the contract version).
+  unknown fields are rejected; every message carries `"v": {CONTRACT_VERSION}` (the contract version, required).
+  The schemas compile in ajv's strict mode (with ajv-formats): a union such as `RunEvent` is a `oneOf`
+  whose members each require their own `kind` constant; there is no `discriminator` keyword.
+- A typed TypeScript client generated from these schemas lives in [`clients/typescript`](../clients/typescript).
 
 ## Submit a task from any NATS client
 
-1. Choose a `run_id` (1-64 of `A-Z a-z 0-9 _ -`) and a tenant (`{contracts.DEFAULT_TENANT}` if you have none).
+1. Choose a `run_id` (1-64 of `A-Z a-z 0-9 _ -`), new for every task, and a tenant (`{contracts.DEFAULT_TENANT}` if you
+   have none).
 2. Publish to JetStream on `{task}` (stream `{contracts.TASKS.name}`) with the header
    `Nats-Msg-Id: <run_id>` and a JSON body valid against
-   [schemas/TaskSubmission.json](schemas/TaskSubmission.json): `run_id`, `tenant`, and a `goal`
-   or an explicit `plan`. Wait for the PubAck; publishing the same run_id again is a no-op
-   within the stream's duplicate window, so retrying a publish is safe.
+   [schemas/TaskSubmission.json](schemas/TaskSubmission.json). Wait for the PubAck.
 
 ```json
-{{"v": {CONTRACT_VERSION}, "run_id": "r-0001", "tenant": "{contracts.DEFAULT_TENANT}", "goal": "Compare solar, wind and hydro power"}}
+{{"v": {CONTRACT_VERSION}, "run_id": "r-0001", "goal": "Compare solar, wind and hydro power"}}
 ```
+
+The rules:
+
+- **One run id.** The `Nats-Msg-Id` header is required and must equal the body's `run_id`.
+- **Tenant.** The subject's tenant token is the run's tenant. The body's `tenant` may be left out (it is then
+  the subject's); when given, it must be the same. Events, a rejection included, are published under the
+  subject's tenant.
+- **A goal or a plan.** A non-blank `goal` (the planner decomposes it), or an explicit `plan` (agents and a step
+  DAG, only validated), or both (the goal is then the plan's description).
+- **Times** carry an offset: `submitted_at` is an RFC 3339 date-time such as `2025-01-01T00:00:00Z` or
+  `...+02:00`. A time without one is rejected (code `format`), never guessed. It is recorded with the run.
+- Everything a JSON Schema can say (types, lengths, counts, patterns, formats) is in the schema, and the
+  planner checks a task against that very schema first, so a local validation predicts its verdict.
+
+## Duplicates and reused run ids
+
+- Publishing the same `Nats-Msg-Id` again within the `{contracts.TASKS.name}` stream's duplicate window
+  ({window}) is a no-op: the PubAck says `duplicate: true` and nothing else happens. Retrying a publish is safe.
+- A `run_id` is used once, for good: the run index keeps every run. A task whose run id is already known
+  (a re-publish after the window, or another task under a used id) is dropped without any new event;
+  following that id shows the first run's events. Choose a fresh id (a UUID) for every task.
 
 ## Follow it
 
@@ -301,9 +377,44 @@ Subscribe (an ordered or ephemeral JetStream consumer on stream `{contracts.RUNS
 events published before you subscribed are not missed) to `{follow}`. Every message is a
 run event ([schemas/RunEvent.json](schemas/RunEvent.json)), told apart by its `kind` field, which is
 also the last subject token. The run is over at the first terminal kind: {terminal}.
-`completed` carries the `answer` and a `summary`.
+`completed` carries the `answer` and a `summary`. `{contracts.RUNS.name}` keeps events for
+{_days(contracts.RUNS.max_age_s)}; a run older than that can no longer be followed.
 
 To cancel, publish a `cancel` event (`RunCancelRequested`) to `{cancel}`.
+
+## Rejections
+
+A task that breaks a rule is not run: a `RunRejected` event goes to `{rejected}`, where the run id is the
+body's `run_id` when it is a valid id, else the `Nats-Msg-Id` header's (so a body that is not even JSON is
+still answered under the id you chose), else a generated `rejected-<hex>` that nobody follows (the planner
+logs it). It carries `error` (every reason in words, on one line) and `reasons`: a list of up to
+{contracts.REJECTION_MAX_REASONS} `{{path, code, message}}` objects, every broken rule at once where they can be found together.
+
+- `path` is a JSON Pointer (RFC 6901) into the body, e.g. `/plan/steps/3/depends_on/0`, pointing at the value
+  at fault (for `required` and `additionalProperties`, the missing or unknown property itself); `''` for the
+  message as a whole (its bytes, headers or subject).
+- `code` is the JSON Schema keyword the value breaks, named as ajv names it (`type`, `required`,
+  `additionalProperties`, `pattern`, `format`, `minLength`, `maxLength`, `minItems`, `maxItems`,
+  `maxProperties`, `propertyNames`, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `const`,
+  `enum`, `anyOf` for "a goal or a plan"), or one of the rules no schema can state:
+
+| code | rejected when |
+|---|---|
+{rules}
+
+## Limits
+
+| what | limit | broken: code |
+|---|---|---|
+| one message (any) | the NATS server's `max_payload`, 1 MiB by default | the publish itself fails |
+| the planned run (`RunPlanned`, the plan as JSON) | {MAX_INLINE_BYTES:,} bytes | `too_large` |
+| agents / steps of a plan | {contracts.PLAN_MAX_AGENTS} / {contracts.PLAN_MAX_STEPS} (`maxItems`) | `maxItems`, or `limit` below that |
+| `depends_on` of one step | {contracts.STEP_MAX_DEPENDS_ON} | `maxItems`, or `limit` below that |
+| `goal`, `instruction`, `instructions`, `role` | 32,000 / 16,000 / 8,000 / 200 characters | `maxLength` |
+| `labels` | {contracts.TASK_MAX_LABELS} entries, keys 1-64 and values up to 1,024 characters | `maxProperties`, `propertyNames`, `maxLength` |
+| duplicate window of `{contracts.TASKS.name}` | {window} | a duplicate is dropped |
+| retention of `{contracts.RUNS.name}` (run events) | {_days(contracts.RUNS.max_age_s)} | older events are gone |
+| reuse of a `run_id` | never (the run index keeps every run) | the task is dropped |
 
 ## Channels
 

@@ -17,15 +17,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from services.planner.planning import (
-    LLMFailed,
-    PlanOutcome,
-    TaskRejected,
-    goal_of,
-    parse_task,
-    plan_for_task,
-    truncate,
-)
+from services.planner.intake import TaskRejected, describe, parse_task, plan_reason, reason
+from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task, truncate
 from services.planner.settings import PlannerSettings
 from swarm.bus import MAX_INLINE_BYTES, Bus, ConsumerSpec, Reject, Retry, settle
 from swarm.contracts import (
@@ -34,6 +27,8 @@ from swarm.contracts import (
     TASKS,
     InferenceRequest,
     PlanSource,
+    RejectionCode,
+    RejectionReason,
     RunPlanned,
     RunRecord,
     RunRejected,
@@ -111,7 +106,7 @@ class Planner:
         except TaskRejected as exc:
             if await self._already_handled(index, exc.run_id):
                 raise Reject(f"malformed task for known run {exc.run_id}: {exc.error}") from exc
-            await self._reject(index, exc.run_id, exc.tenant, exc.error, goal="")
+            await self._reject(index, exc.run_id, exc.tenant, exc.reasons, goal="")
             raise Reject(exc.error) from exc
         if await self._already_handled(index, task.run_id):
             return  # a redelivery after the run was planned (or rejected): nothing left to do
@@ -119,16 +114,19 @@ class Planner:
         try:
             outcome = await plan_for_task(task, self.settings, self.complete if self.settings.llm_enabled else None)
         except PlanError as exc:
-            error = f"invalid plan: {exc}"
-            await self._reject(index, task.run_id, task.tenant, error, goal=goal_of(task), task=task)
-            raise Reject(error) from exc
+            why = plan_reason(exc, explicit=task.plan is not None)
+            await self._reject(index, task.run_id, task.tenant, (why,), goal=goal_of(task), task=task)
+            raise Reject(describe((why,))) from exc
         event = planned_event(task, outcome)
         payload = event.model_dump_json().encode()
         if len(payload) > MAX_INLINE_BYTES:
             # Deterministic: retrying cannot make it fit, so the run is rejected rather than redelivered.
-            error = f"invalid plan: the planned run is {len(payload)} bytes, over the {MAX_INLINE_BYTES} message limit"
-            await self._reject(index, task.run_id, task.tenant, error, goal=goal_of(task), task=task)
-            raise Reject(error)
+            too_large = reason(
+                "/plan" if task.plan is not None else "", RejectionCode.TOO_LARGE,
+                f"the planned run is {len(payload)} bytes, over the {MAX_INLINE_BYTES} a message may carry",
+            )  # fmt: skip
+            await self._reject(index, task.run_id, task.tenant, (too_large,), goal=goal_of(task), task=task)
+            raise Reject(describe((too_large,)))
         await self.bus.js.publish(
             Subjects.run_event(task.tenant, task.run_id, event.kind), payload,
             headers={"Nats-Msg-Id": f"{task.run_id}.planned"}, timeout=self.settings.nats.request_timeout_s,
@@ -188,9 +186,16 @@ class Planner:
         return await index.update(task.run_id, value, last=last)
 
     async def _reject(
-        self, index: KeyValue, run_id: str, tenant: str, error: str, goal: str, task: TaskSubmission | None = None
+        self,
+        index: KeyValue,
+        run_id: str,
+        tenant: str,
+        reasons: tuple[RejectionReason, ...],
+        goal: str,
+        task: TaskSubmission | None = None,
     ) -> None:
-        event = RunRejected(run_id=run_id, tenant=tenant, error=error)
+        error = describe(reasons)
+        event = RunRejected(run_id=run_id, tenant=tenant, error=error, reasons=reasons)
         await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, f"{run_id}.rejected")
         record = RunRecord(
             run_id=run_id,
@@ -283,6 +288,7 @@ class PlannerService:
         """Answer health probes once tasks are being consumed."""
         assert self.bus is not None and self.planner is not None
         await self.bus.serve_health(SERVICE, self.planner.details)
+        await self.bus.nc.flush()  # the probe subscription is on the server once started: no early 'no responders'
         log.info("consuming %s as %s", TASKS.name, PLANNER_CONSUMER)
 
     async def after_shutdown(self) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,6 @@ from pydantic import ValidationError
 from services.planner.settings import PlannerSettings
 from services.planner.templates import instantiate
 from swarm.contracts import (
-    DEFAULT_TENANT,
     AgentSpec,
     InferenceRequest,
     Plan,
@@ -27,7 +25,6 @@ from swarm.contracts import (
 from swarm.dag import PlanError, PlanLimits, validate_plan
 from swarm.inference import InferenceError, chat, new_request_id
 
-MAX_ERROR_CHARS = 4000
 RECORD_GOAL_CHARS = 200
 
 # What the LLM may write: short strings everywhere (a small model rambles otherwise), ids as subject tokens.
@@ -43,16 +40,6 @@ PLANNER_SYSTEM_PROMPT = (
     "Independent steps must not depend on each other, so they run in parallel. "
     "The last step combines the results into the answer. Reply with JSON only."
 )
-
-
-class TaskRejected(ValueError):
-    """A task that can never be planned; carries the run identity to report it under."""
-
-    def __init__(self, run_id: str, tenant: str, error: str) -> None:
-        super().__init__(error)
-        self.run_id = run_id
-        self.tenant = tenant
-        self.error = error[:MAX_ERROR_CHARS]
 
 
 @dataclass(frozen=True)
@@ -74,43 +61,6 @@ def describe_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"])
         parts.append(f"{where}: {error['msg']}" if where else error["msg"])
     return "; ".join(parts)
-
-
-def run_identity(data: bytes, subject: str, headers: Mapping[str, str] | None) -> tuple[str, str]:
-    """The (run_id, tenant) to report a malformed task under, from whatever in it is usable."""
-    payload: Any = None
-    try:
-        payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    fields = payload if isinstance(payload, dict) else {}
-
-    def usable(value: object) -> str | None:
-        return value if isinstance(value, str) and is_valid_id(value) else None
-
-    run_id = (
-        usable(fields.get("run_id")) or usable((headers or {}).get("Nats-Msg-Id")) or f"rejected-{uuid.uuid4().hex}"
-    )
-    tenant = usable(fields.get("tenant")) or usable(subject.rsplit(".", 1)[-1]) or DEFAULT_TENANT
-    return run_id, tenant
-
-
-def parse_task(data: bytes, subject: str, headers: Mapping[str, str] | None) -> TaskSubmission:
-    """The task in a message; raises TaskRejected (with the best run identity) when it is malformed."""
-    try:
-        task = TaskSubmission.model_validate_json(data)
-    except ValidationError as exc:
-        run_id, tenant = run_identity(data, subject, headers)
-        raise TaskRejected(run_id, tenant, f"invalid task: {describe_validation_error(exc)}") from exc
-    subject_tenant = subject.rsplit(".", 1)[-1]
-    if task.tenant != subject_tenant:
-        # The subject is what NATS permissions guard; a payload must not claim another tenant.
-        raise TaskRejected(
-            task.run_id,
-            subject_tenant if is_valid_id(subject_tenant) else task.tenant,
-            f"invalid task: tenant {task.tenant!r} does not match the subject's tenant {subject_tenant!r}",
-        )
-    return task
 
 
 def goal_of(task: TaskSubmission) -> str:

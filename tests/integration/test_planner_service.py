@@ -127,18 +127,22 @@ async def test_explicit_plan_is_planned_and_indexed(bus: Bus, planner: PlannerSe
 @pytest.mark.parametrize(
     ("body", "msg_id", "run_id", "expected"),
     [
-        (b'{"run_id": "run-empty-goal", "goal": ""}', None, "run-empty-goal", "goal is empty"),
-        (b"not json", "run-not-json", "run-not-json", "Invalid JSON"),
-        (b'{"run_id": "run-extra", "goal": "x", "colour": "red"}', None, "run-extra", "colour"),
+        (b'{"v": 1, "run_id": "run-empty-goal", "goal": ""}', "run-empty-goal", "run-empty-goal", ("/goal", "pattern")),
+        (b"not json", "run-not-json", "run-not-json", ("", "json")),
+        (b'{"v": 1, "run_id": "run-extra", "goal": "x", "colour": "red"}', "run-extra", "run-extra",
+         ("/colour", "additionalProperties")),
+        (b'{"v": 1, "run_id": "run-no-msg-id", "goal": "x"}', None, "run-no-msg-id", ("", "msg_id_missing")),
+        (b'{"v": 1, "run_id": "run-naive", "goal": "x", "submitted_at": "2025-01-01T00:00:00"}', "run-naive",
+         "run-naive", ("/submitted_at", "format")),
     ],
-)
+)  # fmt: skip
 async def test_malformed_task_is_rejected_and_terminated(
-    bus: Bus, planner: PlannerService, body: bytes, msg_id: str | None, run_id: str, expected: str
+    bus: Bus, planner: PlannerService, body: bytes, msg_id: str | None, run_id: str, expected: tuple[str, str]
 ) -> None:
     # A plain NATS client, no SDK: whatever bytes arrive must be answered, never redelivered forever.
     await bus.js.publish(Subjects.task(DEFAULT_TENANT), body, headers={"Nats-Msg-Id": msg_id} if msg_id else None)
     event = RunRejected.model_validate_json(await run_event(bus, DEFAULT_TENANT, run_id, "rejected"))
-    assert expected in event.error
+    assert [(r.path, r.code.value) for r in event.reasons] == [expected]
     record = await run_record(bus, run_id, RunStatus.REJECTED)
     assert record.error == event.error
     assert await tasks_left(bus) == 0
@@ -149,6 +153,7 @@ async def test_cyclic_plan_is_rejected(bus: Bus, planner: PlannerService) -> Non
     await submit(bus, task)
     event = RunRejected.model_validate_json(await run_event(bus, DEFAULT_TENANT, task.run_id, "rejected"))
     assert "cycle" in event.error
+    assert [(r.path, r.code.value) for r in event.reasons] == [("/plan/steps", "cycle")]
     await run_record(bus, task.run_id, RunStatus.REJECTED)
     assert await tasks_left(bus) == 0
 

@@ -103,7 +103,7 @@ def test_task_needs_goal_or_plan() -> None:
 
 @pytest.mark.parametrize("goal", ["", "   ", "\n\t"])
 def test_task_rejects_empty_goal(goal: str) -> None:
-    with pytest.raises(ValidationError, match="goal is empty"):
+    with pytest.raises(ValidationError, match="goal"):
         TaskSubmission(run_id="r1", goal=goal)
     with pytest.raises(ValidationError):
         TaskSubmission(run_id="r1", goal=goal, plan=_plan())

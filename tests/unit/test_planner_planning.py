@@ -8,22 +8,17 @@ import pytest
 
 from services.planner.planning import (
     LLMFailed,
-    TaskRejected,
     llm_plan_from_text,
-    parse_task,
     plan_for_task,
     plan_schema,
     planning_request,
-    run_identity,
 )
 from services.planner.settings import PlannerSettings
 from swarm.contracts import (
-    DEFAULT_TENANT,
     InferenceRequest,
     PlanPattern,
     PlanSource,
     TaskSubmission,
-    is_valid_id,
 )
 from swarm.dag import PlanError, PlanLimits
 from swarm.inference import InferenceError
@@ -120,29 +115,6 @@ def test_planning_request_names_the_caller_and_schema() -> None:
     request = planning_request(task, 4, PlannerSettings())
     assert request.caller == "planner" and request.json_schema and request.run_id == "r1"
     assert "plan a trip" in request.messages[1].content
-
-
-def test_parse_task_reports_malformed_input_under_a_usable_identity() -> None:
-    with pytest.raises(TaskRejected, match="goal") as caught:
-        parse_task(b'{"run_id": "r7", "goal": ""}', "swarm.tasks.acme", None)
-    assert (caught.value.run_id, caught.value.tenant) == ("r7", "acme")
-    with pytest.raises(TaskRejected, match="invalid task") as caught:
-        parse_task(b"not json", "swarm.tasks.acme", {"Nats-Msg-Id": "r8"})
-    assert caught.value.run_id == "r8"
-    with pytest.raises(TaskRejected, match="Extra inputs"):
-        parse_task(b'{"run_id": "r9", "goal": "x", "bogus": 1}', "swarm.tasks.default", None)
-
-
-def test_run_identity_falls_back_to_generated_ids() -> None:
-    run_id, tenant = run_identity(b'{"run_id": "no spaces allowed", "tenant": 5}', "swarm.tasks.*", {"Nats-Msg-Id": "a b"})
-    assert is_valid_id(run_id) and tenant == DEFAULT_TENANT
-
-
-def test_parse_task_rejects_a_tenant_other_than_the_subjects() -> None:
-    body = TaskSubmission(run_id="r1", tenant="acme", goal="x").model_dump_json().encode()
-    with pytest.raises(TaskRejected, match="tenant"):
-        parse_task(body, "swarm.tasks.other", None)
-    assert parse_task(body, "swarm.tasks.acme", None).tenant == "acme"
 
 
 async def test_plan_for_task_uses_the_llm_plan() -> None:

@@ -146,9 +146,34 @@ def test_messages_reference_component_schemas(doc: dict[str, Any]) -> None:
         assert message["contentType"] == "application/json"
 
 
-def test_asyncapi_discriminator_is_a_property_name(doc: dict[str, Any]) -> None:
-    # AsyncAPI's Schema Object takes the discriminator as a plain property name.
-    assert doc["components"]["schemas"]["RunEvent"]["discriminator"] == "kind"
+def _keys(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(node) | {key for value in node.values() for key in _keys(value)}
+    if isinstance(node, list):
+        return {key for item in node for key in _keys(item)}
+    return set()
+
+
+def test_run_events_are_told_apart_by_a_required_kind_const(generated: Path, doc: dict[str, Any]) -> None:
+    # No `discriminator` in any of its three dialects: oneOf over members whose `kind` is a required const.
+    assert "discriminator" not in _keys(doc)
+    event_schema = json.loads((generated / "schemas" / "RunEvent.json").read_text())
+    assert "discriminator" not in _keys(event_schema)
+    members = [option["$ref"].rsplit("/", 1)[-1] for option in event_schema["oneOf"]]
+    kinds = []
+    for name in members:
+        member = event_schema["$defs"][name]
+        assert {"v", "kind"} <= set(member["required"]), name
+        kinds.append(member["properties"]["kind"]["const"])
+    assert len(set(kinds)) == len(members)
+
+
+def test_every_message_requires_its_version(generated: Path) -> None:
+    for path in (generated / "schemas").glob("*.json"):
+        schema = json.loads(path.read_text())
+        roots = [schema["$defs"][o["$ref"].rsplit("/", 1)[-1]] for o in schema["oneOf"]] if "oneOf" in schema else [schema]
+        for root in roots:
+            assert "v" in root["required"], (path.name, root["title"])
 
 
 def test_readme_explains_submission_and_following(generated: Path) -> None:
@@ -183,3 +208,15 @@ def test_messages_validate_against_their_schema_files(generated: Path) -> None:
     jsonschema.validate(event, event_schema, cls=jsonschema.Draft202012Validator)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**event, "kind": "nonsense"}, event_schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_readme_states_every_rule_limit_and_rejection_code(generated: Path) -> None:
+    text = (generated / "README.md").read_text()
+    assert f"({contracts.TASKS.duplicate_window_s:g} s)" in text
+    assert f"{contracts.RUNS.max_age_s / 86400:g} days" in text
+    for limit in (contracts.PLAN_MAX_AGENTS, contracts.PLAN_MAX_STEPS, contracts.STEP_MAX_DEPENDS_ON):
+        assert str(limit) in text
+    for code in contracts.RejectionCode:
+        assert f"`{code.value}`" in text, code
+    for rule in ("Nats-Msg-Id", "tenant", "offset", "run_id` is used once"):
+        assert rule in text, rule

@@ -1,0 +1,18 @@
+// Generated from proto/ by `npm run generate` (run by `make proto`); do not edit.
+
+/** Contract version every message carries as `v`. */
+export const CONTRACT_VERSION = 1 as const;
+
+/** Every channel: its subject pattern ({placeholders} filled by the sender) and its JetStream stream. */
+export const CHANNELS = {
+  eventsInference: { address: "swarm.events.inference", stream: "EVENTS" },
+  eventsInferencebatch: { address: "swarm.events.inferencebatch", stream: "EVENTS" },
+  eventsStep: { address: "swarm.events.step.{run_id}", stream: "EVENTS" },
+  eventsStepbatch: { address: "swarm.events.stepbatch.{run_id}", stream: "EVENTS" },
+  inferRequest: { address: "swarm.infer.request", stream: null },
+  replyInbox: { address: "{reply_inbox}", stream: null },
+  results: { address: "swarm.results.{partition}.{run_id}", stream: "RESULTS" },
+  run: { address: "swarm.run.{tenant}.{run_id}.{kind}", stream: "RUNS" },
+  steps: { address: "swarm.steps.{pool}", stream: "STEPS" },
+  tasks: { address: "swarm.tasks.{tenant}", stream: "TASKS" },
+} as const;

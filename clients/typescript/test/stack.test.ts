@@ -1,0 +1,127 @@
+// The contract against a real stack (nats-server and every service, sim backend), from TypeScript.
+// SWARM_NATS_URL names the stack's NATS server (tests/e2e/test_typescript_client.py starts one and runs this).
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { crc32 } from "node:zlib";
+
+import { SwarmClient, taskReasons, type Plan, type Reason, type RunEvent, type RunRejected } from "../src/index.js";
+
+const url = process.env.SWARM_NATS_URL;
+if (!url) throw new Error("SWARM_NATS_URL must name a running Swarm stack (see tests/e2e/test_typescript_client.py)");
+
+let client: SwarmClient;
+const invalid: Array<[string, Reason[]]> = [];
+const follow = { timeoutMs: 60_000, onInvalid: (subject: string, reasons: Reason[]) => invalid.push([subject, reasons]) };
+
+before(async () => {
+  client = await SwarmClient.connect({ servers: url, name: "ts-client-test" });
+});
+
+after(async () => {
+  await client.close();
+  assert.deepEqual(invalid, [], "every event on the followed runs is a valid RunEvent");
+});
+
+function chain(length: number, latencyMs = 0): Plan {
+  return {
+    agents: [{ id: "a", role: "researcher" }, { id: "lead", role: "editor" }],
+    steps: Array.from({ length }, (_, i) => ({
+      id: `s${i}`,
+      agent_id: i === length - 1 ? "lead" : "a",
+      instruction: `Part ${i} of the question.`,
+      depends_on: i === 0 ? [] : [`s${i - 1}`],
+      ...(latencyMs ? { sim_latency_ms: latencyMs } : {}),
+    })),
+  };
+}
+
+async function events(runId: string): Promise<RunEvent[]> {
+  const seen: RunEvent[] = [];
+  for await (const event of client.follow(runId, follow)) seen.push(event);
+  return seen;
+}
+
+async function rejection(runId: string): Promise<RunRejected> {
+  const final = await client.wait(runId, follow);
+  assert.equal(final.kind, "rejected", JSON.stringify(final));
+  return final as RunRejected;
+}
+
+const pairs = (reasons: Reason[] | undefined) => (reasons ?? []).map((r) => [r.path, r.code]);
+
+test("submit a plan and follow it to its answer", async () => {
+  const { runId, duplicate } = await client.submit({ plan: chain(3), labels: { from: "typescript" } });
+  assert.equal(duplicate, false);
+  const seen = await events(runId);
+  const kinds = seen.map((e) => e.kind);
+  assert.equal(kinds[0], "planned", kinds.join());
+  assert.equal(kinds.at(-1), "completed", kinds.join());
+  const final = seen.at(-1);
+  assert.ok(final?.kind === "completed");
+  assert.ok(final.answer.trim().length > 0);
+  assert.equal(final.summary.steps_succeeded, 3);
+});
+
+test("a duplicate publish is acknowledged as one and runs once", async () => {
+  const runId = `dup-${randomUUID()}`;
+  const body = { v: 1, run_id: runId, tenant: client.tenant, plan: chain(2) };
+  const first = await client.publishTask(body, { msgId: runId });
+  const second = await client.publishTask(body, { msgId: runId });
+  assert.equal(first.duplicate, false);
+  assert.equal(second.duplicate, true);
+  assert.equal(second.seq, first.seq);
+  const kinds = (await events(runId)).map((e) => e.kind);
+  assert.equal(kinds.filter((k) => k === "planned").length, 1, kinds.join());
+  assert.equal(kinds.at(-1), "completed");
+});
+
+test("cancel a running run", async () => {
+  // Twenty steps one after another: long enough to be cancelled before the end.
+  const { runId } = await client.submit({ plan: chain(20, 4000) });
+  const seen: string[] = [];
+  for await (const event of client.follow(runId, follow)) {
+    seen.push(event.kind);
+    if (event.kind === "planned") await client.cancel(runId, "changed my mind");
+    if (event.kind === "cancelled") assert.equal(event.reason, "changed my mind");
+  }
+  assert.equal(seen.at(-1), "cancelled", seen.join());
+});
+
+test("three malformed tasks, each rejected with a structured reason", async () => {
+  const malformed: Array<{ body: Record<string, unknown>; msgId?: string; expected: string[] }> = [
+    // A blank goal: a rule the schema states (the same reasons locally, from ajv).
+    { body: { v: 1, run_id: `blank-${randomUUID()}`, goal: "   " }, expected: ["/goal", "pattern"] },
+    // No Nats-Msg-Id: the one-run-id rule, which no body schema can state.
+    { body: { v: 1, run_id: `nomsgid-${randomUUID()}`, goal: "x" }, msgId: "", expected: ["", "msg_id_missing"] },
+    // A dependency on a step that does not exist: a plan rule beyond JSON Schema.
+    {
+      body: { v: 1, run_id: `ghost-${randomUUID()}`, plan: { ...chain(1), steps: [{ id: "s", agent_id: "a", instruction: "x", depends_on: ["ghost"] }] } },
+      expected: ["/plan/steps/0/depends_on/0", "unknown_step"],
+    },
+  ];
+  for (const { body, msgId, expected } of malformed) {
+    const runId = body.run_id as string;
+    await client.publishTask(body, msgId === "" ? {} : { msgId: msgId ?? runId });
+    const rejected = await rejection(runId);
+    assert.deepEqual(pairs(rejected.reasons), [expected], rejected.error);
+    assert.equal(rejected.tenant, client.tenant);
+    const local = taskReasons({ ...body, tenant: client.tenant });
+    if (expected[1] === "pattern") assert.deepEqual(pairs(local), [expected], "ajv finds what the planner finds");
+    else assert.deepEqual(local, [], "beyond the schema: only the planner can tell");
+  }
+});
+
+test("a time without an offset is rejected, and a later run on the same results partition completes", async () => {
+  const naiveId = `naive-${randomUUID()}`;
+  await client.publishTask({ v: 1, run_id: naiveId, goal: "x", submitted_at: "2025-01-01T00:00:00" }, { msgId: naiveId });
+  const rejected = await rejection(naiveId);
+  assert.deepEqual(pairs(rejected.reasons), [["/submitted_at", "format"]], rejected.error);
+  // The dispatcher partitions results by crc32(run_id) % 16 (asyncapi.json, parameter `partition`).
+  const partition = (id: string) => crc32(id) % 16;
+  let nextId = `after-${randomUUID()}`;
+  while (partition(nextId) !== partition(naiveId)) nextId = `after-${randomUUID()}`;
+  const { runId } = await client.submit({ run_id: nextId, plan: chain(2) });
+  const final = await client.wait(runId, follow);
+  assert.equal(final.kind, "completed", JSON.stringify(final));
+});
