@@ -188,8 +188,11 @@ class _Compiler:
             if "allOf" in part:
                 part = self._merge_all_of(part)
             for key, value in part.items():
-                if key == "properties":
-                    merged["properties"] = {**merged.get("properties", {}), **value}
+                if key == "properties":  # a property both parts constrain must meet both
+                    properties = dict(merged.get("properties", {}))
+                    for name, sub in value.items():
+                        properties[name] = {"allOf": [properties[name], sub]} if name in properties else sub
+                    merged["properties"] = properties
                 elif key == "required":
                     merged["required"] = sorted(set(merged.get("required", [])) | set(value))
                 elif key in ("minimum", "minLength", "minItems", "minProperties", "exclusiveMinimum"):
@@ -208,7 +211,7 @@ class _Compiler:
             if branch is False:
                 continue
             is_null = isinstance(branch, dict) and branch.get("type") == "null"
-            merged = {**rest, **branch} if isinstance(branch, dict) else rest or True
+            merged = self._merge_all_of({"allOf": [rest, branch]}) if isinstance(branch, dict) else rest or True
             branches.append((is_null, merged))
         if not branches:
             raise SchemaUnsupported(f"no {key} branch can be satisfied")
@@ -291,7 +294,9 @@ class _Compiler:
             if depth > HARD_DEPTH:
                 raise SchemaUnsupported("the schema recurses without end")
             if depth < SOFT_DEPTH:
-                count = rng.randint(max(low, min(1, high), min(len(prefix), high)), high)
+                # Any count in [low, high] is valid; a wide maxItems (4,000 steps) need not make huge samples.
+                least = max(low, min(1, high), min(len(prefix), high))
+                count = rng.randint(least, min(high, least + DEFAULT_ARRAY_SPAN))
             else:
                 count = low
             result: list[Any] = []
