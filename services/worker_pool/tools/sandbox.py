@@ -28,10 +28,9 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
-import pyseccomp
+from services.worker_pool.settings import SandboxMode
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +67,6 @@ BOOT = (
     "del resource, _r, _soft, _hard\n"
     "exec(compile(_code, '<sandbox>', 'exec'), {{'__name__': '__main__', '__builtins__': __builtins__}})\n"
 )
-
-
-class SandboxMode(StrEnum):
-    """How the python tool isolates code."""
-
-    BWRAP = "bwrap"
-    UNSAFE_NONE = "unsafe-none"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -121,6 +113,8 @@ class SandboxRun:
 @functools.cache
 def seccomp_program() -> bytes:
     """The seccomp filter as BPF for `bwrap --seccomp`, built by libseccomp once per process."""
+    import pyseccomp  # loads libseccomp.so.2: a failure makes the sandbox unavailable, not the worker
+
     rules = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     eperm = pyseccomp.ERRNO(1)
     for name in DENIED_SYSCALLS:
@@ -225,11 +219,20 @@ def unavailable_reason(user: str | None) -> str | None:
                 bwrap_argv(limits, program.fileno()), input=b"print(6 * 7)", capture_output=True, env={},
                 timeout=30, pass_fds=(program.fileno(),), preexec_fn=_drop_to(ids),
             )  # fmt: skip
-    except (OSError, SandboxUnavailable, subprocess.TimeoutExpired) as exc:
+    except (ImportError, OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         return f"bwrap cannot start: {exc}"
     if proc.returncode != 0 or proc.stdout.strip() != b"42":
         detail = proc.stderr.decode(errors="replace").strip()[-500:]
         return f"bwrap cannot set up a sandbox here (user namespaces disabled?): {detail or proc.returncode}"
+    return None
+
+
+def startup_warning(mode: SandboxMode, user: str | None) -> str | None:
+    """What the worker must say at start-up about its python tool (None: code runs sandboxed)."""
+    if mode is SandboxMode.UNSAFE_NONE:
+        return "SANDBOX DISABLED (SWARM_WORKER_SANDBOX=unsafe-none): agent code will run without any isolation"
+    if (reason := unavailable_reason(user)) is not None:
+        return f"the python tool will refuse every call: {reason}"
     return None
 
 
