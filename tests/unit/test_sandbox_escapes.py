@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,14 +51,6 @@ def sandbox() -> PythonSandbox:
 
 
 @pytest.fixture
-def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    """The worker's NATS password, in the worker's environment as in production."""
-    secret = f"nats-password-{uuid.uuid4().hex}"
-    monkeypatch.setenv("SWARM_NATS_PASSWORD", secret)
-    return secret
-
-
-@pytest.fixture
 def victim() -> Iterator[subprocess.Popen[bytes]]:
     """A process of the worker's user (a sibling of the sandboxed run) that hostile code tries to kill."""
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
@@ -79,15 +72,23 @@ def escaped(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if "ESCAPED" in line]
 
 
-async def test_the_parent_environment_and_its_nats_password_are_out_of_reach(
-    sandbox: PythonSandbox, secret_env: str
-) -> None:
+# A worker process started with the NATS password in its environment, as in production: it runs the
+# hostile code from stdin in its sandbox and prints the outcome (/proc/<pid>/environ shows a process's
+# environment as it started, so the password cannot simply be set in this test process).
+WORKER = (
+    "import asyncio, json, sys\n"
+    "from services.worker_pool.tools.sandbox import PythonSandbox, SandboxLimits\n"
+    "run = asyncio.run(PythonSandbox(SandboxLimits(cpu_s=2, wall_s=4.0)).run(sys.stdin.read()))\n"
+    "print(json.dumps([run.stdout, run.stderr]))\n"
+)
+
+
+async def test_the_parent_environment_and_its_nats_password_are_out_of_reach() -> None:
+    secret = f"nats-password-{uuid.uuid4().hex}"
     code = attempt(
         "import os\n"
         "print(sorted(os.environ))\n"
-        "try_('ppid-environ', lambda: open(f'/proc/{os.getppid()}/environ', 'rb').read())\n"
-        f"try_('worker-environ', lambda: open('/proc/{os.getpid()}/environ', 'rb').read())\n"
-        "for pid in [p for p in os.listdir('/proc') if p.isdigit()]:\n"
+        "for pid in [str(os.getppid())] + [p for p in os.listdir('/proc') if p.isdigit()]:\n"
         "    try:\n"
         "        data = open(f'/proc/{pid}/environ', 'rb').read()\n"
         "    except OSError:\n"
@@ -95,9 +96,14 @@ async def test_the_parent_environment_and_its_nats_password_are_out_of_reach(
         "    if b'SWARM_NATS_PASSWORD' in data:\n"
         "        print(pid, 'ESCAPED', data)\n"
     )
-    run = await sandbox.run(code)
-    assert secret_env not in run.stdout + run.stderr
-    assert "SWARM_NATS_PASSWORD" not in run.stdout, run.stdout
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WORKER, env={**os.environ, "SWARM_NATS_PASSWORD": secret},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await worker.communicate(code.encode())
+    stdout, stderr = json.loads(out)
+    assert secret not in stdout + stderr
+    assert "SWARM_NATS_PASSWORD" not in stdout and escaped(stdout) == [], stdout
 
 
 async def test_proc_shows_no_process_outside_the_run(sandbox: PythonSandbox) -> None:
@@ -155,17 +161,21 @@ async def test_a_concurrent_run_can_neither_read_nor_kill_another(sandbox: Pytho
     secret = uuid.uuid4().hex
     victim_code = (
         f"open('secret-victim', 'w').write({secret!r})\n"
-        f"open('/tmp/secret-victim', 'w').write({secret!r})\n"
         "import time\ntime.sleep(2.5)\nprint('survived')\n"
     )
     attacker_code = attempt(
-        "import os, time, signal\n"
+        "import glob, os, time\n"
         "time.sleep(1.0)\n"
-        "try_('shared-tmp', lambda: open('/tmp/secret-victim').read())\n"
-        "for pid in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:\n"
-        "    if os.path.exists(f'/proc/{pid}/cwd/secret-victim'):\n"
-        "        try_('victim-file', lambda: open(f'/proc/{pid}/cwd/secret-victim').read())\n"
-        "        try_('victim-kill', lambda: os.kill(int(pid), signal.SIGKILL))\n"
+        "for path in glob.glob('/tmp/*/work/secret-victim') + glob.glob('/tmp/*/secret-victim'):\n"
+        "    try_('victim-file', lambda: open(path).read())\n"
+        "for pid in [int(p) for p in os.listdir('/proc') if p.isdigit()]:\n"
+        "    try:\n"
+        "        cmdline = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    sandboxed = b'sandbox_boot' in cmdline or b'setrlimit' in cmdline  # how a run's process looks\n"
+        "    if sandboxed and pid not in (1, os.getpid(), os.getppid()):\n"
+        "        try_('victim-kill', lambda: os.kill(pid, 9))\n"
     )
     victim_run, attacker_run = await asyncio.gather(sandbox.run(victim_code), sandbox.run(attacker_code))
     assert victim_run.ok and victim_run.stdout.strip() == "survived", victim_run
@@ -273,7 +283,7 @@ async def test_allocating_4_gib_fails_in_every_process(sandbox: PythonSandbox) -
 
 
 async def test_a_cpu_loop_ignoring_sigxcpu_is_killed(sandbox: PythonSandbox) -> None:
-    code = attempt("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n")
+    code = attempt("import _signal\n_signal.signal(_signal.SIGXCPU, _signal.SIG_IGN)\nwhile True:\n    pass\n")
     run = await sandbox.run(code)
     assert not run.ok and (run.timed_out or run.exit_code < 0), run
 
