@@ -230,7 +230,7 @@ def refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: tup
         return "a cloud metadata address"
     if any(address in network for network in allowed):
         return None
-    for kind in ("loopback", "private", "link_local", "multicast", "unspecified", "reserved"):
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
         if getattr(address, f"is_{kind}"):
             return f"a {kind.replace('_', '-')} address"
     return None if address.is_global else "not a public address"
