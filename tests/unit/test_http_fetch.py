@@ -96,7 +96,7 @@ async def test_an_allowed_host_port_and_network_is_fetched_within_the_size_limit
 async def test_a_name_on_the_allow_list_that_resolves_to_loopback_is_refused(server: int) -> None:
     # The attack of issue #10: an allow-listed name pointing at 127.0.0.1 (here the real /etc/hosts entry).
     fetch = HttpFetchTool(("localhost",), max_bytes=1000, allowed_ports=(server,))
-    with pytest.raises(ToolError, match="resolves to .*loopback address: refused"):
+    with pytest.raises(ToolError, match=r"resolves to .*loopback address: refused"):
         await fetch.call({"url": f"http://localhost:{server}/"}, context())
     assert _Handler.requests == []
 

@@ -54,6 +54,10 @@ def userns_disabled(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         unavailable_reason.cache_clear()
 
 
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
 def context() -> ToolContext:
     return ToolContext(run_id="r1", tenant="t", step_id="s1", agent_id="a1", attempt=1, settings=WorkerSettings())
 
@@ -96,14 +100,14 @@ async def test_child_processes_run_inside_the_same_boundary_up_to_the_cap(sandbo
     )
     run = await sandbox.run(code)
     assert run.stdout.split() == ["65534", "True", "capped", str(LIMITS.max_processes - 1)], run
-    assert not Path("/tmp/swarm-sandbox-escape").exists()  # the run's own /tmp, not the host's
+    assert not exists("/tmp/swarm-sandbox-escape")  # the run's own /tmp, not the host's
 
 
 async def test_writing_outside_the_private_tmpfs_fails(sandbox: PythonSandbox, tmp_path: Path) -> None:
-    tmp_path.chmod(0o777)
-    target = tmp_path / "escaped.txt"
-    run = await sandbox.run(f"open({str(target)!r}, 'w').write('escaped')")
-    assert not run.ok and not target.exists()
+    os.chmod(tmp_path, 0o777)
+    target = str(tmp_path / "escaped.txt")
+    run = await sandbox.run(f"open({target!r}, 'w').write('escaped')")
+    assert not run.ok and not exists(target)
     run = await sandbox.run("for p in ('/usr/x', '/x', '/etc/x', '/dev/x'):\n    try:\n        open(p, 'w')\n        print(p)\n    except OSError:\n        pass")
     assert run.ok and run.stdout == ""
 
@@ -116,7 +120,8 @@ async def test_the_tmpfs_is_size_limited(sandbox: PythonSandbox) -> None:
 
 
 async def test_an_infinite_loop_hits_the_cpu_limit(sandbox: PythonSandbox) -> None:
-    run = await sandbox.run("while True:\n    pass")
+    # A wall-clock limit far beyond the CPU limit: on a busy machine 1 CPU-second takes longer than 1 s.
+    run = await sandbox.run("while True:\n    pass", SandboxLimits(cpu_s=1, wall_s=60.0))
     assert not run.ok and run.reason == "CPU time limit exceeded"
 
 
