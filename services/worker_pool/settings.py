@@ -49,7 +49,7 @@ class WorkerSettings(BaseSettings):
     sandbox_file_mb: int = Field(16, ge=1, description="Largest file a sandboxed run may write (RLIMIT_FSIZE).")
     sandbox_disk_mb: int = Field(64, ge=1, description="Size of a sandboxed run's private tmpfs (/tmp, work dir).")
     sandbox_processes: int = Field(
-        4, ge=1, le=64, description="Processes a sandboxed run may have at once, its own included (RLIMIT_NPROC)."
+        4, ge=1, le=64, description="Processes and threads a sandboxed run may have at once, its own included (RLIMIT_NPROC)."
     )
     sandbox_output_kb: int = Field(64, ge=1, description="Stdout (and stderr) kept of one run; the rest is dropped.")
     sandbox_user: str | None = Field(

@@ -263,7 +263,9 @@ class PythonSandbox:
             log.warning("SANDBOX DISABLED (unsafe-none): running agent code with the worker's own privileges")
             async with self._slots:
                 with tempfile.TemporaryDirectory(prefix="swarm-unsafe-") as workdir:
-                    argv = [runtime(os.geteuid() == 0)[0], "-I", "-S", "-c", BOOT.format(limits=rlimits(limits)[:4])]
+                    # No RLIMIT_NPROC: outside a user namespace it counts every process of the worker's user.
+                    kept = [r for r in rlimits(limits) if r[0] != resource.RLIMIT_NPROC]
+                    argv = [runtime(os.geteuid() == 0)[0], "-I", "-S", "-c", BOOT.format(limits=kept)]
                     return await _execute(argv, code, limits, cwd=workdir, env={**ENV, "HOME": workdir})
         reason = self.unavailable()
         if reason is not None:
