@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,6 +82,28 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return fake
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """A real HTTPS server on 127.0.0.1 whose certificate names secure.test only; yields its port and the trust."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=secure.test",
+         "-addext", "subjectAltName=DNS:secure.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    _Handler.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    httpd.socket = server_side.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], ssl.create_default_context(cafile=str(cert))
+    httpd.shutdown()
+    httpd.server_close()
 
 
 def context() -> ToolContext:
@@ -168,3 +193,18 @@ async def test_the_connection_goes_to_the_checked_address_without_a_second_looku
     assert isinstance(page, dict) and page["body"] == "hello"
     assert fake_dns.lookups["rebind.test"] == ["127.0.0.1"]
     assert _Handler.requests == [("/", f"rebind.test:{server}")]  # the name travels in the Host header
+
+
+async def test_https_goes_to_the_checked_address_and_verifies_the_certificate_for_the_name(
+    tls_server: tuple[int, ssl.SSLContext], fake_dns: FakeDns
+) -> None:
+    port, trust = tls_server
+    fake_dns.answers.update({"secure.test": ["127.0.0.1"], "impostor.test": ["127.0.0.1"]})
+    fetch = HttpFetchTool(("secure.test", "impostor.test"), max_bytes=1000, allowed_ports=(port,),
+                          allowed_networks=LOOPBACK, verify=trust)  # fmt: skip
+    page = await fetch.call({"url": f"https://secure.test:{port}/"}, context())
+    assert isinstance(page, dict) and page["body"] == "hello"
+    # The same server under a name its certificate does not carry: refused although the address is the same.
+    with pytest.raises(ToolError, match=r"CERTIFICATE_VERIFY_FAILED|hostname"):
+        await fetch.call({"url": f"https://impostor.test:{port}/"}, context())
+    assert _Handler.requests == [("/", f"secure.test:{port}")]

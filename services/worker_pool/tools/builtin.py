@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import socket
+import ssl
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -251,12 +252,14 @@ class HttpFetchTool(Tool):
     def __init__(
         self, allowed_hosts: tuple[str, ...], max_bytes: int, timeout_s: float = 20.0,
         allowed_ports: tuple[int, ...] = (80, 443), allowed_networks: tuple[str, ...] = (),
+        verify: ssl.SSLContext | bool = True,
     ) -> None:  # fmt: skip
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.allowed_ports = frozenset(allowed_ports)
         self.allowed_networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.verify = verify  # the TLS trust: certifi's CAs unless a context is given
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> HttpFetchTool:
@@ -298,7 +301,9 @@ class HttpFetchTool(Tool):
     async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
         """Fetch, following at most a few redirects, each checked and resolved anew like the first URL."""
         url = args["url"]
-        async with httpx.AsyncClient(follow_redirects=False, timeout=self.timeout_s, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=self.timeout_s, trust_env=False, verify=self.verify
+        ) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 pinned, host_header, host = await self._pin(url)
                 # The connection goes to the checked address: no second lookup a DNS answer could change.
