@@ -42,6 +42,9 @@ $(STAMP): pyproject.toml | $(PY)
 	command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || echo "docker-compose not installed: the compose validation test will be skipped"
 	# Debian's chromium screenshots the HTML run report headless (tests/e2e/test_report_browser.py).
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the report screenshot test will be skipped"
+	# bubblewrap: the python tool's sandbox (its seccomp filter uses libseccomp2, part of Debian's base system).
+	# Without it the tool fails closed and its tests fail: install it, or run `apt-get install bubblewrap` as root.
+	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; } || echo "bubblewrap not installed: the python tool will refuse to run code"
 	touch $(STAMP)
 
 $(TS_STAMP): $(TS_CLIENT)/package-lock.json

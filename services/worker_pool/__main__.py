@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from services.worker_pool.execution import StepExecutor, steps_consumer
 from services.worker_pool.settings import WorkerSettings
+from services.worker_pool.tools.sandbox import startup_warning
 from swarm.bus import Bus, consume
 from swarm.service import run_service
 
@@ -13,6 +15,8 @@ from swarm.service import run_service
 async def main(stop: asyncio.Event, settings: WorkerSettings | None = None) -> None:
     """Provision, run steps until `stop`, finish the ones in flight, drain."""
     settings = settings or WorkerSettings()
+    if warning := await asyncio.to_thread(startup_warning, settings.sandbox, settings.sandbox_user):
+        logging.getLogger("services.worker_pool").warning(warning)
     bus = await Bus.connect(settings.nats, "worker")
     await bus.provision()
     executor = StepExecutor(bus, settings)

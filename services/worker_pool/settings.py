@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from swarm.contracts import DEFAULT_POOL
 from swarm.settings import NatsSettings
+
+
+class SandboxMode(StrEnum):
+    """How the python tool isolates agents' code."""
+
+    BWRAP = "bwrap"
+    UNSAFE_NONE = "unsafe-none"
 
 
 class WorkerSettings(BaseSettings):
@@ -33,17 +42,33 @@ class WorkerSettings(BaseSettings):
     tool_timeout_s: float = Field(30.0, gt=0, description="Wall-clock limit of one tool call.")
     tool_result_chars: int = Field(4000, ge=100, description="Characters of a tool's result shown to the model.")
     answer_max_chars: int = Field(8000, ge=100, description="maxLength of string fields in the tool-calling schema.")
-    sandbox_cpu_s: int = Field(5, ge=1, description="CPU seconds of one sandboxed Python run (RLIMIT_CPU).")
-    sandbox_memory_mb: int = Field(512, ge=64, description="Address space of one sandboxed Python run (RLIMIT_AS).")
+    sandbox: SandboxMode = Field(
+        SandboxMode.BWRAP,
+        description="Isolation of the python tool: bwrap (namespaces + seccomp; the tool fails closed when it "
+        "cannot be set up) or unsafe-none (no boundary at all, logged on every run; never in production).",
+    )
+    sandbox_cpu_s: int = Field(5, ge=1, description="CPU seconds of one sandboxed process (RLIMIT_CPU).")
+    sandbox_memory_mb: int = Field(512, ge=64, description="Address space of one sandboxed process (RLIMIT_AS).")
     sandbox_wall_s: float = Field(10.0, gt=0, description="Wall-clock limit of one sandboxed Python run.")
     sandbox_file_mb: int = Field(16, ge=1, description="Largest file a sandboxed run may write (RLIMIT_FSIZE).")
+    sandbox_disk_mb: int = Field(64, ge=1, description="Size of a sandboxed run's private tmpfs (/tmp, work dir).")
+    sandbox_processes: int = Field(
+        4, ge=1, le=64, description="Processes and threads a sandboxed run may have at once, its own included (RLIMIT_NPROC)."
+    )
+    sandbox_output_kb: int = Field(64, ge=1, description="Stdout (and stderr) kept of one run; the rest is dropped.")
     sandbox_user: str | None = Field(
-        "nobody", description="Unprivileged user sandboxed code runs as, when the worker runs as root."
+        "nobody", description="Unprivileged user bwrap runs as when the worker runs as root."
     )
     sandbox_concurrency: int = Field(2, ge=1, description="Sandboxed Python runs at once in this process.")
     scratchpad_max_bytes: int = Field(65536, ge=1, description="Largest value in the scratchpad tool.")
     spawn_max_steps: int = Field(100, ge=1, description="Steps one step may spawn (the dispatcher enforces run limits).")
     http_fetch_enabled: bool = Field(False, description="Offer the http_fetch tool (off by default).")
     http_allowed_hosts: tuple[str, ...] = Field((), description="Hosts http_fetch may reach (exact names).")
+    http_allowed_ports: tuple[int, ...] = Field((80, 443), description="Ports http_fetch may connect to.")
+    http_allowed_networks: tuple[str, ...] = Field(
+        (),
+        description="Private networks (CIDR) http_fetch may reach all the same, e.g. an intranet API; loopback "
+        "and cloud-metadata addresses are never reachable unless listed here, and metadata never.",
+    )
     http_max_bytes: int = Field(1_000_000, ge=1, description="Largest response body http_fetch reads.")
     log_level: str = Field("INFO", description="Log level.")

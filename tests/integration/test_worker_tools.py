@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -21,7 +23,8 @@ from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
 from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings
-from services.worker_pool.tools import ToolContext, ToolRegistry
+from services.worker_pool.tools import ToolContext, ToolError, ToolRegistry
+from services.worker_pool.tools.sandbox import unavailable_reason
 from swarm.bus import Bus
 from swarm.client import read_step_events
 from swarm.contracts import (
@@ -229,3 +232,24 @@ async def test_a_step_longer_than_ack_wait_is_kept_by_heartbeats_and_shows_it_st
     assert consumer.delivered.consumer_seq == 1  # three ack_waits long, and delivered once
     published = await read_step_events(bus.js, "run-slow", idle_s=0.3)
     assert [e.kind for e in published][:1] == [StepEventKind.STARTED]  # before the result, by the heartbeat
+
+
+async def test_without_bwrap_the_worker_warns_and_the_python_tool_fails_closed(
+    bus: Bus, nats_settings: NatsSettings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without bubblewrap
+    unavailable_reason.cache_clear()
+    settings = WorkerSettings(nats=nats_settings, concurrency=4, max_tool_rounds=2)
+    steps = [StepSpec(id=f"calc{i}", agent_id="a1", instruction=f"compute {i}", tools=("python",)) for i in range(6)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.worker_pool"):
+            async with worker_and_gateway(bus, settings):
+                results = await run_steps(bus, "run-closed", *steps)
+        assert any("python tool will refuse every call" in r.message and "bubblewrap" in r.message for r in caplog.records)
+        assert len(results) == len(steps)  # the worker serves steps; only the python tool refuses
+        ctx = ToolContext(run_id="run-closed", tenant="t", step_id="x", agent_id="a1", attempt=1, settings=settings)
+        with pytest.raises(ToolError, match="python tool is unavailable on this worker: bubblewrap"):
+            await ToolRegistry.for_worker(settings).get("python").call({"code": "print(1)"}, ctx)
+    finally:
+        unavailable_reason.cache_clear()

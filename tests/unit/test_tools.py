@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ from services.worker_pool.errors import StepFailed
 from services.worker_pool.settings import WorkerSettings
 from services.worker_pool.toolloop import ToolCall, ToolLoop, decision_schema
 from services.worker_pool.tools import Tool, ToolContext, ToolError, ToolRegistry, UnknownTool
-from services.worker_pool.tools.builtin import HttpFetchTool, SpawnTool
+from services.worker_pool.tools.builtin import SpawnTool
 from services.worker_pool.validation import ModelReply, structured_output
 from swarm.contracts import ChatMessage, SpawnRequest
 
@@ -255,53 +252,3 @@ async def test_an_invalid_schema_fails_for_good_without_calling_the_model() -> N
     with pytest.raises(StepFailed, match="not a valid JSON Schema") as excinfo:
         await structured_output(model, MESSAGES, {"type": "no-such-type"})
     assert not excinfo.value.retryable and model.calls == []
-
-
-# --------------------------------------------------------------------------- http_fetch
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path == "/away":
-            self.send_response(302)
-            self.send_header("Location", "http://forbidden.invalid/")
-            self.end_headers()
-            return
-        body = b"y" * 5000 if self.path == "/big" else b"hello"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def http_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-async def test_http_fetch_reads_allowed_hosts_within_the_size_limit(http_server: str) -> None:
-    fetch = HttpFetchTool(("127.0.0.1",), max_bytes=1000)
-    page = await fetch.call({"url": f"{http_server}/"}, context())
-    assert isinstance(page, dict) and page["status"] == 200 and page["body"] == "hello"
-    big = await fetch.call({"url": f"{http_server}/big"}, context())
-    assert isinstance(big, dict) and big["truncated"] and len(big["body"]) == 1000
-
-
-async def test_http_fetch_refuses_other_hosts_schemes_and_redirects_out(http_server: str) -> None:
-    fetch = HttpFetchTool(("127.0.0.1",), max_bytes=1000)
-    for url, reason in [
-        ("http://localhost:1/", "allow-list"),
-        ("file:///etc/passwd", "only http"),
-        (f"{http_server}/away", "allow-list"),
-    ]:
-        with pytest.raises(ToolError, match=reason):
-            await fetch.call({"url": url}, context())

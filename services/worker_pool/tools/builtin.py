@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
+import socket
+import ssl
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import ValidationError
 
-from services.worker_pool.settings import WorkerSettings
+from services.worker_pool.settings import SandboxMode, WorkerSettings
 from services.worker_pool.tools.base import Tool, ToolContext, ToolError, ToolOutput
-from services.worker_pool.tools.sandbox import PythonSandbox, SandboxLimits
+from services.worker_pool.tools.sandbox import PythonSandbox, SandboxLimits, SandboxUnavailable
 from swarm.contracts import ID_PATTERN, SCRATCHPAD_BUCKET, SpawnRequest, is_valid_id
 
 MAX_CODE_CHARS = 20_000
 MAX_REDIRECTS = 3
 APPEND_ATTEMPTS = 20
+# Cloud instance-metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, ECS tasks, Alibaba): never
+# reachable, whatever http_allowed_networks says, since they hand out the machine's credentials.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
+)
 
 
 class PythonTool(Tool):
@@ -25,8 +34,9 @@ class PythonTool(Tool):
 
     name = "python"
     description = (
-        "Run Python 3 code in a sandbox (no network, no subprocesses, a private temporary directory, "
-        "limited CPU time and memory). Print what you want to see; the reply has exit_code, stdout, stderr."
+        "Run Python 3 code (standard library only) in a sandbox: no network, a private temporary directory, "
+        "a few processes, limited CPU time and memory. Print what you want to see; the reply has exit_code, "
+        "stdout, stderr."
     )
     parameters = {
         "type": "object",
@@ -35,31 +45,30 @@ class PythonTool(Tool):
         "additionalProperties": False,
     }
 
-    def __init__(self, limits: SandboxLimits | None = None, concurrency: int = 2) -> None:
+    def __init__(
+        self, limits: SandboxLimits | None = None, concurrency: int = 2, mode: SandboxMode = SandboxMode.BWRAP
+    ) -> None:
         self.limits = limits or SandboxLimits()
-        self.concurrency = concurrency
         self.timeout_s = self.limits.wall_s + 5.0
-        self._sandbox: PythonSandbox | None = None
+        self.sandbox = PythonSandbox(self.limits, concurrency, mode)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> PythonTool:
-        """The tool with the worker's sandbox limits."""
+        """The tool with the worker's sandbox mode and limits."""
         limits = SandboxLimits(
             cpu_s=settings.sandbox_cpu_s, memory_bytes=settings.sandbox_memory_mb * 2**20,
-            wall_s=settings.sandbox_wall_s, file_bytes=settings.sandbox_file_mb * 2**20, user=settings.sandbox_user,
+            wall_s=settings.sandbox_wall_s, file_bytes=settings.sandbox_file_mb * 2**20,
+            disk_bytes=settings.sandbox_disk_mb * 2**20, output_bytes=settings.sandbox_output_kb * 1024,
+            max_processes=settings.sandbox_processes, user=settings.sandbox_user,
         )  # fmt: skip
-        return cls(limits, settings.sandbox_concurrency)
-
-    @property
-    def sandbox(self) -> PythonSandbox:
-        """Created on first use: probing the machine's confinement costs a subprocess."""
-        if self._sandbox is None:
-            self._sandbox = PythonSandbox(self.limits, self.concurrency)
-        return self._sandbox
+        return cls(limits, settings.sandbox_concurrency, settings.sandbox)
 
     async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
         """Run `args['code']`; a non-zero exit is a ToolError carrying the same fields."""
-        run = await self.sandbox.run(args["code"])
+        try:
+            run = await self.sandbox.run(args["code"])
+        except SandboxUnavailable as exc:
+            raise ToolError(f"the python tool is unavailable on this worker: {exc}") from exc
         if not run.ok:
             raise ToolError(json.dumps(run.as_dict()))
         return run.as_dict()
@@ -214,8 +223,22 @@ class SpawnTool(Tool):
         return {"spawned_steps": [s.id for s in request.steps], "spawned_agents": [a.id for a in request.agents]}
 
 
+def refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str | None:
+    """Why http_fetch must not connect to `address` (None: it may)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if any(address in network for network in allowed):
+        return None
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
+        if getattr(address, f"is_{kind}"):
+            return f"a {kind.replace('_', '-')} address"
+    return None if address.is_global else "not a public address"
+
+
 class HttpFetchTool(Tool):
-    """GET a URL on an allow-listed host; the body is cut to a size limit. Off unless the worker enables it."""
+    """GET a URL on an allow-listed host and port, connecting only to public addresses (each redirect checked)."""
 
     name = "http_fetch"
     description = "Fetch a web page or API response with HTTP GET (only some hosts are allowed)."
@@ -226,26 +249,69 @@ class HttpFetchTool(Tool):
         "additionalProperties": False,
     }
 
-    def __init__(self, allowed_hosts: tuple[str, ...], max_bytes: int, timeout_s: float = 20.0) -> None:
+    def __init__(
+        self, allowed_hosts: tuple[str, ...], max_bytes: int, timeout_s: float = 20.0,
+        allowed_ports: tuple[int, ...] = (80, 443), allowed_networks: tuple[str, ...] = (),
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:  # fmt: skip
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.allowed_ports = frozenset(allowed_ports)
+        self.allowed_networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.verify = verify  # the TLS trust: certifi's CAs unless a context is given
 
-    def _check(self, url: str) -> None:
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> HttpFetchTool:
+        """The tool with the worker's allow-lists."""
+        return cls(
+            settings.http_allowed_hosts, settings.http_max_bytes,
+            allowed_ports=settings.http_allowed_ports, allowed_networks=settings.http_allowed_networks,
+        )  # fmt: skip
+
+    async def _pin(self, url: str) -> tuple[str, str, str]:
+        """Check `url` and resolve its host once: (the URL with the checked address, Host header, host name)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise ToolError(f"only http and https URLs are allowed, not {parts.scheme!r}")
-        if (parts.hostname or "").lower() not in self.allowed_hosts:
+        host = (parts.hostname or "").lower()
+        if host not in self.allowed_hosts:
             raise ToolError(f"host {parts.hostname!r} is not on the allow-list")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise ToolError(f"invalid port in {url!r}") from exc
+        if port not in self.allowed_ports:
+            raise ToolError(f"port {port} is not on the allow-list ({', '.join(map(str, sorted(self.allowed_ports)))})")
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ToolError(f"cannot resolve {host!r}: {exc}") from exc
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        for address in addresses:  # every answer is checked: any of them could be the one used
+            if reason := refusal(address, self.allowed_networks):
+                raise ToolError(f"host {host!r} resolves to {address}, {reason}: refused")
+        if not addresses:
+            raise ToolError(f"cannot resolve {host!r}")
+        address = addresses[0]
+        netloc = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+        host_header = host if parts.port is None else f"{host}:{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), host_header, host
 
     async def call(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
-        """Fetch, following at most a few redirects, each of them checked against the allow-list."""
+        """Fetch, following at most a few redirects, each checked and resolved anew like the first URL."""
         url = args["url"]
-        async with httpx.AsyncClient(follow_redirects=False, timeout=self.timeout_s, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=self.timeout_s, trust_env=False, verify=self.verify
+        ) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                self._check(url)
+                pinned, host_header, host = await self._pin(url)
+                # The connection goes to the checked address: no second lookup a DNS answer could change.
+                # TLS still verifies the certificate for the name (SNI), not for the address.
                 try:
-                    async with client.stream("GET", url) as response:
+                    async with client.stream(
+                        "GET", pinned, headers={"Host": host_header}, extensions={"sni_hostname": host}
+                    ) as response:
                         if response.is_redirect and "location" in response.headers:
                             url = urljoin(url, response.headers["location"])
                             continue

@@ -48,7 +48,7 @@ class ToolRegistry:
         """The built-ins configured by `settings`, then every user tool of the entry point group."""
         registry = cls([PythonTool.from_settings(settings), ScratchpadTool(), SpawnTool()])
         if settings.http_fetch_enabled:
-            registry.register(HttpFetchTool(settings.http_allowed_hosts, settings.http_max_bytes))
+            registry.register(HttpFetchTool.from_settings(settings))
         else:
             registry._unavailable["http_fetch"] = "disabled on this worker (SWARM_WORKER_HTTP_FETCH_ENABLED=false)"
         registry.load_entry_points(group)
