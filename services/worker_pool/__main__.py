@@ -18,7 +18,7 @@ async def main(stop: asyncio.Event, settings: WorkerSettings | None = None) -> N
     executor = StepExecutor(bus, settings)
     await executor.watch_ended_runs()
     steps = await bus.pull_subscription(steps_consumer(settings))
-    await bus.serve_health("worker", lambda: {"steps_done": executor.steps_done})
+    await bus.serve_health("worker", lambda: executor.health())
     heartbeats = asyncio.create_task(executor.heartbeats())
     await consume(steps, executor.on_step, stop, batch=settings.concurrency, concurrency=settings.concurrency)
     heartbeats.cancel()
