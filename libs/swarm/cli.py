@@ -253,19 +253,30 @@ def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20, as_json: Js
     asyncio.run(listing())
 
 
-def runs_table(records: list[RunRecord]) -> Table:
-    """Runs for the terminal: ids and figures whole, the goal in the width that is left, on one line."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
-    table.add_column("run", no_wrap=True, min_width=max((len(r.run_id) for r in records), default=3))
-    table.add_column("status", no_wrap=True)
-    table.add_column("agents", justify="right", no_wrap=True)
-    table.add_column("steps", justify="right", no_wrap=True)
-    table.add_column("submitted", no_wrap=True)
-    table.add_column("goal", no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
-    for r in records:
-        submitted = f"{r.submitted_at:%m-%d %H:%M}" if r.submitted_at else ""
-        goal = " ".join(r.goal.split())  # one line
-        table.add_row(r.run_id, r.status.value, str(r.agents_count), str(r.steps_total), submitted, goal)
+RUNS_GOAL_MIN_WIDTH = 16  # below this the goal says nothing: the submission time gives way first
+
+
+def runs_table(records: list[RunRecord], width: int | None = None) -> Table:
+    """Runs for the terminal, one line each: ids, status and counts whole, the goal in the width left
+    (cut with an ellipsis); in a narrow terminal the submission time gives way (generated ids start with it)."""
+    width = width or console.width
+    columns: dict[str, list[str]] = {
+        "run": [r.run_id for r in records],
+        "status": [r.status.value for r in records],
+        "agents": [str(r.agents_count) for r in records],
+        "steps": [str(r.steps_total) for r in records],
+        "submitted": [f"{r.submitted_at:%m-%d %H:%M}" if r.submitted_at else "" for r in records],
+    }
+    widths = {name: max(len(name), *(len(v) for v in values)) for name, values in columns.items()}
+    if sum(w + 2 for w in widths.values()) + RUNS_GOAL_MIN_WIDTH > width:
+        del columns["submitted"]
+    table = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, expand=True, width=width, header_style="bold underline")
+    for name in columns:
+        justify = "right" if name in ("agents", "steps") else "left"
+        table.add_column(name, no_wrap=True, justify=justify, min_width=widths[name])  # type: ignore[arg-type]
+    table.add_column("goal", no_wrap=True, overflow="ellipsis", ratio=1)
+    for i, r in enumerate(records):
+        table.add_row(*(values[i] for values in columns.values()), " ".join(r.goal.split()))
     return table
 
 
@@ -418,7 +429,7 @@ STATS_ROWS = (
     ("steps / s, first to last step event", "steps_per_s"),
     ("step retries", "retries_count"),
     ("step running time p50 / p95 / p99 (ms)", ("step_ms_p50", "step_ms_p95", "step_ms_p99")),
-    ("inference calls (failed)", ("inference_calls", "inference_failed")),
+    ("inference calls / failed", ("inference_calls", "inference_failed")),
     ("time to first token p50 / p95 / p99 (ms)", ("ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99")),
     ("gateway queue time p50 / p99 (ms)", ("queue_ms_p50", "queue_ms_p99")),
     ("decode tokens / s per call, p50", "tokens_per_s_p50"),

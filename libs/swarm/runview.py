@@ -64,6 +64,7 @@ class RunView:
             self._progress(event, now)
         elif event.kind == "executed":
             self.status = "synthesizing"
+            self.finished.update(self.steps)  # every step is over (the last ones were never in a progress event)
             self._counts(event.summary.steps_succeeded, event.summary.steps_failed, now)  # type: ignore[union-attr]
             self.steps_queued = 0
         elif event.kind in ("completed", "failed", "cancelled", "rejected"):
@@ -119,7 +120,7 @@ class RunView:
             line.steps_total += 1
             if step_id in self.finished:
                 line.steps_done += 1
-            elif step_id in self.ready_at and line.current_step is None:
+            elif step_id in self.ready_at and line.current_step is None and self.status == "running":
                 line.current_step, line.current_since = step_id, self.ready_at[step_id]
         spawned_done = len(self.finished - self.steps.keys())
         spawned_total = max(0, self.steps_total - len(self.steps))

@@ -325,7 +325,7 @@ def runs_table(runs: list[RunView], selected: str | None, width: int) -> Table:
         bar = ProgressBar(total=max(1, view.steps_total), completed=view.steps_done)
         table.add_row(
             f"{mark}{view.run_id}", view.status, bar, f"{view.steps_done}/{view.steps_total}",
-            f"{view.steps_per_s():.1f}", str(view.steps_failed), str(view.retries_count),
+            f"{view.steps_per_s():.1f}" if view.status in IN_FLIGHT else "", str(view.steps_failed), str(view.retries_count),
             style="reverse" if view.run_id == selected else None,
         )  # fmt: skip
     return table

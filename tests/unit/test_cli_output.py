@@ -18,11 +18,11 @@ def rendered(renderable: object, width: int) -> str:
     return console.export_text()
 
 
-def records(n: int) -> list[RunRecord]:
+def records(n: int, prefix: str = "") -> list[RunRecord]:
     goal = "Compare solar, wind and hydro power in Germany, Spain and Norway, with\nsources and a table. " * 4
     return [
         RunRecord(
-            run_id=f"{new_run_id()}{i}"[:64], tenant="default", status=RunStatus.RUNNING, goal=goal,
+            run_id=f"{prefix}{new_run_id()}{i}"[:64], tenant="default", status=RunStatus.RUNNING, goal=goal,
             steps_total=4000, agents_count=300, submitted_at=datetime(2026, 11, 30, 19, 4, tzinfo=UTC),
         )
         for i in range(n)
@@ -30,21 +30,23 @@ def records(n: int) -> list[RunRecord]:
 
 
 @pytest.mark.parametrize("width", [80, 120])
-def test_runs_table_keeps_whole_run_ids_and_one_line_per_run(width: int) -> None:
-    runs = records(3)
-    text = rendered(runs_table(runs), width)
+@pytest.mark.parametrize("prefix", ["", "lt-swarm-300x4000-"])  # ids of 24 and 42 characters
+def test_runs_table_keeps_whole_run_ids_and_one_line_per_run(width: int, prefix: str) -> None:
+    runs = records(3, prefix)
+    text = rendered(runs_table(runs, width), width)
     lines = text.splitlines()
     assert all(len(line) <= width for line in lines)
     for run in runs:
         matching = [line for line in lines if run.run_id in line]
         assert len(matching) == 1, text  # the whole id, on the run's one line
-        assert "…" in matching[0] and "4000" in matching[0] and "running" in matching[0]
+        assert "…" in matching[0] and " 300 " in matching[0] and "4000" in matching[0] and "running" in matching[0]
+    assert "agents" in text and "steps" in text
     assert "Compare" in text
 
 
 def test_runs_table_gives_the_goal_the_width_left() -> None:
-    narrow = rendered(runs_table(records(1)), 80)
-    wide = rendered(runs_table(records(1)), 120)
+    narrow = rendered(runs_table(records(1), 80), 80)
+    wide = rendered(runs_table(records(1), 120), 120)
     goal_chars = [
         len(next(line for line in text.splitlines() if "Compare" in line).split("Compare")[1]) for text in (narrow, wide)
     ]

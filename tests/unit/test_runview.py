@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from swarm.contracts import AgentSpec, Plan, PlanSource, RunPlanned, RunProgress, StepSpec, utc_now
+from swarm.contracts import (
+    AgentSpec,
+    Plan,
+    PlanSource,
+    RunExecuted,
+    RunPlanned,
+    RunProgress,
+    RunSummary,
+    StepSpec,
+    utc_now,
+)
 from swarm.runview import SPAWNED_AGENT, RunView
 
 
@@ -71,3 +81,17 @@ def test_three_hundred_agents_show_top_n_and_a_count() -> None:
     assert len(lines) == 12  # header, 10 agents, the count
     assert "… and 290 more agents (300 at work, 0 waiting, 0 done in all)" in lines[-1]
     assert "a100" in lines[1] and "5.0s" in lines[1]  # longest-waiting current step first
+
+
+def test_after_the_executed_event_every_agent_is_done() -> None:
+    view = RunView("r1")
+    view.apply(planned(), now=0.0)
+    view.apply(progress(("a0t0",), 1), now=1.0)  # the dispatcher's last steps finish with no progress event
+    summary = RunSummary(
+        agents_count=3, steps_total=6, steps_succeeded=6, steps_failed=0, retries_count=0, prompt_tokens=0,
+        completion_tokens=0, wall_ms=5.0,
+    )  # fmt: skip
+    view.apply(RunExecuted(run_id="r1", tenant="default", goal="g", sink_step_ids=("a0t1",), summary=summary,
+                           submitted_at=utc_now()), now=2.0)  # fmt: skip
+    assert view.status == "synthesizing" and view.steps_done == 6
+    assert all(a.finished and a.current_step is None for a in view.agent_lines())
