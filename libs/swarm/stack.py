@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,7 +51,8 @@ class StackAlreadyRunning(StackError):
 
 
 NO_STACK = "no local stack is running: start one with `swarm up` (or give --nats-url of a running deployment)"
-NATS_SERVER = "nats"  # the name `swarm restart` and `swarm status` give the stack's nats-server
+NATS_SERVER = "nats"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|CREDS", re.IGNORECASE)  # the name `swarm restart` and `swarm status` give the stack's nats-server
 
 
 def _alive(pid: int, command: str | None = None) -> bool:
@@ -169,7 +171,11 @@ class Stack:
             monitor_port=self.settings.nats_monitor_port, log_file=self.logs / "nats.log",
         ).start()  # fmt: skip
         assert server.process is not None
+        # The services' settings as they are now, kept in the state file: a service restarted later
+        # (`swarm up`, `swarm restart`) from another shell gets the same ones. Secrets stay out of the file.
+        inherited = {k: v for k, v in os.environ.items() if k.startswith("SWARM_") and not SECRET_NAME.search(k)}
         env = {
+            **inherited,
             "SWARM_NATS_URL": server.url,
             "SWARM_CLICKHOUSE_PATH": str(self.home / "clickhouse"),
             "SWARM_GATEWAY_BACKEND": self.settings.gateway_backend,

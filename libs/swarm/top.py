@@ -39,7 +39,9 @@ from swarm.stack import SERVICE_ORDER
 
 HEALTH_WAIT_S = 0.4  # replies to a health probe arrive within this (every replica answers)
 GATEWAY_SQL_EVERY_S = 5.0  # the recorder's figures cost a query: not every refresh
-RESTART_SHOWN_S = 30.0  # a service whose instances changed is shown as restarted this long
+RESTART_SHOWN_S = 30.0
+DEAD_AFTER_MISSED = 2
+RATE_WINDOW_S = 5.0  # a service whose instances changed is shown as restarted this long
 GATEWAY_WINDOW_S = 30
 
 GATEWAY_SQL = f"""
@@ -53,36 +55,52 @@ WHERE at > now64(6) - INTERVAL {GATEWAY_WINDOW_S} SECOND
 
 @dataclass
 class ServiceHealth:
-    """What the last probe of one service heard: one reply per live replica."""
+    """What the probes of one service heard: one reply per live replica."""
 
     name: str
     replies: list[dict[str, Any]] = field(default_factory=list)
-    instances: frozenset[str] = frozenset()
-    changed_at: float | None = None  # when the set of instances last changed (a restart)
+    instances: frozenset[str] = frozenset()  # every replica ever heard ("host:pid")
+    changed_at: float | None = None  # when a replica not heard before answered (a restart)
+    missed: int = 0  # probes in a row nobody answered
+    most_replicas: int = 0  # the most replicas that answered one probe
 
     @property
     def alive(self) -> bool:
-        """Some replica answered."""
-        return bool(self.replies)
+        """Some replica answered one of the last two probes (one late answer on a busy machine is not a death)."""
+        return self.missed < DEAD_AFTER_MISSED
 
     def total(self, key: str) -> float:
         """A figure summed over the replicas."""
         return sum(float(r.get(key) or 0) for r in self.replies)
 
+    def counters(self, key: str) -> dict[str, float]:
+        """A counter per replica."""
+        return {str(r.get("instance")): float(r.get(key) or 0) for r in self.replies}
+
 
 @dataclass
 class Rate:
-    """Per-second rate of a growing counter between two samples."""
+    """Per-second rate of counters kept by several replicas, over the last RATE_WINDOW_S.
 
-    last: tuple[float, float] | None = None
-    value: float | None = None
+    Replica by replica, so a replica missing from one probe or restarted (its counter back to 0) does not
+    show as a jump."""
 
-    def update(self, now: float, counter: float) -> float | None:
-        """Feed a new sample; the rate since the previous one."""
-        if self.last is not None and now > self.last[0] and counter >= self.last[1]:
-            self.value = (counter - self.last[1]) / (now - self.last[0])
-        self.last = (now, counter)
-        return self.value
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+    def update(self, now: float, counters: dict[str, float]) -> None:
+        """Feed a new sample."""
+        if counters:
+            self.samples.append((now, counters))
+            self.samples = [(t, c) for t, c in self.samples if now - t <= RATE_WINDOW_S]
+
+    @property
+    def value(self) -> float | None:
+        """Sum over replicas of their growth per second; None before two samples."""
+        if len(self.samples) < 2:
+            return None
+        (t0, first), (t1, last) = self.samples[0], self.samples[-1]
+        grown = sum(max(0.0, value - first[instance]) for instance, value in last.items() if instance in first)
+        return grown / (t1 - t0) if t1 > t0 else None
 
 
 @dataclass
@@ -184,11 +202,15 @@ class Top:
         for name, found in replies.items():
             health = self.state.services.setdefault(name, ServiceHealth(name))
             instances = frozenset(str(r.get("instance")) for r in found)
-            if health.instances and instances != health.instances:
+            if health.instances and instances - health.instances:  # a replica never seen: a (re)start
                 health.changed_at = now
-            health.replies, health.instances = found, instances or health.instances
-        self.state.worker_rate.update(now, self.state.services["worker"].total("steps_done"))
-        self.state.gateway_rate.update(now, self.state.services["gateway"].total("served_count"))
+            health.missed = 0 if found else health.missed + 1
+            health.instances |= instances
+            health.most_replicas = max(health.most_replicas, len(found))
+            if found or not health.alive:
+                health.replies = found
+        self.state.worker_rate.update(now, self.state.services["worker"].counters("steps_done"))
+        self.state.gateway_rate.update(now, self.state.services["gateway"].counters("served_count"))
 
     async def read_recorder(self) -> None:
         """The recorder's lag behind EVENTS (its consumer's pending count)."""
@@ -271,6 +293,8 @@ def services_line(state: TopState, now: float) -> Text:
             line.append(f"{service.name} DEAD ", style="bold red")
         elif health.changed_at is not None and now - health.changed_at < RESTART_SHOWN_S:
             line.append(f"{service.name} x{len(health.replies)} restarted ", style="yellow")
+        elif len(health.replies) < health.most_replicas:
+            line.append(f"{service.name} x{len(health.replies)} of {health.most_replicas} ", style="yellow")
         else:
             line.append(f"{service.name} x{len(health.replies)} ", style="green")
     return line
