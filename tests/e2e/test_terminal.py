@@ -122,6 +122,9 @@ def test_top_in_a_terminal_beside_a_300_agent_loadtest(stack: Stack, tmp_path: P
 
         wait_for(moved, 60, "the run's progress to change on screen")
         assert tmux.capture() != first
+        # Agents' turns come from the progress events' finished steps: done agents get counted.
+        done = re.compile(r"more agents \(\d+ at work, \d+ waiting, ([1-9]\d*) done in all\)")
+        wait_for(lambda: done.search(tmux.capture()), 60, "agents with their turn done")
         tmux.keys("q")
         wait_for(exit_file.exists, 20, "top to quit on q")
         assert exit_file.read_text().strip() == "0"
