@@ -111,19 +111,22 @@ class SwarmClient:
             pass
 
         try:
-            # Reconnect forever once connected (a follow survives a NATS restart), but give up on the
-            # first connection quickly: nats-py would otherwise retry an unreachable server forever.
+            # Give up on the first connection quickly (one retry per server: with -1, nats-py would retry a
+            # refused connection until the timeout), but reconnect forever once connected (set below), so a
+            # follow survives a NATS restart.
             nc = await asyncio.wait_for(
                 nats.connect(
                     servers=settings.url.split(","), name="swarm-client", connect_timeout=2,
-                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet, **identity_options(settings),
+                    max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=quiet, **identity_options(settings),
                 ),
                 timeout=connect_timeout_s,
             )  # fmt: skip
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             raise StackNotRunning(
-                f"no NATS server at {settings.url}: start the local stack with `swarm up`"
+                f"no NATS server at {settings.url}: start the local stack with `swarm up` "
+                "(or give --nats-url of a running deployment)"
             ) from exc
+        nc.options["max_reconnect_attempts"] = -1
         return cls(Bus(nc, settings))
 
     async def close(self) -> None:
