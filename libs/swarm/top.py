@@ -23,6 +23,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich import box
 from rich.console import Console, ConsoleDimensions, Group
@@ -41,7 +42,8 @@ HEALTH_WAIT_S = 0.4  # replies to a health probe arrive within this (every repli
 GATEWAY_SQL_EVERY_S = 5.0  # the recorder's figures cost a query: not every refresh
 RESTART_SHOWN_S = 30.0
 DEAD_AFTER_MISSED = 2
-RATE_WINDOW_S = 5.0  # a service whose instances changed is shown as restarted this long
+RATE_WINDOW_S = 5.0
+RUNS_HEARTBEAT_S = 5.0  # the runs consumer's idle heartbeat; three missed and it is created again  # a service whose instances changed is shown as restarted this long
 GATEWAY_WINDOW_S = 30
 
 GATEWAY_SQL = f"""
@@ -119,7 +121,7 @@ class TopState:
 
     def ordered_runs(self) -> list[RunView]:
         """Runs in flight first, then the others; newest first within each."""
-        views = sorted(self.runs.values(), key=lambda v: v.run_id, reverse=True)
+        views = sorted(self.runs.values(), key=lambda v: v.started_at, reverse=True)  # first seen: stream order
         return [v for v in views if v.status in IN_FLIGHT] + [v for v in views if v.status not in IN_FLIGHT]
 
     def move(self, delta: int) -> None:
@@ -145,29 +147,47 @@ class Top:
         self.since_s = since_s
         self.state = TopState(url)
         self.quit = asyncio.Event()
+        self._runs_sub: Subscription | None = None
+        self._last_seq = 0  # the RUNS stream sequence of the last event seen
+        self._heard_at = time.monotonic()  # the last event or heartbeat of the runs consumer
 
     # ------------------------------------------------------------------ readers
 
     async def watch_runs(self) -> None:
-        """Every lifecycle event of the recent runs, then the new ones, through one push consumer."""
-        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_run_message)
+        """Every lifecycle event of the recent runs, then the new ones, through one push consumer.
+
+        Re-created after the last event seen when its heartbeats stop (a NATS restart drops it)."""
+        if self._runs_sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._runs_sub.unsubscribe()
+        self._runs_sub = sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_run_message)
         subject = f"swarm.run.{self.tenant}.*.>" if self.tenant else "swarm.run.>"
+        start: dict[str, Any] = (
+            {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._last_seq + 1} if self._last_seq
+            else {"deliver_policy": DeliverPolicy.BY_START_TIME,
+                  "opt_start_time": (datetime.now(UTC) - timedelta(seconds=self.since_s)).isoformat()}
+        )  # fmt: skip
         config = ConsumerConfig(
             name=f"top-{secrets.token_hex(6)}", filter_subject=subject, deliver_subject=sub.subject,
-            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=(datetime.now(UTC) - timedelta(seconds=self.since_s)).isoformat(),
-            flow_control=True, idle_heartbeat=5.0, mem_storage=True, num_replicas=1, inactive_threshold=30.0,
+            ack_policy=AckPolicy.NONE, flow_control=True, idle_heartbeat=RUNS_HEARTBEAT_S, mem_storage=True,
+            num_replicas=1, inactive_threshold=30.0, **start,
         )  # fmt: skip
+        self._heard_at = time.monotonic()
         try:
             await self.nc.jsm().add_consumer(RUNS.name, config)
-        except nats.errors.Error as exc:
-            self.state.errors["runs"] = f"cannot read RUNS: {exc}"
+            self.state.errors.pop("runs", None)
+        except (nats.errors.Error, TimeoutError) as exc:
+            self.state.errors["runs"] = f"cannot read RUNS: {type(exc).__name__} {exc}"
 
     async def _on_run_message(self, msg: Msg) -> None:
+        self._heard_at = time.monotonic()
         if not msg.data:  # heartbeat or flow control
             if msg.reply:
                 await msg.respond(b"")
             return
+        if msg.metadata.sequence.stream <= self._last_seq:
+            return  # delivered again by a re-created consumer
+        self._last_seq = msg.metadata.sequence.stream
         try:
             event = RUN_EVENT.validate_json(msg.data)
         except ValueError:
@@ -238,6 +258,8 @@ class Top:
         while not self.quit.is_set():
             started = time.monotonic()
             await asyncio.gather(self.probe_services(), self.read_recorder())
+            if started - self._heard_at > 3 * RUNS_HEARTBEAT_S:
+                await self.watch_runs()
             if started - last_sql >= GATEWAY_SQL_EVERY_S and (figures is None or figures.done()):
                 last_sql = started
                 figures = asyncio.create_task(self.read_gateway_figures())  # slow: not in the refresh's way

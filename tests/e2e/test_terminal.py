@@ -139,6 +139,14 @@ def test_top_in_a_terminal_beside_a_300_agent_loadtest(stack: Stack, tmp_path: P
         cancel = swarm(stack, "cancel", run_id, "--nats-url", stack.nats_url)
         assert cancel.returncode == 0 or "already over" in cancel.stderr, cancel.stderr
         loadtest.wait(timeout=120)
+        # The same run, for scripts.
+        listed = json.loads(swarm(stack, "runs", "--json", "--nats-url", stack.nats_url).stdout)
+        assert run_id in [r["run_id"] for r in listed]
+        stats = json.loads(swarm(stack, "stats", "--json", "--nats-url", stack.nats_url).stdout)
+        assert stats["runs_count"] >= 1 and "runs_per_window_minute" in stats and "runs_per_minute" not in stats
+        report = swarm(stack, "report", run_id, "--json", "--nats-url", stack.nats_url)
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["run_id"] == run_id
     finally:
         tmux.kill()
         if loadtest.poll() is None:
