@@ -196,6 +196,11 @@ class Subjects:
         return f"swarm.run.{tenant}.{run_id}.>"
 
     @staticmethod
+    def tenant_runs_all(tenant: str) -> str:
+        """Every lifecycle event of every run of one tenant (what `swarm top --tenant` follows)."""
+        return f"swarm.run.{tenant}.*.>"
+
+    @staticmethod
     def run_kind_all(kind: str) -> str:
         """One kind of lifecycle event across all runs and tenants."""
         return f"swarm.run.*.*.{kind}"

@@ -161,7 +161,7 @@ class Top:
             with contextlib.suppress(nats.errors.Error):
                 await self._runs_sub.unsubscribe()
         self._runs_sub = sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_run_message)
-        subject = f"swarm.run.{self.tenant}.*.>" if self.tenant else "swarm.run.>"
+        subject = Subjects.tenant_runs_all(self.tenant) if self.tenant else RUNS.subjects[0]
         start: dict[str, Any] = (
             {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._last_seq + 1} if self._last_seq
             else {"deliver_policy": DeliverPolicy.BY_START_TIME,
