@@ -210,15 +210,12 @@ async def _follow(client: SwarmClient, run_id: str, tenant: str) -> None:
             elif event.kind in TERMINAL_RUN_EVENTS:
                 progress.update(bar, description=event.kind)
                 final = event
-    if view.steps_total:
-        console.print(
-            f"Steps: {view.steps_succeeded} succeeded, {view.steps_failed} failed of {view.steps_total}; "
-            f"{len(view.agents)} agents"
-        )
     if isinstance(final, RunCompleted):
         console.print(Panel(Markdown(final.answer), title=f"Answer — run {run_id}", border_style="green"))
         console.print(summary_table(final.summary))
         return
+    if view.steps_total:  # the live lines are gone: say how far the run got
+        console.print(f"Steps: {view.steps_succeeded} succeeded, {view.steps_failed} failed of {view.steps_total}")
     reason = getattr(final, "error", None) or getattr(final, "reason", "")
     raise fail(f"run {run_id} {getattr(final, 'kind', 'ended')}: {reason}")
 
@@ -417,14 +414,14 @@ def report(
     asyncio.run(reporting())
 
 
-# (label with its unit, field): what `swarm stats` shows, in this order.
-STATS_ROWS = (
+# (label with its unit, field or fields): what `swarm stats` shows, in this order.
+STATS_ROWS: tuple[tuple[str, str | tuple[str, ...]], ...] = (
     ("runs submitted", "runs_count"),
     ("runs still active", "active_count"),
     ("runs / minute, over the window", "runs_per_window_minute"),
     ("runs / minute, over minutes with a submission", "runs_per_active_minute"),
     ("minutes with a submission", "active_minutes"),
-    ("run success rate (finished runs)", "success_rate"),
+    ("run success rate, finished runs (%)", "success_percent"),
     ("steps succeeded", "steps_succeeded"),
     ("steps / s, first to last step event", "steps_per_s"),
     ("step retries", "retries_count"),
@@ -447,10 +444,12 @@ def with_rates(figures: dict[str, Any]) -> dict[str, Any]:
     active_minutes = len(series)
     runs_count = int(figures.get("runs_count") or 0)
     window_minutes = max(1.0, float(figures.get("window_s") or 60) / 60)
+    rate = figures.get("success_rate")
     rates = {
         "runs_per_window_minute": round(runs_count / window_minutes, 4),
         "runs_per_active_minute": round(runs_count / active_minutes, 3) if active_minutes else None,
         "active_minutes": active_minutes,
+        "success_percent": None if rate is None else round(100 * rate, 2),
     }
     return {k: v for k, v in figures.items() if k != "runs_per_minute"} | rates
 
@@ -469,12 +468,8 @@ def stats_table(figures: dict[str, Any], hours: float) -> Table:
     table.add_column(no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
     for label, keys in STATS_ROWS:
-        keys = (keys,) if isinstance(keys, str) else keys
-        if label.startswith("run success"):
-            rate = figures.get("success_rate")
-            table.add_row(label, "-" if rate is None else f"{rate:.1%}")
-            continue
-        table.add_row(label, " / ".join(shown(figures.get(k)) for k in keys))
+        fields = (keys,) if isinstance(keys, str) else keys
+        table.add_row(label, " / ".join(shown(figures.get(k)) for k in fields))
     return table
 
 

@@ -68,6 +68,6 @@ def test_stats_rates_say_what_they_divide_by() -> None:
     text = rendered(stats_table(rated, 24), 100)
     assert "runs / minute, over the window" in text and "0.0007" in text
     assert "time to first token p50 / p95 / p99 (ms)" in text and "150 / - / -" in text
-    assert "run success rate (finished runs)" in text and "100.0%" in text
+    assert "run success rate, finished runs (%)" in text and " 100 " in text
     for raw in ("window_s", "runs_count", "step_ms_p50", "ttft_ms_p50"):
         assert raw not in text
