@@ -51,8 +51,8 @@ class StackAlreadyRunning(StackError):
 
 
 NO_STACK = "no local stack is running: start one with `swarm up` (or give --nats-url of a running deployment)"
-NATS_SERVER = "nats"
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|CREDS", re.IGNORECASE)  # the name `swarm restart` and `swarm status` give the stack's nats-server
+NATS_SERVER = "nats"  # the name `swarm restart` and `swarm status` give the stack's nats-server
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|CREDS", re.IGNORECASE)  # kept out of the state file
 
 
 def _alive(pid: int, command: str | None = None) -> bool:
