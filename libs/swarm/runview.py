@@ -145,7 +145,10 @@ class RunView:
         table.add_column("for", justify="right", no_wrap=True)
         for a in shown:
             since = f"{now - a.current_since:.1f}s" if a.current_since is not None else ""
-            step = a.current_step or ("done" if a.finished else "waiting on dependencies")
+            if a.current_step is not None:
+                step = f"{a.current_step}: {' '.join(self.steps[a.current_step].instruction.split())}"
+            else:
+                step = "done" if a.finished else "waiting on dependencies"
             table.add_row(a.agent_id, a.role, f"{a.steps_done}/{a.steps_total}", step, since)
         rest = len(lines) - len(shown)
         if rest <= 0:
