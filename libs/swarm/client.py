@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,9 +13,9 @@ import nats
 import nats.errors
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from swarm.bus import Bus, identity_options
 from swarm.contracts import (
@@ -36,6 +37,7 @@ from swarm.contracts import (
 from swarm.settings import NatsSettings
 
 RUN_EVENT = TypeAdapter(RunEvent)
+log = logging.getLogger(__name__)
 WATCH_HEARTBEAT_S = 2.0  # a run watcher missing three heartbeats re-creates its consumer
 
 
@@ -63,6 +65,29 @@ async def read_step_events(js: JetStreamContext, run_id: str, idle_s: float = 1.
         await sub.unsubscribe()
 
 
+def parse_run_event(subject: str, data: bytes, run_id: str) -> RunEvent | None:
+    """The run event a message on the run's subject carries; None (logged) for anything else.
+
+    A tenant may publish on its own runs' subjects (`.cancel`), so what arrives there is not trusted:
+    it must parse as a run event of this run whose kind is the subject's last token.
+    """
+    try:
+        event = RUN_EVENT.validate_json(data)
+    except ValidationError as exc:
+        log.warning("skipped a message on %s: not a run event (%s)", subject, _first_error(exc))
+        return None
+    if event.run_id != run_id or subject.rsplit(".", 1)[-1] != event.kind:
+        log.warning("skipped a message on %s: not a run event of this run (%s of %s)", subject, event.kind, event.run_id)
+        return None
+    return event
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]
+
+
 def new_run_id() -> str:
     """A time-ordered, unique run id."""
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
@@ -86,19 +111,22 @@ class SwarmClient:
             pass
 
         try:
-            # Reconnect forever once connected (a follow survives a NATS restart), but give up on the
-            # first connection quickly: nats-py would otherwise retry an unreachable server forever.
+            # Give up on the first connection quickly (one retry per server: with -1, nats-py would retry a
+            # refused connection until the timeout), but reconnect forever once connected (set below), so a
+            # follow survives a NATS restart.
             nc = await asyncio.wait_for(
                 nats.connect(
                     servers=settings.url.split(","), name="swarm-client", connect_timeout=2,
-                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet, **identity_options(settings),
+                    max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=quiet, **identity_options(settings),
                 ),
                 timeout=connect_timeout_s,
             )  # fmt: skip
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             raise StackNotRunning(
-                f"no NATS server at {settings.url}: start the local stack with `swarm up`"
+                f"no NATS server at {settings.url}: start the local stack with `swarm up` "
+                "(or give --nats-url of a running deployment)"
             ) from exc
+        nc.options["max_reconnect_attempts"] = -1
         return cls(Bus(nc, settings))
 
     async def close(self) -> None:
@@ -164,7 +192,9 @@ class SwarmClient:
                 if msg.metadata.sequence.stream <= last_seq:
                     continue  # delivered again by a re-created consumer
                 last_seq = msg.metadata.sequence.stream
-                event = RUN_EVENT.validate_json(msg.data)
+                event = parse_run_event(msg.subject, msg.data, run_id)
+                if event is None:
+                    continue
                 yield event
                 if event.kind in TERMINAL_RUN_EVENTS:
                     return
@@ -172,8 +202,15 @@ class SwarmClient:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def _watch(self, tenant: str, run_id: str, after_seq: int) -> Subscription:
+    async def _watch(
+        self, tenant: str, run_id: str, after_seq: int = 0, policy: DeliverPolicy = DeliverPolicy.ALL
+    ) -> Subscription:
         """A new inbox subscription, and a consumer delivering the run's events after `after_seq` to it."""
+        return (await self._watch_with_info(tenant, run_id, after_seq, policy))[0]
+
+    async def _watch_with_info(
+        self, tenant: str, run_id: str, after_seq: int = 0, policy: DeliverPolicy = DeliverPolicy.ALL
+    ) -> tuple[Subscription, ConsumerInfo]:
         nc = self.bus.nc
         sub = await nc.subscribe(nc.new_inbox())
         config = ConsumerConfig(
@@ -181,14 +218,45 @@ class SwarmClient:
             deliver_subject=sub.subject, ack_policy=AckPolicy.NONE, flow_control=True,
             idle_heartbeat=WATCH_HEARTBEAT_S, mem_storage=True, num_replicas=1, inactive_threshold=30.0,
             **({"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after_seq + 1} if after_seq
-               else {"deliver_policy": DeliverPolicy.ALL}),
+               else {"deliver_policy": policy}),
         )  # fmt: skip
         try:
-            await nc.jsm().add_consumer(RUNS.name, config)
+            info = await nc.jsm().add_consumer(RUNS.name, config)
         except BaseException:
             await sub.unsubscribe()
             raise
-        return sub
+        return sub, info
+
+    async def latest_events(self, run_id: str, tenant: str = DEFAULT_TENANT, timeout_s: float = 5.0) -> list[RunEvent] | None:
+        """The latest event of each kind of the run (what does not parse is skipped); None when the run has
+        no event at all (an unknown run, or one not planned yet)."""
+        sub, info = await self._watch_with_info(tenant, run_id, policy=DeliverPolicy.LAST_PER_SUBJECT)
+        try:
+            expected = info.num_pending + (info.delivered.consumer_seq if info.delivered else 0)
+            if expected == 0:
+                return None
+            events, received = [], 0
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while received < expected:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except nats.errors.TimeoutError:
+                    break
+                if not msg.data:
+                    if msg.reply:
+                        await msg.respond(b"")
+                    continue
+                received += 1
+                event = parse_run_event(msg.subject, msg.data, run_id)
+                if event is not None:
+                    events.append(event)
+            return sorted(events, key=lambda e: e.at)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def wait(self, run_id: str, tenant: str = DEFAULT_TENANT, timeout_s: float | None = None) -> RunEvent:
         """The run's terminal event (completed, failed, cancelled or rejected)."""

@@ -213,6 +213,11 @@ class Subjects:
         return f"swarm.run.{tenant}.{run_id}.>"
 
     @staticmethod
+    def tenant_runs_all(tenant: str) -> str:
+        """Every lifecycle event of every run of one tenant (what `swarm top --tenant` follows)."""
+        return f"swarm.run.{tenant}.*.>"
+
+    @staticmethod
     def run_kind_all(kind: str) -> str:
         """One kind of lifecycle event across all runs and tenants."""
         return f"swarm.run.*.*.{kind}"
@@ -574,6 +579,12 @@ class RunProgress(RunEventBase):
     steps_succeeded: int = Field(ge=0, description="Steps succeeded.")
     steps_failed: int = Field(ge=0, description="Steps dead-lettered.")
     retries_count: int = Field(ge=0, description="Retries so far.")
+    finished_step_ids: tuple[Id, ...] = Field(
+        default=(),
+        description="Steps that finished (succeeded or dead-lettered) since the run's previous progress event "
+        "(after a dispatcher takeover: every finished step, again). With the plan, a follower can show each "
+        "agent's turns done and its current step.",
+    )
 
 
 class RunExecuted(RunEventBase):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,14 +50,29 @@ class StackAlreadyRunning(StackError):
     """`swarm up` while a stack runs from the same home."""
 
 
-def _alive(pid: int) -> bool:
+NO_STACK = "no local stack is running: start one with `swarm up` (or give --nats-url of a running deployment)"
+NATS_SERVER = "nats"  # the name `swarm restart` and `swarm status` give the stack's nats-server
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|CREDS", re.IGNORECASE)  # kept out of the state file
+
+
+def _alive(pid: int, command: str | None = None) -> bool:
+    """Whether `pid` runs (a zombie child is reaped, and is not); with `command`, whether it is that program
+    (a dead service's pid may have been reused by another process)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if command is None:
         return True
-    return True
+    try:
+        return command in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return not Path("/proc/self").exists()  # no procfs: trust the signal check
 
 
 def _port_free(port: int) -> bool:
@@ -92,6 +109,53 @@ class Stack:
         pids = [state["nats_pid"], *[p["pid"] for p in state["services"]]]
         return state if any(_alive(pid) for pid in pids) else None
 
+    def processes(self) -> list[dict[str, object]]:
+        """Every process of the running stack (nats-server first) with `alive`; [] when none runs."""
+        state = self.state()
+        if state is None:
+            return []
+        nats_entry = {"name": NATS_SERVER, "pid": state["nats_pid"], "log": str(self.logs / "nats.log")}
+        rows = [{**nats_entry, "alive": _alive(int(state["nats_pid"]), "nats-server")}]
+        for entry in state["services"]:  # type: ignore[attr-defined]
+            rows.append({**entry, "alive": _alive(entry["pid"], entry["module"])})
+        return rows
+
+    def revive(self, on_step: Callable[[str], None] = lambda _: None, timeout_s: float = 120.0) -> list[str]:
+        """Start again what died in the running stack (nats-server first); the names restarted, [] if none."""
+        state = self._running_state()
+        restarted = []
+        if not _alive(int(state["nats_pid"]), "nats-server"):
+            on_step(NATS_SERVER)
+            self._start_nats(state)
+            restarted.append(NATS_SERVER)
+        for entry in state["services"]:
+            if not _alive(entry["pid"], entry["module"]):
+                entry["pid"] = self._spawn(entry, state["env"])
+                restarted.append(entry["name"])
+        self.state_file.write_text(json.dumps(state, indent=2))
+        if restarted:
+            asyncio.run(self._wait_healthy(state, on_step, timeout_s, only=set(restarted)))
+        return restarted
+
+    def restart(self, service: str, on_step: Callable[[str], None] = lambda _: None, timeout_s: float = 120.0) -> list[int]:
+        """Stop every replica of `service` (SIGTERM: it drains) and start it again; the new pids."""
+        state = self._running_state()
+        if service == NATS_SERVER:
+            on_step(NATS_SERVER)
+            self.restart_nats(down_s=0.0)
+            return [int(self._running_state()["nats_pid"])]
+        entries = [p for p in state["services"] if p["name"] == service]
+        if not entries:
+            names = ", ".join([NATS_SERVER, *dict.fromkeys(p["name"] for p in state["services"])])
+            raise StackError(f"no service {service!r} in the stack: one of {names}")
+        on_step(f"stopping {service}")
+        _terminate([p["pid"] for p in entries], timeout_s=30)
+        for entry in entries:
+            entry["pid"] = self._spawn(entry, state["env"])
+        self.state_file.write_text(json.dumps(state, indent=2))
+        asyncio.run(self._wait_healthy(state, on_step, timeout_s, only={service}))
+        return [int(p["pid"]) for p in entries]
+
     def up(self, on_step: Callable[[str], None] = lambda _: None, timeout_s: float = 120.0) -> dict[str, object]:
         """Start nats-server and every service; wait until each answers its health probe."""
         running = self.state()
@@ -107,7 +171,11 @@ class Stack:
             monitor_port=self.settings.nats_monitor_port, log_file=self.logs / "nats.log",
         ).start()  # fmt: skip
         assert server.process is not None
+        # The services' settings as they are now, kept in the state file: a service restarted later
+        # (`swarm up`, `swarm restart`) from another shell gets the same ones. Secrets stay out of the file.
+        inherited = {k: v for k, v in os.environ.items() if k.startswith("SWARM_") and not SECRET_NAME.search(k)}
         env = {
+            **inherited,
             "SWARM_NATS_URL": server.url,
             "SWARM_CLICKHOUSE_PATH": str(self.home / "clickhouse"),
             "SWARM_GATEWAY_BACKEND": self.settings.gateway_backend,
@@ -121,7 +189,8 @@ class Stack:
                 entry = {"name": service.name, "module": service.module, "log": str(log_file)}
                 services.append({**entry, "pid": self._spawn(entry, env)})
         state = {
-            "nats_url": server.url, "nats_pid": server.process.pid, "services": services,
+            "nats_url": server.url, "nats_pid": server.process.pid, "nats_monitor_port": self.settings.nats_monitor_port,
+            "services": services,
             "home": str(self.home), "env": env,
         }  # fmt: skip
         self.state_file.write_text(json.dumps(state, indent=2))
@@ -144,7 +213,7 @@ class Stack:
     def _running_state(self) -> dict:  # type: ignore[type-arg]
         state = self.state()
         if state is None:
-            raise StackError("no local stack is running")
+            raise StackError(NO_STACK)
         return state
 
     def kill(self, service: str, replica: int = 0) -> int:
@@ -172,19 +241,29 @@ class Stack:
         else:
             _terminate([state["nats_pid"]], timeout_s=20)
         time.sleep(down_s)
+        self._start_nats(state)
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def _start_nats(self, state: dict) -> None:  # type: ignore[type-arg]
+        """Start nats-server on the stack's port and store; its pid goes into `state`."""
+        port = int(str(state["nats_url"]).rsplit(":", 1)[-1])  # the stack's own ports, whatever the environment says
         server = NatsServer(
-            store_dir=self.home / "nats", port=self.settings.nats_port,
-            monitor_port=self.settings.nats_monitor_port, log_file=self.logs / "nats.log",
+            store_dir=Path(state["home"]) / "nats", port=port,
+            monitor_port=int(state.get("nats_monitor_port", self.settings.nats_monitor_port)),
+            log_file=Path(state["home"]) / "logs" / "nats.log",
         ).start()  # fmt: skip
         assert server.process is not None
         state["nats_pid"] = server.process.pid
-        self.state_file.write_text(json.dumps(state, indent=2))
 
-    async def _wait_healthy(self, state: dict, on_step: Callable[[str], None], timeout_s: float) -> None:  # type: ignore[type-arg]
+    async def _wait_healthy(
+        self, state: dict, on_step: Callable[[str], None], timeout_s: float, only: set[str] | None = None,  # type: ignore[type-arg]
+    ) -> None:  # fmt: skip
         nc = await nats.connect(state["nats_url"])
         deadline = time.monotonic() + timeout_s
         try:
             for service in SERVICE_ORDER:
+                if only is not None and service.name not in only:
+                    continue
                 on_step(service.name)
                 while True:
                     dead = [p for p in state["services"] if p["name"] == service.name and not _alive(p["pid"])]

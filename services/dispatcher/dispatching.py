@@ -121,6 +121,7 @@ class Dispatcher:
         self.leases: PartitionLeases | None = None
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._last_progress: dict[str, float] = {}
+        self._finished_unreported: dict[str, set[str]] = {}  # run -> steps finished since its last progress event
         self._queued_at: dict[tuple[str, str, int], float] = {}
         self._events: dict[str, list[StepEvent]] = {}  # per run, published together by _flush
         self._unacked: dict[str, list[Msg]] = {}  # results applied, waiting for the checkpoint that covers them
@@ -328,6 +329,7 @@ class Dispatcher:
         self.runs.pop(run_id, None)
         self.revisions.pop(run_id, None)
         self._last_progress.pop(run_id, None)
+        self._finished_unreported.pop(run_id, None)
 
     async def _results_loop(self, partition: int, stop: asyncio.Event) -> None:
         """Consume one partition's results in batches: apply, publish, checkpoint, ack (see `_apply_batch`)."""
@@ -417,6 +419,9 @@ class Dispatcher:
         for parent, new_steps in outcome.spawned:
             await self._event(run, parent, run.steps[parent].attempt, StepEventKind.SPAWNED,
                               attributes={"spawned": ",".join(new_steps)})  # fmt: skip
+        self._finished_unreported.setdefault(run.run_id, set()).update(
+            [*outcome.succeeded, *(step_id for step_id, _ in outcome.dead_lettered)]
+        )
         for step_id in outcome.succeeded:
             assert result is not None
             await self._event(
@@ -544,6 +549,7 @@ class Dispatcher:
             steps_succeeded=run.count(StepPhase.SUCCEEDED),
             steps_failed=run.count(StepPhase.FAILED),
             retries_count=run.retries_count,
+            finished_step_ids=tuple(sorted(self._finished_unreported.pop(run.run_id, ()))),
         )
         await self.bus.publish_nowait(Subjects.run_event(run.tenant, run.run_id, "progress"), progress)
 
@@ -649,5 +655,8 @@ class Dispatcher:
         planned = RunPlanned.model_validate_json(raw.data or b"")
         run = RunState.restore(planned, checkpoint, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run_id] = run
+        # What the previous owner finished but had not reported yet is lost with it: report every finished step.
+        finished = (StepPhase.SUCCEEDED, StepPhase.FAILED)
+        self._finished_unreported[run_id] = {step_id for step_id, step in run.steps.items() if step.phase in finished}
         log.info("run %s loaded from its checkpoint", run_id)
         return run

@@ -28,7 +28,7 @@ async def main(stop: asyncio.Event, settings: WorkerSettings | None = None) -> N
         await consume(steps, executor.on_step, stop, batch=settings.concurrency, concurrency=settings.concurrency,
                       give_up_after=spec.max_deliver)  # fmt: skip
 
-    await bus.serve_health("worker", lambda: {"steps_done": executor.steps_done})
+    await bus.serve_health("worker", executor.health)
     heartbeats = asyncio.create_task(bus.loops.run("heartbeats", executor.heartbeats, stop))
     await bus.loops.run("steps", run_steps, stop)
     heartbeats.cancel()

@@ -134,6 +134,10 @@ class StepExecutor:
         self._running: dict[tuple[str, str, int], tuple[float, Msg, StepDispatch]] = {}  # since, delivery, step
         self._confirming: set[asyncio.Task[None]] = set()
 
+    def health(self) -> dict[str, int]:
+        """What the health probe reports: steps done, running now, and the slots to run them."""
+        return {"steps_done": self.steps_done, "running": len(self._running), "concurrency": self.settings.concurrency}
+
     async def watch_ended_runs(self) -> None:
         """Skip the queued steps of runs that were cancelled or failed meanwhile.
 
