@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -27,8 +28,11 @@ from swarm.contracts import (
     utc_now,
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
+from swarm.repetition import ANSWER_LIMITS, STEP_LIMITS, degeneracy, repeated_share
 
 log = logging.getLogger(__name__)
+
+MAX_TEMPERATURE = 1.5
 
 EXECUTED_CONSUMER = ConsumerSpec(
     stream=RUNS, durable=AGGREGATOR_CONSUMER, filter_subjects=(Subjects.run_kind_all("executed"),),
@@ -106,20 +110,45 @@ class Aggregator:
             level = [part.answer for part in parts]
 
     async def _combine(self, run_id: str, goal: str, texts: list[str], final: bool) -> Synthesis:
+        """One synthesis call, sampled again (new seed, hotter) while its text is degenerate.
+
+        The final answer must meet the stricter ANSWER_LIMITS; when no sample does, the least repetitive one
+        that is not a loop by the step standard is kept, and the run fails only when every sample is a loop.
+        """
         share = max(200, self.settings.context_chars // len(texts))
         findings = "\n\n".join(f"Finding {i + 1}: {text[:share]}" for i, text in enumerate(texts))
         ask = "Write the final answer." if final else "Summarize these findings for the final answer."
-        request = InferenceRequest(
-            request_id=new_request_id(),
-            messages=chat(SYSTEM, f"Goal: {goal}\n\n{findings}\n\n{ask}"),
-            max_tokens=self.settings.max_tokens,
-            run_id=run_id,
-            caller="aggregator",
-        )
-        response = await self.inference.complete(request, timeout_s=self.settings.timeout_s)
-        if not response.ok:
-            raise SynthesisFailed(f"synthesis failed: {response.error}")
-        return Synthesis(response.content.strip(), response.prompt_tokens, response.completion_tokens)
+        messages = chat(SYSTEM, f"Goal: {goal}\n\n{findings}\n\n{ask}")
+        total = Synthesis(answer="")
+        base = InferenceRequest.model_fields["temperature"].default
+        kept: tuple[float, str] | None = None  # (repeated share, text) of the best sample short of the bar
+        problem = ""
+        for sample in range(1 + self.settings.resample_max):
+            request = InferenceRequest(
+                request_id=new_request_id(), messages=messages, max_tokens=self.settings.max_tokens,
+                temperature=min(MAX_TEMPERATURE, base + sample * self.settings.resample_temperature_step),
+                seed=zlib.crc32(f"{run_id}.synthesis.{len(texts)}.{sample}".encode()), run_id=run_id,
+                caller="aggregator",
+            )  # fmt: skip
+            response = await self.inference.complete(request, timeout_s=self.settings.timeout_s)
+            if not response.ok:
+                raise SynthesisFailed(f"synthesis failed: {response.error}")
+            total.prompt_tokens += response.prompt_tokens
+            total.completion_tokens += response.completion_tokens
+            text = response.content.strip()
+            problem = degeneracy(text, ANSWER_LIMITS if final else STEP_LIMITS) or ""
+            if not problem:
+                total.answer = text
+                return total
+            log.warning("run %s: synthesis sample %d rejected: %s", run_id, sample + 1, problem)
+            if final and degeneracy(text, STEP_LIMITS) is None:
+                share_repeated = repeated_share(text)
+                if kept is None or share_repeated < kept[0]:
+                    kept = (share_repeated, text)
+        if kept is not None:
+            total.answer = kept[1]
+            return total
+        raise SynthesisFailed(f"synthesis failed: every sample was degenerate; the last was {problem}")
 
     async def _outputs(self, executed: RunExecuted) -> list[str]:
         kv = await self.bus.kv(OUTPUTS_BUCKET)

@@ -115,7 +115,8 @@ class SimEngine:
             raise EngineError(
                 f"prompt too long: {prompt_tokens} tokens, the context window is {self.context_tokens}"
             )
-        rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()))
+        # A request's seed draws another completion for the same prompt (a resample), as a real engine would.
+        rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()) ^ (request.seed or 0))
         if request.json_schema is not None:
             try:
                 content = json.dumps(generate_document(request.json_schema, rng))
