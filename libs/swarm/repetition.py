@@ -1,4 +1,5 @@
-"""Degenerate model output: text empty of content, or dominated by repeated word sequences (a decoding loop).
+"""Degenerate model output: text empty of content, or dominated by repeated word sequences (a decoding loop);
+and which of a goal's topics a text leaves out.
 
 Small models fall into loops ("2020-2022: 2020-2022: ...") that are valid strings to everything else; the
 worker, the planner and the aggregator treat such text like a schema error and sample again.
@@ -30,7 +31,7 @@ class RepetitionLimits:
 
 STEP_LIMITS = RepetitionLimits()
 # The final answer is what a person reads: a phrase three times over already reads as a loop.
-ANSWER_LIMITS = RepetitionLimits(max_repeated_fraction=0.15, max_ngram_count=2, min_words=20)
+ANSWER_LIMITS = RepetitionLimits(max_repeated_fraction=0.15, max_ngram_count=2, min_words=40)
 
 
 def words(text: str) -> list[str]:
@@ -57,7 +58,7 @@ def degeneracy(text: str, limits: RepetitionLimits = STEP_LIMITS) -> str | None:
     if not tokens:
         return "an output empty of content (no words)"
     if len(tokens) < limits.min_words:
-        return f"an output empty of content ({len(tokens)} words, fewer than {limits.min_words})"
+        return f"too short an output ({len(tokens)} words, fewer than {limits.min_words})"
     counts = ngram_counts(text, limits.n)
     if not counts:
         return None
@@ -75,3 +76,27 @@ def degeneracy(text: str, limits: RepetitionLimits = STEP_LIMITS) -> str | None:
     if limits.max_ngram_count and top_count > limits.max_ngram_count:
         return f"a loop: the {limits.n}-word sequence '{quoted}' occurs {top_count} times"
     return None
+
+
+# Words that say nothing of a topic: how goals and instructions ask for things.
+_NOT_TOPICS = frozenset(
+    "compare describe explain list give write find what which when where about between their there these those "
+    "that this with from have does into more most each other your should could would".split()
+)
+TOPIC_MIN_CHARS = 4
+STEM_TRIM_CHARS = 2  # "Norway" is named by "Norwegian", "hydro" by "hydropower": compare word stems
+
+
+def topic_words(text: str) -> list[str]:
+    """The words of `text` that say what it is about (four letters or more, no asking words), in order."""
+    found = (w for w in words(text) if len(w) >= TOPIC_MIN_CHARS and w.isalpha() and w not in _NOT_TOPICS)
+    return list(dict.fromkeys(found))
+
+
+def missing_topics(text: str, topics: list[str]) -> list[str]:
+    """The `topics` that `text` does not name (by stem: a word starting like the topic names it)."""
+    present = words(text)
+    return [
+        t for t in topics
+        if not any(w.startswith(t[: max(TOPIC_MIN_CHARS, len(t) - STEM_TRIM_CHARS)]) for w in present)
+    ]  # fmt: skip

@@ -28,7 +28,7 @@ from swarm.contracts import (
     utc_now,
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
-from swarm.repetition import ANSWER_LIMITS, STEP_LIMITS, degeneracy, repeated_share
+from swarm.repetition import ANSWER_LIMITS, degeneracy, missing_topics, repeated_share, topic_words
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ class Synthesis:
     answer: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+def answer_shortfall(text: str, topics: list[str]) -> str:
+    """Why `text` falls short of a final answer (a loop, too short, or silent on a topic of the goal), or ''."""
+    if problem := degeneracy(text, ANSWER_LIMITS):
+        return problem
+    missing = missing_topics(text, topics)
+    return f"an answer that does not name {', '.join(missing)}" if missing else ""
 
 
 class SynthesisFailed(Exception):
@@ -110,18 +118,26 @@ class Aggregator:
             level = [part.answer for part in parts]
 
     async def _combine(self, run_id: str, goal: str, texts: list[str], final: bool) -> Synthesis:
-        """One synthesis call, sampled again (new seed, hotter) while its text is degenerate.
+        """One synthesis, sampled again (new seed, hotter) while it falls short; the best sample is kept.
 
-        The final answer must meet the stricter ANSWER_LIMITS; when no sample does, the least repetitive one
-        that is not a loop by the step standard is kept, and the run fails only when every sample is a loop.
+        A partial summary must not be degenerate. The final answer must meet the stricter ANSWER_LIMITS and
+        name every topic of the goal; a lone input that already does is the answer as it stands. When no
+        sample meets that bar, the best one that is no loop is kept; only when all are loops does the run fail.
         """
+        topics = topic_words(goal) if final else []
+        if final and len(texts) == 1 and not answer_shortfall(texts[0], topics):
+            return Synthesis(texts[0].strip())
         share = max(200, self.settings.context_chars // len(texts))
         findings = "\n\n".join(f"Finding {i + 1}: {text[:share]}" for i, text in enumerate(texts))
-        ask = "Write the final answer." if final else "Summarize these findings for the final answer."
+        if final:
+            # Naming the goal's topics keeps a small model from answering a narrower question than was asked.
+            ask = f"Write the final answer. Cover each of: {', '.join(topics)}." if topics else "Write the final answer."
+        else:
+            ask = "Summarize these findings for the final answer."
         messages = chat(SYSTEM, f"Goal: {goal}\n\n{findings}\n\n{ask}")
         total = Synthesis(answer="")
         base = InferenceRequest.model_fields["temperature"].default
-        kept: tuple[float, str] | None = None  # (repeated share, text) of the best sample short of the bar
+        best: tuple[tuple[float, ...], str] | None = None  # (rank, text) of the best sample that is no loop
         problem = ""
         for sample in range(1 + self.settings.resample_max):
             request = InferenceRequest(
@@ -136,17 +152,18 @@ class Aggregator:
             total.prompt_tokens += response.prompt_tokens
             total.completion_tokens += response.completion_tokens
             text = response.content.strip()
-            problem = degeneracy(text, ANSWER_LIMITS if final else STEP_LIMITS) or ""
+            problem = answer_shortfall(text, topics) if final else degeneracy(text) or ""
             if not problem:
                 total.answer = text
                 return total
             log.warning("run %s: synthesis sample %d rejected: %s", run_id, sample + 1, problem)
-            if final and degeneracy(text, STEP_LIMITS) is None:
-                share_repeated = repeated_share(text)
-                if kept is None or share_repeated < kept[0]:
-                    kept = (share_repeated, text)
-        if kept is not None:
-            total.answer = kept[1]
+            if degeneracy(text) is None:
+                rank = (-len(missing_topics(text, topics)), -float(degeneracy(text, ANSWER_LIMITS) is not None),
+                        -repeated_share(text))  # fmt: skip
+                if best is None or rank > best[0]:
+                    best = (rank, text)
+        if best is not None:
+            total.answer = best[1]
             return total
         raise SynthesisFailed(f"synthesis failed: every sample was degenerate; the last was {problem}")
 

@@ -28,7 +28,7 @@ from swarm.contracts import (
 )
 from swarm.dag import PlanError, PlanLimits, validate_plan
 from swarm.inference import InferenceError, chat, new_request_id
-from swarm.repetition import degeneracy, words
+from swarm.repetition import degeneracy, topic_words, words
 
 MAX_ERROR_CHARS = 4000
 RECORD_GOAL_CHARS = 200
@@ -68,7 +68,6 @@ MIN_SUBQUESTIONS = 2
 MAX_TEMPERATURE = 1.5
 RESAMPLE_TEMPERATURE_STEP = 0.3
 MIN_SUBQUESTION_WORDS = 3  # an instruction of fewer words is a label or digits, not a question
-TOPIC_WORD_MIN_CHARS = 3
 
 # How a plan is asked of the LLM (RunPlanned.llm_schema): a few sub-questions, or agents and steps.
 SUBQUESTIONS = "sub-questions"
@@ -277,16 +276,8 @@ def subquestions_request(
     )
 
 
-# Words that say nothing of a topic: how instructions ask, and the example's own subject.
-_NOT_TOPICS = frozenset(
-    "compare describe explain list give write find what which when where about between their there these those "
-    "that this with from have does into more most each other your".split()
-) | frozenset(re.findall(r"[a-z]+", f"{SUBQUESTIONS_EXAMPLE_GOAL} {json.dumps(SUBQUESTIONS_EXAMPLE)}".lower()))
-
-
-def topic_words(text: str) -> set[str]:
-    """The words of `text` that say what it is about: longer than three letters, not the example's."""
-    return {w for w in words(text) if len(w) > TOPIC_WORD_MIN_CHARS and w.isalpha()} - _NOT_TOPICS
+# A copy of the example is about the example's subject, not the goal's.
+_EXAMPLE_WORDS = frozenset(topic_words(f"{SUBQUESTIONS_EXAMPLE_GOAL} {json.dumps(SUBQUESTIONS_EXAMPLE)}"))
 
 
 def subquestions_from_text(text: str, goal: str) -> list[tuple[str, str]]:
@@ -297,12 +288,12 @@ def subquestions_from_text(text: str, goal: str) -> list[tuple[str, str]]:
     """
     if not text.strip():
         raise PlanError("the model's output is empty")
-    goal_topics = topic_words(goal)
+    goal_topics = set(topic_words(goal)) - _EXAMPLE_WORDS
     proposed: dict[str, tuple[str, str]] = {}
     for raw in _items(_json_object(text), "agents"):
         instruction = _text(raw.get("instruction"), LLM_SUBQUESTION_CHARS * 2)
         prose = [w for w in words(instruction) if w.isalpha()]
-        if len(prose) < MIN_SUBQUESTION_WORDS or degeneracy(instruction) or not topic_words(instruction) & goal_topics:
+        if len(prose) < MIN_SUBQUESTION_WORDS or degeneracy(instruction) or not goal_topics & set(topic_words(instruction)):
             continue
         role = _text(raw.get("role"), LLM_ROLE_CHARS) or "researcher"
         proposed.setdefault(" ".join(words(instruction)), (role, instruction))

@@ -298,14 +298,15 @@ def plan_around(
             AgentSpec(
                 id="synthesizer",
                 role="synthesizer",
-                instructions="You combine the answers of several agents into one coherent answer without repeating "
-                "yourself. Cover every item the goal names.",
+                instructions="You combine the answers of several agents into one complete answer to the goal, "
+                "in plain paragraphs.",
             )
         )
         steps += _reduce_tree(
             [s.id for s in steps], "synthesizer", fan_in, "reduce",
             lambda k: f"Goal: {excerpt(goal)}\nMerge these {k} answers into one summary; keep every key point.",
-            f"Goal: {excerpt(goal)}\nCombine the answers into one answer to the goal.", "synthesize",
+            f"Goal: {excerpt(goal)}\nUsing the answers above, write the answer to the goal: one or two paragraphs "
+            "that cover every item the goal names.", "synthesize",
         )  # fmt: skip
     elif pattern is PlanPattern.VOTE:
         agents.append(

@@ -7,7 +7,16 @@ import random
 import pytest
 
 from services.gateway.backends.sim import plausible_text
-from swarm.repetition import ANSWER_LIMITS, STEP_LIMITS, degeneracy, ngram_counts, repeated_share, words
+from swarm.repetition import (
+    ANSWER_LIMITS,
+    STEP_LIMITS,
+    degeneracy,
+    missing_topics,
+    ngram_counts,
+    repeated_share,
+    topic_words,
+    words,
+)
 
 PROSE = (
     "Germany relies on wind power in the north and on solar panels across its southern states. Spain has the "
@@ -54,7 +63,7 @@ def test_a_short_answer_fails_only_the_answer_bar() -> None:
     assert degeneracy("42", STEP_LIMITS) is None  # a number is an answer to some steps
     assert degeneracy("Norway uses hydro.", STEP_LIMITS) is None
     reason = degeneracy("Norway uses hydro.", ANSWER_LIMITS)
-    assert reason is not None and "3 words" in reason
+    assert reason is not None and "too short" in reason and "3 words" in reason
 
 
 def test_words_and_shares() -> None:
@@ -75,3 +84,11 @@ def test_a_numbered_loop_is_caught_by_the_share_of_its_phrase() -> None:
     assert repeated_share(text) < STEP_LIMITS.max_repeated_fraction  # the numbers make most 4-grams distinct
     reason = degeneracy(text)
     assert reason is not None and "'the 2008 financial crisis' occurs 3 times" in reason
+
+
+def test_topic_words_skip_asking_words_and_missing_topics_match_by_stem() -> None:
+    topics = topic_words("Compare solar, wind and hydro power in Germany, Spain and Norway")
+    assert topics == ["solar", "wind", "hydro", "power", "germany", "spain", "norway"]
+    text = "Norwegian hydropower and German wind power, with solar in Spain."
+    assert missing_topics(text, topics) == []
+    assert missing_topics("Wind power in Spain.", topics) == ["solar", "hydro", "germany", "norway"]
