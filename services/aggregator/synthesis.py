@@ -62,6 +62,11 @@ def answer_shortfall(text: str, topics: list[str]) -> str:
     return f"an answer that does not name {', '.join(missing)}" if missing else ""
 
 
+def answer_rank(text: str, topics: list[str]) -> tuple[float, ...]:
+    """How good an answer short of the bar is, higher is better: topics named, the bar met, least repetition."""
+    return -len(missing_topics(text, topics)), -float(degeneracy(text, ANSWER_LIMITS) is not None), -repeated_share(text)
+
+
 class SynthesisFailed(Exception):
     """The gateway answered with an error for a synthesis call."""
 
@@ -131,13 +136,16 @@ class Aggregator:
         findings = "\n\n".join(f"Finding {i + 1}: {text[:share]}" for i, text in enumerate(texts))
         if final:
             # Naming the goal's topics keeps a small model from answering a narrower question than was asked.
-            ask = f"Write the final answer. Cover each of: {', '.join(topics)}." if topics else "Write the final answer."
+            ask = "Write the final answer in one or two paragraphs."
+            ask += f" Cover each of: {', '.join(topics)}." if topics else ""
         else:
             ask = "Summarize these findings for the final answer."
         messages = chat(SYSTEM, f"Goal: {goal}\n\n{findings}\n\n{ask}")
         total = Synthesis(answer="")
         base = InferenceRequest.model_fields["temperature"].default
         best: tuple[tuple[float, ...], str] | None = None  # (rank, text) of the best sample that is no loop
+        if final and len(texts) == 1 and degeneracy(texts[0]) is None:
+            best = (answer_rank(texts[0], topics), texts[0].strip())  # a rewrite must do better than its input
         problem = ""
         for sample in range(1 + self.settings.resample_max):
             request = InferenceRequest(
@@ -157,11 +165,8 @@ class Aggregator:
                 total.answer = text
                 return total
             log.warning("run %s: synthesis sample %d rejected: %s", run_id, sample + 1, problem)
-            if degeneracy(text) is None:
-                rank = (-len(missing_topics(text, topics)), -float(degeneracy(text, ANSWER_LIMITS) is not None),
-                        -repeated_share(text))  # fmt: skip
-                if best is None or rank > best[0]:
-                    best = (rank, text)
+            if degeneracy(text) is None and (best is None or answer_rank(text, topics) > best[0]):
+                best = (answer_rank(text, topics), text)
         if best is not None:
             total.answer = best[1]
             return total

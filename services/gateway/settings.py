@@ -59,7 +59,7 @@ class GatewaySettings(BaseSettings):
     # Repetition controls of free text (a request's own values win). JSON-schema requests get only what the
     # request asks for: a penalty on quotes, commas and keys fights the grammar and truncates strings.
     repeat_penalty: float = Field(
-        1.3, gt=0, le=2, description="llamacpp: divides the score of tokens among the last repeat_last_n (1: off)."
+        1.15, gt=0, le=2, description="llamacpp: divides the score of tokens among the last repeat_last_n (1: off)."
     )
     repeat_last_n: int = Field(
         256, ge=0, description="llamacpp: how many recent tokens the repetition penalties look at."

@@ -8,6 +8,7 @@ of the goal named; at least 3 of 5 runs must meet it.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ RUNS = 5
 REQUIRED = 3
 RUN_TIMEOUT_S = 600
 MIN_PROSE_WORDS = 40  # a paragraph: more than the goal restated
+MIN_ALPHABETIC_SHARE = 0.75  # words, not numbers, code or markup
 COUNTRIES = ("Germany", "Spain", "Norway")
 SOURCES = ("solar", "wind", "hydro")
 
@@ -45,8 +47,10 @@ def make_run_goal() -> str:
 def answer_problems(answer: str, names: tuple[str, ...]) -> list[str]:
     """Why `answer` misses the bar; empty when it meets it."""
     problems = []
-    if len(words(answer)) < MIN_PROSE_WORDS or answer.lstrip()[:1] in "{[" or not re.search(r"[a-z]{3}.*[.!?]", answer):
-        problems.append(f"not prose ({len(words(answer))} words)")
+    tokens = words(answer)
+    alphabetic = sum(t.isalpha() for t in tokens) / max(1, len(tokens))
+    if len(tokens) < MIN_PROSE_WORDS or alphabetic < MIN_ALPHABETIC_SHARE or answer.lstrip()[:1] in "{[<":
+        problems.append(f"not prose ({len(tokens)} words, {alphabetic:.0%} of them alphabetic)")
     looped = {" ".join(g): n for g, n in ngram_counts(answer, 4).items() if n > 2}
     if looped:
         problems.append(f"4-word sequences more than twice: {looped}")
@@ -66,6 +70,8 @@ def test_the_bar_itself() -> None:
     )
     assert answer_problems(good, names) == []
     assert answer_problems(good.replace("Norway", "It"), names) == ["does not name Norway"]
+    assert answer_problems('{"answer": ' + json.dumps(good) + "}", names)[0].startswith("not prose")
+    assert answer_problems(good + " 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24", names)
 
 
 @pytest.fixture(scope="module")

@@ -89,3 +89,12 @@ async def test_a_run_whose_every_sample_loops_fails_with_the_reason(
     with pytest.raises(SynthesisFailed, match=r"every sample was degenerate.*a loop"):
         await aggregator(bus, nats_settings).synthesize("r4", GOAL, [LOOP])
     assert len(requests) == 3
+
+
+async def test_a_rewrite_must_beat_its_lone_input_to_replace_it(
+    bus: Bus, nats_settings: NatsSettings, script: tuple[list[InferenceRequest], list[str]]
+) -> None:
+    requests, replies = script
+    replies.append("Solar and wind are renewable.")
+    synthesis = await aggregator(bus, nats_settings).synthesize("r5", GOAL, [NARROW])
+    assert synthesis.answer == NARROW and len(requests) == 3 and synthesis.completion_tokens == 27
