@@ -45,7 +45,7 @@ async def planner(nats_settings: NatsSettings, bus: Bus) -> AsyncIterator[Planne
     server = GatewayServer(gateway_bus, create_engine(settings), settings)
     await server.start()
     await gateway_bus.nc.flush()
-    yield Planner(PlannerSettings(nats=nats_settings, llm_timeout_s=120), bus)
+    yield Planner(PlannerSettings(nats=nats_settings, llm_timeout_s=90), bus)
     await server.stop()
     await gateway_bus.close()
     await server.engine.close()
