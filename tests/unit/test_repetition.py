@@ -92,3 +92,8 @@ def test_topic_words_skip_asking_words_and_missing_topics_match_by_stem() -> Non
     text = "Norwegian hydropower and German wind power, with solar in Spain."
     assert missing_topics(text, topics) == []
     assert missing_topics("Wind power in Spain.", topics) == ["solar", "hydro", "germany", "norway"]
+
+
+def test_the_sim_backends_text_is_no_loop_even_when_the_prompt_repeats_one_word() -> None:
+    text = plausible_text("0123456789abcdef" * 500, 2000, random.Random(1))
+    assert degeneracy(text) is None
