@@ -70,9 +70,9 @@ RESAMPLE_TEMPERATURE_STEP = 0.3
 MIN_SUBQUESTION_WORDS = 3  # an instruction of fewer words is a label or digits, not a question
 
 # How a plan is asked of the LLM (RunPlanned.llm_schema): a few sub-questions, or agents and steps.
-SUBQUESTIONS = "sub-questions"
-FULL_PLAN = "full-plan"
 LlmSchema = Literal["sub-questions", "full-plan"]
+SUBQUESTIONS: LlmSchema = "sub-questions"
+FULL_PLAN: LlmSchema = "full-plan"
 # The planning schema a backend's models can fill: the CPU model and the simulator get the tiny one.
 BACKEND_CAPABILITY: dict[str, Literal["small", "capable"]] = {
     "llamacpp": "small", "sim": "small", "openai": "capable", "trtllm": "capable",
