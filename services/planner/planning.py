@@ -293,12 +293,15 @@ def subquestions_from_text(text: str, goal: str) -> list[tuple[str, str]]:
     for raw in _items(_json_object(text), "agents"):
         instruction = _text(raw.get("instruction"), LLM_SUBQUESTION_CHARS * 2)
         prose = [w for w in words(instruction) if w.isalpha()]
-        if len(prose) < MIN_SUBQUESTION_WORDS or degeneracy(instruction) or not goal_topics & set(topic_words(instruction)):
+        on_topic = bool(goal_topics & set(topic_words(instruction)))
+        if len(prose) < MIN_SUBQUESTION_WORDS or degeneracy(instruction) or not on_topic:
             continue
         role = _text(raw.get("role"), LLM_ROLE_CHARS) or "researcher"
         proposed.setdefault(" ".join(words(instruction)), (role, instruction))
     if len(proposed) < MIN_SUBQUESTIONS:
-        raise PlanError(f"the model proposed {len(proposed)} usable distinct sub-questions, fewer than {MIN_SUBQUESTIONS}")
+        raise PlanError(
+            f"the model proposed {len(proposed)} usable distinct sub-questions, fewer than {MIN_SUBQUESTIONS}"
+        )
     return list(proposed.values())
 
 
