@@ -564,6 +564,11 @@ class RunPlanned(RunEventBase):
     plan: Plan = Field(description="The validated plan.")
     source: PlanSource = Field(description="Where the plan came from.")
     note: str = Field(default="", description="Why a template was used, when it was.")
+    llm_schema: Literal["sub-questions", "full-plan"] | None = Field(
+        default=None,
+        description="How the LLM planned, when it did: 'sub-questions' (a small model listed agents with a role "
+        "and an instruction; code built the DAG) or 'full-plan' (the model wrote agents and steps).",
+    )
     priority: int = Field(default=0, description="Run priority.")
     policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy.")
     quorum: float = Field(default=0.95, description="Quorum fraction for the quorum policy.")
@@ -679,6 +684,24 @@ class InferenceRequest(Contract):
     messages: tuple[ChatMessage, ...] = Field(min_length=1, description="The conversation.")
     max_tokens: int = Field(default=256, ge=1, le=32768, description="Completion token budget.")
     temperature: float = Field(default=0.2, ge=0, le=2, description="Sampling temperature.")
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**32, description="Sampling seed, for a reproducible or a different sample; None: any."
+    )
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2, le=2,
+        description="OpenAI-style: lowers a token's score by this much per time it already occurs; None: the "
+        "gateway's default.",
+    )  # fmt: skip
+    presence_penalty: float | None = Field(
+        default=None, ge=-2, le=2,
+        description="OpenAI-style: lowers a token's score by this much once it occurs at all; None: the gateway's "
+        "default.",
+    )  # fmt: skip
+    repetition_penalty: float | None = Field(
+        default=None, gt=0, le=2,
+        description="Divides the score of recently generated tokens (llama.cpp's repeat_penalty; 1: none); None: "
+        "the gateway's default.",
+    )  # fmt: skip
     json_schema: dict[str, Any] | None = Field(default=None, description="Constrain the output to this JSON Schema.")
     run_id: str | None = Field(default=None, description="Run on whose behalf, for accounting.")
     step_id: str | None = Field(default=None, description="Step on whose behalf, for accounting.")

@@ -18,4 +18,10 @@ class AggregatorSettings(BaseSettings):
     context_chars: int = Field(6000, ge=500, description="Characters of outputs put into one synthesis prompt.")
     max_tokens: int = Field(384, ge=16, description="Completion budget of a synthesis call.")
     timeout_s: float = Field(300.0, gt=0, description="Time for one synthesis call, queueing included.")
+    resample_max: int = Field(
+        3, ge=0, le=10, description="Samples drawn again (new seed, hotter) when a synthesis falls short."
+    )
+    resample_temperature_step: float = Field(
+        0.3, ge=0, le=1, description="How much hotter each new sample of a synthesis is drawn."
+    )
     log_level: str = Field("INFO", description="Log level.")

@@ -56,6 +56,20 @@ class GatewaySettings(BaseSettings):
         2, ge=1, le=64, description="llamacpp: single-thread model instances, run in parallel."
     )
     n_ctx: int = Field(2048, ge=256, description="llamacpp: context window in tokens.")
+    # Repetition controls of free text (a request's own values win). JSON-schema requests get only what the
+    # request asks for: a penalty on quotes, commas and keys fights the grammar and truncates strings.
+    repeat_penalty: float = Field(
+        1.15, gt=0, le=2, description="llamacpp: divides the score of tokens among the last repeat_last_n (1: off)."
+    )
+    repeat_last_n: int = Field(
+        256, ge=0, description="llamacpp: how many recent tokens the repetition penalties look at."
+    )
+    frequency_penalty: float = Field(
+        0.2, ge=-2, le=2, description="llamacpp: score lowered per earlier occurrence of a token (0: off)."
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2, le=2, description="llamacpp: score lowered once a token has occurred (0: off)."
+    )
 
     # sim
     sim_seed: int = Field(0, description="sim: seed of the latency model and of the generated text.")

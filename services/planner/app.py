@@ -64,6 +64,9 @@ class Planner:
         self.bus = bus
         self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
         self.counts = {"planned": 0, "rejected": 0, "template_fallbacks": 0, "skipped": 0}
+        # The gateway's backend, as its replies name it: what model_capability 'auto' goes by. Until the first
+        # reply it is unknown, and the small-model schema (which any model can fill) is used.
+        self.gateway_backend: str | None = None
 
     def details(self) -> dict[str, Any]:
         """What the health probe reports."""
@@ -72,6 +75,7 @@ class Planner:
     async def complete(self, request: InferenceRequest) -> str:
         """One planning completion from the gateway; InferenceError when it is absent."""
         response = await self.inference.complete(request, timeout_s=self.settings.llm_timeout_s)
+        self.gateway_backend = response.backend or self.gateway_backend
         if not response.ok:
             raise LLMFailed(response.error or "no completion")
         return response.content
@@ -112,7 +116,8 @@ class Planner:
             return  # a redelivery after the run was planned (or rejected): nothing left to do
         revision = await self._index(index, task, RunStatus.PLANNING)
         try:
-            outcome = await plan_for_task(task, self.settings, self.complete if self.settings.llm_enabled else None)
+            complete = self.complete if self.settings.llm_enabled else None
+            outcome = await plan_for_task(task, self.settings, complete, self.gateway_backend)
         except PlanError as exc:
             why = plan_reason(exc, explicit=task.plan is not None)
             await self._reject(index, task.run_id, task.tenant, (why,), goal=goal_of(task), task=task)
@@ -139,8 +144,9 @@ class Planner:
         if outcome.source is PlanSource.TEMPLATE and task.pattern is None:
             self.counts["template_fallbacks"] += 1
         log.info(
-            "planned run %s: %s, %d agents, %d steps%s", task.run_id, outcome.source.value,
-            len(outcome.plan.agents), len(outcome.plan.steps), f" ({outcome.note})" if outcome.note else "",
+            "planned run %s: %s%s, %d agents, %d steps%s", task.run_id, outcome.source.value,
+            f" ({outcome.llm_schema})" if outcome.llm_schema else "", len(outcome.plan.agents),
+            len(outcome.plan.steps), f" ({outcome.note})" if outcome.note else "",
         )  # fmt: skip
 
     async def _already_handled(self, index: KeyValue, run_id: str) -> bool:
@@ -219,6 +225,7 @@ def planned_event(task: TaskSubmission, outcome: PlanOutcome) -> RunPlanned:
         plan=outcome.plan,
         source=outcome.source,
         note=outcome.note,
+        llm_schema=outcome.llm_schema,
         priority=task.priority,
         policy=task.policy,
         quorum=task.quorum,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from services.planner.settings import PlannerSettings
-from services.planner.templates import instantiate
+from services.planner.templates import instantiate, pattern_for_goal, plan_around
 from swarm.contracts import (
     AgentSpec,
+    ChatMessage,
     InferenceRequest,
     Plan,
     PlanPattern,
@@ -24,6 +26,7 @@ from swarm.contracts import (
 )
 from swarm.dag import PlanError, PlanLimits, validate_plan
 from swarm.inference import InferenceError, chat, new_request_id
+from swarm.repetition import degeneracy, topic_words, words
 
 RECORD_GOAL_CHARS = 200
 
@@ -42,6 +45,37 @@ PLANNER_SYSTEM_PROMPT = (
 )
 
 
+SUBQUESTIONS_SYSTEM_PROMPT = (
+    "You split a goal into parts for a team of agents, one part each: a short role and a one-sentence "
+    "instruction. Together the parts cover everything the goal names. Reply with JSON only."
+)
+# A small model copies the shape of an example far better than it follows a description of one; given as an
+# earlier turn of the conversation, it is copied less often word for word than when quoted in the prompt.
+SUBQUESTIONS_EXAMPLE_GOAL = "Explain how bees make honey"
+SUBQUESTIONS_EXAMPLE = {
+    "agents": [
+        {"role": "biologist", "instruction": "Explain how bees collect nectar from flowers."},
+        {"role": "beekeeper", "instruction": "Describe how bees turn nectar into honey inside the hive."},
+        {"role": "chemist", "instruction": "Explain what honey is made of and why it keeps so long."},
+    ]
+}
+LLM_SUBQUESTION_CHARS = 120
+LLM_SUBQUESTION_MIN_CHARS = 15
+MIN_SUBQUESTIONS = 2
+MAX_TEMPERATURE = 1.5
+RESAMPLE_TEMPERATURE_STEP = 0.3
+MIN_SUBQUESTION_WORDS = 3  # an instruction of fewer words is a label or digits, not a question
+
+# How a plan is asked of the LLM (RunPlanned.llm_schema): a few sub-questions, or agents and steps.
+LlmSchema = Literal["sub-questions", "full-plan"]
+SUBQUESTIONS: LlmSchema = "sub-questions"
+FULL_PLAN: LlmSchema = "full-plan"
+# The planning schema a backend's models can fill: the CPU model and the simulator get the tiny one.
+BACKEND_CAPABILITY: dict[str, Literal["small", "capable"]] = {
+    "llamacpp": "small", "sim": "small", "openai": "capable", "trtllm": "capable",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class PlanOutcome:
     """A validated plan and where it came from."""
@@ -49,6 +83,7 @@ class PlanOutcome:
     plan: Plan
     source: PlanSource
     note: str = ""
+    llm_schema: LlmSchema | None = None
 
 
 # --------------------------------------------------------------------------- tasks
@@ -137,6 +172,87 @@ def planning_request(task: TaskSubmission, n_agents: int, settings: PlannerSetti
         run_id=task.run_id,
         caller="planner",
     )
+
+
+def subquestions_schema(min_items: int, max_items: int) -> dict[str, Any]:
+    """The tiny schema a small model fills: a list of agents, each a role and a one-sentence instruction."""
+    return {
+        "type": "object",
+        "properties": {
+            "agents": {
+                "type": "array",
+                "minItems": min_items,
+                "maxItems": max_items,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "role": {"type": "string", "minLength": 3, "maxLength": LLM_ROLE_CHARS},
+                        "instruction": {
+                            "type": "string",
+                            "minLength": LLM_SUBQUESTION_MIN_CHARS,
+                            "maxLength": LLM_SUBQUESTION_CHARS,
+                        },
+                    },
+                    "required": ["role", "instruction"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["agents"],
+        "additionalProperties": False,
+    }
+
+
+def subquestions_request(
+    task: TaskSubmission, n_agents: int, settings: PlannerSettings, sample: int = 0
+) -> InferenceRequest:
+    """The gateway request that asks a small model for the goal's sub-questions; a later `sample` is drawn
+    with another seed, hotter."""
+    n = max(MIN_SUBQUESTIONS, min(n_agents, settings.llm_max_agents, settings.max_agents - 1))
+    return InferenceRequest(
+        request_id=new_request_id(),
+        model=settings.llm_model,
+        messages=(
+            *chat(SUBQUESTIONS_SYSTEM_PROMPT, f"Goal: {SUBQUESTIONS_EXAMPLE_GOAL}\nList 3 agents."),
+            ChatMessage(role="assistant", content=json.dumps(SUBQUESTIONS_EXAMPLE)),
+            ChatMessage(role="user", content=f"Goal: {task.goal}\nList {n} agents."),
+        ),
+        max_tokens=settings.llm_max_tokens,
+        temperature=min(MAX_TEMPERATURE, settings.llm_temperature + sample * RESAMPLE_TEMPERATURE_STEP),
+        seed=zlib.crc32(f"{task.run_id}.plan.{sample}".encode()),
+        json_schema=subquestions_schema(n, n),
+        run_id=task.run_id,
+        caller="planner",
+    )
+
+
+# A copy of the example is about the example's subject, not the goal's.
+_EXAMPLE_WORDS = frozenset(topic_words(f"{SUBQUESTIONS_EXAMPLE_GOAL} {json.dumps(SUBQUESTIONS_EXAMPLE)}"))
+
+
+def subquestions_from_text(text: str, goal: str) -> list[tuple[str, str]]:
+    """The usable (role, instruction) pairs of a small model's reply to `goal`.
+
+    Dropped: blank, looping and repeated instructions, and those about nothing the goal names (a small model
+    copies the example). Raises PlanError when fewer than two are left: one agent is no decomposition.
+    """
+    if not text.strip():
+        raise PlanError("the model's output is empty")
+    goal_topics = set(topic_words(goal)) - _EXAMPLE_WORDS
+    proposed: dict[str, tuple[str, str]] = {}
+    for raw in _items(_json_object(text), "agents"):
+        instruction = _text(raw.get("instruction"), LLM_SUBQUESTION_CHARS * 2)
+        prose = [w for w in words(instruction) if w.isalpha()]
+        on_topic = bool(goal_topics & set(topic_words(instruction)))
+        if len(prose) < MIN_SUBQUESTION_WORDS or degeneracy(instruction) or not on_topic:
+            continue
+        role = _text(raw.get("role"), LLM_ROLE_CHARS) or "researcher"
+        proposed.setdefault(" ".join(words(instruction)), (role, instruction))
+    if len(proposed) < MIN_SUBQUESTIONS:
+        raise PlanError(
+            f"the model proposed {len(proposed)} usable distinct sub-questions, fewer than {MIN_SUBQUESTIONS}"
+        )
+    return list(proposed.values())
 
 
 _FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
@@ -246,10 +362,35 @@ def template_outcome(task: TaskSubmission, pattern: PlanPattern, settings: Plann
     return PlanOutcome(plan, PlanSource.TEMPLATE, note)
 
 
-async def plan_for_task(task: TaskSubmission, settings: PlannerSettings, complete: Complete | None) -> PlanOutcome:
+async def sample_subquestions(
+    task: TaskSubmission, n_agents: int, settings: PlannerSettings, complete: Complete
+) -> list[tuple[str, str]]:
+    """A small model's usable sub-questions, sampled again (new seed, hotter) up to `llm_samples` times."""
+    error = PlanError("no planning call was made")
+    for sample in range(settings.llm_samples):
+        reply = await complete(subquestions_request(task, n_agents, settings, sample))
+        try:
+            return subquestions_from_text(reply, task.goal or "")
+        except PlanError as exc:
+            error = exc
+    raise error
+
+
+def capability_of(settings: PlannerSettings, backend: str | None) -> Literal["small", "capable"]:
+    """What the planning model can do: the setting, else the gateway backend's default (small when unknown)."""
+    if settings.model_capability != "auto":
+        return settings.model_capability
+    return BACKEND_CAPABILITY.get(backend or "", "small")
+
+
+async def plan_for_task(
+    task: TaskSubmission, settings: PlannerSettings, complete: Complete | None, backend: str | None = None
+) -> PlanOutcome:
     """Decide the run's plan: the explicit one (validated), a requested template, the LLM's, or the fallback.
 
-    Raises PlanError only for an explicit plan that is invalid: that rejects the task.
+    A small model (see `capability_of`; `backend` is the gateway's) only proposes sub-questions, and code
+    builds the DAG around them; a capable one writes the whole plan. Raises PlanError only for an explicit
+    plan that is invalid: that rejects the task.
     """
     if task.plan is not None:
         validate_plan(task.plan, settings.limits)
@@ -260,9 +401,15 @@ async def plan_for_task(task: TaskSubmission, settings: PlannerSettings, complet
     if complete is None or not settings.llm_enabled:
         return template_outcome(task, settings.fallback_pattern, settings, f"LLM planning disabled; {fallback} template")
     n_agents = task.n_agents or settings.default_n_agents
+    small = capability_of(settings, backend) == "small"
     try:
-        text = await complete(planning_request(task, n_agents, settings))
-        plan = llm_plan_from_text(text, settings.limits)
+        if small:
+            proposed = await sample_subquestions(task, n_agents, settings, complete)
+            pattern = pattern_for_goal(task.goal or "")
+            plan = plan_around(pattern, task.goal or "", proposed, settings.limits, settings.reduce_fan_in)
+            validate_plan(plan, settings.limits)
+        else:
+            plan = llm_plan_from_text(await complete(planning_request(task, n_agents, settings)), settings.limits)
     except InferenceError as exc:
         why = f"gateway unavailable ({exc})"
     except LLMFailed as exc:
@@ -270,5 +417,5 @@ async def plan_for_task(task: TaskSubmission, settings: PlannerSettings, complet
     except PlanError as exc:
         why = f"the model's plan was unusable ({truncate(str(exc), 300)})"
     else:
-        return PlanOutcome(plan, PlanSource.LLM)
+        return PlanOutcome(plan, PlanSource.LLM, llm_schema=SUBQUESTIONS if small else FULL_PLAN)
     return template_outcome(task, settings.fallback_pattern, settings, f"{why}; {fallback} template used")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,7 +33,17 @@ class PlannerSettings(BaseSettings):
     )
 
     llm_enabled: bool = Field(True, description="Ask the gateway to decompose goals (else: templates only).")
+    model_capability: Literal["auto", "small", "capable"] = Field(
+        "auto",
+        description="What the planning model is asked for: 'small' (a few sub-questions; code builds the DAG), "
+        "'capable' (the whole plan: agents and steps), 'auto' (by the gateway's backend: llamacpp and sim "
+        "small, openai and trtllm capable).",
+    )
     llm_model: str = Field("default", description="Model name sent to the gateway.")
+    llm_samples: int = Field(
+        2, ge=1, le=10,
+        description="Planning calls a small model gets per goal (new seed, hotter) before the template is used.",
+    )  # fmt: skip
     llm_timeout_s: float = Field(60.0, gt=0, description="How long to wait for the gateway before the template.")
     llm_max_tokens: int = Field(1024, ge=64, le=32768, description="Completion budget of one planning call.")
     llm_temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature of planning calls.")

@@ -1,7 +1,9 @@
-"""Pattern templates: map, map-reduce, pipeline and vote plans built from a goal and an agent count."""
+"""Pattern templates: map, map-reduce, pipeline and vote plans built from a goal and an agent count, or around
+agents an LLM proposed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from swarm.contracts import AgentSpec, Plan, PlanPattern, StepSpec
@@ -238,3 +240,85 @@ def instantiate(
 ) -> Plan:
     """The plan of `pattern` for `goal` with about `n_agents` parallel agents, within `limits`."""
     return TEMPLATES[pattern](goal, n_agents, limits, fan_in)
+
+
+# --------------------------------------------------------------------------- DAGs around LLM-proposed agents
+
+# How a goal's wording picks the DAG that code builds around a small model's sub-questions: one best answer
+# wanted means a vote; a piece of writing built in stages means a pipeline; anything else is split and merged.
+_VOTE_RE = re.compile(
+    r"\b(which (one|is|of|should)|which\b[^.?!]*\b(best|better|should)|choose|pick|select|decide)\b", re.IGNORECASE
+)
+_PIPELINE_RE = re.compile(
+    r"\b(then|step by step|(draft|write|compose) (a|an|the) \w*\s*(essay|report|article|story|post|letter|plan))\b",
+    re.IGNORECASE,
+)
+
+
+def pattern_for_goal(goal: str) -> PlanPattern:
+    """The DAG shape a goal asks for: vote (one best answer), pipeline (staged writing) or map-reduce."""
+    if _VOTE_RE.search(goal):
+        return PlanPattern.VOTE
+    if _PIPELINE_RE.search(goal):
+        return PlanPattern.PIPELINE
+    return PlanPattern.MAP_REDUCE
+
+
+def plan_around(
+    pattern: PlanPattern,
+    goal: str,
+    proposed: list[tuple[str, str]],
+    limits: PlanLimits = PlanLimits(),
+    fan_in: int = 16,
+) -> Plan:
+    """The DAG of `pattern` built around proposed (role, instruction) agents, one step each.
+
+    map-reduce: the agents work in parallel and a synthesizer merges them; pipeline: each builds on the one
+    before and the last gives the answer; vote (or map): parallel answers, then a judge picks the best.
+    """
+    fan_in = _fan_in(limits, fan_in)
+    coordinators = 0 if pattern in (PlanPattern.PIPELINE, PlanPattern.MAP) else 1
+    proposed = proposed[: _worker_count(len(proposed), limits, coordinators, fan_in)]
+    agents, steps = [], []
+    for i, (role, instruction) in enumerate(proposed, start=1):
+        agents.append(
+            AgentSpec(
+                id=f"agent-{i}",
+                role=role,
+                instructions=f"You are the {role} of a team of {len(proposed)} agents. Answer your own part of the "
+                "goal concisely and factually, in plain sentences.",
+            )
+        )
+        depends_on = (f"ask-{i - 1}",) if pattern is PlanPattern.PIPELINE and i > 1 else ()
+        if pattern is PlanPattern.PIPELINE and i == len(proposed):
+            instruction = f"{instruction}\nBuild on the previous stage's work and give the complete answer to the goal."
+        steps.append(StepSpec(id=f"ask-{i}", agent_id=f"agent-{i}", instruction=instruction, depends_on=depends_on))
+    if pattern is PlanPattern.MAP_REDUCE:
+        agents.append(
+            AgentSpec(
+                id="synthesizer",
+                role="synthesizer",
+                instructions="You combine the answers of several agents into one complete answer to the goal, "
+                "in plain paragraphs.",
+            )
+        )
+        steps += _reduce_tree(
+            [s.id for s in steps], "synthesizer", fan_in, "reduce",
+            lambda k: f"Goal: {excerpt(goal)}\nMerge these {k} answers into one summary; keep every key point.",
+            f"Goal: {excerpt(goal)}\nUsing the answers above, write the answer to the goal: one or two paragraphs "
+            "that cover every item the goal names.", "synthesize",
+        )  # fmt: skip
+    elif pattern is PlanPattern.VOTE:
+        agents.append(
+            AgentSpec(
+                id="judge",
+                role="judge",
+                instructions="You compare candidate answers, check them against the goal, and pick the best.",
+            )
+        )
+        steps += _reduce_tree(
+            [s.id for s in steps], "judge", fan_in, "shortlist",
+            lambda k: f"Goal: {excerpt(goal)}\nPick the best of these {k} answers and restate it in full.",
+            f"Goal: {excerpt(goal)}\nCompare the candidate answers, pick the best and give the final answer.", "judge",
+        )  # fmt: skip
+    return Plan(agents=tuple(agents), steps=tuple(steps), pattern=pattern)

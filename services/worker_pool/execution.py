@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import socket
+import zlib
 from datetime import datetime
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ from swarm.contracts import (
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
 from swarm.payloads import Payloads, is_ref
+from swarm.repetition import degeneracy
 
 __all__ = ["StepExecutor", "StepFailed", "build_prompt", "output_key", "steps_consumer"]
 
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 ENDED_RUNS_KEPT = 10_000
 _ENDED_RUN_EVENT: TypeAdapter[RunCancelled | RunFailed] = TypeAdapter(RunCancelled | RunFailed)
 MIN_INPUT_CHARS = 200  # the least of each dependency's output a prompt shows
+MAX_TEMPERATURE = 1.5
 
 
 def steps_consumer(settings: WorkerSettings) -> ConsumerSpec:
@@ -84,6 +87,16 @@ def unusable_text(text: str) -> str | None:
     if _CONTROL_CHARS.search(text):
         return "garbage (control characters or undecodable bytes)"
     return None
+
+
+def sample_seed(dispatch: StepDispatch, sample: int) -> int:
+    """The seed of one sample of one attempt: reproducible for a run, different for every resample and attempt."""
+    return zlib.crc32(f"{dispatch.run_id}.{dispatch.step.id}.{dispatch.attempt}.{sample}".encode())
+
+
+def sample_temperature(base: float, sample: int, step: float) -> float:
+    """A resample is drawn hotter than the one before, so it leaves the loop the last one fell into."""
+    return min(MAX_TEMPERATURE, base + sample * step)
 
 
 def sim_fault(dispatch: StepDispatch) -> Literal["error", "garbage"] | None:
@@ -248,26 +261,34 @@ class StepExecutor:
             return await self._run_structured(dispatch)
         inputs = await self._inputs(dispatch)
         system, user = build_prompt(dispatch, inputs, self.settings.context_chars)
-        request = InferenceRequest(
-            request_id=new_request_id(),
-            messages=chat(system, user),
-            max_tokens=dispatch.step.max_tokens,
-            run_id=dispatch.run_id,
-            step_id=dispatch.step.id,
-            caller="worker",
-            sim_latency_ms=dispatch.step.sim_latency_ms,
-            sim_fault=sim_fault(dispatch),
-        )
-        response = await self.inference.complete(request, timeout_s=dispatch.step.timeout_s)
-        if not response.ok:
-            raise StepFailed(f"inference failed: {response.error}", retryable=True)
-        await self._event(
-            dispatch, StepEventKind.INFERENCE_DONE, duration_ms=response.queue_ms + response.duration_ms,
-            prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
-        )  # fmt: skip
-        if problem := unusable_text(response.content):
-            raise StepFailed(f"the model returned {problem}", retryable=True)
-        return response.content, response.prompt_tokens, response.completion_tokens, None
+        prompt_tokens = completion_tokens = 0
+        problem = ""
+        samples = 1 + self.settings.resample_max
+        base = InferenceRequest.model_fields["temperature"].default
+        for sample in range(samples):
+            request = InferenceRequest(
+                request_id=new_request_id(), messages=chat(system, user), max_tokens=dispatch.step.max_tokens,
+                temperature=sample_temperature(base, sample, self.settings.resample_temperature_step),
+                seed=sample_seed(dispatch, sample), run_id=dispatch.run_id, step_id=dispatch.step.id,
+                caller="worker", sim_latency_ms=dispatch.step.sim_latency_ms, sim_fault=sim_fault(dispatch),
+            )  # fmt: skip
+            response = await self.inference.complete(request, timeout_s=dispatch.step.timeout_s)
+            if not response.ok:
+                raise StepFailed(f"inference failed: {response.error}", retryable=True)
+            prompt_tokens += response.prompt_tokens
+            completion_tokens += response.completion_tokens
+            problem = unusable_text(response.content) or degeneracy(response.content) or ""
+            # A rejected sample says why in its event, with what the next one is drawn with.
+            rejected = {"outcome": "rejected", "temperature": f"{request.temperature:g}", "seed": str(request.seed)}
+            await self._event(
+                dispatch, StepEventKind.INFERENCE_DONE, seq=sample + 1,
+                duration_ms=response.queue_ms + response.duration_ms, prompt_tokens=response.prompt_tokens,
+                completion_tokens=response.completion_tokens, error=f"the model returned {problem}" if problem else "",
+                attributes=rejected if problem else {},
+            )  # fmt: skip
+            if not problem:
+                return response.content, prompt_tokens, completion_tokens, None
+        raise StepFailed(f"the model returned {problem} ({samples} samples)", retryable=True)
 
     async def _run_structured(self, dispatch: StepDispatch) -> tuple[str, int, int, SpawnRequest | None]:
         """A step with tools and/or an output schema: a conversation of several model calls."""
@@ -286,8 +307,8 @@ class StepExecutor:
         async def model(conversation: tuple[ChatMessage, ...], schema: dict[str, Any] | None) -> ModelReply:
             request = InferenceRequest(
                 request_id=new_request_id(), messages=conversation, max_tokens=step.max_tokens, json_schema=schema,
-                run_id=dispatch.run_id, step_id=step.id, caller="worker", sim_latency_ms=step.sim_latency_ms,
-                sim_fault=sim_fault(dispatch),
+                seed=sample_seed(dispatch, usage[0]), run_id=dispatch.run_id, step_id=step.id, caller="worker",
+                sim_latency_ms=step.sim_latency_ms, sim_fault=sim_fault(dispatch),
             )  # fmt: skip
             response = await self.inference.complete(request, timeout_s=step.timeout_s)
             if not response.ok:

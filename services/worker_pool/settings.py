@@ -34,6 +34,12 @@ class WorkerSettings(BaseSettings):
         10.0, gt=0, description="A step running this long publishes its events so far (watchers see it started)."
     )
     context_chars: int = Field(6000, ge=200, description="Characters of dependency outputs put into a prompt.")
+    resample_max: int = Field(
+        2, ge=0, le=10, description="Samples drawn again (new seed, hotter) when an output is degenerate."
+    )
+    resample_temperature_step: float = Field(
+        0.3, ge=0, le=1, description="How much hotter each new sample of a degenerate output is drawn."
+    )
     inline_payload_bytes: int = Field(
         1_000_000, ge=1024, description="Outputs larger than this go to the object store by reference."
     )

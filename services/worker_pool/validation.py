@@ -1,4 +1,5 @@
-"""Structured output: ask the model for JSON under a schema, validate it, and repair once when it fails."""
+"""Structured output: ask the model for JSON under a schema, validate it (schema, and no looping strings), and
+repair once when it fails."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from jsonschema.protocols import Validator
 
 from services.worker_pool.errors import StepFailed
 from swarm.contracts import ChatMessage
+from swarm.repetition import degeneracy, words
 
 ERROR_CHARS = 600
+# Short strings (names, labels, enum-like values) are not judged: repetition there is the data itself.
+MIN_CHECKED_WORDS = 8
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,21 @@ def problem(content: str, validator: Validator) -> tuple[Any, str | None]:
         return None, f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     error = best_match(validator.iter_errors(document))
     if error is None:
-        return document, None
+        return document, degenerate_string(document)
     where = "/".join(str(p) for p in error.absolute_path) or "the top level"
     return document, f"{error.message[:ERROR_CHARS]} (at {where})"
+
+
+def degenerate_string(document: Any, where: str = "") -> str | None:
+    """What is wrong with the first string of `document` that is a loop (schema-valid text can still be one)."""
+    if isinstance(document, str):
+        reason = degeneracy(document) if len(words(document)) >= MIN_CHECKED_WORDS else None
+        return f"the string at {where or 'the top level'} is {reason}" if reason else None
+    items = document.items() if isinstance(document, dict) else enumerate(document) if isinstance(document, list) else ()
+    for key, value in items:
+        if reason := degenerate_string(value, f"{where}/{key}" if where else str(key)):
+            return reason
+    return None
 
 
 def repair_messages(messages: tuple[ChatMessage, ...], content: str, error: str) -> tuple[ChatMessage, ...]:

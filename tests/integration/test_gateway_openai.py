@@ -131,6 +131,20 @@ async def test_stream_over_sse(llama_server: str) -> None:
         await engine.close()
 
 
+async def test_seed_and_repetition_controls_reach_the_server(llama_server: str) -> None:
+    # A real server honors them: the same seed gives the same sample, another seed another one.
+    engine = create_engine(settings(llama_server))
+    try:
+        sampled = {}
+        for request_id, seed in (("oa-seed-1", 11), ("oa-seed-2", 11), ("oa-seed-3", 12)):
+            asked = request(request_id, "Tell a short story.", temperature=1.0, seed=seed, repetition_penalty=1.15,
+                            frequency_penalty=0.2, presence_penalty=0.1)  # fmt: skip
+            sampled[request_id] = (await engine.generate(asked)).content
+        assert sampled["oa-seed-1"] == sampled["oa-seed-2"] != sampled["oa-seed-3"]
+    finally:
+        await engine.close()
+
+
 async def test_errors_are_clear(llama_server: str) -> None:
     engine = create_engine(settings(llama_server))
     try:

@@ -231,8 +231,13 @@ async def test_stop_finishes_in_flight_tasks(bus: Bus, nats_settings: NatsSettin
 
 
 async def test_goal_is_planned_by_the_gateway_model(bus: Bus, planner: PlannerService) -> None:
-    # A stand-in gateway on the real subject: answers the first call with a plan, the second with garbage.
+    # A stand-in gateway on the real subject, naming a capable backend: the first call (backend not known
+    # yet) gets the small-model schema, the second the full one, the third is answered with garbage.
     requests: list[InferenceRequest] = []
+    subquestions = {
+        "agents": [{"role": "zoologist", "instruction": "Describe how owls hunt at night."},
+                   {"role": "ecologist", "instruction": "Explain where owls live and nest."}],
+    }  # fmt: skip
     plan = {
         "agents": [{"id": "scout", "role": "researcher", "instructions": "dig"},
                    {"id": "pen", "role": "writer", "instructions": "write"}],
@@ -243,20 +248,26 @@ async def test_goal_is_planned_by_the_gateway_model(bus: Bus, planner: PlannerSe
     async def gateway(msg: Msg) -> None:
         request = InferenceRequest.model_validate_json(msg.data)
         requests.append(request)
-        content = json.dumps(plan) if len(requests) == 1 else "Sure! Here are some agents: ..."
-        await msg.respond(InferenceResponse(request_id=request.request_id, ok=True, content=content).model_dump_json().encode())
+        content = [json.dumps(subquestions), json.dumps(plan), "Sure! Here are some agents: ..."][len(requests) - 1]
+        response = InferenceResponse(request_id=request.request_id, ok=True, content=content, backend="trtllm")
+        await msg.respond(response.model_dump_json().encode())
 
     sub = await bus.nc.subscribe(Subjects.INFER, queue=GATEWAY_QUEUE_GROUP, cb=gateway)
     try:
+        await submit(bus, TaskSubmission(run_id="run-small", goal="Write about owls"))
+        event = RunPlanned.model_validate_json(await run_event(bus, DEFAULT_TENANT, "run-small", "planned"))
+        assert event.source is PlanSource.LLM and event.llm_schema == "sub-questions" and event.note == ""
+        assert [a.role for a in event.plan.agents] == ["zoologist", "ecologist", "synthesizer"]
+        assert requests[0].caller == "planner" and requests[0].json_schema and requests[0].run_id == "run-small"
+
         await submit(bus, TaskSubmission(run_id="run-llm", goal="Write about owls"))
         event = RunPlanned.model_validate_json(await run_event(bus, DEFAULT_TENANT, "run-llm", "planned"))
-        assert event.source is PlanSource.LLM and event.note == ""
+        assert event.source is PlanSource.LLM and event.llm_schema == "full-plan"
         assert [s.id for s in event.plan.steps] == ["find", "write"]
-        assert requests[0].caller == "planner" and requests[0].json_schema and requests[0].run_id == "run-llm"
 
         await submit(bus, TaskSubmission(run_id="run-llm-garbage", goal="Write about bats"))
         event = RunPlanned.model_validate_json(await run_event(bus, DEFAULT_TENANT, "run-llm-garbage", "planned"))
-        assert event.source is PlanSource.TEMPLATE and "unusable" in event.note
+        assert event.source is PlanSource.TEMPLATE and "unusable" in event.note and event.llm_schema is None
     finally:
         await sub.unsubscribe()
 

@@ -12,6 +12,7 @@ from services.planner.planning import (
     plan_for_task,
     plan_schema,
     planning_request,
+    subquestions_schema,
 )
 from services.planner.settings import PlannerSettings
 from swarm.contracts import (
@@ -121,8 +122,96 @@ async def test_plan_for_task_uses_the_llm_plan() -> None:
     async def complete(request: InferenceRequest) -> str:
         return json.dumps(GOOD)
 
-    outcome = await plan_for_task(TaskSubmission(run_id="r1", goal="bees"), PlannerSettings(), complete)
-    assert outcome.source is PlanSource.LLM and outcome.note == ""
+    settings = PlannerSettings(model_capability="capable")
+    outcome = await plan_for_task(TaskSubmission(run_id="r1", goal="bees"), settings, complete)
+    assert outcome.source is PlanSource.LLM and outcome.note == "" and outcome.llm_schema == "full-plan"
+
+
+SUBQUESTIONS = {
+    "agents": [
+        {"role": "solar analyst", "instruction": "How much solar power do Germany, Spain and Norway produce?"},
+        {"role": "wind analyst", "instruction": "Compare wind power in Germany, Spain and Norway."},
+        {"role": "hydro analyst", "instruction": "Which of the three countries relies most on hydro power?"},
+        {"role": "wind analyst", "instruction": "Compare  wind power in Germany, Spain and Norway."},  # a repeat
+        {"role": "looper", "instruction": "solar solar solar solar solar solar solar solar solar solar"},
+        {"role": "lazy", "instruction": "  "},
+        {"role": "pet advisor", "instruction": "Explain which kind of owner suits a cat and which a dog."},  # copied
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("backend", "capability", "schema"),
+    [(None, "auto", "sub-questions"), ("llamacpp", "auto", "sub-questions"), ("sim", "auto", "sub-questions"),
+     ("trtllm", "auto", "full-plan"), ("openai", "auto", "full-plan"), ("trtllm", "small", "sub-questions"),
+     ("llamacpp", "capable", "full-plan")],
+)  # fmt: skip
+async def test_the_schema_asked_for_follows_the_model_capability(
+    backend: str | None, capability: str, schema: str
+) -> None:
+    asked: list[InferenceRequest] = []
+
+    async def complete(request: InferenceRequest) -> str:
+        asked.append(request)
+        small = "instructions" not in json.dumps(request.json_schema)
+        return json.dumps(SUBQUESTIONS if small else GOOD)
+
+    settings = PlannerSettings(model_capability=capability)  # type: ignore[arg-type]
+    goal = "Compare wind, solar and hydro power"
+    outcome = await plan_for_task(TaskSubmission(run_id="r1", goal=goal), settings, complete, backend)
+    assert outcome.source is PlanSource.LLM and outcome.llm_schema == schema and len(asked) == 1
+
+
+async def test_small_model_sub_questions_become_a_map_reduce_dag() -> None:
+    async def complete(request: InferenceRequest) -> str:
+        assert request.json_schema == subquestions_schema(4, 4) and request.caller == "planner"
+        return json.dumps(SUBQUESTIONS)
+
+    goal = "Compare solar, wind and hydro power in Germany, Spain and Norway"
+    outcome = await plan_for_task(TaskSubmission(run_id="r1", goal=goal), PlannerSettings(), complete, "llamacpp")
+    plan = outcome.plan
+    # The blank, looping, repeated and off-topic sub-questions are dropped: three agents and a synthesizer remain.
+    assert plan.pattern is PlanPattern.MAP_REDUCE and outcome.llm_schema == "sub-questions"
+    assert [a.role for a in plan.agents] == ["solar analyst", "wind analyst", "hydro analyst", "synthesizer"]
+    assert [s.depends_on for s in plan.steps] == [(), (), (), ("ask-1", "ask-2", "ask-3")]
+    assert plan.steps[1].instruction == SUBQUESTIONS["agents"][1]["instruction"]
+
+
+@pytest.mark.parametrize(
+    ("goal", "pattern", "depends_on"),
+    [("Which power source is best for Norway: wind, solar or hydro?", PlanPattern.VOTE,
+      [(), (), (), ("ask-1", "ask-2", "ask-3")]),
+     ("Write a short report on wind and hydro power, then edit it", PlanPattern.PIPELINE,
+      [(), ("ask-1",), ("ask-2",)])],
+)  # fmt: skip
+async def test_the_goal_picks_the_dag_built_around_sub_questions(
+    goal: str, pattern: PlanPattern, depends_on: list[tuple[str, ...]]
+) -> None:
+    async def complete(request: InferenceRequest) -> str:
+        return json.dumps(SUBQUESTIONS)
+
+    outcome = await plan_for_task(TaskSubmission(run_id="r1", goal=goal), PlannerSettings(), complete)
+    assert outcome.plan.pattern is pattern and [s.depends_on for s in outcome.plan.steps] == depends_on
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ['{"agents": []}', json.dumps({"agents": SUBQUESTIONS["agents"][3:]}), "no json at all", ""],
+)
+async def test_too_few_usable_sub_questions_fall_back_to_the_template(reply: str) -> None:
+    async def complete(request: InferenceRequest) -> str:
+        return reply
+
+    task = TaskSubmission(run_id="r1", goal="Compare wind and solar power")
+    outcome = await plan_for_task(task, PlannerSettings(), complete)
+    assert outcome.source is PlanSource.TEMPLATE and "unusable" in outcome.note and outcome.llm_schema is None
+
+
+def test_sub_questions_schema_is_tiny_and_bounded() -> None:
+    items = subquestions_schema(2, 5)["properties"]["agents"]
+    assert (items["minItems"], items["maxItems"]) == (2, 5)
+    assert set(items["items"]["properties"]) == {"role", "instruction"}
+    assert all("maxLength" in p for p in items["items"]["properties"].values())
 
 
 @pytest.mark.parametrize(
@@ -137,7 +226,7 @@ async def test_plan_for_task_falls_back_to_the_template(failure: Exception | Non
         return '{"agents": [], "steps": []}'
 
     task = TaskSubmission(run_id="r1", goal="bees", n_agents=3)
-    outcome = await plan_for_task(task, PlannerSettings(), complete)
+    outcome = await plan_for_task(task, PlannerSettings(model_capability="capable"), complete)
     assert outcome.source is PlanSource.TEMPLATE and note in outcome.note
     assert outcome.plan.pattern is PlanPattern.MAP_REDUCE and len(outcome.plan.agents) == 4
 

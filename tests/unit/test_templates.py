@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.planner.templates import TEMPLATES, excerpt, instantiate
+from services.planner.templates import TEMPLATES, excerpt, instantiate, pattern_for_goal, plan_around
 from swarm.contracts import PlanPattern
 from swarm.dag import PlanLimits, sinks, topological_order, validate_plan
 
@@ -77,3 +77,24 @@ def test_instructions_quote_the_goal_briefly() -> None:
 
 def test_every_pattern_has_a_template() -> None:
     assert set(TEMPLATES) == set(PlanPattern)
+
+
+@pytest.mark.parametrize(
+    ("goal", "pattern"),
+    [("Compare solar, wind and hydro power in Germany, Spain and Norway", PlanPattern.MAP_REDUCE),
+     ("Which programming language should a beginner learn first?", PlanPattern.VOTE),
+     ("Choose a name for a bakery", PlanPattern.VOTE),
+     ("Write a short report on the 2008 financial crisis, then edit it", PlanPattern.PIPELINE),
+     ("Draft a project plan for a garden shed", PlanPattern.PIPELINE),
+     ("Explain how vaccines train the immune system", PlanPattern.MAP_REDUCE)],
+)  # fmt: skip
+def test_the_goals_wording_picks_the_dag(goal: str, pattern: PlanPattern) -> None:
+    assert pattern_for_goal(goal) is pattern
+
+
+def test_plan_around_proposed_agents_fits_the_limits_and_validates() -> None:
+    proposed = [(f"role {i}", f"Answer part {i} of the goal.") for i in range(10)]
+    for pattern in PlanPattern:
+        plan = plan_around(pattern, "a goal", proposed, PlanLimits(max_agents=5, max_steps=6), fan_in=3)
+        validate_plan(plan, PlanLimits(max_agents=5, max_steps=6))
+        assert plan.pattern is pattern and plan.steps[0].instruction == "Answer part 0 of the goal."

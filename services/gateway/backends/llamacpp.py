@@ -45,6 +45,28 @@ def chatml(messages: list[dict[str, str]]) -> str:
     return turns + "<|im_start|>assistant\n"
 
 
+def sampling(request: InferenceRequest, settings: GatewaySettings) -> dict[str, Any]:
+    """create_chat_completion's sampling arguments: the request's, else the settings' repetition controls.
+
+    Free text gets the settings' penalties, which keep a small model out of loops; JSON-schema output gets
+    only what the request names, since penalized quotes and commas fight the grammar.
+    """
+    free_text = request.json_schema is None
+    options: dict[str, Any] = {
+        "temperature": request.temperature,
+        "repeat_penalty": request.repetition_penalty or (settings.repeat_penalty if free_text else 1.0),
+        "frequency_penalty": _first(request.frequency_penalty, settings.frequency_penalty if free_text else 0.0),
+        "presence_penalty": _first(request.presence_penalty, settings.presence_penalty if free_text else 0.0),
+    }
+    if request.seed is not None:
+        options["seed"] = request.seed
+    return options
+
+
+def _first(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 class LlamaCppEngine:
     """`instances` single-thread llama.cpp models; each request borrows a free one for its generation."""
 
@@ -59,8 +81,16 @@ class LlamaCppEngine:
         self.model = settings.model_name or DEFAULT_MODEL_NAME
         self.n_ctx = settings.n_ctx
         self.concurrency = settings.instances
+        self.settings = settings
         self._llms = [
-            Llama(model_path=str(path), n_ctx=settings.n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+            Llama(
+                model_path=str(path),
+                n_ctx=settings.n_ctx,
+                n_threads=1,
+                n_threads_batch=1,
+                last_n_tokens_size=settings.repeat_last_n,
+                verbose=False,
+            )
             for _ in range(settings.instances)
         ]
         self._free: asyncio.Queue[Llama] = asyncio.Queue()
@@ -131,9 +161,9 @@ class LlamaCppEngine:
             chunks: Any = llm.create_chat_completion(
                 messages=messages,  # type: ignore[arg-type]
                 max_tokens=max_tokens,
-                temperature=request.temperature,
                 grammar=grammar,
                 stream=True,
+                **sampling(request, self.settings),
             )
             parts: list[str] = []
             finish_reason = None
@@ -173,8 +203,8 @@ class LlamaCppEngine:
             result: Any = llm.create_chat_completion(
                 messages=messages,  # type: ignore[arg-type]
                 max_tokens=max_tokens,
-                temperature=request.temperature,
                 grammar=grammar,
+                **sampling(request, self.settings),
             )
         except ValueError as exc:  # llama-cpp-python's "Requested tokens (...) exceed context window"
             raise EngineError(f"prompt too long: {exc}") from exc

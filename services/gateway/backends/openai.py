@@ -100,6 +100,14 @@ class OpenAIEngine:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
+        # Only what the request names: the server's own defaults stand otherwise. repetition_penalty is not
+        # OpenAI's own, but vLLM, SGLang and trtllm-serve take it (llama.cpp's server calls it repeat_penalty).
+        for field in ("seed", "frequency_penalty", "presence_penalty", "repetition_penalty"):
+            value = getattr(request, field)
+            if value is not None:
+                body[field] = value
+        if request.repetition_penalty is not None and self.schema_dialect == "json_object":
+            body["repeat_penalty"] = request.repetition_penalty
         if request.json_schema is not None:
             body["response_format"] = response_format(request.json_schema, self.schema_dialect)
         if stream:

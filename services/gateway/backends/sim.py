@@ -55,7 +55,9 @@ def prompt_text(request: InferenceRequest) -> str:
 
 def plausible_text(prompt: str, n_tokens: int, rng: random.Random) -> str:
     """Sentences mixing the prompt's words with a fixed vocabulary, about `n_tokens` tokens long."""
-    vocabulary = list(WORDS) + [w.lower() for w in _PROMPT_WORD.findall(prompt[-4000:])] * 2
+    # Each prompt word once (twice the weight of a stock word): a prompt that repeats one word must not make
+    # the answer a loop of it, which the worker would reject as degenerate.
+    vocabulary = list(WORDS) + list(dict.fromkeys(w.lower() for w in _PROMPT_WORD.findall(prompt[-4000:]))) * 2
     target_chars = n_tokens * 4
     sentences: list[str] = []
     size = 0
@@ -115,7 +117,8 @@ class SimEngine:
             raise EngineError(
                 f"prompt too long: {prompt_tokens} tokens, the context window is {self.context_tokens}"
             )
-        rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()))
+        # A request's seed draws another completion for the same prompt (a resample), as a real engine would.
+        rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()) ^ (request.seed or 0))
         if request.json_schema is not None:
             try:
                 content = json.dumps(generate_document(request.json_schema, rng))

@@ -905,6 +905,23 @@ export const RunEventSchema = {
           "title": "Kind",
           "type": "string"
         },
+        "llm_schema": {
+          "anyOf": [
+            {
+              "enum": [
+                "sub-questions",
+                "full-plan"
+              ],
+              "type": "string"
+            },
+            {
+              "type": "null"
+            }
+          ],
+          "default": null,
+          "description": "How the LLM planned, when it did: 'sub-questions' (a small model listed agents with a role and an instruction; code built the DAG) or 'full-plan' (the model wrote agents and steps).",
+          "title": "Llm Schema"
+        },
         "note": {
           "default": "",
           "description": "Why a template was used, when it was.",
@@ -993,6 +1010,17 @@ export const RunEventSchema = {
           "format": "date-time",
           "title": "At",
           "type": "string"
+        },
+        "finished_step_ids": {
+          "default": [],
+          "description": "Steps that finished (succeeded or dead-lettered) since the run's previous progress event (after a dispatcher takeover: every finished step, again). With the plan, a follower can show each agent's turns done and its current step.",
+          "items": {
+            "description": "An identifier: letters, digits, '_' or '-'.",
+            "pattern": "^[A-Za-z0-9_-]{1,64}$",
+            "type": "string"
+          },
+          "title": "Finished Step Ids",
+          "type": "array"
         },
         "kind": {
           "const": "progress",

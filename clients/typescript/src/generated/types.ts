@@ -265,6 +265,10 @@ export interface InferenceRequest {
    */
   deadline_ms?: number | null;
   /**
+   * OpenAI-style: lowers a token's score by this much per time it already occurs; None: the gateway's default.
+   */
+  frequency_penalty?: number | null;
+  /**
    * Constrain the output to this JSON Schema.
    */
   json_schema?: {
@@ -285,9 +289,17 @@ export interface InferenceRequest {
    */
   model?: string;
   /**
+   * OpenAI-style: lowers a token's score by this much once it occurs at all; None: the gateway's default.
+   */
+  presence_penalty?: number | null;
+  /**
    * Scheduling class, 0 first; default from caller: planner and aggregator 0, others 5.
    */
   priority?: number | null;
+  /**
+   * Divides the score of recently generated tokens (llama.cpp's repeat_penalty; 1: none); None: the gateway's default.
+   */
+  repetition_penalty?: number | null;
   /**
    * Unique id of the call.
    */
@@ -296,6 +308,10 @@ export interface InferenceRequest {
    * Run on whose behalf, for accounting.
    */
   run_id?: string | null;
+  /**
+   * Sampling seed, for a reproducible or a different sample; None: any.
+   */
+  seed?: number | null;
   /**
    * For the sim backend only (load tests): fail with an engine error, or answer garbage.
    */
@@ -403,6 +419,10 @@ export interface RunPlanned {
    * Event kind, also the last subject token.
    */
   kind: "planned";
+  /**
+   * How the LLM planned, when it did: 'sub-questions' (a small model listed agents with a role and an instruction; code built the DAG) or 'full-plan' (the model wrote agents and steps).
+   */
+  llm_schema?: ("sub-questions" | "full-plan") | null;
   /**
    * Why a template was used, when it was.
    */
@@ -550,6 +570,12 @@ export interface RunProgress {
    * When it happened (with an offset).
    */
   at?: string;
+  /**
+   * Steps that finished (succeeded or dead-lettered) since the run's previous progress event (after a dispatcher takeover: every finished step, again). With the plan, a follower can show each agent's turns done and its current step.
+   *
+   * Items: An identifier: letters, digits, '_' or '-'.
+   */
+  finished_step_ids?: string[];
   /**
    * Event kind, also the last subject token.
    */

@@ -1,0 +1,102 @@
+"""Degenerate model output: text empty of content, or dominated by repeated word sequences (a decoding loop);
+and which of a goal's topics a text leaves out.
+
+Small models fall into loops ("2020-2022: 2020-2022: ...") that are valid strings to everything else; the
+worker, the planner and the aggregator treat such text like a schema error and sample again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+_WORD_RE = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*")
+QUOTE_CHARS = 60
+MIN_COVERING_COUNT = 3
+
+
+@dataclass(frozen=True)
+class RepetitionLimits:
+    """When text counts as degenerate."""
+
+    n: int = 4  # the length of the word sequences compared
+    max_repeated_fraction: float = 0.3  # of the n-grams, the share that repeats an earlier one
+    max_ngram_count: int = 0  # the most times one n-gram may occur (0: no such limit)
+    # The share of the words covered by the most frequent n-gram, once it occurs 3 times: "1. The crisis:
+    # 2. The crisis: 3. The crisis: ..." has few repeated n-grams (the numbers differ) but is all one phrase.
+    max_top_coverage: float = 0.4
+    min_words: int = 1  # fewer words than this is empty of content
+
+
+STEP_LIMITS = RepetitionLimits()
+# The final answer is what a person reads: a phrase three times over already reads as a loop.
+ANSWER_LIMITS = RepetitionLimits(max_repeated_fraction=0.15, max_ngram_count=2, min_words=40)
+
+
+def words(text: str) -> list[str]:
+    """The words of `text`, lower-cased (letters and digits; inner apostrophes and hyphens kept)."""
+    return _WORD_RE.findall(text.lower())
+
+
+def ngram_counts(text: str, n: int = 4) -> Counter[tuple[str, ...]]:
+    """How often each sequence of `n` words occurs in `text`."""
+    tokens = words(text)
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def repeated_share(text: str, n: int = 4) -> float:
+    """The share of `text`'s n-word sequences that repeat an earlier one (0: none repeats)."""
+    counts = ngram_counts(text, n)
+    total = sum(counts.values())
+    return (total - len(counts)) / total if total else 0.0
+
+
+def degeneracy(text: str, limits: RepetitionLimits = STEP_LIMITS) -> str | None:
+    """Why `text` is degenerate (empty of content, or a loop of repeated word sequences), or None."""
+    tokens = words(text)
+    if not tokens:
+        return "an output empty of content (no words)"
+    if len(tokens) < limits.min_words:
+        return f"too short an output ({len(tokens)} words, fewer than {limits.min_words})"
+    counts = ngram_counts(text, limits.n)
+    if not counts:
+        return None
+    top, top_count = counts.most_common(1)[0]
+    quoted = " ".join(top)[:QUOTE_CHARS]
+    repeated = repeated_share(text, limits.n)
+    if repeated > limits.max_repeated_fraction:
+        return (
+            f"a loop: {repeated:.0%} of its {limits.n}-word sequences repeat an earlier one "
+            f"('{quoted}' {top_count} times)"
+        )
+    coverage = top_count * limits.n / len(tokens)
+    if top_count >= MIN_COVERING_COUNT and coverage > limits.max_top_coverage:
+        return f"a loop: the {limits.n}-word sequence '{quoted}' occurs {top_count} times, {coverage:.0%} of its words"
+    if limits.max_ngram_count and top_count > limits.max_ngram_count:
+        return f"a loop: the {limits.n}-word sequence '{quoted}' occurs {top_count} times"
+    return None
+
+
+# Words that say nothing of a topic: how goals and instructions ask for things.
+_NOT_TOPICS = frozenset(
+    "compare describe explain list give write find what which when where about between their there these those "
+    "that this with from have does into more most each other your should could would".split()
+)
+TOPIC_MIN_CHARS = 4
+STEM_TRIM_CHARS = 2  # "Norway" is named by "Norwegian", "hydro" by "hydropower": compare word stems
+
+
+def topic_words(text: str) -> list[str]:
+    """The words of `text` that say what it is about (four letters or more, no asking words), in order."""
+    found = (w for w in words(text) if len(w) >= TOPIC_MIN_CHARS and w.isalpha() and w not in _NOT_TOPICS)
+    return list(dict.fromkeys(found))
+
+
+def missing_topics(text: str, topics: list[str]) -> list[str]:
+    """The `topics` that `text` does not name (by stem: a word starting like the topic names it)."""
+    present = words(text)
+    return [
+        t for t in topics
+        if not any(w.startswith(t[: max(TOPIC_MIN_CHARS, len(t) - STEM_TRIM_CHARS)]) for w in present)
+    ]  # fmt: skip
