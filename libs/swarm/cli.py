@@ -227,7 +227,8 @@ def summary_table(summary: RunSummary) -> Table:
         "agents": summary.agents_count,
         "steps": f"{summary.steps_succeeded} succeeded, {summary.steps_failed} failed of {summary.steps_total}",
         "retries": summary.retries_count,
-        "tokens": f"{summary.prompt_tokens} prompt + {summary.completion_tokens} completion",
+        # What the run summary counts; `swarm report` also shows the planning call and the split by phase.
+        "tokens (steps + synthesis)": f"{summary.prompt_tokens} prompt + {summary.completion_tokens} completion",
         "wall time": f"{summary.wall_ms / 1000:.1f} s",
     }
     for key, value in rows.items():

@@ -213,6 +213,17 @@ async def test_generate_maps_sampling_params_and_applies_the_chat_template(
     assert calls(fake_trtllm, "abort") == []  # a finished request is not aborted
 
 
+async def test_repetition_controls_and_the_seed_map_onto_sampling_params(
+    fake_trtllm: ModuleType, hf_checkpoint: Path
+) -> None:
+    engine = create_engine(trtllm(hf_checkpoint))
+    await engine.generate(request(repetition_penalty=1.15, frequency_penalty=0.2, presence_penalty=0.1, seed=7))
+    await engine.generate(request())
+    tuned, plain = (call["sampling_params"] for call in calls(fake_trtllm, "generate_async"))
+    assert (tuned.repetition_penalty, tuned.frequency_penalty, tuned.presence_penalty, tuned.seed) == (1.15, 0.2, 0.1, 7)
+    assert (plain.repetition_penalty, plain.frequency_penalty, plain.presence_penalty, plain.seed) == (None,) * 4
+
+
 def test_the_fake_refuses_keyword_arguments_generate_async_does_not_take(
     fake_trtllm: ModuleType, hf_checkpoint: Path
 ) -> None:

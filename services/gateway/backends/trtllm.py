@@ -84,10 +84,18 @@ class TrtLlmEngine:
                 f"prompt too long: {len(token_ids)} tokens, the context window is {self.max_seq_len}"
             )
         guided = self._guided_params(json=request.json_schema) if request.json_schema is not None else None
+        # The OpenAI-style repetition controls and the seed map one to one onto SamplingParams; unset ones
+        # keep TensorRT-LLM's defaults.
+        options = {
+            name: value
+            for name in ("repetition_penalty", "presence_penalty", "frequency_penalty", "seed")
+            if (value := getattr(request, name)) is not None
+        }
         params = self._sampling_params(
             max_tokens=min(request.max_tokens, room),
             temperature=request.temperature,
             guided_decoding=guided,
+            **options,
         )
         return token_ids, params
 

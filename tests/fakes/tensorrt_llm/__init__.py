@@ -48,6 +48,7 @@ class SamplingParams:
         repetition_penalty: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
+        seed: int | None = None,
         guided_decoding: GuidedDecodingParams | None = None,
     ) -> None:
         if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -64,6 +65,7 @@ class SamplingParams:
         self.repetition_penalty = repetition_penalty
         self.presence_penalty = presence_penalty
         self.frequency_penalty = frequency_penalty
+        self.seed = seed
         self.guided_decoding = guided_decoding
         CALLS.append(("SamplingParams", {"max_tokens": max_tokens, "temperature": temperature,
                                          "guided_decoding": guided_decoding}))  # fmt: skip
