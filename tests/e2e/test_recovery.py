@@ -16,6 +16,7 @@ import nats
 import pytest
 from nats.js.errors import KeyNotFoundError
 
+from loadtest.scenarios import swarm_plan
 from swarm.client import SwarmClient
 from swarm.contracts import (
     DISPATCHER_LEASES_BUCKET,
@@ -37,7 +38,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CRASH_ENV = {
     "SWARM_GATEWAY_SIM_LATENCY_SCALE": "1",
-    "SWARM_WORKER_CONCURRENCY": "16",
+    "SWARM_WORKER_CONCURRENCY": "256",  # the 4,000-step run's 300-wide layers
+    "SWARM_GATEWAY_MAX_QUEUE": "600",
     # Batches held ~1 s between fetch and insert, so a kill -9 lands on fetched, unstored events
     # (which come back after the recorder's default ack_wait).
     "SWARM_RECORDER_BATCH_MAX_MS": "1000",
@@ -76,7 +78,8 @@ def wide_plan(n_steps: int, latency_ms: float) -> Plan:
 
 
 async def run_through(
-    stack: Stack, plan: Plan, crash: Callable[[], None], crash_after_s: float, run_ids: list[str] | None = None
+    stack: Stack, plan: Plan, crash: Callable[[], None], crash_after_s: float, run_ids: list[str] | None = None,
+    timeout_s: float = 120,
 ) -> RunCompleted:
     """Submit, crash something mid-run, and return the final event once every step is accounted for."""
     async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
@@ -85,7 +88,7 @@ async def run_through(
             run_ids.append(run_id)
         await asyncio.sleep(crash_after_s)
         await asyncio.to_thread(crash)
-        final = await client.wait(run_id, timeout_s=120)
+        final = await client.wait(run_id, timeout_s=timeout_s)
         assert isinstance(final, RunCompleted), final
         succeeded = await transitions(client, run_id, "succeeded")
     assert succeeded == Counter({s.id: 1 for s in plan.steps})
@@ -190,3 +193,23 @@ async def assert_event_log_matches_stream(client: SwarmClient, run_id: str, time
 
 async def test_nats_server_restarted_mid_run(stack: Stack) -> None:
     await run_through(stack, wide_plan(48, 300), lambda: stack.restart_nats(down_s=1.0), crash_after_s=1.0)
+
+
+async def test_300_agents_4000_steps_through_a_kill_of_every_service_and_a_nats_restart(stack: Stack) -> None:
+    """The headline run at latency scale 1: every step succeeds exactly once, and the event log holds
+    exactly the events of the EVENTS stream, after kill -9 of each service (respawned) and a NATS restart."""
+    plan = swarm_plan(seed=1, latency_scale=1.0).plan
+    assert len(plan.agents) == 300 and len(plan.steps) == 4000
+
+    def crash_everything() -> None:
+        for service in ("worker", "dispatcher", "recorder", "gateway", "aggregator", "planner"):
+            stack.kill(service, 0)
+            stack.respawn(service, 0)
+            time.sleep(2.5)
+        stack.restart_nats(down_s=1.0)
+
+    run_ids: list[str] = []
+    final = await run_through(stack, plan, crash_everything, crash_after_s=3.0, run_ids=run_ids, timeout_s=300)
+    assert final.summary.steps_succeeded == 4000 and final.summary.steps_failed == 0
+    async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
+        await assert_event_log_matches_stream(client, run_ids[0], timeout_s=120)
