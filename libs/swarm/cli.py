@@ -197,10 +197,11 @@ async def _follow(client: SwarmClient, run_id: str, tenant: str) -> None:
         async for event in client.events(run_id, tenant):
             view.apply(event)
             if event.kind == "planned":
+                how = f", asked as {event.llm_schema}" if event.llm_schema else ""
                 note = f" ({event.note})" if event.note else ""
                 live.console.print(
                     f"Planned: {len(event.plan.agents)} agents, {len(event.plan.steps)} steps, "
-                    f"from {event.source.value}{note}"
+                    f"from {event.source.value}{how}{note}"
                 )
                 progress.update(bar, description="running steps", total=len(event.plan.steps), completed=0)
             elif event.kind in ("progress", "executed"):
