@@ -300,6 +300,8 @@ REJECTION_RULES: dict[RejectionCode, str] = {
     RejectionCode.LIMIT: "Over a limit the operator set lower than the schema's (`SWARM_PLANNER_MAX_AGENTS`, "
     "`_MAX_STEPS`, `_MAX_DEPENDS_ON`).",
     RejectionCode.TOO_LARGE: f"The planned run (RunPlanned) would be over {MAX_INLINE_BYTES:,} bytes of JSON.",
+    RejectionCode.PLAN_UNAVAILABLE: "`plan_ref` names no object of the plans store, or one whose size or SHA-256 "
+    "differs (path `/plan_ref`).",
     RejectionCode.PLAN_FAILED: "No plan could be made for the goal (path ''); the planner's side, not the task's.",
     RejectionCode.INVALID: "Anything else the model refuses (the message says what).",
 }

@@ -59,6 +59,7 @@ from swarm.contracts import (
     utc_now,
 )
 from swarm.dag import PlanError, PlanLimits
+from swarm.payloads import PlanStore, PlanUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Dispatcher:
         self.retry = RetryPolicy(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
         self.limits = PlanLimits(max_agents=settings.max_agents, max_steps=settings.max_steps)
         self.scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant)
+        self.plans = PlanStore(bus.js)  # plans by reference, read once per run and cached
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.runs: dict[str, RunState] = {}
         self.revisions: dict[str, int] = {}  # run -> revision of its checkpoint we last wrote or read
@@ -136,7 +138,13 @@ class Dispatcher:
         kind = msg.subject.rsplit(".", 1)[-1]
         async with self._lock:
             if kind == "planned":
-                await self._start(RunPlanned.model_validate_json(msg.data))
+                planned = RunPlanned.model_validate_json(msg.data)
+                try:
+                    planned = await self.plans.resolved(planned)
+                except PlanUnavailable as exc:
+                    await self._refuse(planned, f"plan unavailable: {exc}")
+                    raise Reject(f"run {planned.run_id}: {exc}") from exc
+                await self._start(planned)
             elif kind == "cancel":
                 request = RunCancelRequested.model_validate_json(msg.data)
                 # NATS permissions guard the subject, not the body: a tenant may only cancel its own runs.
@@ -171,7 +179,8 @@ class Dispatcher:
         await self.bus.publish(subject, failed, f"{planned.run_id}.failed")
         record = RunRecord(
             run_id=planned.run_id, tenant=planned.tenant, status=RunStatus.FAILED, goal=planned.goal[:200],
-            steps_total=len(planned.plan.steps), agents_count=len(planned.plan.agents),
+            steps_total=len(planned.plan.steps) if planned.plan else planned.steps_count,
+            agents_count=len(planned.plan.agents) if planned.plan else planned.agents_count,
             submitted_at=planned.submitted_at, error=error,
         )  # fmt: skip
         await (await self.bus.kv(RUN_INDEX_BUCKET)).put(planned.run_id, record.model_dump_json().encode())
@@ -652,7 +661,7 @@ class Dispatcher:
         except NotFoundError:
             log.warning("run %s has a checkpoint but no planned event yet", run_id)
             return None
-        planned = RunPlanned.model_validate_json(raw.data or b"")
+        planned = await self.plans.resolved(RunPlanned.model_validate_json(raw.data or b""))
         run = RunState.restore(planned, checkpoint, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run_id] = run
         # What the previous owner finished but had not reported yet is lost with it: report every finished step.
