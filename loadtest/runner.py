@@ -156,6 +156,8 @@ def embedded_environment(options: LoadtestOptions) -> dict[str, str]:
         "SWARM_GATEWAY_SIM_LATENCY_SCALE": "1" if options.latency_scale > 0 else "0",
         "SWARM_WORKER_CONCURRENCY": str(options.worker_concurrency),
         "SWARM_GATEWAY_MAX_QUEUE": str(max(256, in_flight + 64)),
+        # The pool's capacity plus 1/8: ready steps beyond it wait in the dispatcher's fair scheduler.
+        "SWARM_DISPATCHER_MAX_IN_FLIGHT": str(in_flight + in_flight // 8),
     }
 
 

@@ -114,7 +114,7 @@ class Dispatcher:
         self.settings = settings
         self.retry = RetryPolicy(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
         self.limits = PlanLimits(max_agents=settings.max_agents, max_steps=settings.max_steps)
-        self.scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant)
+        self.scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant, settings.tenant_weights)
         self.plans = PlanStore(bus.js)  # plans by reference, read once per run and cached
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.runs: dict[str, RunState] = {}
@@ -238,6 +238,7 @@ class Dispatcher:
         Kept short (the loops stop at once, together): the next renewal must come well within the TTL.
         """
         assert self.leases is not None
+        self.scheduler.replicas = self.leases.members  # the caps are global: each replica holds its share
         leaving = changes.lost | changes.surplus
         if leaving:
             await self._stop_partitions(leaving)
