@@ -220,14 +220,14 @@ class ScenarioContext:
         """`n` shrunk by --scale-steps (for smoke tests), at least `least`."""
         return max(least, round(n * self.options.scale_steps))
 
-    async def run_plan(self, load: PlanLoad) -> dict[str, Any]:
+    async def run_plan(self, load: PlanLoad, tenant: str = DEFAULT_TENANT, priority: int = 0) -> dict[str, Any]:
         """Submit an explicit plan, follow it to the end, and measure it."""
         if self.client is None:
             raise LoadtestError(f"scenario {self.scenario} needs a deployment")
         if not self._gateway_checked:
             await check_sim_gateway(self.client)
             self._gateway_checked = True
-        return await run_plan(self, self.client, load)
+        return await run_plan(self, self.client, load, tenant, priority)
 
 
 async def check_sim_gateway(client: SwarmClient) -> None:

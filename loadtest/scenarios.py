@@ -146,13 +146,14 @@ def _step(
 
 
 def fanout_plan(
-    n: int = 300, *, seed: int = 0, latency_scale: float = 1.0, median_ms: float = 1000.0, instruction_chars: int = 0
-) -> PlanLoad:
-    """`n` independent steps, one per agent, and one reduce step over all of them."""
+    n: int = 300, *, seed: int = 0, latency_scale: float = 1.0, median_ms: float = 1000.0, instruction_chars: int = 0,
+    n_agents: int | None = None,
+) -> PlanLoad:  # fmt: skip
+    """`n` independent steps over `n_agents` agents (default: one each), and one reduce step over all of them."""
     draw = LatencyDraw(random.Random(f"fanout:{seed}"), median_ms, 0.35, latency_scale)
-    chars = instruction_chars
-    agents = tuple(_agent(f"a{i}", "analyst", chars) for i in range(n))
-    steps = [_step(f"s{i}", f"a{i}", "analyze", draw(), chars=chars) for i in range(n)]
+    chars, n_agents = instruction_chars, n_agents or n
+    agents = tuple(_agent(f"a{i}", "analyst", chars) for i in range(n_agents))
+    steps = [_step(f"s{i}", f"a{i % n_agents}", "analyze", draw(), chars=chars) for i in range(n)]
     steps.append(_step(f"s{n}", "a0", "reduce", draw(), tuple(s.id for s in steps), chars=chars))
     return PlanLoad(Plan(agents=agents, steps=tuple(steps)))
 

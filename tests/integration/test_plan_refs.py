@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -164,3 +167,23 @@ async def test_plan_and_plan_ref_together_are_rejected(bus: Bus, planner: Planne
     await publish_raw(bus, "both", body)
     rejected = RunRejected.model_validate_json(await run_event(bus, "default", "both", "rejected"))
     assert "not both" in rejected.error
+
+
+def test_cli_submit_sends_priority_and_a_large_plan_by_reference(bus: Bus, tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(build_chain(0, 0.0, 1.0, 2000).plan.model_dump_json())  # ~0.9 MB: over the inline budget
+    cli = [sys.executable, "-m", "swarm.cli", "submit", "--plan", str(plan_file), "--nats-url", bus.settings.url]
+    done = subprocess.run([*cli, "--priority", "7"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    task = TaskSubmission.model_validate_json(asyncio.run(last_task(bus.settings.url)))
+    assert task.priority == 7 and task.plan is None and task.plan_ref is not None
+    refused = subprocess.run([*cli, "--priority", "11"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "less than or equal to 10" in refused.stderr
+
+
+async def last_task(url: str) -> bytes:
+    reader = await Bus.connect(NatsSettings(url=url), "test-reader")
+    try:
+        return (await reader.js.get_last_msg(TASKS.name, Subjects.task("default"))).data or b""
+    finally:
+        await reader.close()
