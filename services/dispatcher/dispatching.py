@@ -138,13 +138,7 @@ class Dispatcher:
         kind = msg.subject.rsplit(".", 1)[-1]
         async with self._lock:
             if kind == "planned":
-                planned = RunPlanned.model_validate_json(msg.data)
-                try:
-                    planned = await self.plans.resolved(planned)
-                except PlanUnavailable as exc:
-                    await self._refuse(planned, f"plan unavailable: {exc}")
-                    raise Reject(f"run {planned.run_id}: {exc}") from exc
-                await self._start(planned)
+                await self._start(RunPlanned.model_validate_json(msg.data))
             elif kind == "cancel":
                 request = RunCancelRequested.model_validate_json(msg.data)
                 # NATS permissions guard the subject, not the body: a tenant may only cancel its own runs.
@@ -157,6 +151,11 @@ class Dispatcher:
             return
         if await self._load(planned.run_id) is not None or planned.run_id in self.finished:
             return  # a redelivered plan: the run is under way or over
+        try:
+            planned = await self.plans.resolved(planned)  # after the checks: an old run's plan may be gone
+        except PlanUnavailable as exc:
+            await self._refuse(planned, f"plan unavailable: {exc}")
+            raise Reject(f"run {planned.run_id}: {exc}") from exc
         try:
             run = RunState(planned, self.settings.max_in_flight_per_run, self.retry, self.limits)
         except PlanError as exc:
