@@ -158,6 +158,29 @@ def fanout_plan(
     return PlanLoad(Plan(agents=agents, steps=tuple(steps)))
 
 
+def wide_plan(
+    n_steps: int = 4000, *, n_agents: int = 300, groups: int = 20, seed: int = 0, latency_scale: float = 1.0,
+    median_ms: float = 1000.0, instruction_chars: int = 0,
+) -> PlanLoad:  # fmt: skip
+    """Map-reduce as wide as it gets: independent turns of `n_agents` agents, `groups` partial reduces, a final one.
+
+    Every map step is ready at once (wider than any worker pool here); the reduces keep each step's
+    depends_on under the contract's limit.
+    """
+    draw = LatencyDraw(random.Random(f"wide:{seed}"), median_ms, 0.35, latency_scale)
+    chars, n_map = instruction_chars, n_steps - groups - 1
+    if n_map < groups:
+        raise ValueError(f"{n_steps} steps in {groups} groups do not make a wide plan")
+    agents = tuple(_agent(f"a{i}", "analyst", chars) for i in range(n_agents))
+    steps = [_step(f"s{i}", f"a{i % n_agents}", "analyze", draw(), chars=chars) for i in range(n_map)]
+    partials = [
+        _step(f"r{g}", f"a{g % n_agents}", "merge", draw(), tuple(f"s{i}" for i in range(g, n_map, groups)), chars)
+        for g in range(groups)
+    ]
+    final = _step("report", "a0", "report", draw(), tuple(p.id for p in partials), chars)
+    return PlanLoad(Plan(agents=agents, steps=(*steps, *partials, final)))
+
+
 def chain_plan(
     n: int = 200, *, seed: int = 0, latency_scale: float = 1.0, median_ms: float = 100.0, n_agents: int = 4,
     instruction_chars: int = 0,

@@ -17,6 +17,7 @@ from loadtest.scenarios import (
     load_all,
     scenario,
     swarm_plan,
+    wide_plan,
 )
 from swarm.bus import MAX_INLINE_BYTES
 from swarm.contracts import PLAN_INLINE_MAX_BYTES, PlanSource, RunPlanned, RunPolicy, TaskSubmission, utc_now
@@ -136,3 +137,11 @@ def test_registry_has_the_plan_scenarios_and_refuses_a_second_registration() -> 
     with pytest.raises(ValueError, match="twice"):
         scenario("fanout-300", "again")(other)  # type: ignore[arg-type]
     assert SCENARIOS["fanout-300"].run is not other
+
+
+def test_the_fair_share_plan_is_4000_steps_all_but_21_ready_at_once() -> None:
+    load = wide_plan(4000, instruction_chars=300)
+    validate_plan(load.plan)  # depends_on within the contract's 500
+    assert (len(load.plan.agents), len(load.plan.steps)) == (300, 4000)
+    assert sum(1 for s in load.plan.steps if not s.depends_on) == 3979
+    assert sinks(load.depends_on) == ["report"]
