@@ -70,6 +70,7 @@ PLANS_CONSUMER = ConsumerSpec(
     ack_wait_s=60.0,
 )
 EVENTS_PER_BATCH = 500
+PLAN_HANDOFF_DELAY_S = 0.05  # a plan of a partition we do not own goes back to the queue for its owner
 FINISHED_RUNS_KEPT = 100_000
 RUNNING_MARKER_PREFIX = "running"
 LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
@@ -138,7 +139,12 @@ class Dispatcher:
         kind = msg.subject.rsplit(".", 1)[-1]
         async with self._lock:
             if kind == "planned":
-                await self._start(RunPlanned.model_validate_json(msg.data))
+                planned = RunPlanned.model_validate_json(msg.data)
+                if not self._owns(planned.run_id):
+                    # The owner of its results partition starts it: the replica that dispatches a run's steps
+                    # is the one that counts them against its share of the caps (see scheduling.py).
+                    raise Retry(f"run {planned.run_id} is another replica's to start", delay_s=PLAN_HANDOFF_DELAY_S)
+                await self._start(planned)
             elif kind == "cancel":
                 request = RunCancelRequested.model_validate_json(msg.data)
                 # NATS permissions guard the subject, not the body: a tenant may only cancel its own runs.
