@@ -375,7 +375,8 @@ instructions is about 2 MB; NATS carries 1 MiB) goes through the object store `{
    SHA-256 as lower-case hex.
 2. Put those bytes into the object store `{contracts.PLANS_STORE.name}` under the name `plan-sha256-<hex>` (any
    client with JetStream object stores: nats.py `js.object_store("{contracts.PLANS_STORE.name}").put(name, data)`,
-   nats.js `js.views.os("{contracts.PLANS_STORE.name}")` then `os.putBlob({{name}}, data)`, Go `js.ObjectStore(...).PutBytes`).
+   nats.js v3 `await new Objm(nc).open("{contracts.PLANS_STORE.name}")` (package `@nats-io/obj`) then
+   `os.putBlob({{name}}, data)`, Go `js.ObjectStore(ctx, "{contracts.PLANS_STORE.name}")` then `PutBytes`).
 3. Submit the task with `"plan_ref": {{"sha256": "<hex>", "size": <byte count>}}` instead of `plan`.
 
 ```json
