@@ -56,9 +56,8 @@ from rich.table import Table
 
 from loadtest import metrics
 from loadtest.floor import measure_floor
-from loadtest.scenarios import PlanLoad, Scenario, load_all
-from swarm.bus import MAX_INLINE_BYTES
-from swarm.client import RUN_EVENT, SwarmClient
+from loadtest.scenarios import DEFAULT_INSTRUCTION_CHARS, PlanLoad, Scenario, load_all
+from swarm.client import RUN_EVENT, MessageTooLarge, SwarmClient
 from swarm.contracts import (
     DEFAULT_TENANT,
     EVENTS,
@@ -102,6 +101,7 @@ class LoadtestOptions:
     scale_steps: float = 1.0
     run_timeout_s: float = 600.0
     floor: bool = True
+    instruction_chars: int = DEFAULT_INSTRUCTION_CHARS  # of every agent's and step's instructions
 
 
 # --------------------------------------------------------------------------- deployment
@@ -156,6 +156,8 @@ def embedded_environment(options: LoadtestOptions) -> dict[str, str]:
         "SWARM_GATEWAY_SIM_LATENCY_SCALE": "1" if options.latency_scale > 0 else "0",
         "SWARM_WORKER_CONCURRENCY": str(options.worker_concurrency),
         "SWARM_GATEWAY_MAX_QUEUE": str(max(256, in_flight + 64)),
+        # The pool's capacity plus 1/8: ready steps beyond it wait in the dispatcher's fair scheduler.
+        "SWARM_DISPATCHER_MAX_IN_FLIGHT": str(in_flight + in_flight // 8),
     }
 
 
@@ -218,14 +220,14 @@ class ScenarioContext:
         """`n` shrunk by --scale-steps (for smoke tests), at least `least`."""
         return max(least, round(n * self.options.scale_steps))
 
-    async def run_plan(self, load: PlanLoad) -> dict[str, Any]:
+    async def run_plan(self, load: PlanLoad, tenant: str = DEFAULT_TENANT, priority: int = 0) -> dict[str, Any]:
         """Submit an explicit plan, follow it to the end, and measure it."""
         if self.client is None:
             raise LoadtestError(f"scenario {self.scenario} needs a deployment")
         if not self._gateway_checked:
             await check_sim_gateway(self.client)
             self._gateway_checked = True
-        return await run_plan(self, self.client, load)
+        return await run_plan(self, self.client, load, tenant, priority)
 
 
 async def check_sim_gateway(client: SwarmClient) -> None:
@@ -263,16 +265,15 @@ class RunTrace:
     done: int = 0
 
 
-async def run_plan(ctx: ScenarioContext, client: SwarmClient, load: PlanLoad) -> dict[str, Any]:
-    """Submit `load`, follow its events with a progress bar, then account for every step in EVENTS."""
+async def run_plan(
+    ctx: ScenarioContext, client: SwarmClient, load: PlanLoad, tenant: str = DEFAULT_TENANT, priority: int = 0
+) -> dict[str, Any]:
+    """Submit `load` (its plan by reference when large), follow its events, then account for every step."""
     steps_total = len(load.plan.steps)
     task = TaskSubmission(
-        run_id=new_loadtest_run_id(ctx.scenario), tenant=DEFAULT_TENANT, plan=load.plan, policy=load.policy,
-        quorum=load.quorum, labels={"loadtest": ctx.scenario},
+        run_id=new_loadtest_run_id(ctx.scenario), tenant=tenant, plan=load.plan, policy=load.policy,
+        quorum=load.quorum, priority=priority, labels={"loadtest": ctx.scenario},
     )  # fmt: skip
-    size = len(task.model_dump_json())
-    if size > MAX_INLINE_BYTES:
-        raise LoadtestError(f"the {ctx.scenario} task is {size} bytes, over the {MAX_INLINE_BYTES}-byte message limit")
     bar = ctx.progress.add_task(f"{task.run_id}: submitting", total=steps_total)
     # Subscribe before submitting: the client's clock sees 'planned' when it happens, not on replay.
     sub = await client.bus.js.subscribe(
@@ -283,7 +284,10 @@ async def run_plan(ctx: ScenarioContext, client: SwarmClient, load: PlanLoad) ->
     cpu_before = cpu_seconds(ctx.service_pids)
     timed_out = False
     try:
-        await client.submit_task(task)
+        try:
+            await client.submit_task(task)
+        except MessageTooLarge as exc:
+            raise LoadtestError(f"the {ctx.scenario} task cannot be sent: {exc}") from exc
         deadline = trace.submitted + ctx.options.run_timeout_s
         while True:
             remaining = deadline - time.perf_counter()
@@ -466,6 +470,7 @@ def run_loadtest(options: LoadtestOptions, console: Console | None = None) -> di
             "latency_scale": options.latency_scale,
             "seed": options.seed,
             "scale_steps": options.scale_steps,
+            "instruction_chars": options.instruction_chars,
             "machine": machine_info(),
             "deployment": (
                 {"kind": deployment.kind, "nats_url": deployment.nats_url,

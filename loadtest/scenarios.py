@@ -38,8 +38,13 @@ log = logging.getLogger(__name__)
 ScenarioRun = Callable[["ScenarioContext"], Awaitable[dict[str, Any]]]
 Fault = Literal["fail_once", "garbage"]
 
-# NATS' default max_payload is 1 MiB; the TaskSubmission and the RunPlanned event carry the whole plan.
-PLAN_BYTES_BUDGET = 900_000
+# Real agent instructions run to hundreds of characters; a plan this heavy travels by reference (PlanRef).
+DEFAULT_INSTRUCTION_CHARS = 300
+_FILLER = (
+    "Read the inputs from the steps this one depends on, check every figure against its source, note where "
+    "the sources disagree and why, keep the claims that survive, state the open questions plainly, and hand "
+    "the next agent a short, structured summary with the evidence it rests on and the confidence of each claim. "
+)
 
 
 @dataclass(frozen=True)
@@ -118,26 +123,75 @@ class LatencyDraw:
         return round(drawn * self.scale, 1)
 
 
-def _step(step_id: str, agent_id: str, verb: str, latency_ms: float, depends_on: tuple[str, ...] = ()) -> StepSpec:
-    # Instructions stay a word: 4,000 steps must fit one NATS message with every default field serialized.
-    return StepSpec(id=step_id, agent_id=agent_id, instruction=verb, depends_on=depends_on, sim_latency_ms=latency_ms)
+def instruction_text(head: str, chars: int) -> str:
+    """An instruction of exactly `chars` characters (at least `head`): `head`, then realistic filler."""
+    if chars <= len(head):
+        return head
+    body = f"{head}: " + _FILLER * (chars // len(_FILLER) + 1)
+    return body[:chars].rstrip() + "." * (chars - len(body[:chars].rstrip()))
 
 
-def fanout_plan(n: int = 300, *, seed: int = 0, latency_scale: float = 1.0, median_ms: float = 1000.0) -> PlanLoad:
-    """`n` independent steps, one per agent, and one reduce step over all of them."""
+def _agent(agent_id: str, role: str, chars: int) -> AgentSpec:
+    instructions = instruction_text(f"You are {agent_id}, a {role}", chars) if chars else ""
+    return AgentSpec(id=agent_id, role=role, instructions=instructions)
+
+
+def _step(
+    step_id: str, agent_id: str, verb: str, latency_ms: float, depends_on: tuple[str, ...] = (), chars: int = 0
+) -> StepSpec:
+    return StepSpec(
+        id=step_id, agent_id=agent_id, instruction=instruction_text(f"{verb} ({step_id})" if chars else verb, chars),
+        depends_on=depends_on, sim_latency_ms=latency_ms,
+    )  # fmt: skip
+
+
+def fanout_plan(
+    n: int = 300, *, seed: int = 0, latency_scale: float = 1.0, median_ms: float = 1000.0, instruction_chars: int = 0,
+    n_agents: int | None = None,
+) -> PlanLoad:  # fmt: skip
+    """`n` independent steps over `n_agents` agents (default: one each), and one reduce step over all of them."""
     draw = LatencyDraw(random.Random(f"fanout:{seed}"), median_ms, 0.35, latency_scale)
-    agents = tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(n))
-    steps = [_step(f"s{i}", f"a{i}", "analyze", draw()) for i in range(n)]
-    steps.append(_step(f"s{n}", "a0", "reduce", draw(), tuple(s.id for s in steps)))
+    chars, n_agents = instruction_chars, n_agents or n
+    agents = tuple(_agent(f"a{i}", "analyst", chars) for i in range(n_agents))
+    steps = [_step(f"s{i}", f"a{i % n_agents}", "analyze", draw(), chars=chars) for i in range(n)]
+    steps.append(_step(f"s{n}", "a0", "reduce", draw(), tuple(s.id for s in steps), chars=chars))
     return PlanLoad(Plan(agents=agents, steps=tuple(steps)))
 
 
-def chain_plan(n: int = 200, *, seed: int = 0, latency_scale: float = 1.0, median_ms: float = 100.0, n_agents: int = 4) -> PlanLoad:
+def wide_plan(
+    n_steps: int = 4000, *, n_agents: int = 300, groups: int = 20, seed: int = 0, latency_scale: float = 1.0,
+    median_ms: float = 1000.0, instruction_chars: int = 0,
+) -> PlanLoad:  # fmt: skip
+    """Map-reduce as wide as it gets: independent turns of `n_agents` agents, `groups` partial reduces, a final one.
+
+    Every map step is ready at once (wider than any worker pool here); the reduces keep each step's
+    depends_on under the contract's limit.
+    """
+    draw = LatencyDraw(random.Random(f"wide:{seed}"), median_ms, 0.35, latency_scale)
+    chars, n_map = instruction_chars, n_steps - groups - 1
+    if n_map < groups:
+        raise ValueError(f"{n_steps} steps in {groups} groups do not make a wide plan")
+    agents = tuple(_agent(f"a{i}", "analyst", chars) for i in range(n_agents))
+    steps = [_step(f"s{i}", f"a{i % n_agents}", "analyze", draw(), chars=chars) for i in range(n_map)]
+    partials = [
+        _step(f"r{g}", f"a{g % n_agents}", "merge", draw(), tuple(f"s{i}" for i in range(g, n_map, groups)), chars)
+        for g in range(groups)
+    ]
+    final = _step("report", "a0", "report", draw(), tuple(p.id for p in partials), chars)
+    return PlanLoad(Plan(agents=agents, steps=(*steps, *partials, final)))
+
+
+def chain_plan(
+    n: int = 200, *, seed: int = 0, latency_scale: float = 1.0, median_ms: float = 100.0, n_agents: int = 4,
+    instruction_chars: int = 0,
+) -> PlanLoad:  # fmt: skip
     """A pipeline of `n` steps, each needing the previous one; `n_agents` agents take turns."""
     draw = LatencyDraw(random.Random(f"chain:{seed}"), median_ms, 0.35, latency_scale)
-    agents = tuple(AgentSpec(id=f"a{i}", role="editor") for i in range(n_agents))
+    chars = instruction_chars
+    agents = tuple(_agent(f"a{i}", "editor", chars) for i in range(n_agents))
     steps = [
-        _step(f"s{i}", f"a{i % n_agents}", "refine", draw(), (f"s{i - 1}",) if i else ()) for i in range(n)
+        _step(f"s{i}", f"a{i % n_agents}", "refine", draw(), (f"s{i - 1}",) if i else (), chars)
+        for i in range(n)
     ]
     return PlanLoad(Plan(agents=agents, steps=tuple(steps)))
 
@@ -151,6 +205,7 @@ def swarm_plan(
     median_ms: float = 1000.0,
     teams: int = 20,
     rounds_per_sync: int = 3,
+    instruction_chars: int = 0,
 ) -> PlanLoad:
     """`n_agents` multi-turn agents over `n_steps` steps, in layers of fan-out and fan-in.
 
@@ -164,13 +219,13 @@ def swarm_plan(
         raise ValueError(f"{n_steps} steps over {n_agents} agents in {teams} teams do not make a swarm plan")
     rng = random.Random(f"swarm:{seed}")
     draw = LatencyDraw(random.Random(f"swarm-latency:{seed}"), median_ms, 0.35, latency_scale)
-    agents = tuple(AgentSpec(id=f"a{i}", role="lead" if i < teams else "analyst") for i in range(n_agents))
+    agents = tuple(_agent(f"a{i}", "lead" if i < teams else "analyst", instruction_chars) for i in range(n_agents))
     team_of = [i % teams for i in range(n_agents)]  # agent i < teams leads team i
     steps: list[StepSpec] = []
 
     def add(agent: int, verb: str, depends_on: tuple[str, ...]) -> str:
         step_id = f"s{len(steps)}"
-        steps.append(_step(step_id, f"a{agent}", verb, draw(), tuple(dict.fromkeys(depends_on))))
+        steps.append(_step(step_id, f"a{agent}", verb, draw(), tuple(dict.fromkeys(depends_on)), instruction_chars))
         return step_id
 
     root = add(0, "scope", ())
@@ -228,28 +283,39 @@ def _scaled(n: int, factor: float, least: int) -> int:
     return max(least, round(n * factor))
 
 
-def build_fanout(seed: int, latency_scale: float, scale_steps: float = 1.0) -> PlanLoad:
+def build_fanout(
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
+) -> PlanLoad:
     """fanout-300: 300 independent steps and a reduce."""
-    return fanout_plan(_scaled(300, scale_steps, 2), seed=seed, latency_scale=latency_scale)
+    n = _scaled(300, scale_steps, 2)
+    return fanout_plan(n, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars)
 
 
-def build_chain(seed: int, latency_scale: float, scale_steps: float = 1.0) -> PlanLoad:
+def build_chain(
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
+) -> PlanLoad:
     """chain-200: a chain of 200 steps."""
-    return chain_plan(_scaled(200, scale_steps, 2), seed=seed, latency_scale=latency_scale)
+    n = _scaled(200, scale_steps, 2)
+    return chain_plan(n, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars)
 
 
-def build_swarm(seed: int, latency_scale: float, scale_steps: float = 1.0) -> PlanLoad:
+def build_swarm(
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
+) -> PlanLoad:
     """swarm-300x4000: 300 agents, 4,000 steps."""
     n_agents = _scaled(300, scale_steps, 20)
-    return swarm_plan(n_agents, max(_scaled(4000, scale_steps, 0), 3 * n_agents + 22), seed=seed, latency_scale=latency_scale)
+    n_steps = max(_scaled(4000, scale_steps, 0), 3 * n_agents + 22)
+    return swarm_plan(n_agents, n_steps, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars)
 
 
-def build_faults(seed: int, latency_scale: float, scale_steps: float = 1.0) -> PlanLoad:
+def build_faults(
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
+) -> PlanLoad:
     """faults-5pct: swarm-300x4000 with 5% of the steps faulty."""
-    return with_faults(build_swarm(seed, latency_scale, scale_steps), 0.05, seed=seed)
+    return with_faults(build_swarm(seed, latency_scale, scale_steps, instruction_chars), 0.05, seed=seed)
 
 
-PlanBuilder = Callable[[int, float, float], PlanLoad]
+PlanBuilder = Callable[[int, float, float, int], PlanLoad]
 PLAN_BUILDERS: dict[str, PlanBuilder] = {
     "fanout-300": build_fanout,
     "chain-200": build_chain,
@@ -266,7 +332,7 @@ PLAN_DESCRIPTIONS = {
 
 def _plan_scenario(name: str) -> ScenarioRun:
     async def run(ctx: ScenarioContext) -> dict[str, Any]:
-        load = PLAN_BUILDERS[name](ctx.seed, ctx.latency_scale, ctx.scale_steps)
+        load = PLAN_BUILDERS[name](ctx.seed, ctx.latency_scale, ctx.scale_steps, ctx.options.instruction_chars)
         return await ctx.run_plan(load)
 
     run.__name__ = run.__qualname__ = name.replace("-", "_")

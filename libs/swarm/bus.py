@@ -389,6 +389,7 @@ class Bus:
                 config=ObjectStoreConfig(
                     bucket=bucket.name,
                     description=bucket.description,
+                    ttl=bucket.ttl_s or None,
                     storage=storage,
                     replicas=self.settings.stream_replicas,
                 )

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from swarm.client import StackNotRunning, SwarmClient
+from swarm.client import MessageTooLarge, StackNotRunning, SwarmClient
 from swarm.contracts import (
     DEFAULT_TENANT,
     TERMINAL_RUN_EVENTS,
@@ -140,10 +140,16 @@ def submit(
     agents: Annotated[int | None, typer.Option(help="Preferred number of sub-agents.")] = None,
     policy: Annotated[RunPolicy, typer.Option(help="Failure policy.")] = RunPolicy.FAIL_FAST,
     tenant: Annotated[str, typer.Option(help="Tenant.")] = DEFAULT_TENANT,
+    priority: Annotated[
+        int, typer.Option(min=-10, max=10, help="Scheduling priority: a higher one is dispatched first (-10..10).")
+    ] = 0,
     follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Show progress and the answer.")] = False,
     nats_url: UrlOption = None,
 ) -> None:
-    """Submit a task; with --follow, show its progress, then the answer and a run summary."""
+    """Submit a task; with --follow, show its progress, then the answer and a run summary.
+
+    A plan of any size may be given: one too large for a message is sent by reference (the plans store).
+    """
     try:
         if file is not None:
             goal = file.read_text()
@@ -154,18 +160,22 @@ def submit(
         raise fail(f"invalid plan in {plan_file}: {exc.errors()[0]['msg']}", 2) from exc
     if plan is None and (goal is None or not goal.strip()):
         raise fail("the task is empty: give a goal, --file or --plan", 2)
-    asyncio.run(_submit(goal, plan, pattern, agents, policy, tenant, follow, nats_settings(nats_url)))
+    asyncio.run(_submit(goal, plan, pattern, agents, policy, tenant, priority, follow, nats_settings(nats_url)))
 
 
 async def _submit(
     goal: str | None, plan: Plan | None, pattern: PlanPattern | None, agents: int | None,
-    policy: RunPolicy, tenant: str, follow: bool, settings: NatsSettings,
+    policy: RunPolicy, tenant: str, priority: int, follow: bool, settings: NatsSettings,
 ) -> None:  # fmt: skip
     async with connected(settings) as client:
         try:
-            run_id = await client.submit(goal, plan=plan, pattern=pattern, n_agents=agents, policy=policy, tenant=tenant)
+            run_id = await client.submit(
+                goal, plan=plan, pattern=pattern, n_agents=agents, policy=policy, tenant=tenant, priority=priority
+            )
         except StackNotRunning as exc:
             raise fail(str(exc)) from exc
+        except MessageTooLarge as exc:
+            raise fail(str(exc), 2) from exc
         console.print(f"Submitted run [bold]{run_id}[/]")
         if follow:
             await _follow(client, run_id, tenant)
@@ -199,11 +209,10 @@ async def _follow(client: SwarmClient, run_id: str, tenant: str) -> None:
             if event.kind == "planned":
                 how = f", asked as {event.llm_schema}" if event.llm_schema else ""
                 note = f" ({event.note})" if event.note else ""
-                live.console.print(
-                    f"Planned: {len(event.plan.agents)} agents, {len(event.plan.steps)} steps, "
-                    f"from {event.source.value}{how}{note}"
-                )
-                progress.update(bar, description="running steps", total=len(event.plan.steps), completed=0)
+                n_agents = len(event.plan.agents) if event.plan else event.agents_count
+                n_steps = len(event.plan.steps) if event.plan else event.steps_count
+                live.console.print(f"Planned: {n_agents} agents, {n_steps} steps, from {event.source.value}{how}{note}")
+                progress.update(bar, description="running steps", total=n_steps, completed=0)
             elif event.kind in ("progress", "executed"):
                 progress.update(bar, total=view.steps_total, completed=view.steps_done)
                 if event.kind == "executed":
@@ -332,6 +341,9 @@ def loadtest(
     scale_steps: Annotated[float, typer.Option(min=0.001, max=1.0, help="Shrink the scenario (smoke tests).")] = 1.0,
     timeout_s: Annotated[float, typer.Option(min=1, help="Give up on a run after this many seconds.")] = 600.0,
     floor: Annotated[bool, typer.Option("--floor/--no-floor", help="Measure the raw JetStream round trip.")] = True,
+    instruction_chars: Annotated[
+        int, typer.Option(min=0, max=8000, help="Characters of every agent's and step's instructions (0: one word).")
+    ] = 300,
 ) -> None:
     """Drive the real services (sim backend) with a scenario; a table of figures, and JSON with --json."""
     from loadtest.runner import LoadtestError, LoadtestOptions, failed_targets, report_table, run_loadtest
@@ -339,7 +351,7 @@ def loadtest(
     options = LoadtestOptions(
         scenario=scenario, latency_scale=latency_scale, runs=runs, seed=seed, nats_url=nats_url, home=home,
         workers=workers, worker_concurrency=worker_concurrency, scale_steps=scale_steps, run_timeout_s=timeout_s,
-        floor=floor,
+        floor=floor, instruction_chars=instruction_chars,
     )  # fmt: skip
     try:
         report = run_loadtest(options, console)

@@ -17,9 +17,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
-from swarm.bus import Bus, identity_options
+from swarm.bus import MAX_INLINE_BYTES, Bus, identity_options
 from swarm.contracts import (
     DEFAULT_TENANT,
+    PLAN_INLINE_MAX_BYTES,
     RUN_INDEX_BUCKET,
     RUNS,
     TERMINAL_RUN_EVENTS,
@@ -27,6 +28,7 @@ from swarm.contracts import (
     PlanPattern,
     RunCancelRequested,
     RunEvent,
+    RunPlanned,
     RunPolicy,
     RunRecord,
     StepEvent,
@@ -34,6 +36,7 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
 )
+from swarm.payloads import PlanStore, PlanUnavailable, plan_bytes
 from swarm.settings import NatsSettings
 
 RUN_EVENT = TypeAdapter(RunEvent)
@@ -43,6 +46,10 @@ WATCH_HEARTBEAT_S = 2.0  # a run watcher missing three heartbeats re-creates its
 
 class StackNotRunning(RuntimeError):
     """Nothing answers at the NATS URL, or the swarm streams are missing."""
+
+
+class MessageTooLarge(ValueError):
+    """A message over what NATS carries, even with its plan sent by reference (e.g. a huge goal or labels)."""
 
 
 async def read_step_events(js: JetStreamContext, run_id: str, idle_s: float = 1.0) -> list[StepEvent]:
@@ -98,6 +105,7 @@ class SwarmClient:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        self.plans = PlanStore(bus.js)
 
     @classmethod
     async def connect(
@@ -160,12 +168,35 @@ class SwarmClient:
         return await self.submit_task(task)
 
     async def submit_task(self, task: TaskSubmission) -> str:
-        """Publish a task; the run id doubles as the idempotency key."""
+        """Publish a task; the run id doubles as the idempotency key.
+
+        A plan over PLAN_INLINE_MAX_BYTES of JSON is stored in the plans object store first and sent as a
+        `plan_ref`; a message still too large raises MessageTooLarge (never a publish traceback).
+        """
         try:
-            await self.bus.publish(Subjects.task(task.tenant), task, msg_id=task.run_id)
-        except (nats.errors.NoRespondersError, NoStreamResponseError) as exc:
-            raise StackNotRunning("the TASKS stream does not exist: is the stack up (`swarm up`)?") from exc
+            if task.plan is not None and len(plan_bytes(task.plan)) > PLAN_INLINE_MAX_BYTES:
+                task = task.model_copy(update={"plan": None, "plan_ref": await self.plans.put(task.plan)})
+            payload = task.model_dump_json().encode()
+            if len(payload) > MAX_INLINE_BYTES:
+                raise MessageTooLarge(
+                    f"the task is {len(payload):,} bytes, over the {MAX_INLINE_BYTES:,} a message may carry "
+                    "(its plan travels by reference already: shorten the goal or the labels)"
+                )
+            await self.bus.publish_bytes(Subjects.task(task.tenant), payload, {"Nats-Msg-Id": task.run_id})
+        except (nats.errors.NoRespondersError, NoStreamResponseError, NotFoundError) as exc:
+            raise StackNotRunning("the TASKS stream or the plans store does not exist: is the stack up (`swarm up`)?") from exc
+        except nats.errors.MaxPayloadError as exc:  # a server configured with a max_payload under ours
+            raise MessageTooLarge(f"the NATS server refuses a message this large: {exc}") from exc
         return task.run_id
+
+    async def resolved(self, event: RunEvent) -> RunEvent:
+        """A run event with a plan by reference made inline (other events as they are)."""
+        if isinstance(event, RunPlanned) and event.plan is None:
+            try:
+                return await self.plans.resolved(event)
+            except PlanUnavailable as exc:
+                log.warning("run %s: the plan could not be read: %s", event.run_id, exc)
+        return event
 
     async def events(self, run_id: str, tenant: str = DEFAULT_TENANT) -> AsyncIterator[RunEvent]:
         """Every lifecycle event of the run from its start, until a terminal one.
@@ -195,7 +226,7 @@ class SwarmClient:
                 event = parse_run_event(msg.subject, msg.data, run_id)
                 if event is None:
                     continue
-                yield event
+                yield await self.resolved(event)
                 if event.kind in TERMINAL_RUN_EVENTS:
                     return
         finally:

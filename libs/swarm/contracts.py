@@ -138,6 +138,11 @@ OUTPUTS_BUCKET = BucketSpec(name="swarm_outputs", description="Step outputs, key
 PAYLOADS_STORE = BucketSpec(
     name="swarm_payloads", kind="object", description="Payloads too large for a message, by reference."
 )
+# Its own store: tenants write plans here, and must not be able to touch the services' payloads.
+PLANS_STORE = BucketSpec(
+    name="swarm_plans", kind="object", ttl_s=7 * 24 * 3600.0,
+    description="Plans too large to travel inline, by reference: object 'plan-sha256-<hex digest>'.",
+)  # fmt: skip
 DISPATCHER_LEASES_BUCKET = BucketSpec(
     name="swarm_dispatcher_leases", ttl_s=6.0,
     description="Which dispatcher replica owns which results partition; entries expire unless renewed.",
@@ -147,6 +152,7 @@ SCRATCHPAD_BUCKET = BucketSpec(
 )
 ALL_BUCKETS = (
     RUN_STATE_BUCKET, RUN_INDEX_BUCKET, OUTPUTS_BUCKET, PAYLOADS_STORE, DISPATCHER_LEASES_BUCKET, SCRATCHPAD_BUCKET,
+    PLANS_STORE,
 )  # fmt: skip
 
 # Durable consumer names, one place for each.
@@ -331,6 +337,30 @@ class Plan(Contract):
     pattern: PlanPattern | None = Field(default=None, description="The template the plan follows, if any.")
 
 
+# A plan whose JSON is larger travels by reference (PlanRef): the SDK stores it in PLANS_STORE, and the
+# planner does the same for the RunPlanned event. A quarter of the message limit: RunPlanned is read by
+# every follower of a run, and the rest of the envelope (goal, labels) must still fit.
+PLAN_INLINE_MAX_BYTES = 256 * 1024
+PLAN_REF_MAX_BYTES = 64 * 1024 * 1024  # what a referenced plan may weigh (4,000 steps of 16,000 chars fit)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def plan_object_name(sha256: str) -> str:
+    """The name of a plan's object in PLANS_STORE: its content digest, so a reference cannot be ambiguous."""
+    return f"plan-sha256-{sha256}"
+
+
+class PlanRef(Contract):
+    """A plan stored in the object store instead of travelling inline: found by its digest, checked by it."""
+
+    sha256: str = Field(
+        pattern=SHA256_PATTERN,
+        description="Hex SHA-256 of the plan's JSON bytes, which are the object 'plan-sha256-<sha256>' of the "
+        "object store 'swarm_plans'. Readers check the digest: an object that does not match is refused.",
+    )
+    size: int = Field(ge=1, le=PLAN_REF_MAX_BYTES, description="Length of the plan's JSON in bytes.")
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -350,6 +380,7 @@ class TaskSubmission(Contract):
             "anyOf": [
                 {"required": ["goal"], "properties": {"goal": {"type": "string"}}},
                 {"required": ["plan"], "properties": {"plan": {"type": "object"}}},
+                {"required": ["plan_ref"], "properties": {"plan_ref": {"type": "object"}}},
             ]
         }
     )
@@ -368,6 +399,11 @@ class TaskSubmission(Contract):
         description="What the swarm must achieve (decomposed by the planner); not blank.",
     )
     plan: Plan | None = Field(default=None, description="An explicit plan; when given, the planner only validates it.")
+    plan_ref: PlanRef | None = Field(
+        default=None,
+        description="An explicit plan stored in the object store (for plans over 256 KiB of JSON); "
+        "instead of `plan`, never with it.",
+    )
     pattern: PlanPattern | None = Field(default=None, description="Ask the planner for this pattern template.")
     n_agents: int | None = Field(
         default=None, ge=1, le=PLAN_MAX_AGENTS, description="Preferred number of sub-agents."
@@ -385,8 +421,10 @@ class TaskSubmission(Contract):
 
     @model_validator(mode="after")
     def _goal_or_plan(self) -> TaskSubmission:
-        if self.goal is None and self.plan is None:
+        if self.goal is None and self.plan is None and self.plan_ref is None:
             raise ValueError("a task needs a goal or a plan")
+        if self.plan is not None and self.plan_ref is not None:
+            raise ValueError("a task has a plan or a plan_ref, not both")
         return self
 
 
@@ -525,6 +563,8 @@ class RejectionCode(StrEnum):
     CYCLE = "cycle"
     LIMIT = "limit"
     TOO_LARGE = "too_large"
+    # A plan_ref that names no stored plan, or one whose size or digest does not match.
+    PLAN_UNAVAILABLE = "plan_unavailable"
     # No plan could be made for a goal (a planner-side failure, not the client's).
     PLAN_FAILED = "plan_failed"
     INVALID = "invalid"
@@ -559,9 +599,20 @@ class RunRejected(RunEventBase):
 class RunPlanned(RunEventBase):
     """The planner produced a validated plan; the dispatcher takes it from here."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["plan"]}, {"required": ["plan_ref"]}]}
+    )
+
     kind: Literal["planned"] = Field("planned", description="Event kind, also the last subject token.")
     goal: str = Field(description="The goal (or a description of the explicit plan).")
-    plan: Plan = Field(description="The validated plan.")
+    plan: Plan | None = Field(
+        default=None, description="The validated plan, when its JSON fits 256 KiB; else `plan_ref` names it."
+    )
+    plan_ref: PlanRef | None = Field(
+        default=None, description="Where the validated plan is stored, when it is too large to travel inline."
+    )
+    agents_count: int = Field(default=0, ge=0, description="Agents in the plan (known without reading it).")
+    steps_count: int = Field(default=0, ge=0, description="Steps in the plan (known without reading it).")
     source: PlanSource = Field(description="Where the plan came from.")
     note: str = Field(default="", description="Why a template was used, when it was.")
     llm_schema: Literal["sub-questions", "full-plan"] | None = Field(
@@ -573,6 +624,12 @@ class RunPlanned(RunEventBase):
     policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy.")
     quorum: float = Field(default=0.95, description="Quorum fraction for the quorum policy.")
     submitted_at: datetime = Field(description="When the task was submitted.")
+
+    @model_validator(mode="after")
+    def _plan_or_ref(self) -> RunPlanned:
+        if self.plan is None and self.plan_ref is None:
+            raise ValueError("a planned run has a plan or a plan_ref")
+        return self
 
 
 class RunProgress(RunEventBase):

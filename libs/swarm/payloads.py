@@ -1,4 +1,4 @@
-"""Values of any size in a KV bucket: inline when they fit a message, by reference to the object store when not.
+"""Values of any size in a KV bucket, and plans of any size: inline when they fit a message, by reference when not.
 
 A value over the inline limit goes to the object store (`PAYLOADS_STORE`) under the KV key, and the KV
 entry holds a small marker, ``{"$ref":"obj://swarm_payloads/<name>","size":N}``. A value that merely
@@ -8,13 +8,26 @@ readers need no header and no second round trip unless the value really is elsew
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js import JetStreamContext
+from nats.js.errors import BadObjectMetaError, KeyNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
+from pydantic import ValidationError
 
 from swarm.bus import MAX_INLINE_BYTES, Bus
-from swarm.contracts import OUTPUTS_BUCKET, PAYLOADS_STORE, BucketSpec
+from swarm.contracts import (
+    OUTPUTS_BUCKET,
+    PAYLOADS_STORE,
+    PLANS_STORE,
+    BucketSpec,
+    Plan,
+    PlanRef,
+    RunPlanned,
+    plan_object_name,
+)
 
 REF_PREFIX = b'{"$ref":"obj://'
 
@@ -108,3 +121,107 @@ class Payloads:
 async def resolve(bus: Bus, value: bytes) -> bytes:
     """The full value of a KV entry read elsewhere (e.g. the aggregator's reads of sink outputs)."""
     return await Payloads(bus).resolve(value) if is_ref(value) else value
+
+
+# --------------------------------------------------------------------------- plans by reference
+
+
+class PlanUnavailable(LookupError):
+    """A plan reference that cannot be honoured: no such object, a digest or size that does not match, or not a plan."""
+
+
+def plan_bytes(plan: Plan) -> bytes:
+    """The JSON a plan is stored and digested as."""
+    return plan.model_dump_json().encode()
+
+
+def plan_ref_of(data: bytes) -> PlanRef:
+    """The reference of a plan's JSON bytes."""
+    return PlanRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+class PlanStore:
+    """Plans too large for a message, in PLANS_STORE under their digest; each read once per process, then cached.
+
+    The one place plans are stored and resolved: the SDK, the planner, the dispatcher (and its checkpoint
+    restore) and the recorder all go through it.
+    """
+
+    def __init__(self, js: JetStreamContext, cache_size: int = 32) -> None:
+        self.js = js
+        self._cache: OrderedDict[str, Plan] = OrderedDict()
+        self._cache_size = cache_size
+        self._store: ObjectStore | None = None
+
+    async def put(self, plan: Plan) -> PlanRef:
+        """Store a plan (idempotent: the same plan is the same object) and return its reference."""
+        data = plan_bytes(plan)
+        ref = plan_ref_of(data)
+        store = await self._objects()
+        name = plan_object_name(ref.sha256)
+        try:
+            info = await store.get_info(name)
+            if info.size == ref.size:
+                self._remember(ref, plan)
+                return ref  # already there: a retried submission, or the same plan again
+        except NotFoundError:
+            pass
+        await store.put(name, data)
+        self._remember(ref, plan)
+        return ref
+
+    async def get(self, ref: PlanRef) -> Plan:
+        """The plan a reference names, its size and digest checked; raises PlanUnavailable."""
+        cached = self._cache.get(ref.sha256)
+        if cached is not None:
+            self._cache.move_to_end(ref.sha256)
+            return cached
+        data = await self.get_bytes(ref)
+        try:
+            plan = Plan.model_validate_json(data)
+        except ValidationError as exc:
+            raise PlanUnavailable(f"the object of plan {ref.sha256[:12]}… is not a plan: {exc}") from exc
+        self._remember(ref, plan)
+        return plan
+
+    async def get_bytes(self, ref: PlanRef) -> bytes:
+        """The stored JSON of a plan, its size and digest checked (the planner validates it like an inline plan)."""
+        name = plan_object_name(ref.sha256)
+        store = await self._objects()
+        try:
+            info = await store.get_info(name)
+        except (NotFoundError, BadObjectMetaError) as exc:
+            raise PlanUnavailable(f"no plan {name} in the object store {PLANS_STORE.name}") from exc
+        if info.size != ref.size:  # checked before reading: a reference cannot make us read 1 GB
+            raise PlanUnavailable(f"plan {name} is {info.size} bytes, not the {ref.size} its reference says")
+        try:
+            data = (await store.get(name)).data or b""
+        except NotFoundError as exc:
+            raise PlanUnavailable(f"no plan {name} in the object store {PLANS_STORE.name}") from exc
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PlanUnavailable(f"plan {name} does not match its digest (replaced or corrupted)")
+        return data
+
+    async def plan_of(self, planned: RunPlanned) -> Plan:
+        """The plan of a planned run, inline or by reference."""
+        if planned.plan is not None:
+            return planned.plan
+        assert planned.plan_ref is not None  # RunPlanned guarantees one of them
+        return await self.get(planned.plan_ref)
+
+    async def resolved(self, planned: RunPlanned) -> RunPlanned:
+        """The planned run with its plan inline (in memory only: what goes on the wire keeps the reference)."""
+        if planned.plan is not None:
+            return planned
+        return planned.model_copy(update={"plan": await self.plan_of(planned)})
+
+    def _remember(self, ref: PlanRef, plan: Plan) -> None:
+        self._cache[ref.sha256] = plan
+        self._cache.move_to_end(ref.sha256)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _objects(self) -> ObjectStore:
+        if self._store is None:
+            self._store = await self.js.object_store(PLANS_STORE.name)
+        return self._store

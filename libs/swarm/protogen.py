@@ -300,6 +300,8 @@ REJECTION_RULES: dict[RejectionCode, str] = {
     RejectionCode.LIMIT: "Over a limit the operator set lower than the schema's (`SWARM_PLANNER_MAX_AGENTS`, "
     "`_MAX_STEPS`, `_MAX_DEPENDS_ON`).",
     RejectionCode.TOO_LARGE: f"The planned run (RunPlanned) would be over {MAX_INLINE_BYTES:,} bytes of JSON.",
+    RejectionCode.PLAN_UNAVAILABLE: "`plan_ref` names no object of the plans store, or one whose size or SHA-256 "
+    "differs (path `/plan_ref`).",
     RejectionCode.PLAN_FAILED: "No plan could be made for the goal (path ''); the planner's side, not the task's.",
     RejectionCode.INVALID: "Anything else the model refuses (the message says what).",
 }
@@ -357,11 +359,37 @@ The rules:
   the subject's); when given, it must be the same. Events, a rejection included, are published under the
   subject's tenant.
 - **A goal or a plan.** A non-blank `goal` (the planner decomposes it), or an explicit `plan` (agents and a step
-  DAG, only validated), or both (the goal is then the plan's description).
+  DAG, only validated) — or its `plan_ref` when it is large (below) — or both (the goal is then the plan's
+  description).
 - **Times** carry an offset: `submitted_at` is an RFC 3339 date-time such as `2025-01-01T00:00:00Z` or
   `...+02:00`. A time without one is rejected (code `format`), never guessed. It is recorded with the run.
 - Everything a JSON Schema can say (types, lengths, counts, patterns, formats) is in the schema, and the
   planner checks a task against that very schema first, so a local validation predicts its verdict.
+
+## Plans too large for a message: by reference
+
+A plan whose JSON is over {contracts.PLAN_INLINE_MAX_BYTES:,} bytes (a 300-agent, 4,000-step plan with 300-character
+instructions is about 2 MB; NATS carries 1 MiB) goes through the object store `{contracts.PLANS_STORE.name}` instead:
+
+1. Serialize the plan (a JSON object valid as `plan` in the TaskSubmission schema) to bytes, and take their
+   SHA-256 as lower-case hex.
+2. Put those bytes into the object store `{contracts.PLANS_STORE.name}` under the name `plan-sha256-<hex>` (any
+   client with JetStream object stores: nats.py `js.object_store("{contracts.PLANS_STORE.name}").put(name, data)`,
+   nats.js v3 `await new Objm(nc).open("{contracts.PLANS_STORE.name}")` (package `@nats-io/obj`) then
+   `os.putBlob({{name}}, data)`, Go `js.ObjectStore(ctx, "{contracts.PLANS_STORE.name}")` then `PutBytes`).
+3. Submit the task with `"plan_ref": {{"sha256": "<hex>", "size": <byte count>}}` instead of `plan`.
+
+```json
+{{"v": {CONTRACT_VERSION}, "run_id": "r-0002", "plan_ref": {{"sha256": "9f86d0…", "size": 2045113}}}}
+```
+
+The planner reads the object once, checks its size and digest, and validates it exactly as an inline plan
+(its reasons point under `/plan`, as if it had been sent inline). A reference to a missing object, or to one
+whose size or digest differs, is rejected with code `plan_unavailable` at `/plan_ref`. Objects expire after
+{_days(contracts.PLANS_STORE.ttl_s)}. Likewise the `planned` event (`RunPlanned`) of a plan over that size carries
+`plan_ref` (and `agents_count`, `steps_count`) instead of `plan`: a follower that needs the steps reads the
+object the same way, and checks the digest. The Python SDK (`SwarmClient.submit`, `swarm submit --plan`) does
+all of this by itself.
 
 ## Duplicates and reused run ids
 
@@ -407,7 +435,9 @@ logs it). It carries `error` (every reason in words, on one line) and `reasons`:
 | what | limit | broken: code |
 |---|---|---|
 | one message (any) | the NATS server's `max_payload`, 1 MiB by default | the publish itself fails |
-| the planned run (`RunPlanned`, the plan as JSON) | {MAX_INLINE_BYTES:,} bytes | `too_large` |
+| a plan inline (`plan`, as JSON) | {contracts.PLAN_INLINE_MAX_BYTES:,} bytes advised; over it, send `plan_ref` | the publish fails near 1 MiB |
+| a plan by reference (`plan_ref.size`) | {contracts.PLAN_REF_MAX_BYTES:,} bytes | `maximum` |
+| the planned run (`RunPlanned`, with its plan by reference when large) | {MAX_INLINE_BYTES:,} bytes | `too_large` |
 | agents / steps of a plan | {contracts.PLAN_MAX_AGENTS} / {contracts.PLAN_MAX_STEPS} (`maxItems`) | `maxItems`, or `limit` below that |
 | `depends_on` of one step | {contracts.STEP_MAX_DEPENDS_ON} | `maxItems`, or `limit` below that |
 | `goal`, `instruction`, `instructions`, `role` | 32,000 / 16,000 / 8,000 / 200 characters | `maxLength` |

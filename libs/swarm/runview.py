@@ -73,6 +73,9 @@ class RunView:
 
     def _plan(self, event: RunPlanned, now: float) -> None:
         self.status, self.goal = "running", event.goal
+        if event.plan is None:  # by reference, and not resolved (SwarmClient.events resolves it): counts only
+            self.steps_total = max(self.steps_total, event.steps_count)
+            return
         self.steps_total = max(self.steps_total, len(event.plan.steps))
         self.agents = {a.id: a.role for a in event.plan.agents}
         self.steps = {s.id: s for s in event.plan.steps}

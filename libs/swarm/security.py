@@ -50,6 +50,7 @@ from swarm.contracts import (
     OUTPUTS_BUCKET,
     PAYLOADS_STORE,
     PLANNER_CONSUMER,
+    PLANS_STORE,
     RECORDER_CONSUMER,
     RECORDER_RUNS_CONSUMER,
     RESULT_PARTITIONS,
@@ -180,6 +181,10 @@ class Grants:
             f"$O.{store.name}.>", f"{JS_API}.STREAM.PURGE.{_bucket_stream(store)}"
         )
 
+    def objects_upload(self, store: BucketSpec) -> Grants:
+        """Object put of new objects only (no purge: a client must not be able to empty a shared store)."""
+        return self.objects_read(store).pub(f"$O.{store.name}.>")
+
     def answer_requests(self) -> Grants:
         """Publish replies to the requests it receives (whatever their reply subject)."""
         self.responses = True
@@ -209,6 +214,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         .durable(TASKS, PLANNER_CONSUMER)
         .pub(Subjects.run_kind_all("planned"), Subjects.run_kind_all("rejected"), Subjects.INFER)
         .kv_write(RUN_INDEX_BUCKET)
+        .objects_write(PLANS_STORE)  # plans by reference: read the client's, store the planned run's
     )
     dispatcher = _service("dispatcher").durable(RUNS, DISPATCHER_PLANS_CONSUMER).read_stream(RUNS)
     for partition in range(RESULT_PARTITIONS):
@@ -217,7 +223,9 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         *(Subjects.steps(pool) for pool in pools),
         Subjects.step_event("*"), Subjects.step_event_batch("*"),
         *(Subjects.run_kind_all(kind) for kind in ("progress", "executed", "failed", "cancelled")),
-    ).kv_write(RUN_STATE_BUCKET).kv_write(RUN_INDEX_BUCKET).kv_write(DISPATCHER_LEASES_BUCKET)  # fmt: skip
+    ).kv_write(RUN_STATE_BUCKET).kv_write(RUN_INDEX_BUCKET).kv_write(DISPATCHER_LEASES_BUCKET).objects_read(
+        PLANS_STORE
+    )  # fmt: skip
     worker = _service("worker")
     for pool in pools:
         worker.durable(STEPS, f"{WORKERS_CONSUMER_PREFIX}-{pool}")
@@ -248,6 +256,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         .durable(EVENTS, RECORDER_CONSUMER)
         .durable(RUNS, RECORDER_RUNS_CONSUMER)
         .sub(Subjects.RECORDER_QUERY)
+        .objects_read(PLANS_STORE)  # a plan by reference: its DAG goes to plan_steps
     )
     grants = {
         "planner": planner, "dispatcher": dispatcher, "worker": worker,
@@ -270,6 +279,8 @@ def tenant_permissions(tenant: str) -> Permissions:
             # the server refuses a request whose body filters anything else than its subject names.
             f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.run_all(tenant, '*')}",
         )
+        # Plans too large for a message (swarm.payloads.PlanStore); readers check each object's digest.
+        .objects_upload(PLANS_STORE)
         .sub(f"{inbox_prefix(user)}.>")
         # Flow-control requests of its ordered consumer arrive with a reply subject it must answer.
         .answer_requests()

@@ -59,6 +59,7 @@ from swarm.contracts import (
     utc_now,
 )
 from swarm.dag import PlanError, PlanLimits
+from swarm.payloads import PlanStore, PlanUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ PLANS_CONSUMER = ConsumerSpec(
     ack_wait_s=60.0,
 )
 EVENTS_PER_BATCH = 500
+PLAN_HANDOFF_DELAY_S = 0.05  # a plan of a partition we do not own goes back to the queue for its owner
 FINISHED_RUNS_KEPT = 100_000
 RUNNING_MARKER_PREFIX = "running"
 LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
@@ -113,7 +115,8 @@ class Dispatcher:
         self.settings = settings
         self.retry = RetryPolicy(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
         self.limits = PlanLimits(max_agents=settings.max_agents, max_steps=settings.max_steps)
-        self.scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant)
+        self.scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant, settings.tenant_weights)
+        self.plans = PlanStore(bus.js)  # plans by reference, read once per run and cached
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.runs: dict[str, RunState] = {}
         self.revisions: dict[str, int] = {}  # run -> revision of its checkpoint we last wrote or read
@@ -136,7 +139,12 @@ class Dispatcher:
         kind = msg.subject.rsplit(".", 1)[-1]
         async with self._lock:
             if kind == "planned":
-                await self._start(RunPlanned.model_validate_json(msg.data))
+                planned = RunPlanned.model_validate_json(msg.data)
+                if not self._owns(planned.run_id):
+                    # The owner of its results partition starts it: the replica that dispatches a run's steps
+                    # is the one that counts them against its share of the caps (see scheduling.py).
+                    raise Retry(f"run {planned.run_id} is another replica's to start", delay_s=PLAN_HANDOFF_DELAY_S)
+                await self._start(planned)
             elif kind == "cancel":
                 request = RunCancelRequested.model_validate_json(msg.data)
                 # NATS permissions guard the subject, not the body: a tenant may only cancel its own runs.
@@ -149,6 +157,11 @@ class Dispatcher:
             return
         if await self._load(planned.run_id) is not None or planned.run_id in self.finished:
             return  # a redelivered plan: the run is under way or over
+        try:
+            planned = await self.plans.resolved(planned)  # after the checks: an old run's plan may be gone
+        except PlanUnavailable as exc:
+            await self._refuse(planned, f"plan unavailable: {exc}")
+            raise Reject(f"run {planned.run_id}: {exc}") from exc
         try:
             run = RunState(planned, self.settings.max_in_flight_per_run, self.retry, self.limits)
         except PlanError as exc:
@@ -171,7 +184,8 @@ class Dispatcher:
         await self.bus.publish(subject, failed, f"{planned.run_id}.failed")
         record = RunRecord(
             run_id=planned.run_id, tenant=planned.tenant, status=RunStatus.FAILED, goal=planned.goal[:200],
-            steps_total=len(planned.plan.steps), agents_count=len(planned.plan.agents),
+            steps_total=len(planned.plan.steps) if planned.plan else planned.steps_count,
+            agents_count=len(planned.plan.agents) if planned.plan else planned.agents_count,
             submitted_at=planned.submitted_at, error=error,
         )  # fmt: skip
         await (await self.bus.kv(RUN_INDEX_BUCKET)).put(planned.run_id, record.model_dump_json().encode())
@@ -229,6 +243,7 @@ class Dispatcher:
         Kept short (the loops stop at once, together): the next renewal must come well within the TTL.
         """
         assert self.leases is not None
+        self.scheduler.replicas = self.leases.members  # the caps are global: each replica holds its share
         leaving = changes.lost | changes.surplus
         if leaving:
             await self._stop_partitions(leaving)
@@ -652,7 +667,7 @@ class Dispatcher:
         except NotFoundError:
             log.warning("run %s has a checkpoint but no planned event yet", run_id)
             return None
-        planned = RunPlanned.model_validate_json(raw.data or b"")
+        planned = await self.plans.resolved(RunPlanned.model_validate_json(raw.data or b""))
         run = RunState.restore(planned, checkpoint, self.settings.max_in_flight_per_run, self.retry, self.limits)
         self.runs[run_id] = run
         # What the previous owner finished but had not reported yet is lost with it: report every finished step.

@@ -40,6 +40,7 @@ class PartitionLeases:
         self.instance_id = instance_id
         self.partitions = partitions
         self.owned: dict[int, int] = {}  # partition -> revision of our lease
+        self.members = 1  # live replicas at the last renewal (the scheduler splits the global caps by it)
 
     async def renew(self) -> LeaseChanges:
         """Renew our leases and acquire free partitions up to our share; surplus is named, not released."""
@@ -48,7 +49,7 @@ class PartitionLeases:
             keys = await self.kv.keys()
         except NoKeysError:
             keys = []
-        members = max(1, sum(1 for k in keys if k.startswith(MEMBER_PREFIX)))
+        members = self.members = max(1, sum(1 for k in keys if k.startswith(MEMBER_PREFIX)))
         share = math.ceil(self.partitions / members)
         changes = LeaseChanges()
         for partition, revision in list(self.owned.items()):

@@ -16,8 +16,20 @@ class DispatcherSettings(BaseSettings):
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
     pool: str = Field(DEFAULT_POOL, description="Worker pool that receives the steps.")
-    max_in_flight: int = Field(1024, ge=1, description="Steps queued or running at once, over all runs.")
-    max_in_flight_per_tenant: int = Field(1024, ge=1, description="Steps of one tenant queued or running at once.")
+    max_in_flight: int = Field(
+        144,
+        ge=1,
+        description="Steps queued or running at once, over all runs and all dispatcher replicas: the worker pool's "
+        "capacity (workers x SWARM_WORKER_CONCURRENCY) plus ~1/8 headroom (default: the local stack's 2 x 64). "
+        "Ready steps beyond it wait in the dispatcher, in fair-share order, not in the first-in first-out queue.",
+    )
+    max_in_flight_per_tenant: int = Field(
+        1024, ge=1, description="Steps of one tenant queued or running at once, over all dispatcher replicas."
+    )
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description='Fair-share weight per tenant, JSON (e.g. {"acme": 2}); a tenant not named weighs 1.',
+    )
     max_in_flight_per_run: int = Field(1024, ge=1, description="Steps of one run queued or running at once.")
     max_agents: int = Field(300, ge=1, description="Agents a run may have, spawned ones included.")
     max_steps: int = Field(4000, ge=1, description="Steps a run may have, spawned ones included.")

@@ -127,6 +127,7 @@ class RunState:
         limits: PlanLimits | None = None,
     ) -> None:
         self.limits = limits or PlanLimits()
+        assert planned.plan is not None, "a plan by reference is resolved (swarm.payloads.PlanStore) first"
         # Re-validated here: a RunPlanned is a message like any other, and a bad one must not wedge us.
         validate_plan(planned.plan, self.limits)
         topological_order({s.id: s.depends_on for s in planned.plan.steps})

@@ -17,11 +17,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from services.planner.intake import TaskRejected, describe, parse_task, plan_reason, reason
+from services.planner.intake import TaskRejected, describe, parse_task, plan_reason, reason, resolve_plan_ref
 from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task, truncate
 from services.planner.settings import PlannerSettings
 from swarm.bus import MAX_INLINE_BYTES, Bus, ConsumerSpec, Reject, Retry, settle
 from swarm.contracts import (
+    PLAN_INLINE_MAX_BYTES,
     PLANNER_CONSUMER,
     RUN_INDEX_BUCKET,
     TASKS,
@@ -38,6 +39,7 @@ from swarm.contracts import (
 )
 from swarm.dag import PlanError
 from swarm.inference import InferenceClient
+from swarm.payloads import PlanStore, plan_bytes
 from swarm.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Planner:
         self.settings = settings
         self.bus = bus
         self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
+        self.plans = PlanStore(bus.js)
         self.counts = {"planned": 0, "rejected": 0, "template_fallbacks": 0, "skipped": 0}
         # The gateway's backend, as its replies name it: what model_capability 'auto' goes by. Until the first
         # reply it is unknown, and the small-model schema (which any model can fill) is used.
@@ -107,6 +110,9 @@ class Planner:
         index = await self.bus.kv(RUN_INDEX_BUCKET)
         try:
             task = parse_task(msg.data, msg.subject, msg.headers)
+            if task.plan_ref is not None and await self._already_handled(index, task.run_id):
+                return  # checked first: a plan read again for a redelivery could be gone by now
+            task = await resolve_plan_ref(task, self.plans)
         except TaskRejected as exc:
             if await self._already_handled(index, exc.run_id):
                 raise Reject(f"malformed task for known run {exc.run_id}: {exc.error}") from exc
@@ -123,6 +129,8 @@ class Planner:
             await self._reject(index, task.run_id, task.tenant, (why,), goal=goal_of(task), task=task)
             raise Reject(describe((why,))) from exc
         event = planned_event(task, outcome)
+        if len(plan_bytes(outcome.plan)) > PLAN_INLINE_MAX_BYTES:
+            event = event.model_copy(update={"plan": None, "plan_ref": await self.plans.put(outcome.plan)})
         payload = event.model_dump_json().encode()
         if len(payload) > MAX_INLINE_BYTES:
             # Deterministic: retrying cannot make it fit, so the run is rejected rather than redelivered.
@@ -223,6 +231,8 @@ def planned_event(task: TaskSubmission, outcome: PlanOutcome) -> RunPlanned:
         tenant=task.tenant,
         goal=goal_of(task),
         plan=outcome.plan,
+        agents_count=len(outcome.plan.agents),
+        steps_count=len(outcome.plan.steps),
         source=outcome.source,
         note=outcome.note,
         llm_schema=outcome.llm_schema,

@@ -30,6 +30,7 @@ from swarm.contracts import (
     is_valid_id,
 )
 from swarm.dag import PlanError
+from swarm.payloads import PlanStore, PlanUnavailable
 from swarm.protogen import schema_file
 
 MAX_ERROR_CHARS = 4000
@@ -133,6 +134,32 @@ def parse_task(data: bytes, subject: str, headers: Mapping[str, str] | None) -> 
         return TaskSubmission.model_validate_json(json.dumps(body))
     except ValidationError as exc:
         raise TaskRejected(run_id, tenant or DEFAULT_TENANT, pydantic_reasons(exc)) from exc
+
+
+async def resolve_plan_ref(task: TaskSubmission, plans: PlanStore) -> TaskSubmission:
+    """The task with its referenced plan inline (in memory), checked by the same rules as an inline plan.
+
+    The plan's reasons carry paths under /plan, as if it had been sent inline; a reference that cannot be
+    honoured is rejected under /plan_ref. NATS errors propagate (the task is retried).
+    """
+    if task.plan_ref is None:
+        return task
+    try:
+        data = await plans.get_bytes(task.plan_ref)
+    except PlanUnavailable as exc:
+        raise TaskRejected(task.run_id, task.tenant, [reason("/plan_ref", RejectionCode.PLAN_UNAVAILABLE, str(exc))]) from exc
+    try:
+        plan: Any = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TaskRejected(task.run_id, task.tenant, [reason("/plan_ref", RejectionCode.JSON, f"the plan is not JSON: {exc}")]) from exc
+    body = {**task.model_dump(mode="json", exclude={"plan_ref"}), "plan": plan}
+    reasons = schema_reasons(body)
+    if reasons:
+        raise TaskRejected(task.run_id, task.tenant, reasons)
+    try:
+        return TaskSubmission.model_validate_json(json.dumps(body))
+    except ValidationError as exc:
+        raise TaskRejected(task.run_id, task.tenant, pydantic_reasons(exc)) from exc
 
 
 def _usable(value: object) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 import nats.errors
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from nats.aio.msg import Msg
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from services.recorder.settings import RecorderSettings
 from swarm.bus import Bus, ConsumerSpec, Retry, consume_batches, fail
@@ -35,6 +35,7 @@ from swarm.contracts import (
     Subjects,
 )
 from swarm.eventlog import RUNS_TABLE, EventLog
+from swarm.payloads import PlanStore, PlanUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ def apply_run_event(row: dict[str, Any], event: RecordedRunEvent) -> dict[str, A
     """The run's row after `event` (a new dict); a finished run keeps its outcome."""
     row = dict(row)
     if isinstance(event, RunPlanned):
-        row.update(goal=event.goal, submitted_at=event.submitted_at, agents_count=len(event.plan.agents))
-        row["steps_total"] = row["steps_total"] or len(event.plan.steps)
+        agents_count = len(event.plan.agents) if event.plan else event.agents_count
+        row.update(goal=event.goal, submitted_at=event.submitted_at, agents_count=agents_count)
+        row["steps_total"] = row["steps_total"] or (len(event.plan.steps) if event.plan else event.steps_count)
         if row["status"] not in _TERMINAL:
             row["status"] = str(RunStatus.RUNNING)
         return row
@@ -115,6 +117,7 @@ class RunRecorder:
         self.settings = settings
         self.recorded_count = 0
         self._failures = 0
+        self.plans: PlanStore | None = None  # a plan by reference: plan_steps need its DAG
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch run events and upsert run rows until `stop`."""
@@ -125,8 +128,11 @@ class RunRecorder:
         events: list[tuple[Msg, RecordedRunEvent]] = []
         for msg in msgs:
             try:
-                events.append((msg, _RUN_EVENT.validate_json(msg.data)))  # type: ignore[arg-type]  # the filter admits only these kinds
-            except ValidationError as exc:
+                event: RecordedRunEvent = _RUN_EVENT.validate_json(msg.data)  # type: ignore[assignment]  # the filter admits only these kinds
+                if isinstance(event, RunPlanned):
+                    event = await self._resolved(event)
+                events.append((msg, event))
+            except Exception as exc:  # one event's failure is that event's, through the one policy
                 await fail(msg, exc)
         try:
             await asyncio.to_thread(self.write, [event for _, event in events])
@@ -141,6 +147,16 @@ class RunRecorder:
             with contextlib.suppress(nats.errors.Error):
                 await msg.ack()
         self.recorded_count += len(events)
+
+    async def _resolved(self, planned: RunPlanned) -> RunPlanned:
+        """The planned run with its plan inline; a plan that is gone leaves the run recorded without its DAG."""
+        if self.plans is None:
+            self.plans = PlanStore(self.bus.js)
+        try:
+            return await self.plans.resolved(planned)
+        except PlanUnavailable as exc:
+            log.warning("run %s: plan_steps not recorded: %s", planned.run_id, exc)
+            return planned
 
     def write(self, events: list[RecordedRunEvent]) -> int:
         """Merge the events into their runs' current rows and write those rows (blocking)."""
@@ -157,7 +173,7 @@ class RunRecorder:
         edges = [
             (e.run_id, step.id, step.agent_id, step.depends_on)
             for e in events
-            if isinstance(e, RunPlanned)
+            if isinstance(e, RunPlanned) and e.plan is not None
             for step in e.plan.steps
         ]
         if edges:

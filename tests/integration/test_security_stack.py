@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.scenarios import chain_plan
 from swarm.client import SwarmClient
-from swarm.contracts import AgentSpec, Plan, RunCompleted, StepSpec
+from swarm.contracts import PLAN_INLINE_MAX_BYTES, AgentSpec, Plan, RunCompleted, StepSpec
 from swarm.natsserver import NatsServer
 from swarm.security import SYSTEM_USER, inbox_prefix, render_nats_auth, tenant_user, user_permissions
 from swarm.settings import NatsSettings
@@ -107,4 +108,23 @@ async def test_a_tenant_run_completes_with_every_service_least_privileged(
     log = (home / "nats.log").read_text()
     # nats-server logs "Publish Violation" / "Subscribe Violation".
     refused = [line for line in log.splitlines() if "Violation" in line]
+    assert not refused, refused
+
+
+async def test_a_tenant_submits_a_plan_by_reference_and_every_service_reads_it(
+    secured_stack: tuple[NatsServer, Path],
+) -> None:
+    """Over the inline budget: the tenant writes the plans store, planner/dispatcher/recorder read it, unrefused."""
+    server, home = secured_stack
+    user = tenant_user(TENANT)
+    settings = NatsSettings(url=server.url, user=user, password=PASSWORDS[user], inbox_prefix=inbox_prefix(user))
+    plan = chain_plan(40, latency_scale=0.0, instruction_chars=8000)
+    assert len(plan.plan.model_dump_json()) > PLAN_INLINE_MAX_BYTES
+    async with await SwarmClient.connect(settings) as client:
+        run_id = await client.submit(plan=plan.plan, tenant=TENANT, run_id="secured-by-ref")
+        events = [event async for event in client.events(run_id, TENANT)]
+    assert events[0].kind == "planned" and events[0].plan_ref is not None  # type: ignore[union-attr]
+    assert events[0].plan == plan.plan  # type: ignore[union-attr]  # the SDK resolved it for the follower
+    assert isinstance(events[-1], RunCompleted) and events[-1].summary.steps_succeeded == 40
+    refused = [line for line in (home / "nats.log").read_text().splitlines() if "Violation" in line]
     assert not refused, refused

@@ -1,4 +1,4 @@
-"""Load-test plans: sizes, valid DAGs, under the message limit, deterministic; and the scenario registry."""
+"""Load-test plans: sizes, valid DAGs, realistic instructions (by reference when large), deterministic; the registry."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from collections import Counter
 import pytest
 
 from loadtest.scenarios import (
+    DEFAULT_INSTRUCTION_CHARS,
     PLAN_BUILDERS,
-    PLAN_BYTES_BUDGET,
     SCENARIOS,
-    PlanLoad,
     build_chain,
     build_fanout,
     build_faults,
@@ -18,40 +17,53 @@ from loadtest.scenarios import (
     load_all,
     scenario,
     swarm_plan,
+    wide_plan,
 )
-from swarm.contracts import PlanSource, RunPlanned, RunPolicy, TaskSubmission, utc_now
+from swarm.bus import MAX_INLINE_BYTES
+from swarm.contracts import PLAN_INLINE_MAX_BYTES, PlanSource, RunPlanned, RunPolicy, TaskSubmission, utc_now
 from swarm.dag import critical_path, sinks, validate_plan
 
 RUN_ID = "lt-swarm-300x4000-20260101-000000-abcdef"  # as long as the runner's ids get
 
 
-def task_bytes(load: PlanLoad) -> int:
-    return len(TaskSubmission(run_id=RUN_ID, plan=load.plan, policy=load.policy).model_dump_json())
-
-
-def planned_bytes(load: PlanLoad) -> int:
-    event = RunPlanned(
-        run_id=RUN_ID, tenant="default", goal="explicit plan: 300 agents, 4000 steps", plan=load.plan,
-        source=PlanSource.EXPLICIT, policy=load.policy, submitted_at=utc_now(),
-    )  # fmt: skip
-    return len(event.model_dump_json())
-
-
 @pytest.mark.parametrize("name", sorted(PLAN_BUILDERS))
 def test_every_plan_is_a_valid_dag_within_the_limits(name: str) -> None:
-    load = PLAN_BUILDERS[name](0, 1.0, 1.0)
+    load = PLAN_BUILDERS[name](0, 1.0, 1.0, DEFAULT_INSTRUCTION_CHARS)
     validate_plan(load.plan)
     assert max(len(s.depends_on) for s in load.plan.steps) <= 300
 
 
-@pytest.mark.parametrize("name", sorted(PLAN_BUILDERS))
-def test_every_plan_fits_one_nats_message_as_task_and_as_planned_event(name: str) -> None:
-    load = PLAN_BUILDERS[name](0, 1.0, 1.0)
-    for what, size in (("TaskSubmission", task_bytes(load)), ("RunPlanned", planned_bytes(load))):
-        assert size < PLAN_BYTES_BUDGET, (
-            f"{name}: the {what} is {size} bytes, over the {PLAN_BYTES_BUDGET}-byte budget under NATS' 1 MiB "
-            "max_payload: StepSpec grew (every default field is serialized per step) or the plan got denser"
-        )
+@pytest.mark.parametrize("chars", [40, 300, 1000])
+def test_instructions_have_the_asked_length(chars: int) -> None:
+    load = build_chain(0, 1.0, 0.05, chars)
+    assert {len(s.instruction) for s in load.plan.steps} == {chars}
+    assert {len(a.instructions) for a in load.plan.agents} == {chars}
+    assert len({s.instruction for s in load.plan.steps}) == len(load.plan.steps)  # each names its step
+
+
+def test_zero_instruction_chars_keeps_one_word() -> None:
+    load = build_chain(0, 1.0, 0.05, 0)
+    assert {s.instruction for s in load.plan.steps} == {"refine"}
+    assert {a.instructions for a in load.plan.agents} == {""}
+
+
+def test_the_headline_plan_with_300_character_instructions_travels_by_reference() -> None:
+    """300 agents / 4,000 steps at 300 characters: over the inline budget, and far over one message."""
+    load = build_swarm(0, 1.0, 1.0, 300)
+    assert (len(load.plan.agents), len(load.plan.steps)) == (300, 4000)
+    assert all(len(s.instruction) == 300 for s in load.plan.steps)
+    size = len(load.plan.model_dump_json())
+    assert size > MAX_INLINE_BYTES > PLAN_INLINE_MAX_BYTES
+    # With the plan by reference, what travels is small (the SDK and the planner make that swap).
+    from swarm.payloads import plan_bytes, plan_ref_of
+
+    ref = plan_ref_of(plan_bytes(load.plan))
+    task = TaskSubmission(run_id=RUN_ID, plan_ref=ref, policy=load.policy)
+    planned = RunPlanned(
+        run_id=RUN_ID, tenant="default", goal="explicit plan: 300 agents, 4000 steps", plan_ref=ref,
+        agents_count=300, steps_count=4000, source=PlanSource.EXPLICIT, submitted_at=utc_now(),
+    )  # fmt: skip
+    assert len(task.model_dump_json()) < 1000 and len(planned.model_dump_json()) < 1000
 
 
 def test_sizes_of_the_named_scenarios() -> None:
@@ -125,3 +137,11 @@ def test_registry_has_the_plan_scenarios_and_refuses_a_second_registration() -> 
     with pytest.raises(ValueError, match="twice"):
         scenario("fanout-300", "again")(other)  # type: ignore[arg-type]
     assert SCENARIOS["fanout-300"].run is not other
+
+
+def test_the_fair_share_plan_is_4000_steps_all_but_21_ready_at_once() -> None:
+    load = wide_plan(4000, instruction_chars=300)
+    validate_plan(load.plan)  # depends_on within the contract's 500
+    assert (len(load.plan.agents), len(load.plan.steps)) == (300, 4000)
+    assert sum(1 for s in load.plan.steps if not s.depends_on) == 3979
+    assert sinks(load.depends_on) == ["report"]

@@ -103,6 +103,38 @@ export const TaskSubmissionSchema = {
       "title": "PlanPattern",
       "type": "string"
     },
+    "PlanRef": {
+      "additionalProperties": false,
+      "description": "A plan stored in the object store instead of travelling inline: found by its digest, checked by it.",
+      "properties": {
+        "sha256": {
+          "description": "Hex SHA-256 of the plan's JSON bytes, which are the object 'plan-sha256-<sha256>' of the object store 'swarm_plans'. Readers check the digest: an object that does not match is refused.",
+          "pattern": "^[0-9a-f]{64}$",
+          "title": "Sha256",
+          "type": "string"
+        },
+        "size": {
+          "description": "Length of the plan's JSON in bytes.",
+          "maximum": 67108864,
+          "minimum": 1,
+          "title": "Size",
+          "type": "integer"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "required": [
+        "sha256",
+        "size"
+      ],
+      "title": "PlanRef",
+      "type": "object"
+    },
     "RunPolicy": {
       "description": "How a run treats failed steps.",
       "enum": [
@@ -265,6 +297,16 @@ export const TaskSubmissionSchema = {
       "required": [
         "plan"
       ]
+    },
+    {
+      "properties": {
+        "plan_ref": {
+          "type": "object"
+        }
+      },
+      "required": [
+        "plan_ref"
+      ]
     }
   ],
   "description": "A task published to the queue: a goal to decompose, or an explicit plan.",
@@ -336,6 +378,18 @@ export const TaskSubmissionSchema = {
       ],
       "default": null,
       "description": "An explicit plan; when given, the planner only validates it."
+    },
+    "plan_ref": {
+      "anyOf": [
+        {
+          "$ref": "#/$defs/PlanRef"
+        },
+        {
+          "type": "null"
+        }
+      ],
+      "default": null,
+      "description": "An explicit plan stored in the object store (for plans over 256 KiB of JSON); instead of `plan`, never with it."
     },
     "policy": {
       "$ref": "#/$defs/RunPolicy",
@@ -496,6 +550,38 @@ export const RunEventSchema = {
       "title": "PlanPattern",
       "type": "string"
     },
+    "PlanRef": {
+      "additionalProperties": false,
+      "description": "A plan stored in the object store instead of travelling inline: found by its digest, checked by it.",
+      "properties": {
+        "sha256": {
+          "description": "Hex SHA-256 of the plan's JSON bytes, which are the object 'plan-sha256-<sha256>' of the object store 'swarm_plans'. Readers check the digest: an object that does not match is refused.",
+          "pattern": "^[0-9a-f]{64}$",
+          "title": "Sha256",
+          "type": "string"
+        },
+        "size": {
+          "description": "Length of the plan's JSON in bytes.",
+          "maximum": 67108864,
+          "minimum": 1,
+          "title": "Size",
+          "type": "integer"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "required": [
+        "sha256",
+        "size"
+      ],
+      "title": "PlanRef",
+      "type": "object"
+    },
     "PlanSource": {
       "description": "Where a plan came from.",
       "enum": [
@@ -537,6 +623,7 @@ export const RunEventSchema = {
         "cycle",
         "limit",
         "too_large",
+        "plan_unavailable",
         "plan_failed",
         "invalid"
       ],
@@ -885,8 +972,27 @@ export const RunEventSchema = {
     },
     "RunPlanned": {
       "additionalProperties": false,
+      "anyOf": [
+        {
+          "required": [
+            "plan"
+          ]
+        },
+        {
+          "required": [
+            "plan_ref"
+          ]
+        }
+      ],
       "description": "The planner produced a validated plan; the dispatcher takes it from here.",
       "properties": {
+        "agents_count": {
+          "default": 0,
+          "description": "Agents in the plan (known without reading it).",
+          "minimum": 0,
+          "title": "Agents Count",
+          "type": "integer"
+        },
         "at": {
           "description": "When it happened (with an offset).",
           "format": "date-time",
@@ -929,8 +1035,28 @@ export const RunEventSchema = {
           "type": "string"
         },
         "plan": {
-          "$ref": "#/$defs/Plan",
-          "description": "The validated plan."
+          "anyOf": [
+            {
+              "$ref": "#/$defs/Plan"
+            },
+            {
+              "type": "null"
+            }
+          ],
+          "default": null,
+          "description": "The validated plan, when its JSON fits 256 KiB; else `plan_ref` names it."
+        },
+        "plan_ref": {
+          "anyOf": [
+            {
+              "$ref": "#/$defs/PlanRef"
+            },
+            {
+              "type": "null"
+            }
+          ],
+          "default": null,
+          "description": "Where the validated plan is stored, when it is too large to travel inline."
         },
         "policy": {
           "$ref": "#/$defs/RunPolicy",
@@ -959,6 +1085,13 @@ export const RunEventSchema = {
           "$ref": "#/$defs/PlanSource",
           "description": "Where the plan came from."
         },
+        "steps_count": {
+          "default": 0,
+          "description": "Steps in the plan (known without reading it).",
+          "minimum": 0,
+          "title": "Steps Count",
+          "type": "integer"
+        },
         "submitted_at": {
           "description": "When the task was submitted.",
           "format": "date-time",
@@ -983,7 +1116,6 @@ export const RunEventSchema = {
         "run_id",
         "tenant",
         "goal",
-        "plan",
         "source",
         "submitted_at",
         "v",

@@ -49,8 +49,16 @@ export type RejectionCode =
   | "cycle"
   | "limit"
   | "too_large"
+  | "plan_unavailable"
   | "plan_failed"
   | "invalid";
+/**
+ * The planner produced a validated plan; the dispatcher takes it from here.
+ */
+export type RunPlanned = RunPlanned1 & RunPlanned2;
+export type RunPlanned1 = {
+  [k: string]: unknown | undefined;
+};
 /**
  * Pattern templates the planner can instantiate.
  */
@@ -91,6 +99,9 @@ export type TaskSubmission1 =
     }
   | {
       plan: {};
+    }
+  | {
+      plan_ref: {};
     };
 
 /**
@@ -403,10 +414,11 @@ export interface RejectionReason {
    */
   path: string;
 }
-/**
- * The planner produced a validated plan; the dispatcher takes it from here.
- */
-export interface RunPlanned {
+export interface RunPlanned2 {
+  /**
+   * Agents in the plan (known without reading it).
+   */
+  agents_count?: number;
   /**
    * When it happened (with an offset).
    */
@@ -427,7 +439,14 @@ export interface RunPlanned {
    * Why a template was used, when it was.
    */
   note?: string;
-  plan: Plan;
+  /**
+   * The validated plan, when its JSON fits 256 KiB; else `plan_ref` names it.
+   */
+  plan?: Plan | null;
+  /**
+   * Where the validated plan is stored, when it is too large to travel inline.
+   */
+  plan_ref?: PlanRef | null;
   policy?: RunPolicy;
   /**
    * Run priority.
@@ -442,6 +461,10 @@ export interface RunPlanned {
    */
   run_id: string;
   source: PlanSource;
+  /**
+   * Steps in the plan (known without reading it).
+   */
+  steps_count?: number;
   /**
    * When the task was submitted.
    */
@@ -557,6 +580,23 @@ export interface StepSpec {
    * Tools the agent may call in this step, by registry name (e.g. 'python', 'spawn').
    */
   tools?: string[];
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v?: 1;
+}
+/**
+ * A plan stored in the object store instead of travelling inline: found by its digest, checked by it.
+ */
+export interface PlanRef {
+  /**
+   * Hex SHA-256 of the plan's JSON bytes, which are the object 'plan-sha256-<sha256>' of the object store 'swarm_plans'. Readers check the digest: an object that does not match is refused.
+   */
+  sha256: string;
+  /**
+   * Length of the plan's JSON in bytes.
+   */
+  size: number;
   /**
    * Contract version of this message (CONTRACT_VERSION).
    */
@@ -1073,6 +1113,10 @@ export interface TaskSubmission2 {
    * An explicit plan; when given, the planner only validates it.
    */
   plan?: Plan | null;
+  /**
+   * An explicit plan stored in the object store (for plans over 256 KiB of JSON); instead of `plan`, never with it.
+   */
+  plan_ref?: PlanRef | null;
   policy?: RunPolicy;
   /**
    * Higher runs are scheduled first.
