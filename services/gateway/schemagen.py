@@ -10,6 +10,7 @@ dependent keywords, patternProperties; a schema that asks for them may get a doc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -368,8 +369,10 @@ class _Compiler:
 
         def matching(rng: random.Random, depth: int) -> str:
             drawn = text(rng)
-            for candidate in (drawn.replace(" ", "_"), drawn, *_PATTERN_CANDIDATES):
-                if low <= len(candidate) <= high and pattern.search(candidate):
+            digest = hashlib.sha256(drawn.encode()).hexdigest()  # content addresses: hex digests
+            longest = int(schema.get("maxLength", len(digest)))  # the text cap is ours; a pattern may need more
+            for candidate in (drawn.replace(" ", "_"), drawn, *_PATTERN_CANDIDATES, digest, digest[:40]):
+                if low <= len(candidate) <= longest and pattern.search(candidate):
                     return candidate
             raise SchemaUnsupported(f"cannot generate a string matching {pattern_text!r}")
 
