@@ -299,7 +299,7 @@ class GatewayServer:
                         completion, first_token_at, index = await self._stream(request, stream_to)
                     else:
                         completion = await self.engine.generate(request)
-                        first_token_at = None
+                        first_token_at = completion.first_token_at
             except TimeoutError:
                 if deadline_at is None or time.perf_counter() < deadline_at:
                     raise  # the engine's own timeout, not the request's deadline

@@ -229,7 +229,7 @@ async def test_bad_input_gets_clear_errors_and_the_gateway_keeps_serving(bus: Bu
     assert health["in_flight"] == 0 and health["served_count"] == 20 and health["failed_count"] == 5
 
 
-async def test_a_streamed_call_records_its_time_to_first_token(bus: Bus, start_gateway: StartGateway) -> None:
+async def test_streamed_and_whole_calls_record_their_time_to_first_token(bus: Bus, start_gateway: StartGateway) -> None:
     await start_gateway(sim_latency_scale=1.0, sim_ttft_ms=50, sim_tokens_per_s=400, sim_jitter=0)
     client = InferenceClient(bus.nc)
     await collect(client, request("st-ttft", max_tokens=40))
@@ -246,4 +246,5 @@ async def test_a_streamed_call_records_its_time_to_first_token(bus: Bus, start_g
             break
     streamed = by_id["st-ttft"]
     assert streamed.ttft_ms is not None and 40 <= streamed.ttft_ms < streamed.queue_ms + streamed.duration_ms
-    assert by_id["whole-ttft"].ttft_ms is None  # a whole reply has no first token to time
+    whole = by_id["whole-ttft"]  # a whole reply times the engine's first token too
+    assert whole.ttft_ms is not None and 40 <= whole.ttft_ms < whole.queue_ms + whole.duration_ms

@@ -27,12 +27,15 @@ from swarm.client import SwarmClient, read_step_events
 from swarm.contracts import (
     DISPATCHER_PLANS_CONSUMER,
     DISPATCHER_RESULTS_CONSUMER,
+    EVENTS,
     RESULT_PARTITIONS,
     RESULTS,
     RUN_STATE_BUCKET,
     RUNS,
     STEPS,
     AgentSpec,
+    InferenceEvent,
+    InferenceEventBatch,
     Plan,
     PlanSource,
     RunCompleted,
@@ -117,6 +120,26 @@ async def test_layered_run_completes_and_counts_every_step_once(bus: Bus, nats_s
     for step in plan.steps:
         assert [kinds[step.id, k] for k in ("queued", "started", "inference_done", "succeeded")] == [1, 1, 1, 1]
     assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == []  # its running marker went with it
+    # Every call of the run, whole replies all, carries its time to first token.
+    calls = await inference_events(bus, "run-a", least=40)
+    assert len(calls) >= 40 and all(c.ttft_ms is not None and c.ttft_ms >= 0 for c in calls), calls[:3]
+
+
+async def inference_events(bus: Bus, run_id: str, least: int) -> list[InferenceEvent]:
+    """The run's inference events in EVENTS (the gateway publishes them in batches, a little later)."""
+    psub = await bus.js.pull_subscribe(Subjects.inference_event_batch(), stream=EVENTS.name)
+    found: dict[str, InferenceEvent] = {}
+    for _ in range(20):
+        try:
+            msgs = await psub.fetch(100, timeout=0.5)
+        except TimeoutError:
+            if len(found) >= least:
+                break
+            continue
+        batches = (InferenceEventBatch.model_validate_json(m.data) for m in msgs)
+        found |= {e.event_id: e for b in batches for e in b.events if e.run_id == run_id}
+    await psub.unsubscribe()
+    return list(found.values())
 
 
 async def test_dispatcher_restart_mid_run_resumes_from_its_checkpoint(bus: Bus, nats_settings: NatsSettings) -> None:
