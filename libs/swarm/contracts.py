@@ -180,6 +180,7 @@ class Subjects:
     EVENTS_ALL = "swarm.events.>"
     RESULTS_ALL = "swarm.results.>"
     INFER = "swarm.infer.request"
+    INFER_CANCEL = "swarm.infer.cancel"
     RECORDER_QUERY = "swarm.recorder.query"
 
     @staticmethod
@@ -730,6 +731,13 @@ class InferenceRequest(Contract):
     )
 
 
+class InferenceCancel(Contract):
+    """A caller no longer wants an inference call: every gateway replica hears it, the one running or queueing
+    the call stops it (the engine aborts the generation) and answers nothing more."""
+
+    request_id: str = Field(min_length=1, description="The request_id of the call to stop.")
+
+
 class InferenceResponse(Contract):
     """The gateway's answer."""
 
@@ -881,6 +889,8 @@ CHANNELS: tuple[Channel, ...] = (
     Channel(address=Subjects.INFER, stream=None, message=InferenceRequest, reply=InferenceResponse,
             description="Core NATS request to the gateway's queue group; the reply is an InferenceResponse, "
             "or with stream=true a sequence of InferenceChunk messages to the reply subject."),
+    Channel(address=Subjects.INFER_CANCEL, stream=None, message=InferenceCancel,
+            description="Core NATS, every gateway replica: stop the named call (a caller cancelled, a run ended)."),
     Channel(address="{reply_inbox}", stream=None, message=InferenceChunk,
             description="A streamed inference reply: the chunks the gateway sends to the reply subject of a "
             "request with stream=true, in index order; the last one (done=true) carries the InferenceResponse."),

@@ -248,3 +248,45 @@ async def test_streamed_and_whole_calls_record_their_time_to_first_token(bus: Bu
     assert streamed.ttft_ms is not None and 40 <= streamed.ttft_ms < streamed.queue_ms + streamed.duration_ms
     whole = by_id["whole-ttft"]  # a whole reply times the engine's first token too
     assert whole.ttft_ms is not None and 40 <= whole.ttft_ms < whole.queue_ms + whole.duration_ms
+
+
+# ------------------------------------------------------------------ cancel
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_cancelled_caller_stops_its_running_and_queued_calls_and_frees_the_slot(
+    bus: Bus, start_gateway: StartGateway
+) -> None:
+    # Two gateway replicas: the cancel reaches the one that holds the call, whichever it is.
+    servers = [await start_gateway(sim_latency_scale=1.0, slots=1) for _ in range(2)]
+    client = InferenceClient(bus.nc)
+    long = {"sim_latency_ms": 60_000.0}
+    calls = [asyncio.create_task(client.complete(request(f"long-{i}", **long), timeout_s=120)) for i in range(3)]
+    await until(lambda: sum(s.in_flight for s in servers) == 3, "three calls admitted")
+    # One slot each: at least one of the three waits queued behind a running one.
+    assert sum(s.running for s in servers) in (1, 2)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await until(lambda: sum(s.in_flight for s in servers) == 0, "every call stopped, none left running")
+    assert sum(s.cancelled_count for s in servers) == 3
+    # The slots are free: a next call runs at once instead of waiting out a minute of generation.
+    after = await client.complete(request("after", sim_latency_ms=1.0), timeout_s=30)
+    assert after.ok
+
+
+async def test_malformed_and_unknown_cancels_change_nothing(bus: Bus, start_gateway: StartGateway) -> None:
+    server = await start_gateway(sim_latency_scale=1.0, slots=1)
+    client = InferenceClient(bus.nc)
+    call = asyncio.create_task(client.complete(request("kept", sim_latency_ms=300.0), timeout_s=30))
+    await until(lambda: server.running == 1, "the call running")
+    await bus.nc.publish(Subjects.INFER_CANCEL, b"\x00 not json")
+    await bus.nc.publish(Subjects.INFER_CANCEL, b'{"request_id": "someone-else"}')
+    assert (await call).ok and server.cancelled_count == 0

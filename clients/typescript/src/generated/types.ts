@@ -4,6 +4,7 @@
  * Any message of the contract.
  */
 export type SwarmMessage =
+  | InferenceCancel
   | InferenceChunk
   | InferenceEvent
   | InferenceEventBatch
@@ -93,6 +94,20 @@ export type TaskSubmission1 =
       plan: {};
     };
 
+/**
+ * A caller no longer wants an inference call: every gateway replica hears it, the one running or queueing
+ * the call stops it (the engine aborts the generation) and answers nothing more.
+ */
+export interface InferenceCancel {
+  /**
+   * The request_id of the call to stop.
+   */
+  request_id: string;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v: 1;
+}
 /**
  * One piece of a streamed completion, sent to the request's reply subject; the last one has done=True.
  */
