@@ -38,6 +38,7 @@ from swarm.contracts import (
     InferenceEventBatch,
     Plan,
     PlanSource,
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunPlanned,
@@ -389,3 +390,55 @@ async def test_forged_run_ends_do_not_make_workers_drop_a_live_run(bus: Bus, nat
         await bus.nc.publish(Subjects.run_event("t", "run-live", "cancelled"), b"\x00\xff not json")
         final = await completed_event(bus, "run-live", timeout_s=30)
     assert final.summary.steps_succeeded == 12
+
+
+# ---------------------------------------------------------------------------- cancel stops work
+
+CANCEL_GRACE_S = 5.0  # the bound: the worker believes a run's end once its checkpoint confirms it
+
+
+async def test_cancel_interrupts_running_steps_and_aborts_their_model_calls(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    # Steps of a minute each: any that finishes, or starts, after the cancel was not stopped.
+    plan = layered_plan(layers=3, width=6, sim_latency_ms=60_000)
+    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0)
+    server = GatewayServer(bus, create_engine(settings), settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    try:
+        async with (
+            service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+            service(worker_main, WorkerSettings(nats=nats_settings, concurrency=16)),
+            service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+        ):
+            await start_run(bus, "run-cut", plan)
+            for _ in range(300):
+                if server.running == 6:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.running == 6  # the first layer is generating
+            client = SwarmClient(bus)
+            await client.cancel("run-cut", "t", reason="test")
+            final = await client.wait("run-cut", "t", timeout_s=30)
+            seen_at = loop.time()
+            for _ in range(int(CANCEL_GRACE_S / 0.05)):
+                if server.in_flight == 0:
+                    break
+                await asyncio.sleep(0.05)
+            idle_after_s = loop.time() - seen_at
+            assert server.in_flight == 0 and server.cancelled_count == 6, server.health()
+            await asyncio.sleep(1.0)  # anything still going would show by now
+            events = await read_step_events(bus.js, "run-cut")
+    finally:
+        await server.stop()
+        await server.engine.close()
+    assert isinstance(final, RunCancelled), final
+    by_kind = Counter(e.kind for e in events)
+    assert by_kind["started"] == 6 and by_kind["succeeded"] == by_kind["failed"] == 0, by_kind
+    assert by_kind["cancelled"] == len(plan.steps)  # every step accounted for, once
+    late = [e for e in events if e.kind != "cancelled" and e.at > final.at + timedelta(seconds=CANCEL_GRACE_S)]
+    assert late == []
+    calls = await inference_events(bus, "run-cut", least=6)
+    assert sorted(c.error for c in calls) == ["cancelled by the caller"] * 6
+    print(f"cancel: gateway idle {idle_after_s * 1000:.0f} ms after the client saw the cancelled event")
