@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 import jsonschema
@@ -79,3 +80,11 @@ async def test_prompt_longer_than_the_context_is_a_clear_error(bus: Bus, llm_gat
     request = InferenceRequest(request_id="llm-3", messages=chat("Be brief.", "word " * 2000), max_tokens=8)
     response = await InferenceClient(bus.nc).complete(request, timeout_s=120)
     assert not response.ok and "prompt too long" in (response.error or "") and "512" in (response.error or "")
+
+
+async def test_a_whole_reply_knows_when_its_first_token_came(llm_gateway: GatewayServer) -> None:
+    request = InferenceRequest(request_id="llm-ttft", messages=chat("You are terse.", "Name a river."), max_tokens=8)
+    started_at = time.perf_counter()
+    completion = await llm_gateway.engine.generate(request)
+    assert completion.first_token_at is not None and started_at < completion.first_token_at <= time.perf_counter()
+    assert completion.completion_tokens >= 1 and completion.content
