@@ -375,7 +375,9 @@ class TaskSubmission(Contract):
     )
     priority: int = Field(default=0, ge=-10, le=10, description="Higher runs are scheduled first.")
     policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy of the run.")
-    quorum: float = Field(default=0.95, gt=0, le=1, description="Fraction of steps that must succeed (quorum policy).")
+    quorum: float = Field(
+        default=0.95, gt=0, le=1, description="Fraction of sub-agents whose final turn must succeed (quorum policy)."
+    )
     submitted_at: Timestamp = Field(
         default_factory=utc_now,
         description="When the client submitted the task (with an offset); recorded with the run.",
@@ -468,6 +470,9 @@ class StepResult(Contract):
 
 
 # --------------------------------------------------------------------------- run lifecycle
+
+
+MISSING_AGENT_ERROR_CHARS = 500
 
 
 class RunSummary(Contract):
@@ -572,7 +577,9 @@ class RunPlanned(RunEventBase):
     )
     priority: int = Field(default=0, description="Run priority.")
     policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy.")
-    quorum: float = Field(default=0.95, description="Quorum fraction for the quorum policy.")
+    quorum: float = Field(
+        default=0.95, description="Quorum policy: the fraction of sub-agents whose final turn must succeed."
+    )
     submitted_at: datetime = Field(description="When the task was submitted.")
 
 
@@ -593,6 +600,15 @@ class RunProgress(RunEventBase):
     )
 
 
+class MissingAgent(Contract):
+    """A sub-agent whose final turn did not succeed: what a quorum run's answer is missing."""
+
+    agent_id: Id = Field(description="The agent.")
+    role: str = Field(default="", description="Its role.")
+    step_id: Id = Field(description="Its final turn (its last step in dependency order).")
+    error: str = Field(default="", max_length=MISSING_AGENT_ERROR_CHARS, description="Its last error, or why its final turn did not run.")
+
+
 class RunExecuted(RunEventBase):
     """Every step is finished; the aggregator synthesizes the answer."""
 
@@ -601,6 +617,9 @@ class RunExecuted(RunEventBase):
     sink_step_ids: tuple[Id, ...] = Field(description="Succeeded steps no other step depends on: the synthesis input.")
     summary: RunSummary = Field(description="Totals of the step phase (wall_ms up to now).")
     submitted_at: datetime = Field(description="When the task was submitted.")
+    missing_agents: tuple[MissingAgent, ...] = Field(
+        default=(), description="Sub-agents whose final turn did not succeed (a quorum run goes on without them)."
+    )
 
 
 class RunCompleted(RunEventBase):
@@ -609,6 +628,9 @@ class RunCompleted(RunEventBase):
     kind: Literal["completed"] = Field("completed", description="Event kind, also the last subject token.")
     answer: str = Field(description="The synthesized answer.")
     summary: RunSummary = Field(description="Totals of the whole run.")
+    missing_agents: tuple[MissingAgent, ...] = Field(
+        default=(), description="Sub-agents whose final turn did not succeed: the answer was made without them."
+    )
 
 
 class RunFailed(RunEventBase):
@@ -618,6 +640,9 @@ class RunFailed(RunEventBase):
     error: str = Field(description="Why.")
     failed_step_ids: tuple[Id, ...] = Field(default=(), description="Steps dead-lettered.")
     summary: RunSummary | None = Field(default=None, description="Totals, when the run got that far.")
+    missing_agents: tuple[MissingAgent, ...] = Field(
+        default=(), description="Sub-agents whose final turn did not succeed, when the step phase ended."
+    )
 
 
 class RunCancelRequested(RunEventBase):

@@ -42,6 +42,7 @@ from swarm.contracts import (
     RunCompleted,
     RunFailed,
     RunPlanned,
+    RunPolicy,
     StepDispatch,
     StepResult,
     StepSpec,
@@ -442,3 +443,28 @@ async def test_cancel_interrupts_running_steps_and_aborts_their_model_calls(
     calls = await inference_events(bus, "run-cut", least=6)
     assert sorted(c.error for c in calls) == ["cancelled by the caller"] * 6
     print(f"cancel: gateway idle {idle_after_s * 1000:.0f} ms after the client saw the cancelled event")
+
+
+async def test_a_quorum_run_completes_without_a_failed_agent_and_names_it(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    agents = tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(4))
+    steps = tuple(
+        StepSpec(id=f"s{i}", agent_id=f"a{i}", instruction="work", max_attempts=1,
+                 sim_fault="fail_once" if i == 3 else None)
+        for i in range(4)
+    )  # fmt: skip
+    planned = RunPlanned(
+        run_id="run-q", tenant="t", goal="g", plan=Plan(agents=agents, steps=steps), source=PlanSource.EXPLICIT,
+        policy=RunPolicy.QUORUM, quorum=0.75, submitted_at=utc_now(),
+    )  # fmt: skip
+    async with (
+        gateway(bus),
+        service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+        service(worker_main, WorkerSettings(nats=nats_settings)),
+        service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+    ):
+        await bus.publish(Subjects.run_event("t", "run-q", "planned"), planned, msg_id="run-q.planned")
+        final = await completed_event(bus, "run-q", timeout_s=30)
+    (missing,) = final.missing_agents
+    assert (missing.agent_id, missing.step_id) == ("a3", "s3") and "fault injected" in missing.error

@@ -112,6 +112,54 @@ def test_quorum_run_survives_a_failed_mapper() -> None:
     assert run.failed_step_ids() == ["m0"]
 
 
+def agents_plan(n_agents: int, turns: int, quorum: float) -> RunPlanned:
+    """Each agent takes `turns` turns in a chain (a0.t0 -> a0.t1 -> ...)."""
+    agents = tuple(AgentSpec(id=f"a{i}", role=f"role{i}") for i in range(n_agents))
+    steps = tuple(
+        StepSpec(id=f"a{i}_t{t}", agent_id=f"a{i}", instruction="do", depends_on=(f"a{i}_t{t - 1}",) if t else (),
+                 max_attempts=1)
+        for i in range(n_agents) for t in range(turns)
+    )  # fmt: skip
+    return RunPlanned(run_id="r", tenant="t", goal="g", plan=Plan(agents=agents, steps=steps), source="explicit",
+                      policy=RunPolicy.QUORUM, quorum=quorum, submitted_at=utc_now())  # fmt: skip
+
+
+def run_through(run: RunState, failing: set[str]) -> RunPhase | None:
+    """Run every step to its end, the `failing` ones failing; the run's final phase."""
+    waiting = started(run)
+    finished = None
+    while waiting:
+        step = waiting.pop()
+        finished = run.apply(result(step, ok=step not in failing)).run_finished or finished
+        waiting += queued(run)
+    return finished
+
+
+def test_the_quorum_counts_agents_whose_final_turn_succeeded_not_steps() -> None:
+    # 9 agents recover after a failed early turn: half the steps failed, yet 9 of 10 agents answered.
+    run = RunState(agents_plan(10, turns=2, quorum=0.9), max_in_flight=100)
+    failing = {f"a{i}_t0" for i in range(9)} | {"a9_t1"}
+    assert run_through(run, failing) is RunPhase.EXECUTED
+    (missing,) = run.missing_agents()
+    assert (missing.agent_id, missing.role, missing.step_id, missing.error) == ("a9", "role9", "a9_t1", "boom")
+
+
+def test_a_quorum_run_fails_naming_the_missing_agents() -> None:
+    run = RunState(agents_plan(10, turns=2, quorum=0.9), max_in_flight=100)
+    assert run_through(run, {"a3_t1", "a7_t1"}) is RunPhase.FAILED
+    assert [m.agent_id for m in run.missing_agents()] == ["a3", "a7"]
+    assert "8 of 10 agents" in run.error and "missing: a3, a7" in run.error
+
+
+def test_a_cancelled_final_turn_reports_the_agents_last_error() -> None:
+    run = RunState(agents_plan(2, turns=3, quorum=0.5), max_in_flight=100)
+    started(run)
+    run.apply(result("a0_t0", ok=False))
+    run.cancel("user")
+    by_agent = {m.agent_id: m.error for m in run.missing_agents()}
+    assert by_agent == {"a0": "boom", "a1": "its final turn a1_t2 is cancelled"}
+
+
 def test_cancel_drops_unfinished_steps() -> None:
     run = RunState(planned({"a": (), "b": ("a",)}), max_in_flight=100)
     started(run)

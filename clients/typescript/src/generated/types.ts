@@ -449,7 +449,7 @@ export interface RunPlanned {
    */
   priority?: number;
   /**
-   * Quorum fraction for the quorum policy.
+   * Quorum policy: the fraction of sub-agents whose final turn must succeed.
    */
   quorum?: number;
   /**
@@ -645,6 +645,10 @@ export interface RunExecuted {
    */
   kind: "executed";
   /**
+   * Sub-agents whose final turn did not succeed (a quorum run goes on without them).
+   */
+  missing_agents?: MissingAgent[];
+  /**
    * The run.
    */
   run_id: string;
@@ -667,6 +671,31 @@ export interface RunExecuted {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v: 1;
+}
+/**
+ * A sub-agent whose final turn did not succeed: what a quorum run's answer is missing.
+ */
+export interface MissingAgent {
+  /**
+   * The agent.
+   */
+  agent_id: string;
+  /**
+   * Its last error, or why its final turn did not run.
+   */
+  error?: string;
+  /**
+   * Its role.
+   */
+  role?: string;
+  /**
+   * Its final turn (its last step in dependency order).
+   */
+  step_id: string;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v?: 1;
 }
 /**
  * Counts and totals of a finished run.
@@ -730,6 +759,10 @@ export interface RunCompleted {
    */
   kind: "completed";
   /**
+   * Sub-agents whose final turn did not succeed: the answer was made without them.
+   */
+  missing_agents?: MissingAgent[];
+  /**
    * The run.
    */
   run_id: string;
@@ -765,6 +798,10 @@ export interface RunFailed {
    * Event kind, also the last subject token.
    */
   kind: "failed";
+  /**
+   * Sub-agents whose final turn did not succeed, when the step phase ended.
+   */
+  missing_agents?: MissingAgent[];
   /**
    * The run.
    */
@@ -1094,7 +1131,7 @@ export interface TaskSubmission2 {
    */
   priority?: number;
   /**
-   * Fraction of steps that must succeed (quorum policy).
+   * Fraction of sub-agents whose final turn must succeed (quorum policy).
    */
   quorum?: number;
   /**
