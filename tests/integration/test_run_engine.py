@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -468,3 +472,90 @@ async def test_a_quorum_run_completes_without_a_failed_agent_and_names_it(
         final = await completed_event(bus, "run-q", timeout_s=30)
     (missing,) = final.missing_agents
     assert (missing.agent_id, missing.step_id) == ("a3", "s3") and "fault injected" in missing.error
+
+
+# ---------------------------------------------------------------------------- step timeouts, draining on SIGTERM
+
+
+async def test_a_step_past_its_timeout_fails_and_its_model_call_is_stopped(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    steps = (StepSpec(id="slow", agent_id="a0", instruction="work", timeout_s=1.0, max_attempts=1, sim_latency_ms=60_000),)
+    plan = Plan(agents=(AgentSpec(id="a0", role="analyst"),), steps=steps)
+    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0)
+    server = GatewayServer(bus, create_engine(settings), settings)
+    await server.start()
+    try:
+        async with (
+            service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+            service(worker_main, WorkerSettings(nats=nats_settings)),
+        ):
+            await start_run(bus, "run-slow", plan)
+            final = await SwarmClient(bus).wait("run-slow", "t", timeout_s=30)
+            for _ in range(100):  # the call would generate for a minute: its abort (or deadline) frees the gateway
+                if server.in_flight == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.in_flight == 0
+    finally:
+        await server.stop()
+        await server.engine.close()
+    assert isinstance(final, RunFailed) and "step timed out after 1s" in final.error, final
+
+
+def service_process(module: str, nats_settings: NatsSettings, **env: str) -> subprocess.Popen[bytes]:
+    """A service as its own process (what `swarm up` starts), so that SIGTERM reaches its real handler."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        env={**os.environ, "SWARM_NATS_URL": nats_settings.url, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def step_ids_succeeded(bus: Bus, run_id: str, least: int) -> list[str]:
+    for _ in range(100):
+        done = await succeeded_events(bus, run_id)
+        if len(done) >= least:
+            return done
+        await asyncio.sleep(0.1)
+    return await succeeded_events(bus, run_id)
+
+
+async def test_sigterm_drains_a_worker_and_a_dispatcher_mid_run(bus: Bus, nats_settings: NatsSettings) -> None:
+    plan = layered_plan(layers=2, width=6, sim_latency_ms=1500)
+    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0)
+    server = GatewayServer(bus, create_engine(settings), settings)
+    await server.start()
+    worker = service_process("services.worker_pool", nats_settings, SWARM_WORKER_SANDBOX="unsafe-none")
+    dispatcher = service_process("services.dispatcher", nats_settings)
+    try:
+        await start_run(bus, "run-drain", plan)
+        for _ in range(600):
+            if server.running == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert server.running == 6, "the first layer never ran"
+        # Both get SIGTERM while the first layer runs: the worker finishes its six steps and reports them,
+        # the dispatcher checkpoints and lets go; both exit cleanly.
+        worker.send_signal(signal.SIGTERM)
+        dispatcher.send_signal(signal.SIGTERM)
+        for proc in (worker, dispatcher):
+            code = await asyncio.to_thread(proc.wait, 60)
+            assert code == 0, (proc.args, (proc.stderr.read() if proc.stderr else b"")[-2000:])
+        async with (
+            service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+            service(worker_main, WorkerSettings(nats=nats_settings)),
+            service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+        ):
+            # Nobody else ran the first layer: the drained worker finished it.
+            assert sorted(await step_ids_succeeded(bus, "run-drain", 6))[:6] == [f"s0_{i}" for i in range(6)]
+            final = await completed_event(bus, "run-drain", timeout_s=60)
+    finally:
+        for proc in (worker, dispatcher):
+            if proc.poll() is None:
+                proc.kill()
+        await server.stop()
+        await server.engine.close()
+    assert final.summary.steps_succeeded == 12 and final.summary.retries_count == 0
+    kinds = Counter((e.step_id, e.kind) for e in await read_step_events(bus.js, "run-drain"))
+    assert all(kinds[s.id, "started"] == 1 for s in plan.steps), kinds  # no step ran twice

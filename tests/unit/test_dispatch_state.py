@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 
 from hypothesis import given, settings
@@ -158,6 +159,25 @@ def test_a_cancelled_final_turn_reports_the_agents_last_error() -> None:
     run.cancel("user")
     by_agent = {m.agent_id: m.error for m in run.missing_agents()}
     assert by_agent == {"a0": "boom", "a1": "its final turn a1_t2 is cancelled"}
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    random.seed(7)
+    policy = RetryPolicy(base_s=0.5, cap_s=4.0)
+    for attempt, bound in ((2, 0.5), (3, 1.0), (4, 2.0), (5, 4.0), (9, 4.0)):
+        delays = [policy.delay_s(attempt) for _ in range(300)]
+        assert all(0 <= d <= bound for d in delays)
+        # Spread over the whole window: retries of many failed steps do not come back together.
+        assert max(delays) > 0.8 * bound and min(delays) < 0.2 * bound and len(set(delays)) == 300
+
+
+def test_each_retry_of_a_step_waits_a_longer_jittered_backoff() -> None:
+    random.seed(3)
+    run = RunState(planned({"a": ()}, max_attempts=4), max_in_flight=10, retry=RetryPolicy(base_s=1.0, cap_s=8.0))
+    started(run)
+    for attempt, bound in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        (dispatch,) = run.apply(result("a", attempt=attempt, ok=False)).dispatches
+        assert dispatch.attempt == attempt + 1 and 0 <= dispatch.delay_s <= bound
 
 
 def test_cancel_drops_unfinished_steps() -> None:
