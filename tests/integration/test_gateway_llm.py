@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
+from services.gateway.backends.llamacpp import LlamaCppEngine
 from services.gateway.engine import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
@@ -88,3 +90,28 @@ async def test_a_whole_reply_knows_when_its_first_token_came(llm_gateway: Gatewa
     completion = await llm_gateway.engine.generate(request)
     assert completion.first_token_at is not None and started_at < completion.first_token_at <= time.perf_counter()
     assert completion.completion_tokens >= 1 and completion.content
+
+
+async def test_several_instances_generate_in_parallel(nats_settings: NatsSettings) -> None:
+    settings = GatewaySettings(backend="llamacpp", instances=2, n_ctx=512)
+    engine = create_engine(settings)
+    assert isinstance(engine, LlamaCppEngine)
+    try:
+        both_busy = False
+
+        async def watch() -> None:
+            nonlocal both_busy
+            while not both_busy:
+                both_busy = engine._free.qsize() == 0  # every instance lent out at once
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        requests = [
+            InferenceRequest(request_id=f"par-{i}", messages=chat("You are terse.", f"Name {i + 2} rivers."), max_tokens=24)
+            for i in range(2)
+        ]
+        completions = await asyncio.gather(*(engine.generate(r) for r in requests))
+        watcher.cancel()
+        assert both_busy and all(c.content and c.completion_tokens for c in completions)
+    finally:
+        await engine.close()

@@ -290,3 +290,14 @@ async def test_malformed_and_unknown_cancels_change_nothing(bus: Bus, start_gate
     await bus.nc.publish(Subjects.INFER_CANCEL, b"\x00 not json")
     await bus.nc.publish(Subjects.INFER_CANCEL, b'{"request_id": "someone-else"}')
     assert (await call).ok and server.cancelled_count == 0
+
+
+async def test_two_gateway_replicas_share_the_load(bus: Bus, start_gateway: StartGateway) -> None:
+    servers = [await start_gateway(sim_latency_scale=1.0) for _ in range(2)]
+    client = InferenceClient(bus.nc)
+    replies = await asyncio.gather(
+        *(client.complete(request(f"shared-{i}", sim_latency_ms=20.0), timeout_s=30) for i in range(60))
+    )
+    assert all(r.ok for r in replies)
+    served = [s.served_count for s in servers]
+    assert sum(served) == 60 and min(served) > 0, served  # the queue group spreads calls over both
