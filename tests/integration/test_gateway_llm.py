@@ -115,3 +115,26 @@ async def test_several_instances_generate_in_parallel(nats_settings: NatsSetting
         assert both_busy and all(c.content and c.completion_tokens for c in completions)
     finally:
         await engine.close()
+
+
+async def test_a_cancelled_call_stops_its_instance_at_the_next_token(bus: Bus, llm_gateway: GatewayServer) -> None:
+    engine = llm_gateway.engine
+    assert isinstance(engine, LlamaCppEngine)
+    client = InferenceClient(bus.nc)
+    prompt = "Write a very long, detailed story about a river, at least 400 words."  # ~340 tokens at temperature 0
+    call = asyncio.create_task(client.complete(InferenceRequest(
+        request_id="llm-cancel", messages=chat("You are terse.", prompt), max_tokens=450, temperature=0.0,
+    ), timeout_s=120))  # fmt: skip
+    for _ in range(500):
+        if llm_gateway.running:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # a few tokens in
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    # The instance comes back when its thread stops: at the next token, not after ~450 tokens (seconds).
+    for _ in range(200):
+        if engine._free.qsize() == engine.concurrency:
+            break
+        await asyncio.sleep(0.01)
+    assert engine._free.qsize() == engine.concurrency and llm_gateway.cancelled_count == 1
