@@ -107,8 +107,11 @@ async def test_model_discovered_completion_and_usage(llama_server: str) -> None:
     engine = create_engine(settings(llama_server))
     try:
         assert isinstance(engine, OpenAIEngine) and engine.model == ALIAS
+        started_at = time.perf_counter()
         completion = await engine.generate(request("oa-1"))
         assert completion.content and 0 < completion.completion_tokens <= 24 and completion.prompt_tokens > 5
+        # Streamed and collected: a whole reply knows when its first token came.
+        assert completion.first_token_at is not None and started_at < completion.first_token_at
     finally:
         await engine.close()
 
