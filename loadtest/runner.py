@@ -56,6 +56,8 @@ from rich.table import Table
 
 from loadtest import metrics
 from loadtest.floor import measure_floor
+from loadtest.gateway_sim import TARGET_ADDED_P50_MS
+from loadtest.recorder_ingest import TARGET_EVENTS_PER_S
 from loadtest.scenarios import DEFAULT_INSTRUCTION_CHARS, PlanLoad, Scenario, load_all
 from swarm.client import RUN_EVENT, MessageTooLarge, SwarmClient
 from swarm.contracts import (
@@ -75,8 +77,6 @@ from swarm.settings import NatsSettings, StackSettings
 from swarm.stack import Stack
 
 DEFAULT_HOME = Path(".swarm/loadtest")
-EFFICIENCY_TARGET = 0.95
-FLOOR_RATIO_TARGET = 0.5
 FLOOR_STEPS = 4000
 FLOOR_IN_FLIGHT = 300
 QUIET_TIMEOUT_S = 120.0
@@ -84,6 +84,17 @@ QUIET_TIMEOUT_S = 120.0
 
 class LoadtestError(RuntimeError):
     """The load test could not run: no such scenario, no usable deployment, a plan too big."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a load test must reach; a figure a scenario does not produce (or null, as efficiency at zero
+    latency) is not checked."""
+
+    efficiency: float = 0.95  # critical path / makespan, at least
+    floor_ratio: float = 0.5  # steps/s over the raw JetStream round trip, at least
+    added_latency_p50_ms: float = TARGET_ADDED_P50_MS  # the gateway's own share of a call, at most
+    events_per_s: float = TARGET_EVENTS_PER_S  # the recorder's ingest rate, at least
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ class LoadtestOptions:
     run_timeout_s: float = 600.0
     floor: bool = True
     instruction_chars: int = DEFAULT_INSTRUCTION_CHARS  # of every agent's and step's instructions
+    targets: Targets = field(default_factory=Targets)
 
 
 # --------------------------------------------------------------------------- deployment
@@ -479,7 +491,7 @@ def run_loadtest(options: LoadtestOptions, console: Console | None = None) -> di
                     if deployment.kind == "embedded" else {})}
                 if deployment else None
             ),
-            "targets": {"steps_lost": 0, "efficiency": EFFICIENCY_TARGET, "floor_ratio": FLOOR_RATIO_TARGET},
+            "targets": {"steps_lost": 0, **asdict(options.targets)},
             "started_at": started_at.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
         }
@@ -557,14 +569,32 @@ async def _floor(url: str, options: LoadtestOptions, progress: Progress) -> Any:
         progress.update(bar, description="raw JetStream round trip (floor): done", total=1, completed=1)
 
 
-def failed_targets(report: dict[str, Any]) -> list[str]:
-    """The reasons the run as a whole is not a success: lost steps, runs that did not end."""
+def failed_targets(report: dict[str, Any], targets: Targets | None = None) -> list[str]:
+    """Why the load test missed: lost steps, runs that did not complete, and (given `targets`) every
+    figure on the wrong side of its target, each named with both numbers."""
     problems = []
     if report.get("steps_lost"):
         problems.append(f"{report['steps_lost']} steps lost")
     for run in report.get("runs", [report]):
-        if run.get("status") in ("timeout", "rejected", "cancelled"):
-            problems.append(f"run {run.get('run_id', '')} {run['status']}: {run.get('error', '')}")
+        if run.get("status") not in (None, "completed"):
+            problems.append(f"run {run.get('run_id', '')} {run['status']}: {run.get('error', '')}".rstrip(": "))
+    if targets is None:
+        return problems
+    minimums = [("efficiency", targets.efficiency), ("events_per_s", targets.events_per_s)]
+    if not report.get("latency_scale"):  # with latencies, steps/s is bounded by them, not by the messaging
+        minimums.append(("floor_ratio", targets.floor_ratio))
+    for key, least in minimums:
+        value = report.get(key)
+        if isinstance(value, int | float) and value < least:
+            problems.append(f"{key} {value:g} below its target {least:g}")
+    added_p50 = (report.get("added_latency_ms") or {}).get("p50")
+    if isinstance(added_p50, int | float) and added_p50 > targets.added_latency_p50_ms:
+        problems.append(f"gateway added latency p50 {added_p50:g} ms above its target {targets.added_latency_p50_ms:g} ms")
+    if report.get("events_lost"):
+        problems.append(f"{report['events_lost']} events lost by the recorder")
+    errors = report.get("errors")
+    if isinstance(errors, dict) and errors:
+        problems.append(f"gateway calls failed: {', '.join(f'{n} {reason}' for reason, n in errors.items())}")
     return problems
 
 

@@ -28,7 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
 from swarm.bus import Bus
-from swarm.contracts import OUTPUTS_BUCKET, RUNS, RunCompleted, Subjects
+from swarm.contracts import OUTPUTS_BUCKET, RUNS, MissingAgent, RunCompleted, RunFailed, Subjects
 from swarm.eventlog import EventLog, query_via_recorder
 from swarm.payloads import PayloadMissing, Payloads
 
@@ -195,6 +195,7 @@ class RunAnalysis:
     outputs: dict[str, str] = field(default_factory=dict)  # step id -> output (cut by `cut_outputs`)
     token_totals: list[TokenTotal] = field(default_factory=list)  # every inference call, by phase
     summary_tokens: tuple[int, int] | None = None  # (prompt, completion) as the run's summary counts them
+    missing_agents: list[dict[str, Any]] = field(default_factory=list)  # agents whose final turn failed (MissingAgent)
 
     @property
     def peak_concurrency(self) -> int:
@@ -331,9 +332,10 @@ async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunA
     )  # fmt: skip
     if bus is not None:
         tenant = str(run.get("tenant") or "*")
-        analysis.answer, analysis.outputs = await asyncio.gather(
-            read_answer(bus, tenant, run_id), read_outputs(bus, run_id)
+        (analysis.answer, missing), analysis.outputs = await asyncio.gather(
+            read_outcome(bus, tenant, run_id), read_outputs(bus, run_id)
         )
+        analysis.missing_agents = [m.model_dump() for m in missing]
         if analysis.answer is None and run.get("status") == "completed":
             notes.append("the run's 'completed' event is no longer on the RUNS stream: its answer cannot be shown")
         if spans and not analysis.outputs:
@@ -344,13 +346,17 @@ async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunA
 # --------------------------------------------------------------------------- content (NATS, not the event log)
 
 
-async def read_answer(bus: Bus, tenant: str, run_id: str) -> str | None:
-    """The final answer of a run: its RunCompleted on the RUNS stream (None when there is none)."""
-    try:
-        msg = await bus.js.get_last_msg(RUNS.name, Subjects.run_event(tenant, run_id, "completed"))
-    except NotFoundError:
-        return None
-    return RunCompleted.model_validate_json(msg.data or b"").answer
+async def read_outcome(bus: Bus, tenant: str, run_id: str) -> tuple[str | None, tuple[MissingAgent, ...]]:
+    """The final answer of a run (its RunCompleted on the RUNS stream; None when there is none) and the
+    sub-agents it lacks (from the RunCompleted, else the RunFailed)."""
+    for kind, event_type in (("completed", RunCompleted), ("failed", RunFailed)):
+        try:
+            msg = await bus.js.get_last_msg(RUNS.name, Subjects.run_event(tenant, run_id, kind))
+        except NotFoundError:
+            continue
+        event = event_type.model_validate_json(msg.data or b"")
+        return (event.answer if isinstance(event, RunCompleted) else None), event.missing_agents
+    return None, ()
 
 
 def cut_outputs(outputs: Mapping[str, str], max_chars: int, budget_chars: int) -> dict[str, str]:

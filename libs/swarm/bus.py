@@ -366,8 +366,7 @@ class Bus:
         storage = StorageType.FILE if self.settings.stream_storage == "file" else StorageType.MEMORY
         if bucket.kind == "kv":
             try:
-                await self.js.key_value(bucket.name)
-                return False
+                status = await (await self.js.key_value(bucket.name)).status()
             except BucketNotFoundError:
                 await self.js.create_key_value(
                     KeyValueConfig(
@@ -380,6 +379,11 @@ class Bus:
                     )
                 )
                 return True
+            wanted = (("history", bucket.history, status.history), ("ttl", bucket.ttl_s or None, status.ttl or None))
+            diffs = [f"{name}: wanted {want!r}, found {have!r}" for name, want, have in wanted if want != have]
+            if diffs:
+                raise ProvisioningConflict(f"bucket {bucket.name} exists with another configuration: " + "; ".join(diffs))
+            return False
         try:
             await self.js.object_store(bucket.name)
             return False

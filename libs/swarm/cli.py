@@ -344,14 +344,38 @@ def loadtest(
     instruction_chars: Annotated[
         int, typer.Option(min=0, max=8000, help="Characters of every agent's and step's instructions (0: one word).")
     ] = 300,
+    targets: Annotated[
+        bool, typer.Option("--targets/--no-targets", help="Exit 1 when a figure misses its target (else just report).")
+    ] = True,
+    target_efficiency: Annotated[float | None, typer.Option(help="Least critical path / makespan [0.95].")] = None,
+    target_floor_ratio: Annotated[
+        float | None, typer.Option(help="Least steps/s over the raw JetStream round trip [0.5].")
+    ] = None,
+    target_added_latency_ms: Annotated[float | None, typer.Option(help="Most gateway added latency, p50 [2].")] = None,
+    target_events_per_s: Annotated[float | None, typer.Option(help="Least recorder ingest rate [20000].")] = None,
 ) -> None:
-    """Drive the real services (sim backend) with a scenario; a table of figures, and JSON with --json."""
-    from loadtest.runner import LoadtestError, LoadtestOptions, failed_targets, report_table, run_loadtest
+    """Drive the real services (sim backend) with a scenario; a table of figures, and JSON with --json.
 
+    Exits 1 when a step is lost, a run does not complete, or (unless --no-targets) a figure misses its target.
+    """
+    from loadtest.runner import (
+        LoadtestError,
+        LoadtestOptions,
+        Targets,
+        failed_targets,
+        report_table,
+        run_loadtest,
+    )
+
+    given = {
+        "efficiency": target_efficiency, "floor_ratio": target_floor_ratio,
+        "added_latency_p50_ms": target_added_latency_ms, "events_per_s": target_events_per_s,
+    }  # fmt: skip
+    goals = Targets(**{name: value for name, value in given.items() if value is not None})
     options = LoadtestOptions(
         scenario=scenario, latency_scale=latency_scale, runs=runs, seed=seed, nats_url=nats_url, home=home,
         workers=workers, worker_concurrency=worker_concurrency, scale_steps=scale_steps, run_timeout_s=timeout_s,
-        floor=floor, instruction_chars=instruction_chars,
+        floor=floor, instruction_chars=instruction_chars, targets=goals,
     )  # fmt: skip
     try:
         report = run_loadtest(options, console)
@@ -362,9 +386,9 @@ def loadtest(
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"Figures written to {json_file}")
-    problems = failed_targets(report)
+    problems = failed_targets(report, goals if targets else None)
     if problems:
-        raise fail("; ".join(problems))
+        raise fail("missed: " + "; ".join(problems))
 
 
 @app.command()

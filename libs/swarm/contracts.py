@@ -186,6 +186,7 @@ class Subjects:
     EVENTS_ALL = "swarm.events.>"
     RESULTS_ALL = "swarm.results.>"
     INFER = "swarm.infer.request"
+    INFER_CANCEL = "swarm.infer.cancel"
     RECORDER_QUERY = "swarm.recorder.query"
 
     @staticmethod
@@ -410,7 +411,9 @@ class TaskSubmission(Contract):
     )
     priority: int = Field(default=0, ge=-10, le=10, description="Higher runs are scheduled first.")
     policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy of the run.")
-    quorum: float = Field(default=0.95, gt=0, le=1, description="Fraction of steps that must succeed (quorum policy).")
+    quorum: float = Field(
+        default=0.95, gt=0, le=1, description="Fraction of sub-agents whose final turn must succeed (quorum policy)."
+    )
     submitted_at: Timestamp = Field(
         default_factory=utc_now,
         description="When the client submitted the task (with an offset); recorded with the run.",
@@ -505,6 +508,9 @@ class StepResult(Contract):
 
 
 # --------------------------------------------------------------------------- run lifecycle
+
+
+MISSING_AGENT_ERROR_CHARS = 500
 
 
 class RunSummary(Contract):
@@ -622,7 +628,9 @@ class RunPlanned(RunEventBase):
     )
     priority: int = Field(default=0, description="Run priority.")
     policy: RunPolicy = Field(default=RunPolicy.FAIL_FAST, description="Failure policy.")
-    quorum: float = Field(default=0.95, description="Quorum fraction for the quorum policy.")
+    quorum: float = Field(
+        default=0.95, description="Quorum policy: the fraction of sub-agents whose final turn must succeed."
+    )
     submitted_at: datetime = Field(description="When the task was submitted.")
 
     @model_validator(mode="after")
@@ -649,6 +657,15 @@ class RunProgress(RunEventBase):
     )
 
 
+class MissingAgent(Contract):
+    """A sub-agent whose final turn did not succeed: what a quorum run's answer is missing."""
+
+    agent_id: Id = Field(description="The agent.")
+    role: str = Field(default="", description="Its role.")
+    step_id: Id = Field(description="Its final turn (its last step in dependency order).")
+    error: str = Field(default="", max_length=MISSING_AGENT_ERROR_CHARS, description="Its last error, or why its final turn did not run.")
+
+
 class RunExecuted(RunEventBase):
     """Every step is finished; the aggregator synthesizes the answer."""
 
@@ -657,6 +674,9 @@ class RunExecuted(RunEventBase):
     sink_step_ids: tuple[Id, ...] = Field(description="Succeeded steps no other step depends on: the synthesis input.")
     summary: RunSummary = Field(description="Totals of the step phase (wall_ms up to now).")
     submitted_at: datetime = Field(description="When the task was submitted.")
+    missing_agents: tuple[MissingAgent, ...] = Field(
+        default=(), description="Sub-agents whose final turn did not succeed (a quorum run goes on without them)."
+    )
 
 
 class RunCompleted(RunEventBase):
@@ -665,6 +685,9 @@ class RunCompleted(RunEventBase):
     kind: Literal["completed"] = Field("completed", description="Event kind, also the last subject token.")
     answer: str = Field(description="The synthesized answer.")
     summary: RunSummary = Field(description="Totals of the whole run.")
+    missing_agents: tuple[MissingAgent, ...] = Field(
+        default=(), description="Sub-agents whose final turn did not succeed: the answer was made without them."
+    )
 
 
 class RunFailed(RunEventBase):
@@ -674,6 +697,9 @@ class RunFailed(RunEventBase):
     error: str = Field(description="Why.")
     failed_step_ids: tuple[Id, ...] = Field(default=(), description="Steps dead-lettered.")
     summary: RunSummary | None = Field(default=None, description="Totals, when the run got that far.")
+    missing_agents: tuple[MissingAgent, ...] = Field(
+        default=(), description="Sub-agents whose final turn did not succeed, when the step phase ended."
+    )
 
 
 class RunCancelRequested(RunEventBase):
@@ -785,6 +811,13 @@ class InferenceRequest(Contract):
         le=9,
         description="Scheduling class, 0 first; default from caller: planner and aggregator 0, others 5.",
     )
+
+
+class InferenceCancel(Contract):
+    """A caller no longer wants an inference call: every gateway replica hears it, the one running or queueing
+    the call stops it (the engine aborts the generation) and answers nothing more."""
+
+    request_id: str = Field(min_length=1, description="The request_id of the call to stop.")
 
 
 class InferenceResponse(Contract):
@@ -938,6 +971,8 @@ CHANNELS: tuple[Channel, ...] = (
     Channel(address=Subjects.INFER, stream=None, message=InferenceRequest, reply=InferenceResponse,
             description="Core NATS request to the gateway's queue group; the reply is an InferenceResponse, "
             "or with stream=true a sequence of InferenceChunk messages to the reply subject."),
+    Channel(address=Subjects.INFER_CANCEL, stream=None, message=InferenceCancel,
+            description="Core NATS, every gateway replica: stop the named call (a caller cancelled, a run ended)."),
     Channel(address="{reply_inbox}", stream=None, message=InferenceChunk,
             description="A streamed inference reply: the chunks the gateway sends to the reply subject of a "
             "request with stream=true, in index order; the last one (done=true) carries the InferenceResponse."),

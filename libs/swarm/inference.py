@@ -8,6 +8,7 @@ messages there, the last one (done=true) carrying the InferenceResponse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import uuid
@@ -18,7 +19,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from swarm.bus import ReplyInbox
-from swarm.contracts import ChatMessage, InferenceChunk, InferenceRequest, InferenceResponse, Subjects
+from swarm.contracts import (
+    ChatMessage,
+    InferenceCancel,
+    InferenceChunk,
+    InferenceRequest,
+    InferenceResponse,
+    Subjects,
+)
 
 OVERLOADED = "overloaded"
 DEADLINE_EXCEEDED = "deadline exceeded"
@@ -108,8 +116,23 @@ class InferenceClient:
             raise nats.errors.NoRespondersError
         return msg
 
+    async def abort(self, request_id: str) -> None:
+        """Tell every gateway to stop a call nobody waits for any more (it frees the engine's slot)."""
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(Subjects.INFER_CANCEL, InferenceCancel(request_id=request_id).model_dump_json().encode())
+
     async def complete(self, request: InferenceRequest, timeout_s: float = 120.0) -> InferenceResponse:
-        """One completion. A reply with ok=False (bad input, engine error) is returned, not raised."""
+        """One completion. A reply with ok=False (bad input, engine error) is returned, not raised.
+
+        Cancelled while it waits (its step was cancelled, its caller stops), it tells the gateway to stop the call.
+        """
+        try:
+            return await self._complete(request, timeout_s)
+        except asyncio.CancelledError:
+            await self.abort(request.request_id)
+            raise
+
+    async def _complete(self, request: InferenceRequest, timeout_s: float) -> InferenceResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         backoff_s = 0.05
@@ -144,6 +167,7 @@ class InferenceClient:
         backoff_s = 0.05
         inbox = self.nc.new_inbox()
         subscription = await self.nc.subscribe(inbox)
+        answered = False
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -179,7 +203,12 @@ class InferenceClient:
                     if chunk.index == 0 and is_overloaded(response):
                         await asyncio.sleep(retry_after_s(msg, backoff_s))
                         break
+                    answered = True
                     yield response
                     return
+        except (asyncio.CancelledError, GeneratorExit):
+            if not answered:  # the reader went away mid-stream: the gateway stops generating
+                await self.abort(request.request_id)
+            raise
         finally:
             await subscription.unsubscribe()

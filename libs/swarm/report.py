@@ -28,6 +28,7 @@ TERMINAL_ANSWER_CHARS = 3000  # of the answer in the terminal; the HTML report h
 OPEN_LANES_MAX = 60  # runs with at most this many steps show every lane's steps opened
 OPEN_STEPS_MAX = 12  # ... and at most this many, every step's output opened
 TOKEN_BARS_MAX = 30  # agents in the tokens chart; the rest are one bar
+MISSING_AGENTS_SHOWN = 20  # missing sub-agents listed in the terminal; the HTML report and --json list all
 _LABEL_W = 170
 _STYLE = (
     f"body{{{_FONT};margin:24px auto;max-width:1020px;color:#202124}}h1{{font-size:22px;margin:0}}"
@@ -148,6 +149,16 @@ def render_terminal(a: RunAnalysis, answer_chars: int = TERMINAL_ANSWER_CHARS, t
         s = by_id[step_id]
         path.add_row(step_id, s.agent_id, _ms(s.queued_ms), _ms(s.run_ms))
     parts += [summary, path]
+    if a.missing_agents:
+        missing = Table(title=f"Missing sub-agents ({len(a.missing_agents)}): their final turn did not succeed")
+        for name in ("agent", "role", "final turn"):
+            missing.add_column(name, no_wrap=True)
+        missing.add_column("last error", overflow="fold")
+        for m in a.missing_agents[:MISSING_AGENTS_SHOWN]:
+            missing.add_row(escape(m["agent_id"]), escape(m["role"]), escape(m["step_id"]), escape(m["error"][:160]))
+        if len(a.missing_agents) > MISSING_AGENTS_SHOWN:
+            missing.add_row(f"… {len(a.missing_agents) - MISSING_AGENTS_SHOWN} more", "", "", "(see --json)")
+        parts.append(missing)
     if a.failures:
         failures = Table(title="Failures and retries")
         for name in ("kind", "steps", "events"):
@@ -402,6 +413,13 @@ def render_html(a: RunAnalysis, generated_at: datetime | None = None) -> str:
     if a.stragglers:
         slow = [(s["step_id"], s["agent_id"], _ms(s["run_ms"]), f"{s['x_median']:.1f}x") for s in a.stragglers]
         sections.append(f"<section><h2>Stragglers</h2>{_table(('step', 'agent', 'ran', 'vs median'), slow)}</section>")
+    if a.missing_agents:
+        lacking = [(m["agent_id"], m["role"], m["step_id"], m["error"]) for m in a.missing_agents]
+        sections.append(
+            f"<section><h2>Missing sub-agents</h2><p class=sub>{len(lacking)} agents whose final turn did not "
+            f"succeed: the answer was made without them.</p>"
+            f"{_table(('agent', 'role', 'final turn', 'last error'), lacking)}</section>"
+        )
     if a.failures:
         failed = [(f["kind"], f["steps_count"], f["events_count"], f["reason"]) for f in a.failures]
         sections.append(f"<section><h2>Failures and retries</h2>{_table(('kind', 'steps', 'events', 'reason'), failed)}</section>")

@@ -212,7 +212,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     planner = (
         _service("planner")
         .durable(TASKS, PLANNER_CONSUMER)
-        .pub(Subjects.run_kind_all("planned"), Subjects.run_kind_all("rejected"), Subjects.INFER)
+        .pub(Subjects.run_kind_all("planned"), Subjects.run_kind_all("rejected"), Subjects.INFER, Subjects.INFER_CANCEL)
         .kv_write(RUN_INDEX_BUCKET)
         .objects_write(PLANS_STORE)  # plans by reference: read the client's, store the planned run's
     )
@@ -231,6 +231,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         worker.durable(STEPS, f"{WORKERS_CONSUMER_PREFIX}-{pool}")
     worker.pub(
         Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER,
+        Subjects.INFER_CANCEL,
     ).sub(
         # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
         Subjects.run_kind_all("cancelled"), Subjects.run_kind_all("failed"),
@@ -240,13 +241,14 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     aggregator = (
         _service("aggregator")
         .durable(RUNS, AGGREGATOR_CONSUMER)
-        .pub(Subjects.run_kind_all("completed"), Subjects.run_kind_all("failed"), Subjects.INFER)
+        .pub(Subjects.run_kind_all("completed"), Subjects.run_kind_all("failed"), Subjects.INFER, Subjects.INFER_CANCEL)
         .kv_read(OUTPUTS_BUCKET)
         .objects_read(PAYLOADS_STORE)
         .kv_write(RUN_INDEX_BUCKET)
     )
     # The gateway serves core request/reply: it answers on the requester's inbox (responses), never JetStream.
     gateway = _service("gateway").sub(f"{Subjects.INFER} {GATEWAY_QUEUE_GROUP}")  # only in its queue group
+    gateway.sub(Subjects.INFER_CANCEL)  # every replica: the one holding the call stops it
     gateway.pub(Subjects.inference_event(), Subjects.inference_event_batch())
     recorder = (
         Grants()

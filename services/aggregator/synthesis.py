@@ -97,7 +97,10 @@ class Aggregator:
                 "wall_ms": max(0.0, (utc_now() - executed.submitted_at).total_seconds() * 1000),
             }
         )
-        completed = RunCompleted(run_id=executed.run_id, tenant=executed.tenant, answer=synthesis.answer, summary=summary)
+        completed = RunCompleted(
+            run_id=executed.run_id, tenant=executed.tenant, answer=synthesis.answer, summary=summary,
+            missing_agents=executed.missing_agents,
+        )  # fmt: skip
         await self.bus.publish(
             Subjects.run_event(executed.tenant, executed.run_id, "completed"), completed, f"{executed.run_id}.completed"
         )
@@ -185,7 +188,10 @@ class Aggregator:
         return outputs
 
     async def _fail(self, executed: RunExecuted, error: str) -> None:
-        failed = RunFailed(run_id=executed.run_id, tenant=executed.tenant, error=error, summary=executed.summary)
+        failed = RunFailed(
+            run_id=executed.run_id, tenant=executed.tenant, error=error, summary=executed.summary,
+            missing_agents=executed.missing_agents,
+        )  # fmt: skip
         await self.bus.publish(
             Subjects.run_event(executed.tenant, executed.run_id, "failed"), failed, f"{executed.run_id}.failed"
         )

@@ -583,6 +583,7 @@ class Dispatcher:
             executed = RunExecuted(
                 run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
                 sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.submitted_at,
+                missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
             await self.bus.publish_nowait(subject(run.tenant, run.run_id, "executed"), executed, f"{run.run_id}.executed")
             await self._index(run, RunStatus.SYNTHESIZING)
@@ -590,6 +591,7 @@ class Dispatcher:
             failed = RunFailed(
                 run_id=run.run_id, tenant=run.tenant, error=run.error,
                 failed_step_ids=tuple(run.failed_step_ids()), summary=summary,
+                missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
             await self.bus.publish_nowait(subject(run.tenant, run.run_id, "failed"), failed, f"{run.run_id}.failed")
             await self._index(run, RunStatus.FAILED, run.error)

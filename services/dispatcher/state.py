@@ -14,7 +14,9 @@ from enum import StrEnum
 from typing import Any
 
 from swarm.contracts import (
+    MISSING_AGENT_ERROR_CHARS,
     AgentSpec,
+    MissingAgent,
     RunPlanned,
     RunPolicy,
     RunSummary,
@@ -304,14 +306,26 @@ class RunState:
     def _check_done(self, outcome: Outcome) -> None:
         if self.phase is not RunPhase.RUNNING or self.finished_count < len(self.steps):
             return
-        succeeded = self.count(StepPhase.SUCCEEDED)
-        needed = self.planned.quorum if self.planned.policy is RunPolicy.QUORUM else 1.0
-        if succeeded >= needed * len(self.steps) and succeeded > 0:
+        if self.planned.policy is RunPolicy.QUORUM:
+            # The quorum counts sub-agents, not steps: an agent counts when its final turn succeeded.
+            agents = len({s.spec.agent_id for s in self.steps.values()})
+            missing = self.missing_agents()
+            enough = agents - len(missing) >= self.planned.quorum * agents and len(missing) < agents
+            shortfall = (
+                f"only {agents - len(missing)} of {agents} agents' final turns succeeded "
+                f"(quorum {self.planned.quorum:.0%}); missing: {', '.join(m.agent_id for m in missing[:10])}"
+                + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            )
+        else:
+            succeeded = self.count(StepPhase.SUCCEEDED)
+            enough = succeeded == len(self.steps) and succeeded > 0
+            shortfall = f"only {succeeded} of {len(self.steps)} steps succeeded"
+        if enough:
             self.phase = RunPhase.EXECUTED
             outcome.run_finished = RunPhase.EXECUTED
         else:
             self.phase = RunPhase.FAILED
-            self.error = f"only {succeeded} of {len(self.steps)} steps succeeded (quorum {needed:.0%})"
+            self.error = shortfall
             outcome.run_finished = RunPhase.FAILED
 
     # ------------------------------------------------------------------ views
@@ -323,6 +337,28 @@ class RunState:
     def sink_step_ids(self) -> list[str]:
         """Succeeded steps no other step depends on: the synthesis input."""
         return [s for s in sinks(self.depends_on) if self.steps[s].phase is StepPhase.SUCCEEDED]
+
+    def missing_agents(self) -> list[MissingAgent]:
+        """Agents whose final turn (their last step in dependency order) did not succeed, with their last error."""
+        final: dict[str, str] = {}
+        last_error: dict[str, str] = {}
+        for step_id in topological_order(self.depends_on):
+            state = self.steps[step_id]
+            final[state.spec.agent_id] = step_id
+            if state.phase is StepPhase.FAILED:
+                last_error[state.spec.agent_id] = state.error
+        missing = []
+        for agent_id, step_id in final.items():
+            state = self.steps[step_id]
+            if state.phase is StepPhase.SUCCEEDED:
+                continue
+            error = last_error.get(agent_id) or f"its final turn {step_id} is {state.phase.value}"
+            agent = self.agents.get(agent_id)
+            missing.append(MissingAgent(
+                agent_id=agent_id, role=agent.role if agent else "", step_id=step_id,
+                error=error[:MISSING_AGENT_ERROR_CHARS],
+            ))  # fmt: skip
+        return missing
 
     def failed_step_ids(self) -> list[str]:
         """Steps dead-lettered."""

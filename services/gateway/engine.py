@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +31,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     queue_ms: float = 0.0  # time spent waiting for a free engine slot, inside `generate`
+    first_token_at: float | None = None  # time.perf_counter() when the engine produced the first token
 
 
 # What `generate_stream` yields: text deltas as they are generated, then one Completion (the whole text).
@@ -56,6 +60,19 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Release models, threads and memory."""
         ...
+
+
+async def collect(items: AsyncIterator[StreamItem]) -> Completion:
+    """A whole Completion from a stream, with the time its first token came: how a backend whose engine
+    streams answers a whole request and still knows its time to first token."""
+    first_token_at: float | None = None
+    async with contextlib.aclosing(items):  # closed on cancel too: the engine stops generating
+        async for item in items:
+            if isinstance(item, Completion):
+                return dataclasses.replace(item, first_token_at=first_token_at)
+            if item and first_token_at is None:
+                first_token_at = time.perf_counter()
+    raise RuntimeError("the engine ended a stream without its completion")
 
 
 def estimate_tokens(text: str) -> int:

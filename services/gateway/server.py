@@ -38,6 +38,7 @@ from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus, answerable
 from swarm.contracts import (
     GATEWAY_QUEUE_GROUP,
+    InferenceCancel,
     InferenceChunk,
     InferenceEvent,
     InferenceEventBatch,
@@ -59,6 +60,7 @@ CALLER_PRIORITY = {"planner": 0, "aggregator": 0}
 DEFAULT_PRIORITY = 5
 EVENTS_FLUSH_S = 0.05
 EVENTS_PER_BATCH = 500
+CANCELLED_BY_CALLER = "cancelled by the caller"
 
 
 def peek(data: bytes) -> tuple[str, bool]:
@@ -131,6 +133,11 @@ class GatewayServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._subscription: Subscription | None = None
+        self._cancel_subscription: Subscription | None = None
+        # The calls a cancel can name: queued ones by their entry, running ones by their task.
+        self._calls: dict[str, Admitted | asyncio.Task[Any]] = {}
+        self._aborted: set[str] = set()  # running calls cancelled by their caller (not by a stop)
+        self.cancelled_count = 0
         self._events: list[InferenceEvent] = []
         self._events_flusher: asyncio.Task[None] | None = None
 
@@ -140,6 +147,8 @@ class GatewayServer:
         self._subscription = await self.bus.nc.subscribe(
             Subjects.INFER, queue=GATEWAY_QUEUE_GROUP, cb=self._on_message
         )
+        # No queue group: the cancel reaches every replica, and the one holding the call stops it.
+        self._cancel_subscription = await self.bus.nc.subscribe(Subjects.INFER_CANCEL, cb=self._on_cancel)
 
     async def flush_events(self) -> None:
         """Publish the events recorded so far as one InferenceEventBatch (without waiting for the ack)."""
@@ -174,6 +183,7 @@ class GatewayServer:
             "failed_count": self.failed_count,
             "rejected_count": self.rejected_count,
             "expired_count": self.expired_count,
+            "cancelled_count": self.cancelled_count,
         }
 
     async def stop(self) -> None:
@@ -181,6 +191,10 @@ class GatewayServer:
         if self._subscription is not None:
             await self._subscription.drain()  # type: ignore[no-untyped-call]  # nats-py is untyped here
             self._subscription = None
+        if self._cancel_subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._cancel_subscription.unsubscribe()
+            self._cancel_subscription = None
         try:
             await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT_S)
         except TimeoutError:
@@ -230,7 +244,27 @@ class GatewayServer:
             delay_s = max(0.0, deadline_at - time.perf_counter())
             entry.expiry = asyncio.get_running_loop().call_later(delay_s, self._expire, entry)
         heapq.heappush(self._queue, entry)
+        self._calls[request.request_id] = entry
         self._next()  # a slot may be free behind queued entries that already expired
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A caller gave a call up: a queued one is dropped, a running one cancelled (the engine aborts it)."""
+        try:
+            request_id = InferenceCancel.model_validate_json(msg.data).request_id
+        except ValidationError:
+            log.warning("malformed inference cancel ignored: %r", msg.data[:200])
+            return
+        call = self._calls.get(request_id)
+        if isinstance(call, Admitted):
+            if not call.done:
+                self.cancelled_count += 1
+                if call.expiry is not None:
+                    call.expiry.cancel()
+                self._finish_queued(call, CANCELLED_BY_CALLER)
+        elif call is not None and not call.done():
+            self.cancelled_count += 1
+            self._aborted.add(request_id)
+            call.cancel()
 
     def _input_error(self, request: InferenceRequest) -> str:
         """Why the request cannot be served by this gateway at all, or ''."""
@@ -279,6 +313,7 @@ class GatewayServer:
 
     def _finish_queued(self, entry: Admitted, error: str = "gateway stopping: the request was not run") -> None:
         entry.done = True
+        self._calls.pop(entry.request.request_id, None)
         self._release()
         request = entry.request
         self._spawn(self._reply_failure(entry.msg, request.request_id, request, error, request.stream))
@@ -291,6 +326,9 @@ class GatewayServer:
         started_at = time.perf_counter()
         stream_to = msg.reply if request.stream else ""
         index = 0
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls[request.request_id] = task
         try:
             remaining_s = None if deadline_at is None else max(0.0, deadline_at - started_at)
             try:
@@ -299,7 +337,7 @@ class GatewayServer:
                         completion, first_token_at, index = await self._stream(request, stream_to)
                     else:
                         completion = await self.engine.generate(request)
-                        first_token_at = None
+                        first_token_at = completion.first_token_at
             except TimeoutError:
                 if deadline_at is None or time.perf_counter() < deadline_at:
                     raise  # the engine's own timeout, not the request's deadline
@@ -315,7 +353,14 @@ class GatewayServer:
             log.exception("engine %s failed on request %s", self.engine.name, request.request_id)
             error = f"engine error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
             response, event = self._failure(request.request_id, request, error)
+        except asyncio.CancelledError:
+            if request.request_id not in self._aborted:
+                raise  # the gateway is stopping
+            task.uncancel()  # the caller's cancel, handled here: the engine has stopped generating
+            response, event = self._failure(request.request_id, request, CANCELLED_BY_CALLER)
         finally:
+            self._calls.pop(request.request_id, None)
+            self._aborted.discard(request.request_id)
             self.running -= 1
             self._release()
             self._next()

@@ -145,14 +145,20 @@ class StepExecutor:
         self.steps_done = 0
         self._events: dict[tuple[str, str, int], list[StepEvent]] = {}  # per attempt, until flushed
         self._running: dict[tuple[str, str, int], tuple[float, Msg, StepDispatch]] = {}  # since, delivery, step
+        self._attempt_tasks: dict[tuple[str, str, int], asyncio.Task[Any]] = {}  # what a run's end cancels
+        self._interrupted: set[tuple[str, str, int]] = set()  # attempts cancelled because their run ended
+        self.interrupted_count = 0
         self._confirming: set[asyncio.Task[None]] = set()
 
     def health(self) -> dict[str, int]:
         """What the health probe reports: steps done, running now, and the slots to run them."""
-        return {"steps_done": self.steps_done, "running": len(self._running), "concurrency": self.settings.concurrency}
+        return {
+            "steps_done": self.steps_done, "running": len(self._running), "concurrency": self.settings.concurrency,
+            "interrupted_count": self.interrupted_count,
+        }  # fmt: skip
 
     async def watch_ended_runs(self) -> None:
-        """Skip the queued steps of runs that were cancelled or failed meanwhile.
+        """Skip the queued steps of runs that were cancelled or failed meanwhile, and interrupt their running ones.
 
         An end is believed only when the message is a well-formed RunCancelled/RunFailed on its own
         run's subject, and the run's checkpoint (written by the dispatcher alone) confirms it: a
@@ -192,8 +198,17 @@ class StepExecutor:
                 self._ended_runs[run_id] = None
                 if len(self._ended_runs) > ENDED_RUNS_KEPT:
                     del self._ended_runs[next(iter(self._ended_runs))]
+                self._interrupt(run_id)
                 return
         log.warning("run %s announced as ended, but its checkpoint says it runs: ignored", run_id)
+
+    def _interrupt(self, run_id: str) -> None:
+        """Cancel the running attempts of an ended run: their model calls are aborted, their results dropped."""
+        for key, task in list(self._attempt_tasks.items()):
+            if key[0] == run_id and key not in self._interrupted:
+                self._interrupted.add(key)
+                self.interrupted_count += 1
+                task.cancel()
 
     async def on_step(self, msg: Msg) -> None:
         """Handle one delivery of a step (settled by `swarm.bus.settle`)."""
@@ -208,10 +223,24 @@ class StepExecutor:
         await self._event(dispatch, StepEventKind.STARTED, at=started_at)
         key = self._attempt_key(dispatch)
         self._running[key] = (asyncio.get_running_loop().time(), msg, dispatch)
+        task = asyncio.current_task()
+        assert task is not None
+        self._attempt_tasks[key] = task
         try:
             result, unstored = await self._attempt(dispatch, started_at)
+        except asyncio.CancelledError:
+            if key not in self._interrupted:
+                raise  # the worker is stopping
+            task.uncancel()  # the run ended: this attempt's work is dropped, its delivery acked
+            await self._flush_events(dispatch)  # what it did before (started, model calls) is still true
+            return
         finally:
             self._running.pop(key, None)
+            self._attempt_tasks.pop(key, None)
+            self._interrupted.discard(key)
+        if dispatch.run_id in self._ended_runs:  # ended while it ran, between two awaits: dropped too
+            await self._flush_events(dispatch)
+            return
         events = self._events.get(key, [])
         if len(events) <= RESULT_EVENTS_MAX:  # the usual case: they ride with the result
             result = result.model_copy(update={"events": tuple(events)})

@@ -1,5 +1,5 @@
 """The terminal experience as a user has it: `swarm top` in a real terminal (tmux) beside a 300-agent load test,
-and the stack commands (`up` restarting the dead, `status` telling alive from dead, `restart SERVICE`)."""
+and the stack commands (`up` restarting the dead, `status` telling alive from dead, `restart SERVICE`, `down`)."""
 
 from __future__ import annotations
 
@@ -189,6 +189,24 @@ def test_stack_commands_tell_alive_from_dead_and_restart(stack: Stack) -> None:
 
     cancel = swarm(stack, "cancel", "nosuchrun", "--nats-url", stack.nats_url)
     assert cancel.returncode == 1 and "no run nosuchrun" in cancel.stderr
+
+    # Last (the stack is module-wide): `swarm down` stops every process, and says so when there is none.
+    pids = [p["pid"] for p in json.loads(swarm(stack, "status", "--json").stdout)["processes"]]
+    down = swarm(stack, "down")
+    assert down.returncode == 0 and "Swarm is down." in down.stdout, down.stdout + down.stderr
+    assert not [pid for pid in pids if _alive(pid)]
+    after = swarm(stack, "status")
+    assert after.returncode == 1 and "swarm up" in after.stderr
+    again = swarm(stack, "down")
+    assert again.returncode == 0 and "No local stack is running." in again.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has exited
 
 
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:

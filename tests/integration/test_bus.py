@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
 
 from swarm.bus import Bus, ConsumerSpec, ProvisioningConflict, Reject, Retry, consume, consume_batches
-from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, TASKS, Retention, StreamSpec
+from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, DISPATCHER_LEASES_BUCKET, TASKS, Retention, StreamSpec
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
@@ -42,6 +42,36 @@ async def test_conflicting_stream_is_reported_not_overwritten(nats_settings: Nat
         assert info.config.subjects == ["something.else"]
     finally:
         await bus.close()
+
+
+async def test_conflicting_bucket_is_reported_not_overwritten(nats_settings: NatsSettings) -> None:
+    bus = await Bus.connect(nats_settings, "test")
+    try:
+        # Leases that never expire would keep a dead replica's partitions from every other replica.
+        await bus.js.create_key_value(KeyValueConfig(bucket=DISPATCHER_LEASES_BUCKET.name, ttl=3600, history=5))
+        with pytest.raises(ProvisioningConflict, match=f"bucket {DISPATCHER_LEASES_BUCKET.name}.*history.*ttl"):
+            await bus.provision(streams=[], buckets=[DISPATCHER_LEASES_BUCKET])
+        status = await (await bus.js.key_value(DISPATCHER_LEASES_BUCKET.name)).status()
+        assert (status.history, status.ttl) == (5, 3600)
+    finally:
+        await bus.close()
+
+
+async def test_conflicting_consumers_are_reported_not_overwritten(bus: Bus) -> None:
+    stream = StreamSpec(name="T_CONSUMERS", subjects=("t.c.>",), retention=Retention.LIMITS, description="t")
+    await bus.provision(streams=[stream], buckets=[])
+    await bus.js.add_consumer(stream.name, ConsumerConfig(durable_name="other", filter_subject="t.c.other"))
+    await bus.js.add_consumer(
+        stream.name, ConsumerConfig(durable_name="all", filter_subject="t.c.all", ack_policy=AckPolicy.ALL)
+    )
+    with pytest.raises(ProvisioningConflict, match=r"T_CONSUMERS/other filters \['t.c.other'\]"):
+        await bus.ensure_consumer(ConsumerSpec(stream=stream, durable="other", filter_subjects=("t.c.mine",)))
+    with pytest.raises(ProvisioningConflict, match="explicit acks"):
+        await bus.ensure_consumer(ConsumerSpec(stream=stream, durable="all", filter_subjects=("t.c.all",)))
+    assert (await bus.js.consumer_info(stream.name, "other")).config.filter_subject == "t.c.other"
+    assert (await bus.js.consumer_info(stream.name, "all")).config.ack_policy == AckPolicy.ALL
+    await bus.ensure_consumer(ConsumerSpec(stream=stream, durable="mine", filter_subjects=("t.c.mine",)))
+    await bus.ensure_consumer(ConsumerSpec(stream=stream, durable="mine", filter_subjects=("t.c.mine",)))  # again: fine
 
 
 async def test_settle_acks_retries_and_terminates(bus: Bus) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import jsonschema
@@ -10,6 +12,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
+from services.gateway.backends.llamacpp import LlamaCppEngine
 from services.gateway.engine import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
@@ -79,3 +82,59 @@ async def test_prompt_longer_than_the_context_is_a_clear_error(bus: Bus, llm_gat
     request = InferenceRequest(request_id="llm-3", messages=chat("Be brief.", "word " * 2000), max_tokens=8)
     response = await InferenceClient(bus.nc).complete(request, timeout_s=120)
     assert not response.ok and "prompt too long" in (response.error or "") and "512" in (response.error or "")
+
+
+async def test_a_whole_reply_knows_when_its_first_token_came(llm_gateway: GatewayServer) -> None:
+    request = InferenceRequest(request_id="llm-ttft", messages=chat("You are terse.", "Name a river."), max_tokens=8)
+    started_at = time.perf_counter()
+    completion = await llm_gateway.engine.generate(request)
+    assert completion.first_token_at is not None and started_at < completion.first_token_at <= time.perf_counter()
+    assert completion.completion_tokens >= 1 and completion.content
+
+
+async def test_several_instances_generate_in_parallel(nats_settings: NatsSettings) -> None:
+    settings = GatewaySettings(backend="llamacpp", instances=2, n_ctx=512)
+    engine = create_engine(settings)
+    assert isinstance(engine, LlamaCppEngine)
+    try:
+        both_busy = False
+
+        async def watch() -> None:
+            nonlocal both_busy
+            while not both_busy:
+                both_busy = engine._free.qsize() == 0  # every instance lent out at once
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        requests = [
+            InferenceRequest(request_id=f"par-{i}", messages=chat("You are terse.", f"Name {i + 2} rivers."), max_tokens=24)
+            for i in range(2)
+        ]
+        completions = await asyncio.gather(*(engine.generate(r) for r in requests))
+        watcher.cancel()
+        assert both_busy and all(c.content and c.completion_tokens for c in completions)
+    finally:
+        await engine.close()
+
+
+async def test_a_cancelled_call_stops_its_instance_at_the_next_token(bus: Bus, llm_gateway: GatewayServer) -> None:
+    engine = llm_gateway.engine
+    assert isinstance(engine, LlamaCppEngine)
+    client = InferenceClient(bus.nc)
+    prompt = "Write a very long, detailed story about a river, at least 400 words."  # ~340 tokens at temperature 0
+    call = asyncio.create_task(client.complete(InferenceRequest(
+        request_id="llm-cancel", messages=chat("You are terse.", prompt), max_tokens=450, temperature=0.0,
+    ), timeout_s=120))  # fmt: skip
+    for _ in range(500):
+        if llm_gateway.running:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # a few tokens in
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    # The instance comes back when its thread stops: at the next token, not after ~450 tokens (seconds).
+    for _ in range(200):
+        if engine._free.qsize() == engine.concurrency:
+            break
+        await asyncio.sleep(0.01)
+    assert engine._free.qsize() == engine.concurrency and llm_gateway.cancelled_count == 1

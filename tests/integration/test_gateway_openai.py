@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -106,8 +107,11 @@ async def test_model_discovered_completion_and_usage(llama_server: str) -> None:
     engine = create_engine(settings(llama_server))
     try:
         assert isinstance(engine, OpenAIEngine) and engine.model == ALIAS
+        started_at = time.perf_counter()
         completion = await engine.generate(request("oa-1"))
         assert completion.content and 0 < completion.completion_tokens <= 24 and completion.prompt_tokens > 5
+        # Streamed and collected: a whole reply knows when its first token came.
+        assert completion.first_token_at is not None and started_at < completion.first_token_at
     finally:
         await engine.close()
 
@@ -198,3 +202,26 @@ async def test_gateway_serves_whole_and_streamed_replies_and_errors(bus: Bus, op
     too_long = await client.complete(request("gw-oa-3", "word " * 1500), timeout_s=60)
     assert not too_long.ok and "HTTP 400" in (too_long.error or "")
     assert (await client.complete(request("gw-oa-4"), timeout_s=60)).ok
+
+
+async def test_a_cancelled_caller_closes_its_request_to_the_server(bus: Bus, openai_gateway: GatewayServer) -> None:
+    client = InferenceClient(bus.nc)
+    for n, stream in enumerate((False, True)):
+        req = request(f"gw-oa-cancel-{n}", "Tell a long story about a river.", max_tokens=400)
+        if stream:
+            call = asyncio.create_task(anext(aiter(client.stream(req, timeout_s=60))))
+        else:
+            call = asyncio.create_task(client.complete(req, timeout_s=60))
+        for _ in range(500):
+            if openai_gateway.running:
+                break
+            await asyncio.sleep(0.01)
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        for _ in range(500):
+            if openai_gateway.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        # The gateway let go at once (the HTTP request closed), not when the server would have finished.
+        assert openai_gateway.in_flight == 0 and openai_gateway.cancelled_count == n + 1
+    assert (await client.complete(request("gw-oa-after"), timeout_s=60)).ok

@@ -229,7 +229,7 @@ async def test_bad_input_gets_clear_errors_and_the_gateway_keeps_serving(bus: Bu
     assert health["in_flight"] == 0 and health["served_count"] == 20 and health["failed_count"] == 5
 
 
-async def test_a_streamed_call_records_its_time_to_first_token(bus: Bus, start_gateway: StartGateway) -> None:
+async def test_streamed_and_whole_calls_record_their_time_to_first_token(bus: Bus, start_gateway: StartGateway) -> None:
     await start_gateway(sim_latency_scale=1.0, sim_ttft_ms=50, sim_tokens_per_s=400, sim_jitter=0)
     client = InferenceClient(bus.nc)
     await collect(client, request("st-ttft", max_tokens=40))
@@ -246,4 +246,58 @@ async def test_a_streamed_call_records_its_time_to_first_token(bus: Bus, start_g
             break
     streamed = by_id["st-ttft"]
     assert streamed.ttft_ms is not None and 40 <= streamed.ttft_ms < streamed.queue_ms + streamed.duration_ms
-    assert by_id["whole-ttft"].ttft_ms is None  # a whole reply has no first token to time
+    whole = by_id["whole-ttft"]  # a whole reply times the engine's first token too
+    assert whole.ttft_ms is not None and 40 <= whole.ttft_ms < whole.queue_ms + whole.duration_ms
+
+
+# ------------------------------------------------------------------ cancel
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_cancelled_caller_stops_its_running_and_queued_calls_and_frees_the_slot(
+    bus: Bus, start_gateway: StartGateway
+) -> None:
+    # Two gateway replicas: the cancel reaches the one that holds the call, whichever it is.
+    servers = [await start_gateway(sim_latency_scale=1.0, slots=1) for _ in range(2)]
+    client = InferenceClient(bus.nc)
+    long = {"sim_latency_ms": 60_000.0}
+    calls = [asyncio.create_task(client.complete(request(f"long-{i}", **long), timeout_s=120)) for i in range(3)]
+    await until(lambda: sum(s.in_flight for s in servers) == 3, "three calls admitted")
+    # One slot each: at least one of the three waits queued behind a running one.
+    assert sum(s.running for s in servers) in (1, 2)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await until(lambda: sum(s.in_flight for s in servers) == 0, "every call stopped, none left running")
+    assert sum(s.cancelled_count for s in servers) == 3
+    # The slots are free: a next call runs at once instead of waiting out a minute of generation.
+    after = await client.complete(request("after", sim_latency_ms=1.0), timeout_s=30)
+    assert after.ok
+
+
+async def test_malformed_and_unknown_cancels_change_nothing(bus: Bus, start_gateway: StartGateway) -> None:
+    server = await start_gateway(sim_latency_scale=1.0, slots=1)
+    client = InferenceClient(bus.nc)
+    call = asyncio.create_task(client.complete(request("kept", sim_latency_ms=300.0), timeout_s=30))
+    await until(lambda: server.running == 1, "the call running")
+    await bus.nc.publish(Subjects.INFER_CANCEL, b"\x00 not json")
+    await bus.nc.publish(Subjects.INFER_CANCEL, b'{"request_id": "someone-else"}')
+    assert (await call).ok and server.cancelled_count == 0
+
+
+async def test_two_gateway_replicas_share_the_load(bus: Bus, start_gateway: StartGateway) -> None:
+    servers = [await start_gateway(sim_latency_scale=1.0) for _ in range(2)]
+    client = InferenceClient(bus.nc)
+    replies = await asyncio.gather(
+        *(client.complete(request(f"shared-{i}", sim_latency_ms=20.0), timeout_s=30) for i in range(60))
+    )
+    assert all(r.ok for r in replies)
+    served = [s.served_count for s in servers]
+    assert sum(served) == 60 and min(served) > 0, served  # the queue group spreads calls over both

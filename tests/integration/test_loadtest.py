@@ -23,15 +23,20 @@ REQUIRED_KEYS = {
 
 
 @pytest.mark.slow
-def test_loadtest_runs_a_small_fanout_through_an_embedded_stack(tmp_path: Path) -> None:
+def test_loadtest_runs_a_small_fanout_and_exits_1_on_an_impossible_target(tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "swarm.cli", "loadtest", "--scenario", "fanout-300", "--scale-steps", "0.1",
-         "--latency-scale", "0", "--home", str(tmp_path / "home"), "--json", str(report_file), "--timeout-s", "60"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"},
+         "--latency-scale", "0", "--home", str(tmp_path / "home"), "--json", str(report_file), "--timeout-s", "60",
+         "--target-floor-ratio", "1000"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The run itself went well; only the impossible target fails it, and the error names it.
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "floor_ratio" in done.stderr and "below its target 1000" in done.stderr, done.stderr[-2000:]
+    assert "steps lost" not in done.stderr and "efficiency" not in done.stderr
     report = json.loads(report_file.read_text())
+    assert report["targets"]["floor_ratio"] == 1000
     assert REQUIRED_KEYS <= set(report)
     assert report["steps_total"] == 31 and report["steps_succeeded"] == 31 and report["steps_lost"] == 0
     assert report["critical_path_s"] == 0 and report["efficiency"] is None  # no latency, no bound

@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy
 
 from services.recorder.recorder import run_recorder
@@ -309,3 +310,39 @@ async def test_explicit_acks_after_insert(bus: Bus, recorder: asyncio.Event) -> 
     """One ack per message, after the insert: an ack can never cover another reader's deliveries."""
     info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
     assert info.config.ack_policy == AckPolicy.EXPLICIT
+
+
+async def test_a_redelivered_batch_collapses_by_event_id(
+    bus: Bus, recorder_settings: RecorderSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every first ack is lost (as when the recorder dies right after its insert): JetStream redelivers the
+    stored events, they are inserted again, and each is still one row of the log."""
+    n_events = 200
+    ack = Msg.ack
+
+    async def first_ack_lost(msg: Msg) -> None:
+        if msg.subject.startswith("swarm.events.") and msg.metadata.num_delivered == 1:
+            return
+        await ack(msg)
+
+    monkeypatch.setattr(Msg, "ack", first_ack_lost)
+    async with running_recorder(bus, recorder_settings.model_copy(update={"ack_wait_s": 1.0})):
+        for i in range(n_events):
+            await bus.publish_nowait(Subjects.step_event("r6"), step_event("r6", i), msg_id=f"r6.{i}")
+        await bus.flush_publishes()
+
+        redelivered = []
+
+        async def redelivered_and_settled() -> bool:
+            # num_redelivered counts the redelivered messages not acked yet: seen once, then all settled.
+            info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
+            redelivered.append(info.num_redelivered)
+            return max(redelivered) > 0 and info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(redelivered_and_settled, timeout_s=30)
+        rows = await query_via_recorder(
+            bus.nc,
+            "SELECT uniqExact(event_id) AS unique_n, (SELECT count() FROM step_events FINAL WHERE run_id = 'r6') "
+            "AS final_n FROM step_events WHERE run_id = 'r6'",
+        )
+    assert rows == [{"unique_n": n_events, "final_n": n_events}]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,17 +31,22 @@ from swarm.client import SwarmClient, read_step_events
 from swarm.contracts import (
     DISPATCHER_PLANS_CONSUMER,
     DISPATCHER_RESULTS_CONSUMER,
+    EVENTS,
     RESULT_PARTITIONS,
     RESULTS,
     RUN_STATE_BUCKET,
     RUNS,
     STEPS,
     AgentSpec,
+    InferenceEvent,
+    InferenceEventBatch,
     Plan,
     PlanSource,
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunPlanned,
+    RunPolicy,
     StepDispatch,
     StepResult,
     StepSpec,
@@ -117,6 +126,26 @@ async def test_layered_run_completes_and_counts_every_step_once(bus: Bus, nats_s
     for step in plan.steps:
         assert [kinds[step.id, k] for k in ("queued", "started", "inference_done", "succeeded")] == [1, 1, 1, 1]
     assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == []  # its running marker went with it
+    # Every call of the run, whole replies all, carries its time to first token.
+    calls = await inference_events(bus, "run-a", least=40)
+    assert len(calls) >= 40 and all(c.ttft_ms is not None and c.ttft_ms >= 0 for c in calls), calls[:3]
+
+
+async def inference_events(bus: Bus, run_id: str, least: int) -> list[InferenceEvent]:
+    """The run's inference events in EVENTS (the gateway publishes them in batches, a little later)."""
+    psub = await bus.js.pull_subscribe(Subjects.inference_event_batch(), stream=EVENTS.name)
+    found: dict[str, InferenceEvent] = {}
+    for _ in range(20):
+        try:
+            msgs = await psub.fetch(100, timeout=0.5)
+        except TimeoutError:
+            if len(found) >= least:
+                break
+            continue
+        batches = (InferenceEventBatch.model_validate_json(m.data) for m in msgs)
+        found |= {e.event_id: e for b in batches for e in b.events if e.run_id == run_id}
+    await psub.unsubscribe()
+    return list(found.values())
 
 
 async def test_dispatcher_restart_mid_run_resumes_from_its_checkpoint(bus: Bus, nats_settings: NatsSettings) -> None:
@@ -366,3 +395,167 @@ async def test_forged_run_ends_do_not_make_workers_drop_a_live_run(bus: Bus, nat
         await bus.nc.publish(Subjects.run_event("t", "run-live", "cancelled"), b"\x00\xff not json")
         final = await completed_event(bus, "run-live", timeout_s=30)
     assert final.summary.steps_succeeded == 12
+
+
+# ---------------------------------------------------------------------------- cancel stops work
+
+CANCEL_GRACE_S = 5.0  # the bound: the worker believes a run's end once its checkpoint confirms it
+
+
+async def test_cancel_interrupts_running_steps_and_aborts_their_model_calls(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    # Steps of a minute each: any that finishes, or starts, after the cancel was not stopped.
+    plan = layered_plan(layers=3, width=6, sim_latency_ms=60_000)
+    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0)
+    server = GatewayServer(bus, create_engine(settings), settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    try:
+        async with (
+            service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+            service(worker_main, WorkerSettings(nats=nats_settings, concurrency=16)),
+            service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+        ):
+            await start_run(bus, "run-cut", plan)
+            for _ in range(300):
+                if server.running == 6:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.running == 6  # the first layer is generating
+            client = SwarmClient(bus)
+            await client.cancel("run-cut", "t", reason="test")
+            final = await client.wait("run-cut", "t", timeout_s=30)
+            seen_at = loop.time()
+            for _ in range(int(CANCEL_GRACE_S / 0.05)):
+                if server.in_flight == 0:
+                    break
+                await asyncio.sleep(0.05)
+            idle_after_s = loop.time() - seen_at
+            assert server.in_flight == 0 and server.cancelled_count == 6, server.health()
+            await asyncio.sleep(1.0)  # anything still going would show by now
+            events = await read_step_events(bus.js, "run-cut")
+    finally:
+        await server.stop()
+        await server.engine.close()
+    assert isinstance(final, RunCancelled), final
+    by_kind = Counter(e.kind for e in events)
+    assert by_kind["started"] == 6 and by_kind["succeeded"] == by_kind["failed"] == 0, by_kind
+    assert by_kind["cancelled"] == len(plan.steps)  # every step accounted for, once
+    late = [e for e in events if e.kind != "cancelled" and e.at > final.at + timedelta(seconds=CANCEL_GRACE_S)]
+    assert late == []
+    calls = await inference_events(bus, "run-cut", least=6)
+    assert sorted(c.error for c in calls) == ["cancelled by the caller"] * 6
+    print(f"cancel: gateway idle {idle_after_s * 1000:.0f} ms after the client saw the cancelled event")
+
+
+async def test_a_quorum_run_completes_without_a_failed_agent_and_names_it(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    agents = tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(4))
+    steps = tuple(
+        StepSpec(id=f"s{i}", agent_id=f"a{i}", instruction="work", max_attempts=1,
+                 sim_fault="fail_once" if i == 3 else None)
+        for i in range(4)
+    )  # fmt: skip
+    planned = RunPlanned(
+        run_id="run-q", tenant="t", goal="g", plan=Plan(agents=agents, steps=steps), source=PlanSource.EXPLICIT,
+        policy=RunPolicy.QUORUM, quorum=0.75, submitted_at=utc_now(),
+    )  # fmt: skip
+    async with (
+        gateway(bus),
+        service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+        service(worker_main, WorkerSettings(nats=nats_settings)),
+        service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+    ):
+        await bus.publish(Subjects.run_event("t", "run-q", "planned"), planned, msg_id="run-q.planned")
+        final = await completed_event(bus, "run-q", timeout_s=30)
+    (missing,) = final.missing_agents
+    assert (missing.agent_id, missing.step_id) == ("a3", "s3") and "fault injected" in missing.error
+
+
+# ---------------------------------------------------------------------------- step timeouts, draining on SIGTERM
+
+
+async def test_a_step_past_its_timeout_fails_and_its_model_call_is_stopped(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    steps = (StepSpec(id="slow", agent_id="a0", instruction="work", timeout_s=1.0, max_attempts=1, sim_latency_ms=60_000),)
+    plan = Plan(agents=(AgentSpec(id="a0", role="analyst"),), steps=steps)
+    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0)
+    server = GatewayServer(bus, create_engine(settings), settings)
+    await server.start()
+    try:
+        async with (
+            service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+            service(worker_main, WorkerSettings(nats=nats_settings)),
+        ):
+            await start_run(bus, "run-slow", plan)
+            final = await SwarmClient(bus).wait("run-slow", "t", timeout_s=30)
+            for _ in range(100):  # the call would generate for a minute: its abort (or deadline) frees the gateway
+                if server.in_flight == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.in_flight == 0
+    finally:
+        await server.stop()
+        await server.engine.close()
+    assert isinstance(final, RunFailed) and "step timed out after 1s" in final.error, final
+
+
+def service_process(module: str, nats_settings: NatsSettings, **env: str) -> subprocess.Popen[bytes]:
+    """A service as its own process (what `swarm up` starts), so that SIGTERM reaches its real handler."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        env={**os.environ, "SWARM_NATS_URL": nats_settings.url, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def step_ids_succeeded(bus: Bus, run_id: str, least: int) -> list[str]:
+    for _ in range(100):
+        done = await succeeded_events(bus, run_id)
+        if len(done) >= least:
+            return done
+        await asyncio.sleep(0.1)
+    return await succeeded_events(bus, run_id)
+
+
+async def test_sigterm_drains_a_worker_and_a_dispatcher_mid_run(bus: Bus, nats_settings: NatsSettings) -> None:
+    plan = layered_plan(layers=2, width=6, sim_latency_ms=1500)
+    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0)
+    server = GatewayServer(bus, create_engine(settings), settings)
+    await server.start()
+    worker = service_process("services.worker_pool", nats_settings, SWARM_WORKER_SANDBOX="unsafe-none")
+    dispatcher = service_process("services.dispatcher", nats_settings)
+    try:
+        await start_run(bus, "run-drain", plan)
+        for _ in range(600):
+            if server.running == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert server.running == 6, "the first layer never ran"
+        # Both get SIGTERM while the first layer runs: the worker finishes its six steps and reports them,
+        # the dispatcher checkpoints and lets go; both exit cleanly.
+        worker.send_signal(signal.SIGTERM)
+        dispatcher.send_signal(signal.SIGTERM)
+        for proc in (worker, dispatcher):
+            code = await asyncio.to_thread(proc.wait, 60)
+            assert code == 0, (proc.args, (proc.stderr.read() if proc.stderr else b"")[-2000:])
+        async with (
+            service(dispatcher_main, DispatcherSettings(nats=nats_settings)),
+            service(worker_main, WorkerSettings(nats=nats_settings)),
+            service(aggregator_main, AggregatorSettings(nats=nats_settings)),
+        ):
+            # Nobody else ran the first layer: the drained worker finished it.
+            assert sorted(await step_ids_succeeded(bus, "run-drain", 6))[:6] == [f"s0_{i}" for i in range(6)]
+            final = await completed_event(bus, "run-drain", timeout_s=60)
+    finally:
+        for proc in (worker, dispatcher):
+            if proc.poll() is None:
+                proc.kill()
+        await server.stop()
+        await server.engine.close()
+    assert final.summary.steps_succeeded == 12 and final.summary.retries_count == 0
+    kinds = Counter((e.step_id, e.kind) for e in await read_step_events(bus.js, "run-drain"))
+    assert all(kinds[s.id, "started"] == 1 for s in plan.steps), kinds  # no step ran twice

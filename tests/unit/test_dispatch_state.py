@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 
 from hypothesis import given, settings
@@ -110,6 +111,73 @@ def test_quorum_run_survives_a_failed_mapper() -> None:
     assert queued(run) == ["reduce"]
     assert run.apply(result("reduce")).run_finished is RunPhase.EXECUTED
     assert run.failed_step_ids() == ["m0"]
+
+
+def agents_plan(n_agents: int, turns: int, quorum: float) -> RunPlanned:
+    """Each agent takes `turns` turns in a chain (a0.t0 -> a0.t1 -> ...)."""
+    agents = tuple(AgentSpec(id=f"a{i}", role=f"role{i}") for i in range(n_agents))
+    steps = tuple(
+        StepSpec(id=f"a{i}_t{t}", agent_id=f"a{i}", instruction="do", depends_on=(f"a{i}_t{t - 1}",) if t else (),
+                 max_attempts=1)
+        for i in range(n_agents) for t in range(turns)
+    )  # fmt: skip
+    return RunPlanned(run_id="r", tenant="t", goal="g", plan=Plan(agents=agents, steps=steps), source="explicit",
+                      policy=RunPolicy.QUORUM, quorum=quorum, submitted_at=utc_now())  # fmt: skip
+
+
+def run_through(run: RunState, failing: set[str]) -> RunPhase | None:
+    """Run every step to its end, the `failing` ones failing; the run's final phase."""
+    waiting = started(run)
+    finished = None
+    while waiting:
+        step = waiting.pop()
+        finished = run.apply(result(step, ok=step not in failing)).run_finished or finished
+        waiting += queued(run)
+    return finished
+
+
+def test_the_quorum_counts_agents_whose_final_turn_succeeded_not_steps() -> None:
+    # 9 agents recover after a failed early turn: half the steps failed, yet 9 of 10 agents answered.
+    run = RunState(agents_plan(10, turns=2, quorum=0.9), max_in_flight=100)
+    failing = {f"a{i}_t0" for i in range(9)} | {"a9_t1"}
+    assert run_through(run, failing) is RunPhase.EXECUTED
+    (missing,) = run.missing_agents()
+    assert (missing.agent_id, missing.role, missing.step_id, missing.error) == ("a9", "role9", "a9_t1", "boom")
+
+
+def test_a_quorum_run_fails_naming_the_missing_agents() -> None:
+    run = RunState(agents_plan(10, turns=2, quorum=0.9), max_in_flight=100)
+    assert run_through(run, {"a3_t1", "a7_t1"}) is RunPhase.FAILED
+    assert [m.agent_id for m in run.missing_agents()] == ["a3", "a7"]
+    assert "8 of 10 agents" in run.error and "missing: a3, a7" in run.error
+
+
+def test_a_cancelled_final_turn_reports_the_agents_last_error() -> None:
+    run = RunState(agents_plan(2, turns=3, quorum=0.5), max_in_flight=100)
+    started(run)
+    run.apply(result("a0_t0", ok=False))
+    run.cancel("user")
+    by_agent = {m.agent_id: m.error for m in run.missing_agents()}
+    assert by_agent == {"a0": "boom", "a1": "its final turn a1_t2 is cancelled"}
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    random.seed(7)
+    policy = RetryPolicy(base_s=0.5, cap_s=4.0)
+    for attempt, bound in ((2, 0.5), (3, 1.0), (4, 2.0), (5, 4.0), (9, 4.0)):
+        delays = [policy.delay_s(attempt) for _ in range(300)]
+        assert all(0 <= d <= bound for d in delays)
+        # Spread over the whole window: retries of many failed steps do not come back together.
+        assert max(delays) > 0.8 * bound and min(delays) < 0.2 * bound and len(set(delays)) == 300
+
+
+def test_each_retry_of_a_step_waits_a_longer_jittered_backoff() -> None:
+    random.seed(3)
+    run = RunState(planned({"a": ()}, max_attempts=4), max_in_flight=10, retry=RetryPolicy(base_s=1.0, cap_s=8.0))
+    started(run)
+    for attempt, bound in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        (dispatch,) = run.apply(result("a", attempt=attempt, ok=False)).dispatches
+        assert dispatch.attempt == attempt + 1 and 0 <= dispatch.delay_s <= bound
 
 
 def test_cancel_drops_unfinished_steps() -> None:

@@ -207,9 +207,10 @@ async def test_generate_maps_sampling_params_and_applies_the_chat_template(
     (generate,) = calls(fake_trtllm, "generate_async")
     params = generate["sampling_params"]
     assert params.max_tokens == 12 and params.temperature == 0.7 and params.guided_decoding is None
-    assert generate["streaming"] is False and isinstance(generate["inputs"], list)
+    # Streamed and collected, so that a whole reply knows its time to first token too.
+    assert generate["streaming"] is True and isinstance(generate["inputs"], list)
     assert completion.completion_tokens == 12 and completion.prompt_tokens == len(generate["inputs"])
-    assert completion.content
+    assert completion.content and completion.first_token_at is not None
     assert calls(fake_trtllm, "abort") == []  # a finished request is not aborted
 
 

@@ -14,7 +14,7 @@ from loadtest.metrics import (
     ratio,
     steps_lost,
 )
-from loadtest.runner import LoadtestOptions, embedded_environment, failed_targets, report_table
+from loadtest.runner import LoadtestOptions, Targets, embedded_environment, failed_targets, report_table
 from swarm.contracts import StepEvent, StepEventKind, step_event_id
 
 
@@ -100,6 +100,21 @@ def test_report_table_and_failed_targets() -> None:
     assert failed_targets(report) == []
     assert failed_targets({**report, "steps_lost": 2}) == ["2 steps lost"]
     assert "timeout" in failed_targets({**report, "status": "timeout", "run_id": "r"})[0]
+    assert "failed" in failed_targets({**report, "status": "failed", "run_id": "r"})[0]
+
+
+def test_targets_name_every_figure_that_misses() -> None:
+    report = {"status": "completed", "steps_lost": 0, "efficiency": 0.9, "floor_ratio": 0.6}
+    assert failed_targets(report) == []  # without targets: only lost steps and unfinished runs
+    assert failed_targets(report, Targets()) == ["efficiency 0.9 below its target 0.95"]
+    assert failed_targets({**report, "efficiency": None}, Targets()) == []  # no bound at zero latency: not checked
+    assert failed_targets(report, Targets(efficiency=0.8, floor_ratio=0.7)) == ["floor_ratio 0.6 below its target 0.7"]
+    gateway = {"added_latency_ms": {"p50": 3.5}, "errors": {"timeout": 2}}
+    assert [p.split(" ")[0] for p in failed_targets(gateway, Targets())] == ["gateway", "gateway"]
+    recorder = {"events_per_s": 1000, "events_lost": 3}
+    assert failed_targets(recorder, Targets()) == [
+        "events_per_s 1000 below its target 20000", "3 events lost by the recorder"
+    ]
 
 
 def test_embedded_stack_takes_latencies_from_the_steps() -> None:

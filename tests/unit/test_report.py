@@ -109,3 +109,16 @@ def test_lanes_are_in_natural_order() -> None:
     steps = [StepSpan(**{**vars(s), "agent_id": f"agent-{s.step_id[1:]}"}) for s in steps]
     html = render_html(analysis(steps=steps, critical_path=[]))
     assert html.index(">agent-1 \u00b7 s1<") < html.index(">agent-2 \u00b7 s2<") < html.index(">agent-10 \u00b7 s10<")
+
+
+def test_missing_sub_agents_are_listed_with_their_last_error() -> None:
+    missing = [{"agent_id": f"a{i}", "role": "<analyst>", "step_id": f"s{i}", "error": f"boom {i}"} for i in range(25)]
+    html = render_html(analysis(missing_agents=missing))
+    section = html[html.index("<h2>Missing sub-agents</h2>") :]
+    assert "25 agents whose final turn did not succeed" in section and "boom 24" in section
+    assert "&lt;analyst&gt;" in section  # escaped
+    console = Console(record=True, width=160)
+    console.print(render_terminal(analysis(missing_agents=missing)))
+    text = console.export_text()
+    assert "Missing sub-agents (25)" in text and "boom 19" in text and "boom 20" not in text and "… 5 more" in text
+    assert "Missing sub-agents" not in render_html(analysis())

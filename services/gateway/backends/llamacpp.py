@@ -1,7 +1,8 @@
 """The llamacpp backend: several single-thread llama.cpp instances of a local GGUF model, run in parallel threads.
 
 One 1-thread instance per core beats one multi-thread instance under load, and generation releases the GIL,
-so each request borrows a free instance and runs on its own executor thread.
+so each request borrows a free instance and runs on its own executor thread. Every generation streams
+(one token per chunk), so that a request that nobody waits for any more stops at its next token.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
-from services.gateway.engine import Completion, EngineError, StreamItem, parse_json_output
+from services.gateway.engine import Completion, EngineError, StreamItem, collect, parse_json_output
 from services.gateway.schemagen import schema_key
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
@@ -109,17 +110,9 @@ class LlamaCppEngine:
         return grammar
 
     async def generate(self, request: InferenceRequest) -> Completion:
-        """Wait for a free instance, then generate on an executor thread."""
-        loop = asyncio.get_running_loop()
-        waiting_since = time.perf_counter()
-        grammar = self._grammar(request.json_schema) if request.json_schema is not None else None
-        llm = await self._free.get()
-        queue_ms = (time.perf_counter() - waiting_since) * 1000.0
-        future = self._executor.submit(self._complete, llm, request, grammar)
-        # The instance goes back only when its thread is done, even if this call is cancelled first.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._free.put_nowait, llm))
-        content, prompt_tokens, completion_tokens = await asyncio.wrap_future(future)
-        return Completion(content, prompt_tokens, completion_tokens, queue_ms=queue_ms)
+        """The streamed generation, collected: its first token is the time to first token, and a cancelled
+        call stops the instance's thread at the next token (a whole-reply call would run to its end)."""
+        return await collect(self.generate_stream(request))
 
     async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
         """Like `generate`, with llama.cpp's stream=True on the executor thread feeding an asyncio queue."""
@@ -193,27 +186,6 @@ class LlamaCppEngine:
         if room < 1:
             raise EngineError(f"prompt too long: {prompt_tokens} tokens, the context window is {self.n_ctx}")
         return messages, prompt_tokens, min(request.max_tokens, room)
-
-    def _complete(
-        self, llm: Llama, request: InferenceRequest, grammar: LlamaGrammar | None
-    ) -> tuple[str, int, int]:
-        """One generation, on an executor thread (llama.cpp releases the GIL while it computes)."""
-        messages, prompt_tokens, max_tokens = self._prepare(llm, request)
-        try:
-            result: Any = llm.create_chat_completion(
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                grammar=grammar,
-                **sampling(request, self.settings),
-            )
-        except ValueError as exc:  # llama-cpp-python's "Requested tokens (...) exceed context window"
-            raise EngineError(f"prompt too long: {exc}") from exc
-        choice = result["choices"][0]
-        content = choice["message"]["content"] or ""
-        if request.json_schema is not None:
-            content = parse_json_output(content, choice.get("finish_reason"), max_tokens)
-        usage = result.get("usage") or {}
-        return content, int(usage.get("prompt_tokens", prompt_tokens)), int(usage.get("completion_tokens", 0))
 
     async def close(self) -> None:
         """Let running generations finish, then free the models."""

@@ -14,7 +14,14 @@ from typing import Any
 
 import httpx
 
-from services.gateway.engine import Completion, EngineError, StreamItem, estimate_tokens, parse_json_output
+from services.gateway.engine import (
+    Completion,
+    EngineError,
+    StreamItem,
+    collect,
+    estimate_tokens,
+    parse_json_output,
+)
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
 
@@ -57,6 +64,14 @@ def http_error(status: int, message: str) -> EngineError:
     if status >= 500:
         return EngineError(f"openai server failed (HTTP {status}): {message}")
     return EngineError(f"openai server rejected the request (HTTP {status}): {message}")
+
+
+class StreamEndedEarly(EngineError):
+    """The server closed a stream half-way (its error, if any, went to its log)."""
+
+    def __init__(self, deltas: int) -> None:
+        super().__init__(f"openai server ended the stream early, after {deltas} deltas")
+        self.deltas = deltas
 
 
 class OpenAIEngine:
@@ -116,9 +131,23 @@ class OpenAIEngine:
         return body
 
     async def generate(self, request: InferenceRequest) -> Completion:
+        """The streamed reply, collected: the first delta's arrival is the time to first token, and a cancelled
+        call closes its HTTP stream. A server that drops a stream before its first delta is asked again for a
+        whole reply, which carries its error (llama.cpp's server refuses a prompt that way)."""
+        try:
+            return await collect(self.generate_stream(request))
+        except StreamEndedEarly as exc:
+            if exc.deltas:
+                raise
+        return await self._generate_whole(request)
+
+    async def _generate_whole(self, request: InferenceRequest) -> Completion:
         """POST /chat/completions and wait for the whole reply."""
         try:
-            response = await self._client.post("/chat/completions", json=self._body(request, stream=False))
+            try:
+                response = await self._client.post("/chat/completions", json=self._body(request, stream=False))
+            except (httpx.RemoteProtocolError, httpx.ReadError):  # a pooled connection the server dropped: once more
+                response = await self._client.post("/chat/completions", json=self._body(request, stream=False))
         except httpx.TimeoutException as exc:
             raise EngineError(f"openai server timed out after {self.timeout_s:g}s ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
@@ -175,10 +204,12 @@ class OpenAIEngine:
             waited_s = time.perf_counter() - started_at
             raise EngineError(f"openai server timed out after {waited_s:.1f}s ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
+            if not parts:  # dropped before its first delta: see `generate`
+                raise StreamEndedEarly(0) from exc
             raise EngineError(f"openai server unreachable at {self.base_url}: {exc!r}") from exc
         if not ended and finish_reason is None:
             # The server closed the stream half-way: its error went to its log, not to us.
-            raise EngineError(f"openai server ended the stream early, after {len(parts)} deltas")
+            raise StreamEndedEarly(len(parts))
         content = "".join(parts)
         if request.json_schema is not None:
             content = parse_json_output(content, finish_reason, request.max_tokens)

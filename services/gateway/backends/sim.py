@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -138,11 +139,14 @@ class SimEngine:
         return SimPlan(content, prompt_tokens, completion_tokens, delay_ms, ttft_ms)
 
     async def generate(self, request: InferenceRequest) -> Completion:
-        """The planned completion, after the planned latency."""
+        """The planned completion, after the planned latency; its first token after the planned TTFT."""
         plan = self.plan(request)
-        if plan.delay_ms > 0:
-            await asyncio.sleep(plan.delay_ms / 1000.0)
-        return Completion(plan.content, plan.prompt_tokens, plan.completion_tokens)
+        if plan.ttft_ms > 0:
+            await asyncio.sleep(plan.ttft_ms / 1000.0)
+        first_token_at = time.perf_counter()
+        if plan.delay_ms > plan.ttft_ms:
+            await asyncio.sleep((plan.delay_ms - plan.ttft_ms) / 1000.0)
+        return Completion(plan.content, plan.prompt_tokens, plan.completion_tokens, first_token_at=first_token_at)
 
     async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
         """The planned completion in ~token pieces: the first after the TTFT, the rest evenly over the decode."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from services.gateway.engine import Completion, EngineError, StreamItem, parse_json_output
+from services.gateway.engine import Completion, EngineError, StreamItem, collect, parse_json_output
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
 
@@ -100,14 +100,9 @@ class TrtLlmEngine:
         return token_ids, params
 
     async def generate(self, request: InferenceRequest) -> Completion:
-        """One completion; the LLM batches it with every other request in flight."""
-        token_ids, params = self._prepare(request)
-        result = self._llm.generate_async(token_ids, sampling_params=params)
-        try:
-            output = await result
-        finally:
-            self._abort_unfinished(result)
-        return self._completion(request, token_ids, params, output)
+        """One completion, streamed from the engine and collected: the first output's arrival is the time to
+        first token; the LLM batches it with every other request in flight."""
+        return await collect(self.generate_stream(request))
 
     async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
         """generate_async(streaming=True): each output holds the text so far; the deltas are what is new."""

@@ -9,6 +9,7 @@ export const CHANNELS = {
   eventsInferencebatch: { address: "swarm.events.inferencebatch", stream: "EVENTS" },
   eventsStep: { address: "swarm.events.step.{run_id}", stream: "EVENTS" },
   eventsStepbatch: { address: "swarm.events.stepbatch.{run_id}", stream: "EVENTS" },
+  inferCancel: { address: "swarm.infer.cancel", stream: null },
   inferRequest: { address: "swarm.infer.request", stream: null },
   replyInbox: { address: "{reply_inbox}", stream: null },
   results: { address: "swarm.results.{partition}.{run_id}", stream: "RESULTS" },

@@ -406,7 +406,7 @@ export const TaskSubmissionSchema = {
     },
     "quorum": {
       "default": 0.95,
-      "description": "Fraction of steps that must succeed (quorum policy).",
+      "description": "Fraction of sub-agents whose final turn must succeed (quorum policy).",
       "exclusiveMinimum": 0,
       "maximum": 1,
       "title": "Quorum",
@@ -486,6 +486,50 @@ export const RunEventSchema = {
         "role"
       ],
       "title": "AgentSpec",
+      "type": "object"
+    },
+    "MissingAgent": {
+      "additionalProperties": false,
+      "description": "A sub-agent whose final turn did not succeed: what a quorum run's answer is missing.",
+      "properties": {
+        "agent_id": {
+          "description": "The agent.",
+          "pattern": "^[A-Za-z0-9_-]{1,64}$",
+          "title": "Agent Id",
+          "type": "string"
+        },
+        "error": {
+          "default": "",
+          "description": "Its last error, or why its final turn did not run.",
+          "maxLength": 500,
+          "title": "Error",
+          "type": "string"
+        },
+        "role": {
+          "default": "",
+          "description": "Its role.",
+          "title": "Role",
+          "type": "string"
+        },
+        "step_id": {
+          "description": "Its final turn (its last step in dependency order).",
+          "pattern": "^[A-Za-z0-9_-]{1,64}$",
+          "title": "Step Id",
+          "type": "string"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "required": [
+        "agent_id",
+        "step_id"
+      ],
+      "title": "MissingAgent",
       "type": "object"
     },
     "Plan": {
@@ -785,6 +829,15 @@ export const RunEventSchema = {
           "title": "Kind",
           "type": "string"
         },
+        "missing_agents": {
+          "default": [],
+          "description": "Sub-agents whose final turn did not succeed: the answer was made without them.",
+          "items": {
+            "$ref": "#/$defs/MissingAgent"
+          },
+          "title": "Missing Agents",
+          "type": "array"
+        },
         "run_id": {
           "description": "The run.",
           "pattern": "^[A-Za-z0-9_-]{1,64}$",
@@ -841,6 +894,15 @@ export const RunEventSchema = {
           "description": "Event kind, also the last subject token.",
           "title": "Kind",
           "type": "string"
+        },
+        "missing_agents": {
+          "default": [],
+          "description": "Sub-agents whose final turn did not succeed (a quorum run goes on without them).",
+          "items": {
+            "$ref": "#/$defs/MissingAgent"
+          },
+          "title": "Missing Agents",
+          "type": "array"
         },
         "run_id": {
           "description": "The run.",
@@ -927,6 +989,15 @@ export const RunEventSchema = {
           "description": "Event kind, also the last subject token.",
           "title": "Kind",
           "type": "string"
+        },
+        "missing_agents": {
+          "default": [],
+          "description": "Sub-agents whose final turn did not succeed, when the step phase ended.",
+          "items": {
+            "$ref": "#/$defs/MissingAgent"
+          },
+          "title": "Missing Agents",
+          "type": "array"
         },
         "run_id": {
           "description": "The run.",
@@ -1071,7 +1142,7 @@ export const RunEventSchema = {
         },
         "quorum": {
           "default": 0.95,
-          "description": "Quorum fraction for the quorum policy.",
+          "description": "Quorum policy: the fraction of sub-agents whose final turn must succeed.",
           "title": "Quorum",
           "type": "number"
         },

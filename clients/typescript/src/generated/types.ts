@@ -4,6 +4,7 @@
  * Any message of the contract.
  */
 export type SwarmMessage =
+  | InferenceCancel
   | InferenceChunk
   | InferenceEvent
   | InferenceEventBatch
@@ -104,6 +105,20 @@ export type TaskSubmission1 =
       plan_ref: {};
     };
 
+/**
+ * A caller no longer wants an inference call: every gateway replica hears it, the one running or queueing
+ * the call stops it (the engine aborts the generation) and answers nothing more.
+ */
+export interface InferenceCancel {
+  /**
+   * The request_id of the call to stop.
+   */
+  request_id: string;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v: 1;
+}
 /**
  * One piece of a streamed completion, sent to the request's reply subject; the last one has done=True.
  */
@@ -453,7 +468,7 @@ export interface RunPlanned2 {
    */
   priority?: number;
   /**
-   * Quorum fraction for the quorum policy.
+   * Quorum policy: the fraction of sub-agents whose final turn must succeed.
    */
   quorum?: number;
   /**
@@ -670,6 +685,10 @@ export interface RunExecuted {
    */
   kind: "executed";
   /**
+   * Sub-agents whose final turn did not succeed (a quorum run goes on without them).
+   */
+  missing_agents?: MissingAgent[];
+  /**
    * The run.
    */
   run_id: string;
@@ -692,6 +711,31 @@ export interface RunExecuted {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v: 1;
+}
+/**
+ * A sub-agent whose final turn did not succeed: what a quorum run's answer is missing.
+ */
+export interface MissingAgent {
+  /**
+   * The agent.
+   */
+  agent_id: string;
+  /**
+   * Its last error, or why its final turn did not run.
+   */
+  error?: string;
+  /**
+   * Its role.
+   */
+  role?: string;
+  /**
+   * Its final turn (its last step in dependency order).
+   */
+  step_id: string;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v?: 1;
 }
 /**
  * Counts and totals of a finished run.
@@ -755,6 +799,10 @@ export interface RunCompleted {
    */
   kind: "completed";
   /**
+   * Sub-agents whose final turn did not succeed: the answer was made without them.
+   */
+  missing_agents?: MissingAgent[];
+  /**
    * The run.
    */
   run_id: string;
@@ -790,6 +838,10 @@ export interface RunFailed {
    * Event kind, also the last subject token.
    */
   kind: "failed";
+  /**
+   * Sub-agents whose final turn did not succeed, when the step phase ended.
+   */
+  missing_agents?: MissingAgent[];
   /**
    * The run.
    */
@@ -1123,7 +1175,7 @@ export interface TaskSubmission2 {
    */
   priority?: number;
   /**
-   * Fraction of steps that must succeed (quorum policy).
+   * Fraction of sub-agents whose final turn must succeed (quorum policy).
    */
   quorum?: number;
   /**
