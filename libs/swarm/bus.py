@@ -345,6 +345,7 @@ class Bus:
 
         Returns the names created, so a second call returns [].
         """
+        streams, buckets = tuple(streams), tuple(buckets)
         created = []
         for spec in streams:
             wanted = _stream_config(spec, self.settings)
@@ -360,7 +361,26 @@ class Bus:
         for bucket in buckets:
             if await self._ensure_bucket(bucket):
                 created.append(bucket.name)
+        if self.settings.stream_replicas > 1:
+            names = [s.name for s in streams] + [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in buckets]
+            await self.wait_for_leaders(names)
         return created
+
+    async def wait_for_leaders(self, streams: Iterable[str], timeout_s: float | None = None) -> None:
+        """Wait until every replicated stream has elected a leader: until then a publish to a stream just
+        created finds no responder, and the first KV put of a starting service would fail."""
+        deadline = asyncio.get_running_loop().time() + (timeout_s or self.settings.request_timeout_s * 3)
+        for name in streams:
+            while True:
+                try:
+                    info = await self.js.stream_info(name)
+                    if info.cluster is None or info.cluster.leader:
+                        break
+                except (nats.errors.TimeoutError, APIError):
+                    pass  # no leader to answer yet
+                if asyncio.get_running_loop().time() > deadline:
+                    raise PublishNotAcknowledged(f"stream {name} has no leader")
+                await asyncio.sleep(0.1)
 
     async def _ensure_bucket(self, bucket: BucketSpec) -> bool:
         storage = StorageType.FILE if self.settings.stream_storage == "file" else StorageType.MEMORY
