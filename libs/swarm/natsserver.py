@@ -31,6 +31,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_block(n: int, attempts: int = 50) -> int:
+    """The first of `n` consecutive unused TCP ports on loopback (a local cluster's nodes use port + i)."""
+    for _ in range(attempts):
+        first = free_port()
+        if first + n <= 65536 and all(_unused(first + i) for i in range(1, n)):
+            return first
+    raise OSError(f"no {n} consecutive free ports found")
+
+
+def _unused(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass
 class NatsServer:
     """A nats-server process with JetStream, its store under `store_dir`."""
