@@ -77,6 +77,23 @@ def _stream_config(spec: StreamSpec, settings: NatsSettings) -> StreamConfig:
     )
 
 
+async def wait_for_stream_leaders(js: JetStreamContext, streams: Iterable[str], timeout_s: float) -> None:
+    """Wait until every replicated stream has elected a leader: until then a publish to a stream just
+    created finds no responder (the first KV put of a starting service failed so)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    for name in streams:
+        while True:
+            try:
+                info = await js.stream_info(name)
+                if info.cluster is None or info.cluster.leader:
+                    break
+            except (nats.errors.TimeoutError, APIError):
+                pass  # no leader to answer yet
+            if asyncio.get_running_loop().time() > deadline:
+                raise PublishNotAcknowledged(f"stream {name} has no leader after {timeout_s:.0f}s")
+            await asyncio.sleep(0.1)
+
+
 def _conflicts(wanted: StreamConfig, found: StreamConfig) -> list[str]:
     """The fields where an existing stream differs from what we would create."""
     diffs = []
@@ -395,24 +412,8 @@ class Bus:
                 created.append(bucket.name)
         if self.settings.stream_replicas > 1:
             names = [s.name for s in streams] + [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in buckets]
-            await self.wait_for_leaders(names)
+            await wait_for_stream_leaders(self.js, names, self.settings.request_timeout_s * 3)
         return created
-
-    async def wait_for_leaders(self, streams: Iterable[str], timeout_s: float | None = None) -> None:
-        """Wait until every replicated stream has elected a leader: until then a publish to a stream just
-        created finds no responder, and the first KV put of a starting service would fail."""
-        deadline = asyncio.get_running_loop().time() + (timeout_s or self.settings.request_timeout_s * 3)
-        for name in streams:
-            while True:
-                try:
-                    info = await self.js.stream_info(name)
-                    if info.cluster is None or info.cluster.leader:
-                        break
-                except (nats.errors.TimeoutError, APIError):
-                    pass  # no leader to answer yet
-                if asyncio.get_running_loop().time() > deadline:
-                    raise PublishNotAcknowledged(f"stream {name} has no leader")
-                await asyncio.sleep(0.1)
 
     async def _ensure_bucket(self, bucket: BucketSpec) -> bool:
         storage = StorageType.FILE if self.settings.stream_storage == "file" else StorageType.MEMORY

@@ -352,6 +352,9 @@ def loadtest(
     scale_steps: Annotated[float, typer.Option(min=0.001, max=1.0, help="Shrink the scenario (smoke tests).")] = 1.0,
     timeout_s: Annotated[float, typer.Option(min=1, help="Give up on a run after this many seconds.")] = 600.0,
     floor: Annotated[bool, typer.Option("--floor/--no-floor", help="Measure the raw JetStream round trip.")] = True,
+    nats_cluster: Annotated[
+        int, typer.Option("--nats-cluster", min=1, max=5, help="Embedded stack: NATS nodes (3: a cluster, R3 streams).")
+    ] = 1,
 ) -> None:
     """Drive the real services (sim backend) with a scenario; a table of figures, and JSON with --json."""
     from loadtest.runner import LoadtestError, LoadtestOptions, failed_targets, report_table, run_loadtest
@@ -359,7 +362,7 @@ def loadtest(
     options = LoadtestOptions(
         scenario=scenario, latency_scale=latency_scale, runs=runs, seed=seed, nats_url=nats_url, home=home,
         workers=workers, worker_concurrency=worker_concurrency, scale_steps=scale_steps, run_timeout_s=timeout_s,
-        floor=floor,
+        floor=floor, nats_cluster=nats_cluster,
     )  # fmt: skip
     try:
         report = run_loadtest(options, console)
