@@ -488,8 +488,14 @@ class Bus:
 
     async def kv(self, bucket: BucketSpec) -> KeyValue:
         """A key-value bucket handle, cached."""
-        if bucket.name not in self._kv:
-            self._kv[bucket.name] = await self.js.key_value(bucket.name)
+        for attempt in range(3):  # a replicated bucket electing a leader leaves the API unanswered a while
+            if bucket.name in self._kv:
+                break
+            try:
+                self._kv[bucket.name] = await self.js.key_value(bucket.name)
+            except nats.errors.TimeoutError:
+                if attempt == 2:
+                    raise
         return self._kv[bucket.name]
 
     async def kv_keys(self, bucket: BucketSpec, pattern: str) -> list[str]:

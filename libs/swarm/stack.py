@@ -19,9 +19,10 @@ from pathlib import Path
 import nats
 import nats.errors
 
+from swarm.bus import Bus
 from swarm.contracts import Subjects
 from swarm.natsserver import NatsServer, cluster_servers, local_nodes, node_status, start_cluster
-from swarm.settings import StackSettings
+from swarm.settings import NatsSettings, StackSettings
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,11 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         on_step("nats-server" if self.settings.nats_cluster == 1 else f"{self.settings.nats_cluster} nats-server nodes")
         nats_nodes = self._start_nats_nodes()
+        if self.settings.nats_cluster > 1:
+            # Streams, buckets and their leaders before the services: six processes creating replicated
+            # streams at once keep the Raft groups electing, and a service's first API call timed out.
+            on_step("replicated streams")
+            asyncio.run(_provision(NatsSettings(url=self.nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
         # The services' settings as they are now, kept in the state file: a service restarted later
         # (`swarm up`, `swarm restart`) from another shell gets the same ones. Secrets stay out of the file.
         inherited = {k: v for k, v in os.environ.items() if k.startswith("SWARM_") and not SECRET_NAME.search(k)}
@@ -354,6 +360,14 @@ class Stack:
         _terminate([int(n["pid"]) for n in state.get("nats_nodes", [])], timeout_s)
         self.state_file.unlink(missing_ok=True)
         return True
+
+
+async def _provision(settings: NatsSettings) -> None:
+    bus = await Bus.connect(settings, "swarm-up")
+    try:
+        await bus.provision()
+    finally:
+        await bus.close()
 
 
 def _terminate(pids: list[int], timeout_s: float) -> None:

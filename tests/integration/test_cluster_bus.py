@@ -9,7 +9,7 @@ import pytest
 
 from swarm.bus import Bus, ConsumerSpec, PublishNotAcknowledged
 from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, RESULTS, StepEvent, Subjects
-from swarm.natsserver import NatsServer
+from swarm.natsserver import NatsServer, node_status
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
@@ -46,8 +46,16 @@ async def test_provisioning_waits_for_every_replicated_stream_leader(nats_cluste
         # The first KV put of a starting service needs a leader at once (it failed with "no response").
         kv = await bus.kv(ALL_BUCKETS[0])
         assert await kv.put("k", b"v") > 0
+        # What `swarm status` shows: one meta leader, every stream led by exactly one healthy node.
+        status = node_status({s.name: s.monitor_port for s in nats_cluster})
+        assert sum(bool(row["meta_leader"]) for row in status.values()) == 1
+        assert all(row["healthy"] for row in status.values())
+        led = [stream for row in status.values() for stream in row["leads"]]  # type: ignore[attr-defined]
+        buckets = [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in ALL_BUCKETS]
+        assert sorted(led) == sorted([*(s.name for s in ALL_STREAMS), *buckets])
     finally:
         await bus.close()
+
 
 
 async def test_pull_request_survives_its_consumer_leader_and_reader_node_dying(nats_cluster: list[NatsServer]) -> None:
