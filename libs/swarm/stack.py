@@ -161,7 +161,8 @@ class Stack:
             return [int(n["pid"]) for n in self._running_state()["nats_nodes"] if service in (NATS_SERVER, n["name"])]
         entries = [p for p in state["services"] if p["name"] == service]
         if not entries:
-            names = ", ".join([NATS_SERVER, *(nodes if len(nodes) > 1 else []), *dict.fromkeys(p["name"] for p in state["services"])])
+            services = dict.fromkeys(p["name"] for p in state["services"])
+            names = ", ".join([NATS_SERVER, *(nodes if len(nodes) > 1 else []), *services])
             raise StackError(f"no service {service!r} in the stack: one of {names}")
         on_step(f"stopping {service}")
         _terminate([p["pid"] for p in entries], timeout_s=30)
@@ -188,7 +189,11 @@ class Stack:
             # Streams, buckets and their leaders before the services: six processes creating replicated
             # streams at once keep the Raft groups electing, and a service's first API call timed out.
             on_step("replicated streams")
-            asyncio.run(_provision(NatsSettings(url=self.nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
+            try:
+                asyncio.run(_provision(NatsSettings(url=self.nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
+            except (nats.errors.Error, TimeoutError) as exc:
+                _terminate([int(n["pid"]) for n in nats_nodes], timeout_s=10)  # type: ignore[call-overload]
+                raise StackError(f"the NATS cluster did not take the streams ({exc}): see {self.logs}") from exc
         # The services' settings as they are now, kept in the state file: a service restarted later
         # (`swarm up`, `swarm restart`) from another shell gets the same ones. Secrets stay out of the file.
         inherited = {k: v for k, v in os.environ.items() if k.startswith("SWARM_") and not SECRET_NAME.search(k)}

@@ -15,7 +15,15 @@ import pytest
 
 from loadtest.scenarios import build_swarm, fanout_plan
 from swarm.client import SwarmClient
-from swarm.contracts import ALL_STREAMS, EVENTS, RECORDER_CONSUMER, RESULTS, Plan, RunCompleted
+from swarm.contracts import (
+    ALL_STREAMS,
+    EVENTS,
+    RECORDER_CONSUMER,
+    RESULTS,
+    TERMINAL_RUN_EVENTS,
+    Plan,
+    RunCompleted,
+)
 from swarm.eventlog import query_via_recorder
 from swarm.natsserver import free_port_block, node_status
 from swarm.settings import NatsSettings, StackSettings
@@ -84,6 +92,13 @@ async def wait_streams_equal_on_all_nodes(stack: Stack, timeout_s: float = 60) -
         await asyncio.sleep(1.0)
 
 
+async def assert_mid_run(client: SwarmClient, run_id: str) -> None:
+    """The run has started and not ended: a kill now lands mid-run."""
+    latest = await client.latest_events(run_id, timeout_s=15)
+    kinds = {e.kind for e in latest or []}
+    assert "planned" in kinds and not kinds & set(TERMINAL_RUN_EVENTS), kinds
+
+
 async def succeeded_in_stream(client: SwarmClient, run_id: str) -> Counter[str]:
     """Distinct 'succeeded' events per step in EVENTS (a replay after a crash repeats an event id)."""
     events = {e.event_id: e for e in await client.step_events(run_id) if e.kind == "succeeded"}
@@ -123,6 +138,7 @@ async def test_run_survives_kill_9_of_results_leader_then_meta_leader(stack: Sta
     async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
         run_id = await client.submit(plan=plan)
         await asyncio.sleep(8)
+        await assert_mid_run(client, run_id)
         results_leader = (await client.bus.js.stream_info(RESULTS.name)).cluster.leader  # type: ignore[union-attr]
         assert results_leader in monitor_ports(stack)
         await asyncio.to_thread(stack.stop_node, results_leader, True)
@@ -131,6 +147,7 @@ async def test_run_survives_kill_9_of_results_leader_then_meta_leader(stack: Sta
         await asyncio.to_thread(stack.start_node, results_leader)  # waits until healthy: caught up
         await asyncio.sleep(2)
         leader = await asyncio.to_thread(meta_leader, stack)
+        await assert_mid_run(client, run_id)
         await asyncio.to_thread(stack.stop_node, leader, True)
         killed.append(leader)
         await asyncio.sleep(3)
