@@ -137,6 +137,8 @@ async def test_run_survives_kill_9_of_results_leader_then_meta_leader(stack: Sta
     killed = []
     async with await SwarmClient.connect(NatsSettings(url=stack.nats_url)) as client:
         run_id = await client.submit(plan=plan)
+        # Followed from the start: the follower's consumer lives on one node, and is re-created when it dies.
+        final_event = asyncio.create_task(client.wait(run_id, timeout_s=300))
         await asyncio.sleep(8)
         await assert_mid_run(client, run_id)
         results_leader = (await client.bus.js.stream_info(RESULTS.name)).cluster.leader  # type: ignore[union-attr]
@@ -153,7 +155,7 @@ async def test_run_survives_kill_9_of_results_leader_then_meta_leader(stack: Sta
         await asyncio.sleep(3)
         await asyncio.to_thread(stack.start_node, leader)
 
-        final = await client.wait(run_id, timeout_s=300)
+        final = await final_event
         assert isinstance(final, RunCompleted), final
         assert final.summary.steps_succeeded == 4000
         await assert_every_step_succeeded_once(client, run_id, plan)
