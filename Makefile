@@ -69,10 +69,11 @@ proto: install ## regenerate proto/ from libs/swarm/contracts.py, and the TS cli
 	$(PY) -m swarm.protogen
 	cd $(TS_CLIENT) && npm run --silent generate
 
-lint: install ## ruff, mypy on the strict modules, proto/ drift
+lint: install ## ruff, mypy on the strict modules, proto/ and compose/nats/ drift
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(STRICT_FILES)
 	$(PY) -m swarm.protogen --check
+	$(PY) -m swarm.natsserver --check
 	cd $(TS_CLIENT) && npm run --silent generate:check
 
 # Each run starts its own embedded stack (sim backend) unless one runs; figures are medians of BENCH_RUNS.

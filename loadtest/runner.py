@@ -72,7 +72,7 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
 )
-from swarm.natsserver import free_port
+from swarm.natsserver import free_port_block
 from swarm.settings import NatsSettings, StackSettings
 from swarm.stack import Stack
 
@@ -108,6 +108,7 @@ class LoadtestOptions:
     nats_url: str | None = None
     home: Path = DEFAULT_HOME
     workers: int = 2
+    nats_cluster: int = 1  # embedded stack: NATS nodes (3: a JetStream cluster, streams at 3 replicas)
     worker_concurrency: int = 256
     scale_steps: float = 1.0
     run_timeout_s: float = 600.0
@@ -136,7 +137,7 @@ class Deployment:
         state = (self.stack or Stack()).state() if self.kind != "given" else None
         if state is None:
             return {}
-        pids: dict[str, list[int]] = {"nats-server": [int(state["nats_pid"])]}
+        pids: dict[str, list[int]] = {"nats-server": [int(n["pid"]) for n in state["nats_nodes"]]}
         for service in state["services"]:
             pids.setdefault(service["name"], []).append(int(service["pid"]))
         return pids
@@ -177,7 +178,7 @@ def open_deployment(options: LoadtestOptions, console: Console) -> Deployment:
     """The given URL, the running local stack, or a freshly started embedded stack."""
     if options.nats_url:
         return Deployment(options.nats_url, "given")
-    local = Stack().state()
+    local = Stack().state() if options.nats_cluster == 1 else None  # a cluster is always embedded
     if local is not None:
         console.print(f"Using the running local stack at {local['nats_url']} (its own worker settings).")
         return Deployment(str(local["nats_url"]), "local")
@@ -190,13 +191,16 @@ def open_deployment(options: LoadtestOptions, console: Console) -> Deployment:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+    n = options.nats_cluster
     settings = StackSettings(
-        home=home, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim", workers=options.workers
-    )
+        home=home, nats_port=free_port_block(n), nats_monitor_port=free_port_block(n), nats_cluster_port=free_port_block(n),
+        nats_cluster=n, gateway_backend="sim", workers=options.workers,
+    )  # fmt: skip
     stack = Stack(settings)
     with _environment(embedded_environment(options)), console.status("starting the embedded stack") as status:
         stack.up(on_step=lambda name: status.update(f"starting the embedded stack: {name}"), timeout_s=180)
-    console.print(f"Embedded stack at {stack.nats_url}, {options.workers} workers; logs in {stack.logs}")
+    nodes = f" ({n} NATS nodes, streams at {min(3, n)} replicas)" if n > 1 else ""
+    console.print(f"Embedded stack at {stack.nats_url}{nodes}, {options.workers} workers; logs in {stack.logs}")
     return Deployment(stack.nats_url, "embedded", stack)
 
 
@@ -487,7 +491,8 @@ def run_loadtest(options: LoadtestOptions, console: Console | None = None) -> di
             "deployment": (
                 {"kind": deployment.kind, "nats_url": deployment.nats_url,
                  "logs": str(deployment.logs) if deployment.logs else None,
-                 **({"workers": options.workers, "worker_concurrency": options.worker_concurrency}
+                 **({"workers": options.workers, "worker_concurrency": options.worker_concurrency,
+                     "nats_nodes": options.nats_cluster}
                     if deployment.kind == "embedded" else {})}
                 if deployment else None
             ),
@@ -564,7 +569,9 @@ async def _floor(url: str, options: LoadtestOptions, progress: Progress) -> Any:
     steps = max(200, round(FLOOR_STEPS * options.scale_steps))
     bar = progress.add_task("raw JetStream round trip (floor)", total=None)
     try:
-        return await measure_floor(url, steps=steps, in_flight=FLOOR_IN_FLIGHT)
+        # The floor's streams replicated as the stack's are: the ratio compares like with like.
+        settings = NatsSettings(url=url, stream_replicas=min(3, options.nats_cluster))
+        return await measure_floor(url, steps=steps, in_flight=FLOOR_IN_FLIGHT, settings=settings)
     finally:
         progress.update(bar, description="raw JetStream round trip (floor): done", total=1, completed=1)
 

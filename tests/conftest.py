@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 from swarm.bus import Bus
-from swarm.natsserver import NatsServer
+from swarm.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
 from swarm.settings import NatsSettings
 
 
@@ -25,6 +25,18 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 def nats_settings(nats_server: NatsServer) -> NatsSettings:
     return NatsSettings(url=nats_server.url)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    """Three nats-server nodes in one JetStream cluster on loopback (the configuration `swarm up
+    --nats-cluster 3` and compose run), stopped after the test."""
+    ports = [free_port_block(3) for _ in range(3)]  # client, monitoring, route ports: node i uses first + i
+    nodes = local_nodes(tmp_path / "nats", [(ports[0] + i, ports[1] + i, ports[2] + i) for i in range(3)])
+    servers = start_cluster(cluster_servers(tmp_path / "nats", nodes, log_dir=tmp_path))
+    yield servers
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

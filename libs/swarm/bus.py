@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -76,6 +75,23 @@ def _stream_config(spec: StreamSpec, settings: NatsSettings) -> StreamConfig:
         max_age=spec.max_age_s or None,
         duplicate_window=spec.duplicate_window_s,
     )
+
+
+async def wait_for_stream_leaders(js: JetStreamContext, streams: Iterable[str], timeout_s: float) -> None:
+    """Wait until every replicated stream has elected a leader: until then a publish to a stream just
+    created finds no responder (the first KV put of a starting service failed so)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    for name in streams:
+        while True:
+            try:
+                info = await js.stream_info(name)
+                if info.cluster is None or info.cluster.leader:
+                    break
+            except (nats.errors.TimeoutError, APIError):
+                pass  # no leader to answer yet
+            if asyncio.get_running_loop().time() > deadline:
+                raise PublishNotAcknowledged(f"stream {name} has no leader after {timeout_s:.0f}s")
+            await asyncio.sleep(0.1)
 
 
 def _conflicts(wanted: StreamConfig, found: StreamConfig) -> list[str]:
@@ -185,7 +201,7 @@ class ReplyInbox:
         self.prefix = nc.new_inbox()
         self.waiting: dict[str, asyncio.Future[Any]] = {}
         self._resolve = resolve
-        self._tokens = itertools.count()
+        self._next_token = 0
         self._subscribed = False
 
     async def expect(self) -> tuple[str, str, asyncio.Future[Any]]:
@@ -193,7 +209,8 @@ class ReplyInbox:
         if not self._subscribed:  # on first use: a Bus may wrap a connection made elsewhere
             self._subscribed = True
             await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000)
-        token = str(next(self._tokens))
+        token = str(self._next_token)
+        self._next_token += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting[token] = future
         return f"{self.prefix}.{token}", token, future
@@ -201,6 +218,19 @@ class ReplyInbox:
     def forget(self, token: str) -> None:
         """Stop waiting for a reply (timed out); a late one is dropped."""
         self.waiting.pop(token, None)
+
+    def mark(self) -> int:
+        """The token the next `expect` gets: `fail_before(mark)` later fails only earlier ones."""
+        return int(self._next_token)
+
+    def fail_before(self, mark: int, exc: Exception) -> int:
+        """Fail every waiting future whose message went out before `mark` (their replies are lost); how many."""
+        lost = [t for t in self.waiting if int(t) < mark]
+        for token in lost:
+            future = self.waiting.pop(token)
+            if not future.done():
+                future.set_exception(exc)
+        return len(lost)
 
     def fail_all(self, exc: Exception) -> None:
         """Fail every waiting future (the connection was re-established: those replies are not coming)."""
@@ -308,7 +338,25 @@ class Bus:
         self._pending: list[tuple[float, str, asyncio.Future[None]]] = []  # (deadline, token, ack) of publish_nowait
         self._prune_at = 256
         self._reconnected = asyncio.Event()
+        self._ack_mark = 0  # publishes before this ack token went out on a connection that is gone
         self.loops = Loops()
+
+    def on_disconnected(self) -> None:
+        """The connection dropped: publishes sent so far may have reached their stream, but not their acks."""
+        self._ack_mark = self.acks.mark()
+
+    def on_reconnected(self) -> None:
+        """The connection is back, maybe on another server: fail the acks lost with the old one at once
+        (their callers re-send or nak, rather than wait out the ack timeout; publishes buffered while
+        disconnected went out now and keep waiting).
+
+        Pull consumers need nothing here: nats-server keeps a waiting pull request when the consumer's
+        leader or the reader's own node dies (tests/integration/test_cluster_bus.py)."""
+        lost = self.acks.fail_before(self._ack_mark, PublishNotAcknowledged("connection lost before the ack came"))
+        if lost:
+            log.warning("nats: %d publish acks lost with the connection; their publishes will be retried", lost)
+        self._reconnected.set()
+        self._reconnected = asyncio.Event()
 
     @classmethod
     async def connect(cls, settings: NatsSettings, name: str) -> Bus:
@@ -317,16 +365,17 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats: %s", exc)
 
-        async def on_disconnect() -> None:
-            log.warning("nats: disconnected")
-
         bus: Bus | None = None
 
-        async def on_reconnect() -> None:
-            log.info("nats: reconnected")
+        async def on_disconnect() -> None:
+            log.warning("nats: disconnected")
             if bus is not None:
-                bus._reconnected.set()
-                bus._reconnected = asyncio.Event()
+                bus.on_disconnected()
+
+        async def on_reconnect() -> None:
+            log.info("nats: reconnected to %s", bus.nc.connected_url.netloc if bus and bus.nc.connected_url else "?")
+            if bus is not None:
+                bus.on_reconnected()
 
         nc = await nats.connect(
             servers=settings.url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
@@ -345,6 +394,7 @@ class Bus:
 
         Returns the names created, so a second call returns [].
         """
+        streams, buckets = tuple(streams), tuple(buckets)
         created = []
         for spec in streams:
             wanted = _stream_config(spec, self.settings)
@@ -360,6 +410,9 @@ class Bus:
         for bucket in buckets:
             if await self._ensure_bucket(bucket):
                 created.append(bucket.name)
+        if self.settings.stream_replicas > 1:
+            names = [s.name for s in streams] + [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in buckets]
+            await wait_for_stream_leaders(self.js, names, self.settings.request_timeout_s * 3)
         return created
 
     async def _ensure_bucket(self, bucket: BucketSpec) -> bool:
@@ -440,8 +493,14 @@ class Bus:
 
     async def kv(self, bucket: BucketSpec) -> KeyValue:
         """A key-value bucket handle, cached."""
-        if bucket.name not in self._kv:
-            self._kv[bucket.name] = await self.js.key_value(bucket.name)
+        for attempt in range(3):  # a replicated bucket electing a leader leaves the API unanswered a while
+            if bucket.name in self._kv:
+                break
+            try:
+                self._kv[bucket.name] = await self.js.key_value(bucket.name)
+            except nats.errors.TimeoutError:
+                if attempt == 2:
+                    raise
         return self._kv[bucket.name]
 
     async def kv_keys(self, bucket: BucketSpec, pattern: str) -> list[str]:

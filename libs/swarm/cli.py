@@ -95,9 +95,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for script
 def up(
     backend: Annotated[str | None, typer.Option(help="Inference backend: llamacpp or sim.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker-pool processes.")] = None,
+    nats_cluster: Annotated[
+        int | None, typer.Option("--nats-cluster", help="NATS nodes: 3 runs a JetStream cluster on loopback (R3 streams).")
+    ] = None,
 ) -> None:
-    """Start the local stack: nats-server and every service, each its own process."""
-    overrides = {k: v for k, v in {"gateway_backend": backend, "workers": workers}.items() if v is not None}
+    """Start the local stack: nats-server (or a cluster of them) and every service, each its own process."""
+    overrides = {
+        k: v for k, v in {"gateway_backend": backend, "workers": workers, "nats_cluster": nats_cluster}.items() if v is not None
+    }
     stack = Stack(StackSettings(**overrides))
     try:
         with console.status("starting") as status:
@@ -116,11 +121,28 @@ def up(
 
 def processes_table(stack: Stack, title: str) -> Table:
     """The stack's processes, alive or dead, for the terminal."""
-    table = Table("service", "pid", "state", "log", title=title, box=box.SIMPLE_HEAD)
-    table.columns[3].overflow = "fold"
-    for p in stack.processes():
-        table.add_row(str(p["name"]), str(p["pid"]), "[green]alive[/]" if p["alive"] else "[red]dead[/]", str(p["log"]))
+    processes = stack.processes()
+    cluster = any("meta_leader" in p for p in processes)
+    table = Table("service", "pid", "state", *(["role"] if cluster else []), "log", title=title, box=box.SIMPLE_HEAD)
+    table.columns[-1].overflow = "fold"
+    for p in processes:
+        state = "[green]alive[/]" if p["alive"] else "[red]dead[/]"
+        if p["alive"] and p.get("healthy") is False:
+            state = f"[yellow]unhealthy[/] {p.get('error', '')}"
+        role = [node_role(p)] if cluster else []
+        table.add_row(str(p["name"]), str(p["pid"]), state, *role, str(p["log"]))
     return table
+
+
+def node_role(process: dict[str, object]) -> str:
+    """A cluster node's role: meta leader, and the streams it leads."""
+    if "meta_leader" not in process:
+        return ""
+    roles = ["meta leader"] if process["meta_leader"] else []
+    leads = list(process.get("leads") or [])  # type: ignore[call-overload]
+    if leads:
+        roles.append("leads " + ", ".join(leads))
+    return "; ".join(roles) or "follower"
 
 
 @app.command()
@@ -353,6 +375,9 @@ def loadtest(
     ] = None,
     target_added_latency_ms: Annotated[float | None, typer.Option(help="Most gateway added latency, p50 [2].")] = None,
     target_events_per_s: Annotated[float | None, typer.Option(help="Least recorder ingest rate [20000].")] = None,
+    nats_cluster: Annotated[
+        int, typer.Option("--nats-cluster", min=1, max=5, help="Embedded stack: NATS nodes (3: a cluster, R3 streams).")
+    ] = 1,
 ) -> None:
     """Drive the real services (sim backend) with a scenario; a table of figures, and JSON with --json.
 
@@ -375,7 +400,7 @@ def loadtest(
     options = LoadtestOptions(
         scenario=scenario, latency_scale=latency_scale, runs=runs, seed=seed, nats_url=nats_url, home=home,
         workers=workers, worker_concurrency=worker_concurrency, scale_steps=scale_steps, run_timeout_s=timeout_s,
-        floor=floor, instruction_chars=instruction_chars, targets=goals,
+        floor=floor, instruction_chars=instruction_chars, targets=goals, nats_cluster=nats_cluster,
     )  # fmt: skip
     try:
         report = run_loadtest(options, console)

@@ -50,6 +50,12 @@ class StackSettings(BaseSettings):
     home: Path = Field(Path(".swarm"), description="Directory holding all local data, logs and pid files.")
     nats_port: int = Field(4222, description="Client port of the embedded nats-server.")
     nats_monitor_port: int = Field(8222, description="Monitoring port of the embedded nats-server.")
+    nats_cluster: int = Field(
+        1, ge=1, le=5,
+        description="NATS nodes of the local stack: 1, or 3 for a JetStream cluster on loopback (streams at 3 replicas;"
+        " node i uses the client, monitoring and route ports + i - 1).",
+    )  # fmt: skip
+    nats_cluster_port: int = Field(6222, description="Route port of the first local cluster node.")
     gateway_backend: str = Field("llamacpp", description="Inference backend of the embedded gateway.")
     workers: int = Field(2, ge=1, description="Worker-pool processes.")
     dispatchers: int = Field(1, ge=1, description="Dispatcher replicas.")

@@ -19,9 +19,10 @@ from pathlib import Path
 import nats
 import nats.errors
 
+from swarm.bus import Bus
 from swarm.contracts import Subjects
-from swarm.natsserver import NatsServer
-from swarm.settings import StackSettings
+from swarm.natsserver import NatsServer, cluster_servers, local_nodes, node_status, start_cluster
+from swarm.settings import NatsSettings, StackSettings
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,13 @@ class Stack:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.settings.nats_port}"
+        """The client URL(s) of the stack's NATS, comma separated (as SWARM_NATS_URL takes them)."""
+        return ",".join(f"nats://127.0.0.1:{client}" for client, _, _ in self.node_ports())
+
+    def node_ports(self) -> list[tuple[int, int, int]]:
+        """(client, monitoring, route) ports of each NATS node: consecutive ports from the settings' ones."""
+        s = self.settings
+        return [(s.nats_port + i, s.nats_monitor_port + i, s.nats_cluster_port + i) for i in range(s.nats_cluster)]
 
     def state(self) -> dict[str, object] | None:
         """The running stack's pids and URLs, or None when none runs (a stale state file is ignored)."""
@@ -106,16 +113,20 @@ class Stack:
             state = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return None
-        pids = [state["nats_pid"], *[p["pid"] for p in state["services"]]]
+        pids = [*[n["pid"] for n in state.get("nats_nodes", [])], *[p["pid"] for p in state["services"]]]
         return state if any(_alive(pid) for pid in pids) else None
 
     def processes(self) -> list[dict[str, object]]:
-        """Every process of the running stack (nats-server first) with `alive`; [] when none runs."""
+        """Every process of the running stack (nats-server nodes first) with `alive`; [] when none runs."""
         state = self.state()
         if state is None:
             return []
-        nats_entry = {"name": NATS_SERVER, "pid": state["nats_pid"], "log": str(self.logs / "nats.log")}
-        rows = [{**nats_entry, "alive": _alive(int(state["nats_pid"]), "nats-server")}]
+        rows = []
+        nodes = state["nats_nodes"]
+        roles = node_status({n["name"]: int(n["monitor_port"]) for n in nodes}) if len(nodes) > 1 else {}  # type: ignore[arg-type]
+        for node in nodes:  # type: ignore[attr-defined]
+            entry = {"name": node["name"], "pid": node["pid"], "log": node["log"]}
+            rows.append({**entry, "alive": _alive(int(node["pid"]), "nats-server"), **roles.get(node["name"], {})})
         for entry in state["services"]:  # type: ignore[attr-defined]
             rows.append({**entry, "alive": _alive(entry["pid"], entry["module"])})
         return rows
@@ -124,10 +135,11 @@ class Stack:
         """Start again what died in the running stack (nats-server first); the names restarted, [] if none."""
         state = self._running_state()
         restarted = []
-        if not _alive(int(state["nats_pid"]), "nats-server"):
-            on_step(NATS_SERVER)
-            self._start_nats(state)
-            restarted.append(NATS_SERVER)
+        for node in state["nats_nodes"]:
+            if not _alive(int(node["pid"]), "nats-server"):
+                on_step(node["name"])
+                self._start_node(node)
+                restarted.append(node["name"])
         for entry in state["services"]:
             if not _alive(entry["pid"], entry["module"]):
                 entry["pid"] = self._spawn(entry, state["env"])
@@ -140,13 +152,17 @@ class Stack:
     def restart(self, service: str, on_step: Callable[[str], None] = lambda _: None, timeout_s: float = 120.0) -> list[int]:
         """Stop every replica of `service` (SIGTERM: it drains) and start it again; the new pids."""
         state = self._running_state()
-        if service == NATS_SERVER:
-            on_step(NATS_SERVER)
-            self.restart_nats(down_s=0.0)
-            return [int(self._running_state()["nats_pid"])]
+        nodes = [n["name"] for n in state["nats_nodes"]]
+        if service == NATS_SERVER or service in nodes:
+            for name in nodes if service == NATS_SERVER else [service]:  # one node at a time: a cluster keeps quorum
+                on_step(name)
+                self.stop_node(name)
+                self.start_node(name)
+            return [int(n["pid"]) for n in self._running_state()["nats_nodes"] if service in (NATS_SERVER, n["name"])]
         entries = [p for p in state["services"] if p["name"] == service]
         if not entries:
-            names = ", ".join([NATS_SERVER, *dict.fromkeys(p["name"] for p in state["services"])])
+            services = dict.fromkeys(p["name"] for p in state["services"])
+            names = ", ".join([NATS_SERVER, *(nodes if len(nodes) > 1 else []), *services])
             raise StackError(f"no service {service!r} in the stack: one of {names}")
         on_step(f"stopping {service}")
         _terminate([p["pid"] for p in entries], timeout_s=30)
@@ -161,22 +177,30 @@ class Stack:
         running = self.state()
         if running is not None:
             raise StackAlreadyRunning(f"the stack is already running ({running['nats_url']}); `swarm down` stops it")
-        for port in (self.settings.nats_port, self.settings.nats_monitor_port):
+        for port in [p for ports in self.node_ports() for p in ports[: 3 if self.settings.nats_cluster > 1 else 2]]:
             if not _port_free(port):
-                raise StackError(f"port {port} is in use: set SWARM_NATS_PORT / SWARM_NATS_MONITOR_PORT")
+                raise StackError(
+                    f"port {port} is in use: set SWARM_NATS_PORT / SWARM_NATS_MONITOR_PORT / SWARM_NATS_CLUSTER_PORT"
+                )
         self.logs.mkdir(parents=True, exist_ok=True)
-        on_step("nats-server")
-        server = NatsServer(
-            store_dir=self.home / "nats", port=self.settings.nats_port,
-            monitor_port=self.settings.nats_monitor_port, log_file=self.logs / "nats.log",
-        ).start()  # fmt: skip
-        assert server.process is not None
+        on_step("nats-server" if self.settings.nats_cluster == 1 else f"{self.settings.nats_cluster} nats-server nodes")
+        nats_nodes = self._start_nats_nodes()
+        if self.settings.nats_cluster > 1:
+            # Streams, buckets and their leaders before the services: six processes creating replicated
+            # streams at once keep the Raft groups electing, and a service's first API call timed out.
+            on_step("replicated streams")
+            try:
+                asyncio.run(_provision(NatsSettings(url=self.nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
+            except (nats.errors.Error, TimeoutError) as exc:
+                _terminate([int(n["pid"]) for n in nats_nodes], timeout_s=10)  # type: ignore[call-overload]
+                raise StackError(f"the NATS cluster did not take the streams ({exc}): see {self.logs}") from exc
         # The services' settings as they are now, kept in the state file: a service restarted later
         # (`swarm up`, `swarm restart`) from another shell gets the same ones. Secrets stay out of the file.
         inherited = {k: v for k, v in os.environ.items() if k.startswith("SWARM_") and not SECRET_NAME.search(k)}
         env = {
             **inherited,
-            "SWARM_NATS_URL": server.url,
+            "SWARM_NATS_URL": self.nats_url,
+            "SWARM_NATS_STREAM_REPLICAS": str(min(3, self.settings.nats_cluster)),
             "SWARM_CLICKHOUSE_PATH": str(self.home / "clickhouse"),
             "SWARM_GATEWAY_BACKEND": self.settings.gateway_backend,
         }
@@ -189,8 +213,7 @@ class Stack:
                 entry = {"name": service.name, "module": service.module, "log": str(log_file)}
                 services.append({**entry, "pid": self._spawn(entry, env)})
         state = {
-            "nats_url": server.url, "nats_pid": server.process.pid, "nats_monitor_port": self.settings.nats_monitor_port,
-            "services": services,
+            "nats_url": self.nats_url, "nats_nodes": nats_nodes, "services": services,
             "home": str(self.home), "env": env,
         }  # fmt: skip
         self.state_file.write_text(json.dumps(state, indent=2))
@@ -233,32 +256,81 @@ class Stack:
         return int(entry["pid"])
 
     def restart_nats(self, down_s: float = 1.0, crash: bool = False) -> None:
-        """Stop nats-server (SIGTERM, or SIGKILL with `crash`) and start it again on the same port and store."""
-        state = self._running_state()
-        if crash:
-            os.kill(state["nats_pid"], signal.SIGKILL)
-            _reap([state["nats_pid"]])
-        else:
-            _terminate([state["nats_pid"]], timeout_s=20)
+        """Stop every nats-server node (SIGTERM, or SIGKILL with `crash`) and start them again, same ports and stores."""
+        nodes = [n["name"] for n in self._running_state()["nats_nodes"]]
+        for name in nodes:
+            self.stop_node(name, crash=crash)
         time.sleep(down_s)
-        self._start_nats(state)
+        state = json.loads(self.state_file.read_text())
+        if len(nodes) == 1:
+            self._start_node(state["nats_nodes"][0])
+        else:
+            servers = [self._node_server(n) for n in state["nats_nodes"]]
+            start_cluster(servers)
+            for node, server in zip(state["nats_nodes"], servers, strict=True):
+                node["pid"] = server.process.pid  # type: ignore[union-attr]
         self.state_file.write_text(json.dumps(state, indent=2))
 
-    def _start_nats(self, state: dict) -> None:  # type: ignore[type-arg]
-        """Start nats-server on the stack's port and store; its pid goes into `state`."""
-        port = int(str(state["nats_url"]).rsplit(":", 1)[-1])  # the stack's own ports, whatever the environment says
-        server = NatsServer(
-            store_dir=Path(state["home"]) / "nats", port=port,
-            monitor_port=int(state.get("nats_monitor_port", self.settings.nats_monitor_port)),
-            log_file=Path(state["home"]) / "logs" / "nats.log",
-        ).start()  # fmt: skip
+    def stop_node(self, name: str, crash: bool = False) -> int:
+        """Stop one nats-server node: SIGTERM (it shuts down cleanly) or, with `crash`, SIGKILL; its pid."""
+        state = json.loads(self.state_file.read_text())
+        pid = int(next(n for n in state["nats_nodes"] if n["name"] == name)["pid"])
+        if crash:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _reap([pid])
+        else:
+            _terminate([pid], timeout_s=20)
+        return pid
+
+    def start_node(self, name: str) -> int:
+        """Start one stopped nats-server node again on its ports and store; waits until it is healthy (a cluster
+        node: until it has caught up with the meta leader and its streams). Its new pid."""
+        state = self._running_state()
+        node = next(n for n in state["nats_nodes"] if n["name"] == name)
+        self._start_node(node)
+        self.state_file.write_text(json.dumps(state, indent=2))
+        return int(node["pid"])
+
+    def _start_nats_nodes(self) -> list[dict[str, object]]:
+        """Start the stack's nats-server (or its cluster's nodes); their state entries."""
+        if self.settings.nats_cluster == 1:
+            node = {
+                "name": NATS_SERVER, "port": self.settings.nats_port, "monitor_port": self.settings.nats_monitor_port,
+                "store": str(self.home / "nats"), "config": None, "log": str(self.logs / "nats.log"),
+            }  # fmt: skip
+            self._start_node(node)
+            return [node]
+        servers = cluster_servers(self.home / "nats", local_nodes(self.home / "nats", self.node_ports()), self.logs)
+        try:
+            start_cluster(servers)
+        except (RuntimeError, TimeoutError) as exc:
+            _terminate([s.process.pid for s in servers if s.process is not None], timeout_s=10)
+            raise StackError(f"the NATS cluster did not start ({exc}): see {self.logs}") from exc
+        return [
+            {"name": s.name, "port": s.port, "monitor_port": s.monitor_port, "store": str(s.store_dir),
+             "config": str(s.config_file), "log": str(s.log_file), "pid": s.process.pid}  # type: ignore[union-attr]
+            for s in servers
+        ]  # fmt: skip
+
+    @staticmethod
+    def _node_server(node: dict) -> NatsServer:  # type: ignore[type-arg]
+        return NatsServer(
+            store_dir=Path(node["store"]), port=int(node["port"]), monitor_port=int(node["monitor_port"]),
+            log_file=Path(node["log"]), config_file=Path(node["config"]) if node["config"] else None,
+            name=str(node["name"]),
+        )  # fmt: skip
+
+    def _start_node(self, node: dict) -> None:  # type: ignore[type-arg]
+        """Start one node on its own ports and store, whatever the environment says; its pid goes into `node`."""
+        server = self._node_server(node).start(timeout_s=60)
         assert server.process is not None
-        state["nats_pid"] = server.process.pid
+        node["pid"] = server.process.pid
 
     async def _wait_healthy(
         self, state: dict, on_step: Callable[[str], None], timeout_s: float, only: set[str] | None = None,  # type: ignore[type-arg]
     ) -> None:  # fmt: skip
-        nc = await nats.connect(state["nats_url"])
+        nc = await nats.connect(str(state["nats_url"]).split(","))
         deadline = time.monotonic() + timeout_s
         try:
             for service in SERVICE_ORDER:
@@ -290,9 +362,17 @@ class Stack:
             return False
         service_pids = [p["pid"] for p in reversed(state["services"])]
         _terminate(service_pids, timeout_s)
-        _terminate([state["nats_pid"]], timeout_s)
+        _terminate([int(n["pid"]) for n in state.get("nats_nodes", [])], timeout_s)
         self.state_file.unlink(missing_ok=True)
         return True
+
+
+async def _provision(settings: NatsSettings) -> None:
+    bus = await Bus.connect(settings, "swarm-up")
+    try:
+        await bus.provision()
+    finally:
+        await bus.close()
 
 
 def _terminate(pids: list[int], timeout_s: float) -> None:

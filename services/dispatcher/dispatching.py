@@ -28,7 +28,7 @@ from services.dispatcher.leases import LeaseChanges, PartitionLeases
 from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import Dispatch, Outcome, RetryPolicy, RunPhase, RunState, StepPhase
-from swarm.bus import Bus, ConsumerSpec, Reject, Retry, consume_batches, fail
+from swarm.bus import Bus, ConsumerSpec, PublishNotAcknowledged, Reject, Retry, consume_batches, fail
 from swarm.contracts import (
     DISPATCHER_LEASES_BUCKET,
     DISPATCHER_PLANS_CONSUMER,
@@ -373,13 +373,33 @@ class Dispatcher:
                 continue
             to_ack.append((run.run_id if run is not None else "", msg))
         touched.update({run.run_id: run for run in await self._schedule()})
-        await self._flush()
+        await self._flush_or_rewind(touched)
         for run_id, msg in to_ack:
             if run_id:
                 self._unacked.setdefault(run_id, []).append(msg)
             else:
                 await _settle_quietly(msg.ack())
         await self._checkpoint_due(touched.values())
+
+    async def _flush_or_rewind(self, touched: dict[str, RunState]) -> None:
+        """`_flush`; when a publish is not acknowledged (its NATS node went away), the touched runs in memory
+        are ahead of what their streams hold (a step marked dispatched may never have been stored, and
+        would wait for the lost-step sweeper): rewind them to their last checkpoint. The results applied
+        since are nak'd and come back, and re-applying them publishes again (deduplicated by message id)."""
+        try:
+            await self._flush()
+        except PublishNotAcknowledged:
+            for run_id in touched:
+                for msg in self._unacked.get(run_id, []):
+                    await _settle_quietly(msg.nak())
+                self._forget(run_id)
+                self._events.pop(run_id, None)
+            log.warning("publishes not acknowledged: %d runs rewound to their checkpoints", len(touched))
+            with contextlib.suppress(nats.errors.Error, TimeoutError):  # else their next result loads them
+                for run_id in touched:
+                    if self._owns(run_id):
+                        await self._load(run_id)
+            raise
 
     async def _apply_result(self, msg: Msg, touched: dict[str, RunState]) -> RunState | None:
         """Apply one result message; the run it changed (None: nothing to wait for before its ack).

@@ -17,6 +17,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from services.gateway.settings import GatewaySettings
+from swarm import natsserver
 from swarm.natsserver import nats_server_binary
 from swarm.security import SERVICE_USERS, SecuritySettings, render_nats_auth, user_permissions
 from swarm.settings import ClickHouseSettings, NatsSettings
@@ -197,8 +198,33 @@ def test_cluster_of_three_nats_nodes_each_config_valid(compose: dict[str, Any], 
             [nats_server_binary(), "-c", str(config_dir / config), "-t"], capture_output=True, text=True
         )
         assert done.returncode == 0, done.stdout + done.stderr
+        assert "listen: 0.0.0.0:4222" in text and "http: 0.0.0.0:8222" in text
     common = (COMPOSE_DIR / "nats/common.conf").read_text()
-    assert "listen: 0.0.0.0:4222" in common and "http: 0.0.0.0:8222" in common and "jetstream" in common
+    assert "jetstream" in common and 'include "auth/auth.conf"' in common
+
+
+def test_compose_nats_configs_are_generated() -> None:
+    """compose/nats/*.conf is what swarm.natsserver generates, the same code the local cluster runs."""
+    assert natsserver.compose_drift() == [], "run `python -m swarm.natsserver`"
+
+
+def test_drift_check_reports_an_edited_config(tmp_path: Path) -> None:
+    natsserver.write_configs(tmp_path, natsserver.cluster_configs(natsserver.compose_nodes(), "auth/auth.conf"))
+    assert natsserver.compose_drift(tmp_path) == []
+    edited = tmp_path / "nats-2.conf"
+    edited.write_text(edited.read_text().replace("nats-route://nats-3:6222", ""))
+    assert natsserver.compose_drift(tmp_path) == ["nats-2.conf"]
+
+
+def test_local_cluster_differs_from_compose_only_in_addresses_and_auth(tmp_path: Path) -> None:
+    compose_files = natsserver.cluster_configs(natsserver.compose_nodes(), "auth/auth.conf")
+    local = natsserver.local_nodes(tmp_path, [(1, 2, 3), (4, 5, 6), (7, 8, 9)])
+    local_files = natsserver.cluster_configs(local, None)
+    assert local_files.keys() == compose_files.keys()
+    shared = natsserver.jetstream_block()
+    assert shared in local_files["common.conf"] and shared in compose_files["common.conf"]
+    assert 'include "' not in local_files["common.conf"]
+    assert all(f"nats-route://127.0.0.1:{port}" in local_files["nats-2.conf"] for port in (3, 6, 9))
 
 
 def with_engine_option(compose: dict[str, Any]) -> dict[str, Any]:

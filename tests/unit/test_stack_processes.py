@@ -1,5 +1,5 @@
 """`swarm status` tells alive from dead: an exited child (a zombie) is dead, and a pid is alive only while
-it is still the program the stack started (pids are reused)."""
+it is still the program the stack started (pids are reused). A local cluster's nodes and their URLs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from swarm.stack import _alive
+from swarm.settings import StackSettings
+from swarm.stack import Stack, _alive
 
 
 def test_an_exited_child_is_dead_not_a_zombie_alive() -> None:
@@ -26,3 +28,11 @@ def test_a_pid_is_alive_only_as_the_program_it_was() -> None:
     assert _alive(me)
     assert _alive(me, "python")
     assert not _alive(me, "services.worker_pool")  # this pid, had it been reused, is not the worker
+
+
+def test_a_local_cluster_takes_consecutive_ports_and_gives_services_every_url(tmp_path: Path) -> None:
+    settings = StackSettings(home=tmp_path, nats_port=5000, nats_monitor_port=6000, nats_cluster_port=7000, nats_cluster=3)
+    stack = Stack(settings)
+    assert stack.node_ports() == [(5000, 6000, 7000), (5001, 6001, 7001), (5002, 6002, 7002)]
+    assert stack.nats_url == "nats://127.0.0.1:5000,nats://127.0.0.1:5001,nats://127.0.0.1:5002"
+    assert Stack(StackSettings(home=tmp_path, nats_port=5000)).nats_url == "nats://127.0.0.1:5000"
