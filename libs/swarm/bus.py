@@ -228,24 +228,39 @@ def resolve_publish_ack(msg: Msg, future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def inbox_prefix(user: str) -> str:
+    """The private inbox prefix of a NATS user: the only inbox its permissions let it read."""
+    return f"_INBOX_{user}"
+
+
 def identity_options(settings: NatsSettings) -> dict[str, Any]:
-    """nats.connect options for who we are: user and password or credentials, TLS, our inbox prefix."""
-    options: dict[str, Any] = {}
+    """nats.connect options for who we are: user and password or credentials, TLS, our inbox prefix.
+
+    A named user replies on its own inbox prefix (`_INBOX_<user>`) unless one is set: the only inbox its
+    permissions let it subscribe to (`swarm.security`), so no user reads another's replies.
+    """
+    options: dict[str, Any] = tls_options(settings)
     if settings.user:
         options["user"] = settings.user
         options["password"] = settings.password.get_secret_value() if settings.password else None
     if settings.creds_file:
         options["user_credentials"] = str(settings.creds_file)
-    if settings.inbox_prefix:
-        options["inbox_prefix"] = settings.inbox_prefix
-    if settings.tls_ca_file or settings.tls_cert_file:
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
-        if settings.tls_cert_file:
-            context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
-        options["tls"] = context
+    prefix = settings.inbox_prefix or (inbox_prefix(settings.user) if settings.user else None)
+    if prefix:
+        options["inbox_prefix"] = prefix
     return options
+
+
+def tls_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats.connect's `tls`: verify the servers (CA), present a client certificate (mTLS) when one is set."""
+    if not (settings.tls_ca_file or settings.tls_cert_file):
+        return {}
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+    if settings.tls_cert_file:
+        context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
+    return {"tls": context}
 
 
 @dataclass
