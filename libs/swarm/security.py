@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +43,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ExternalStream, RetentionPolicy, StorageType, StreamConfig, StreamSource
 from nats.js.errors import NotFoundError
-from pydantic import ByteSize, Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from swarm.bus import inbox_prefix, tls_options
@@ -76,7 +77,7 @@ from swarm.contracts import (
     Subjects,
     is_valid_id,
 )
-from swarm.settings import NatsSettings
+from swarm.settings import PLACEHOLDER_PREFIX, NatsSettings, refuse_placeholder
 
 ACCOUNT = "SWARM"
 SYSTEM_ACCOUNT = "SYS"
@@ -360,6 +361,16 @@ class SecuritySettings(BaseSettings):
     )
 
     _split_lists = field_validator("tenants", "pools", mode="before")(_split)
+    _real_passwords = field_validator(
+        *(f"{user}_password" for user in (*SERVICE_USERS, ADMIN_USER, SYSTEM_USER, PROVISION))
+    )(refuse_placeholder)
+
+    @field_validator("tenants")
+    @classmethod
+    def _real_tenant_passwords(cls, tenants: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in tenants:
+            refuse_placeholder(SecretStr(entry.partition(":")[2]))
+        return tenants
 
     def passwords(self) -> dict[str, SecretStr | None]:
         """Every user's password from the environment (None: to be generated), service users first."""
@@ -614,7 +625,17 @@ def main(argv: list[str] | None = None) -> int:
         created = asyncio.run(provision_tenants(SecuritySettings(), NatsSettings()))
         print(f"created the RUNS stream of: {', '.join(created) or 'none (all present)'}")
         return 0
-    settings = SecuritySettings()
+    # Also the secrets this job only passes by (Grafana's, ClickHouse's): no container starts on a placeholder.
+    placeholder = re.compile(rf"(^|[:,]){PLACEHOLDER_PREFIX}")
+    placeholders = sorted(name for name, value in os.environ.items() if placeholder.search(value))
+    if placeholders:
+        print(f"refusing placeholder secrets ({', '.join(placeholders)}): set real ones in compose/.env", file=sys.stderr)
+        return 2
+    try:
+        settings = SecuritySettings()
+    except ValidationError as exc:
+        print(f"invalid security settings: {exc}", file=sys.stderr)
+        return 2
     config, generated = generate(settings)
     if generated and args.secrets_out is None:
         missing = ", ".join(sorted({_env_name(user) for user in generated}))

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# How `.env.example` marks a secret to replace; a value that still starts with it is refused at start-up.
+PLACEHOLDER_PREFIX = "change-me"
+
+
+def refuse_placeholder(value: SecretStr | None) -> SecretStr | None:
+    """A secret, unless it is still the example's placeholder (then a ValueError naming the fix)."""
+    if value is not None and value.get_secret_value().startswith(PLACEHOLDER_PREFIX):
+        raise ValueError(f"is a '{PLACEHOLDER_PREFIX}-*' placeholder from .env.example: set a real secret")
+    return value
 
 
 class NatsSettings(BaseSettings):
@@ -27,6 +37,8 @@ class NatsSettings(BaseSettings):
     stream_storage: str = Field("file", pattern="^(file|memory)$", description="JetStream storage type.")
     request_timeout_s: float = Field(10.0, gt=0, description="JetStream API and publish-ack timeout.")
 
+    _real_password = field_validator("password")(refuse_placeholder)
+
 
 class ClickHouseSettings(BaseSettings):
     """Where the event log lives (env prefix SWARM_CLICKHOUSE_)."""
@@ -40,6 +52,8 @@ class ClickHouseSettings(BaseSettings):
     user: str = Field("default", description="ClickHouse user (http mode).")
     password: SecretStr = Field(SecretStr(""), description="ClickHouse password (http mode, never logged).")
     database: str = Field("swarm", description="Database holding the swarm tables.")
+
+    _real_password = field_validator("password")(refuse_placeholder)
 
 
 class StackSettings(BaseSettings):
