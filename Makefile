@@ -24,7 +24,7 @@ STRICT_FILES := $(wildcard libs/swarm/contracts.py libs/swarm/dag.py services/di
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install run test proto lint bench clean down
+.PHONY: help install run test proto lint bench clean down certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ bench: install ## the 300-agent, 4,000-step benchmark, simulated latencies and z
 	mkdir -p .swarm
 	$(SWARM) loadtest --scenario swarm-300x4000 --runs $(BENCH_RUNS) --json .swarm/bench.json
 	$(SWARM) loadtest --scenario swarm-300x4000 --latency-scale 0 --runs $(BENCH_RUNS) --json .swarm/bench-latency0.json
+
+certs: ## the CA and certificates of NATS's mTLS for compose, into compose/certs/ (kept if present)
+	compose/tls/make-certs.sh compose/certs
 
 down: ## stop the local stack
 	$(SWARM) down
