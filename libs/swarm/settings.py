@@ -31,7 +31,7 @@ class NatsSettings(BaseSettings):
     tls_cert_file: Path | None = Field(None, description="Client certificate, for servers that verify clients (mTLS).")
     tls_key_file: Path | None = Field(None, description="Private key of the client certificate.")
     inbox_prefix: str | None = Field(
-        None, description="Reply inbox prefix; a tenant client must use its own (`_INBOX_tenant-<tenant>`)."
+        None, description="Reply inbox prefix; unset: `_INBOX_<user>` for a named user (the only inbox it may read)."
     )
     stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of every stream and bucket (3 in a cluster).")
     stream_storage: str = Field("file", pattern="^(file|memory)$", description="JetStream storage type.")
