@@ -383,3 +383,23 @@ async def test_passwords_are_bcrypt_hashes_and_checked(secured_server: NatsServe
         )
     nc = await connect(secured_server, "worker")
     await nc.close()
+
+
+async def test_tenant_follows_a_long_run_through_flow_control(secured_server: NatsServer, admin: Bus) -> None:
+    """Allowed: thousands of events reach the tenant's consumer; its flow-control replies (which also cross
+    the `$JS.FC.RUNS.>` import into SWARM, harmlessly) keep its own consumer going."""
+    run_id, count = "acme-long", 3000
+    body = b"x" * 4096
+    for n in range(count):
+        await admin.nc.publish(Subjects.run_event("acme", run_id, f"progress{n}"), body)
+    await admin.nc.flush()
+    acme = await connect(secured_server, tenant_user("acme"))
+    try:
+        sub = await follow(acme, "acme", run_id)
+        received = 0
+        while received < count:
+            await next_event(sub)
+            received += 1
+        assert received == count
+    finally:
+        await acme.close()
