@@ -10,7 +10,7 @@ Accounts are NATS's isolation boundary, so tenants and services live in differen
   tenant's client user `tenant-<tenant>`, and `provision-<tenant>`, which creates the one stream of the
   account. SWARM exports to that account only its own subjects: submitting (`swarm.tasks.<tenant>`) and
   cancelling (`swarm.run.<tenant>.*.cancel`) as services, and the tenant's run events through the
-  account's own `RUNS` stream, sourced from SWARM's RUNS filtered to `swarm.run.<tenant>.>` (the sourcing
+  account's own `RUNS` stream, sourced from SWARM's RUNS filtered to `swarm.run.<tenant>.*.>` (the sourcing
   consumer's API, flow-control and delivery subjects are the only other exports). A tenant creates
   consumers only on that stream: whatever it names them, it cannot reach a service's consumer, another
   tenant's events, a service's queue group or a bucket;
@@ -109,11 +109,6 @@ def provision_user(tenant: str) -> str:
 def tenant_account(tenant: str) -> str:
     """The NATS account of one tenant."""
     return f"{TENANT_ACCOUNT_PREFIX}{tenant}"
-
-
-def deliver_prefix(tenant: str) -> str:
-    """Where SWARM delivers the tenant's run events to the sourcing consumer of the tenant's RUNS stream."""
-    return f"swarm.deliver.{tenant}"
 
 
 @dataclass(frozen=True)
@@ -441,8 +436,8 @@ def tenant_exports(tenants: Sequence[str]) -> list[dict[str, object]]:
             {"service": Subjects.run_event(tenant, "*", "cancel"), "accounts": only},
             # The sourcing consumer of the tenant's RUNS: created with a filter inside its subjects only
             # (the filter is the subject's tail, and the server checks the body against it).
-            {"service": f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.swarm.run.{tenant}.>", "accounts": only},
-            {"stream": f"{deliver_prefix(tenant)}.>", "accounts": only},
+            {"service": f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.tenant_runs_all(tenant)}", "accounts": only},
+            {"stream": f"{Subjects.tenant_delivery(tenant)}.>", "accounts": only},
         ]
     if tenants:
         # Flow-control replies of the sourcing consumers. Harmless to share: a reply reaches only the consumer
@@ -455,13 +450,13 @@ def tenant_exports(tenants: Sequence[str]) -> list[dict[str, object]]:
 
 def tenant_imports(tenant: str) -> list[dict[str, object]]:
     """What a tenant account takes from SWARM (see `tenant_exports`)."""
-    create = f"CONSUMER.CREATE.{RUNS.name}.*.swarm.run.{tenant}.>"
+    create = f"CONSUMER.CREATE.{RUNS.name}.*.{Subjects.tenant_runs_all(tenant)}"
     return [
         {"service": {"account": ACCOUNT, "subject": Subjects.task(tenant)}},
         {"service": {"account": ACCOUNT, "subject": Subjects.run_event(tenant, "*", "cancel")}},
         {"service": {"account": ACCOUNT, "subject": f"{JS_API}.{create}"}, "to": f"{SWARM_JS_API}.{create}"},
         {"service": {"account": ACCOUNT, "subject": f"$JS.FC.{RUNS.name}.>"}},
-        {"stream": {"account": ACCOUNT, "subject": f"{deliver_prefix(tenant)}.>"}},
+        {"stream": {"account": ACCOUNT, "subject": f"{Subjects.tenant_delivery(tenant)}.>"}},
     ]
 
 
@@ -523,8 +518,8 @@ async def provision_tenant(nc: NatsClient, tenant: str, settings: NatsSettings |
         storage=StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY,
         num_replicas=settings.stream_replicas,
         sources=[StreamSource(
-            name=RUNS.name, filter_subject=f"swarm.run.{tenant}.>",
-            external=ExternalStream(api=SWARM_JS_API, deliver=deliver_prefix(tenant)),
+            name=RUNS.name, filter_subject=Subjects.tenant_runs_all(tenant),
+            external=ExternalStream(api=SWARM_JS_API, deliver=Subjects.tenant_delivery(tenant)),
         )],
     )  # fmt: skip
     try:
