@@ -21,7 +21,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    KeyValueConfig,
+    DiscardPolicy,
     ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
@@ -228,6 +228,22 @@ def resolve_publish_ack(msg: Msg, future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _kv_stream_config(bucket: BucketSpec, storage: StorageType, replicas: int) -> StreamConfig:
+    """A KV bucket's stream as nats-py's `create_key_value` makes it, but without roll-up headers.
+
+    With them, any user allowed to put one key could wipe the whole bucket: a put carrying
+    `Nats-Rollup: all` purges every other message of the stream, and permissions cannot look at headers.
+    Nothing here purges a key (that is the one KV operation that needs a roll-up); deletes are markers.
+    """
+    ttl = bucket.ttl_s or None
+    return StreamConfig(
+        name=f"KV_{bucket.name}", description=bucket.description, subjects=[f"$KV.{bucket.name}.>"],
+        allow_direct=True, allow_rollup_hdrs=False, deny_delete=True, discard=DiscardPolicy.NEW,
+        duplicate_window=min(120.0, ttl) if ttl else 120.0, max_age=ttl, max_msgs_per_subject=bucket.history,
+        max_consumers=-1, max_msgs=-1, num_replicas=replicas, storage=storage,
+    )  # fmt: skip
+
+
 def inbox_prefix(user: str) -> str:
     """The private inbox prefix of a NATS user: the only inbox its permissions let it read."""
     return f"_INBOX_{user}"
@@ -384,16 +400,7 @@ class Bus:
                 await self.js.key_value(bucket.name)
                 return False
             except BucketNotFoundError:
-                await self.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=bucket.name,
-                        description=bucket.description,
-                        history=bucket.history,
-                        ttl=bucket.ttl_s or None,
-                        storage=storage,
-                        replicas=self.settings.stream_replicas,
-                    )
-                )
+                await self.js.add_stream(_kv_stream_config(bucket, storage, self.settings.stream_replicas))
                 return True
         try:
             await self.js.object_store(bucket.name)

@@ -403,3 +403,19 @@ async def test_tenant_follows_a_long_run_through_flow_control(secured_server: Na
         assert received == count
     finally:
         await acme.close()
+
+
+async def test_worker_cannot_wipe_a_bucket_with_a_rollup_header(secured_server: NatsServer, admin: Bus) -> None:
+    """Denied: a put carrying `Nats-Rollup: all` would purge the whole bucket; KV buckets refuse roll-ups."""
+    outputs = await admin.kv(OUTPUTS_BUCKET)
+    await outputs.put("globex.run-7.s1", b"globex's output")
+    worker = await connect(secured_server, "worker")
+    try:
+        with pytest.raises(APIError, match="rollup"):
+            await worker.jetstream(timeout=2).publish(
+                f"$KV.{OUTPUTS_BUCKET.name}.acme.x", b"", headers={"Nats-Rollup": "all"}
+            )
+    finally:
+        await worker.close()
+    assert (await outputs.get("globex.run-7.s1")).value == b"globex's output"
+    await outputs.delete("globex.run-7.s1")  # deletes are markers, no roll-up: they still work
