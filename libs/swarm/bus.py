@@ -20,7 +20,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    KeyValueConfig,
+    DiscardPolicy,
     ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
@@ -258,24 +258,55 @@ def resolve_publish_ack(msg: Msg, future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _kv_stream_config(bucket: BucketSpec, storage: StorageType, replicas: int) -> StreamConfig:
+    """A KV bucket's stream as nats-py's `create_key_value` makes it, but without roll-up headers.
+
+    With them, any user allowed to put one key could wipe the whole bucket: a put carrying
+    `Nats-Rollup: all` purges every other message of the stream, and permissions cannot look at headers.
+    Nothing here purges a key (that is the one KV operation that needs a roll-up); deletes are markers.
+    """
+    ttl = bucket.ttl_s or None
+    return StreamConfig(
+        name=f"KV_{bucket.name}", description=bucket.description, subjects=[f"$KV.{bucket.name}.>"],
+        allow_direct=True, allow_rollup_hdrs=False, deny_delete=True, discard=DiscardPolicy.NEW,
+        duplicate_window=min(120.0, ttl) if ttl else 120.0, max_age=ttl, max_msgs_per_subject=bucket.history,
+        max_consumers=-1, max_msgs=-1, num_replicas=replicas, storage=storage,
+    )  # fmt: skip
+
+
+def inbox_prefix(user: str) -> str:
+    """The private inbox prefix of a NATS user: the only inbox its permissions let it read."""
+    return f"_INBOX_{user}"
+
+
 def identity_options(settings: NatsSettings) -> dict[str, Any]:
-    """nats.connect options for who we are: user and password or credentials, TLS, our inbox prefix."""
-    options: dict[str, Any] = {}
+    """nats.connect options for who we are: user and password or credentials, TLS, our inbox prefix.
+
+    A named user replies on its own inbox prefix (`_INBOX_<user>`) unless one is set: the only inbox its
+    permissions let it subscribe to (`swarm.security`), so no user reads another's replies.
+    """
+    options: dict[str, Any] = tls_options(settings)
     if settings.user:
         options["user"] = settings.user
         options["password"] = settings.password.get_secret_value() if settings.password else None
     if settings.creds_file:
         options["user_credentials"] = str(settings.creds_file)
-    if settings.inbox_prefix:
-        options["inbox_prefix"] = settings.inbox_prefix
-    if settings.tls_ca_file or settings.tls_cert_file:
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
-        if settings.tls_cert_file:
-            context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
-        options["tls"] = context
+    prefix = settings.inbox_prefix or (inbox_prefix(settings.user) if settings.user else None)
+    if prefix:
+        options["inbox_prefix"] = prefix
     return options
+
+
+def tls_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats.connect's `tls`: verify the servers (CA), present a client certificate (mTLS) when one is set."""
+    if not (settings.tls_ca_file or settings.tls_cert_file):
+        return {}
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+    if settings.tls_cert_file:
+        context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
+    return {"tls": context}
 
 
 @dataclass
@@ -421,16 +452,7 @@ class Bus:
             try:
                 status = await (await self.js.key_value(bucket.name)).status()
             except BucketNotFoundError:
-                await self.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=bucket.name,
-                        description=bucket.description,
-                        history=bucket.history,
-                        ttl=bucket.ttl_s or None,
-                        storage=storage,
-                        replicas=self.settings.stream_replicas,
-                    )
-                )
+                await self.js.add_stream(_kv_stream_config(bucket, storage, self.settings.stream_replicas))
                 return True
             wanted = (("history", bucket.history, status.history), ("ttl", bucket.ttl_s or None, status.ttl or None))
             diffs = [f"{name}: wanted {want!r}, found {have!r}" for name, want, have in wanted if want != have]

@@ -225,6 +225,11 @@ class Subjects:
         return f"swarm.run.{tenant}.*.>"
 
     @staticmethod
+    def tenant_delivery(tenant: str) -> str:
+        """Prefix of the deliveries of one tenant's run events into its NATS account (`swarm.security`)."""
+        return f"swarm.deliver.{tenant}"
+
+    @staticmethod
     def run_kind_all(kind: str) -> str:
         """One kind of lifecycle event across all runs and tenants."""
         return f"swarm.run.*.*.{kind}"

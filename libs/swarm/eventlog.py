@@ -289,12 +289,13 @@ class EventLog:
     client has its own engine handle and lock; both share the one engine of the process).
     """
 
-    def __init__(self, settings: ClickHouseSettings) -> None:
+    def __init__(self, settings: ClickHouseSettings, *, create_database: bool = True) -> None:
         self.settings = settings
         self.database = settings.database
         self._writer = open_client(settings)
         try:
-            self._writer.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            if create_database:  # not by an insert-only user: the migrations job made it
+                self._writer.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
             self._writer.database = self.database
             self._reader = open_client(settings)
             self._reader.database = self.database
@@ -305,9 +306,11 @@ class EventLog:
         self.model_prices: ModelPrices = {}
 
     @classmethod
-    def open(cls, settings: ClickHouseSettings, migrations_dir: Path | None = None) -> EventLog:
+    def open(
+        cls, settings: ClickHouseSettings, migrations_dir: Path | None = None, *, create_database: bool = True
+    ) -> EventLog:
         """Open, create the database if missing, and apply pending migrations when a directory is given."""
-        eventlog = cls(settings)
+        eventlog = cls(settings, create_database=create_database)
         if migrations_dir is not None:
             try:
                 eventlog.migrate(migrations_dir)

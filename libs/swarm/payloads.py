@@ -1,7 +1,8 @@
 """Values of any size in a KV bucket, and plans of any size: inline when they fit a message, by reference when not.
 
-A value over the inline limit goes to the object store (`PAYLOADS_STORE`) under the KV key, and the KV
-entry holds a small marker, ``{"$ref":"obj://swarm_payloads/<name>","size":N}``. A value that merely
+A value over the inline limit goes to the object store (`PAYLOADS_STORE`) under a name of its own (the KV
+key and a random suffix: every object is written once, so replacing a value never purges old chunks, a
+right no worker holds), and the KV entry holds a small marker, ``{"$ref":"obj://swarm_payloads/<name>","size":N}``. A value that merely
 looks like a marker is stored by reference too, so every KV value that parses as a marker is one:
 readers need no header and no second round trip unless the value really is elsewhere.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+import secrets
 
 from nats.js import JetStreamContext
 from nats.js.errors import BadObjectMetaError, KeyNotFoundError, NotFoundError
@@ -44,6 +46,11 @@ def is_ref(value: bytes) -> bool:
 def make_ref(store: str, name: str, size: int) -> bytes:
     """The marker stored in KV in place of a large value."""
     return json.dumps({"$ref": f"obj://{store}/{name}", "size": size}, separators=(",", ":")).encode()
+
+
+def object_name(key: str) -> str:
+    """A fresh object name for a value stored under `key` (never an existing object's)."""
+    return f"{key}.{secrets.token_hex(8)}"
 
 
 def parse_ref(value: bytes) -> tuple[str, str]:
@@ -87,8 +94,9 @@ class Payloads:
             await kv.put(key, data)
             return False
         objects = await self._object_store()
-        await objects.put(key, data)
-        await kv.put(key, make_ref(self.store.name, key, len(data)))
+        name = object_name(key)
+        await objects.put(name, data)
+        await kv.put(key, make_ref(self.store.name, name, len(data)))
         return True
 
     async def get(self, key: str) -> bytes | None:

@@ -1,31 +1,37 @@
-"""Access control derived from the contracts: NATS users with least-privilege permissions, and their config.
+"""Access control derived from the contracts: NATS accounts and users with least-privilege permissions.
 
-One account (`SWARM`, JetStream enabled) holds every user; permissions, not accounts, separate them:
+Accounts are NATS's isolation boundary, so tenants and services live in different ones:
 
-- a service user per service (planner, dispatcher, worker, aggregator, gateway, recorder), allowed
-  exactly the subjects, streams, consumers and buckets that service uses (see `service_permissions`);
-- a client user per tenant (`tenant-<tenant>`), allowed to submit to `swarm.tasks.<tenant>`, cancel its
-  own runs and follow `swarm.run.<tenant>.>` through an ordered consumer on RUNS whose filter is named in
-  the API subject (`$JS.API.CONSUMER.CREATE.RUNS.<name>.swarm.run.<tenant>.>`, which the server checks
-  against the request); it receives on its own inbox prefix `_INBOX_tenant-<tenant>` only, so no other
-  user's replies or deliveries reach it, and it may not create consumers any other way, read consumer or
-  stream info, delete consumers, or touch a bucket;
-- `admin` (operators, the CLI's `swarm runs`): every subject of the account; `sys` in the system account
-  (server monitoring).
+- `SWARM` (JetStream enabled) holds the streams, buckets and every service: a user per service (planner,
+  dispatcher, worker, aggregator, gateway, recorder), allowed exactly the subjects, streams, consumers and
+  buckets that service uses (see `service_permissions`), each replying on its own inbox prefix
+  (`_INBOX_<service>`); `admin` (operators, the CLI's `swarm runs`) may do everything in it;
+- `TENANT_<tenant>`, one per tenant, with JetStream limits of its own (streams, consumers, storage): the
+  tenant's client user `tenant-<tenant>`, and `provision-<tenant>`, which creates the one stream of the
+  account. SWARM exports to that account only its own subjects: submitting (`swarm.tasks.<tenant>`) and
+  cancelling (`swarm.run.<tenant>.*.cancel`) as services, and the tenant's run events through the
+  account's own `RUNS` stream, sourced from SWARM's RUNS filtered to `swarm.run.<tenant>.*.>` (the sourcing
+  consumer's API, flow-control and delivery subjects are the only other exports). A tenant creates
+  consumers only on that stream: whatever it names them, it cannot reach a service's consumer, another
+  tenant's events, a service's queue group or a bucket;
+- `sys` in the system account (server monitoring).
 
 Passwords come from the environment (`SWARM_SECURITY_<USER>_PASSWORD`, tenants in
 `SWARM_SECURITY_TENANTS`), or are generated; the config holds only their bcrypt hashes, which
 nats-server checks natively (`pip install bcrypt`). Usage:
 
     python -m swarm.security nats-config --out auth.conf [--secrets-out secrets.env]
+    python -m swarm.security provision-tenants   # each tenant account's RUNS stream (after the servers start)
     python -m swarm.security matrix          # the permission matrix, as Markdown
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,9 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js.api import ExternalStream, RetentionPolicy, StorageType, StreamConfig, StreamSource
+from nats.js.errors import NotFoundError
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from swarm.bus import inbox_prefix, tls_options
 from swarm.contracts import (
     AGGREGATOR_CONSUMER,
     ALL_BUCKETS,
@@ -67,16 +78,22 @@ from swarm.contracts import (
     Subjects,
     is_valid_id,
 )
+from swarm.settings import PLACEHOLDER_PREFIX, NatsSettings, refuse_placeholder
 
 ACCOUNT = "SWARM"
 SYSTEM_ACCOUNT = "SYS"
+TENANT_ACCOUNT_PREFIX = "TENANT_"
 ADMIN_USER = "admin"
 SYSTEM_USER = "sys"
 SERVICE_USERS = ("planner", "dispatcher", "worker", "aggregator", "gateway", "recorder")
 TENANT_USER_PREFIX = "tenant-"
-# Services reply to JetStream and to each other on nats-py's default inbox prefix.
-SERVICE_INBOX = "_INBOX.>"
+PROVISION_USER_PREFIX = "provision-"
+# The key of the provisioning users' one password (SWARM_SECURITY_PROVISION_PASSWORD).
+PROVISION = "provision"
 JS_API = "$JS.API"
+# In a tenant account: the prefix under which SWARM's consumer-create API of RUNS is imported, for the
+# sourcing consumer of the tenant's own RUNS stream alone (no tenant user may publish to it).
+SWARM_JS_API = "$JS.SWARM.API"
 BCRYPT_COST = 11
 
 
@@ -85,9 +102,14 @@ def tenant_user(tenant: str) -> str:
     return f"{TENANT_USER_PREFIX}{tenant}"
 
 
-def inbox_prefix(user: str) -> str:
-    """The private inbox prefix of a client user (connect with it: `SWARM_NATS_INBOX_PREFIX`)."""
-    return f"_INBOX_{user}"
+def provision_user(tenant: str) -> str:
+    """The NATS user that creates the tenant account's RUNS stream (operators, `provision-tenants`)."""
+    return f"{PROVISION_USER_PREFIX}{tenant}"
+
+
+def tenant_account(tenant: str) -> str:
+    """The NATS account of one tenant."""
+    return f"{TENANT_ACCOUNT_PREFIX}{tenant}"
 
 
 @dataclass(frozen=True)
@@ -176,10 +198,9 @@ class Grants:
         return self.kv_read(store).pub(f"{JS_API}.STREAM.NAMES")
 
     def objects_write(self, store: BucketSpec) -> Grants:
-        """Object put: chunks and meta, and the purge of a replaced object's old chunks."""
-        return self.objects_read(store).pub(
-            f"$O.{store.name}.>", f"{JS_API}.STREAM.PURGE.{_bucket_stream(store)}"
-        )
+        """Object put: chunks and meta. Never `STREAM.PURGE`: its filter travels in the body, so a grant to
+        purge one object's chunks is a grant to purge the whole store; objects are written once instead."""
+        return self.objects_read(store).pub(f"$O.{store.name}.>")
 
     def objects_upload(self, store: BucketSpec) -> Grants:
         """Object put of new objects only (no purge: a client must not be able to empty a shared store)."""
@@ -203,8 +224,8 @@ def _bucket_stream(bucket: BucketSpec) -> str:
 
 
 def _service(name: str) -> Grants:
-    """What every service does: JetStream replies on its inbox, provisioning, its health probe."""
-    return Grants().sub(SERVICE_INBOX).provision(ALL_STREAMS, ALL_BUCKETS).health(name)
+    """What every service does: JetStream replies on its own inbox, provisioning, its health probe."""
+    return Grants().sub(f"{inbox_prefix(name)}.>").provision(ALL_STREAMS, ALL_BUCKETS).health(name)
 
 
 def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Permissions]:
@@ -252,7 +273,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     gateway.pub(Subjects.inference_event(), Subjects.inference_event_batch())
     recorder = (
         Grants()
-        .sub(SERVICE_INBOX)
+        .sub(f"{inbox_prefix('recorder')}.>")
         .provision((EVENTS, RUNS), ())
         .health("recorder")
         .durable(EVENTS, RECORDER_CONSUMER)
@@ -268,24 +289,35 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
 
 
 def tenant_permissions(tenant: str) -> Permissions:
-    """A tenant's client: submit, cancel and follow its own runs; nothing else."""
+    """A tenant's client, in its own account: submit, cancel and follow its own runs; nothing else."""
     if not is_valid_id(tenant):
         raise ValueError(f"invalid tenant id {tenant!r}")
     user = tenant_user(tenant)
     return (
         Grants()
         .pub(
-            Subjects.task(tenant),
-            Subjects.run_event(tenant, "*", "cancel"),
-            # An ordered consumer on RUNS whose filter (the last tokens) lies inside the tenant's subjects;
-            # the server refuses a request whose body filters anything else than its subject names.
+            Subjects.task(tenant),  # imported from SWARM: lands in TASKS, which acks it
+            Subjects.run_event(tenant, "*", "cancel"),  # likewise, into SWARM's RUNS
+            # A consumer on its account's own RUNS (sourced from SWARM's), filtered to one run. Not
+            # `$JS.SWARM.API.>`: that import exists for the sourcing consumer alone.
             f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.run_all(tenant, '*')}",
         )
         # Plans too large for a message (swarm.payloads.PlanStore); readers check each object's digest.
         .objects_upload(PLANS_STORE)
         .sub(f"{inbox_prefix(user)}.>")
-        # Flow-control requests of its ordered consumer arrive with a reply subject it must answer.
+        # Flow-control requests of its consumer arrive with a reply subject it must answer.
         .answer_requests()
+        .build()
+    )
+
+
+def provision_permissions(tenant: str) -> Permissions:
+    """`provision-<tenant>`: create (or look at) the tenant account's RUNS stream, nothing else."""
+    user = provision_user(tenant)
+    return (
+        Grants()
+        .pub(f"{JS_API}.STREAM.INFO.{RUNS.name}", f"{JS_API}.STREAM.CREATE.{RUNS.name}")
+        .sub(f"{inbox_prefix(user)}.>")
         .build()
     )
 
@@ -314,6 +346,16 @@ class SecuritySettings(BaseSettings):
     sys_password: SecretStr | None = Field(
         None, description="NATS password of 'sys' (system account, monitoring)."
     )
+    provision_password: SecretStr | None = Field(
+        None, description="NATS password of every 'provision-<tenant>' user (creates a tenant's RUNS stream)."
+    )
+    tenant_max_consumers: int = Field(
+        64, ge=1, description="Consumers a tenant account may hold at once (each follow of a run is one)."
+    )
+    tenant_max_file: ByteSize = Field(
+        ByteSize(1 << 30), description="File storage of a tenant account (its copy of its run events), e.g. 1GiB."
+    )
+    tenant_max_mem: ByteSize = Field(ByteSize(64 << 20), description="Memory storage of a tenant account.")
     tenants: Annotated[tuple[str, ...], NoDecode] = Field(
         (DEFAULT_TENANT,),
         description="Tenants with a client user, comma separated, each 'tenant' or 'tenant:password'.",
@@ -327,6 +369,16 @@ class SecuritySettings(BaseSettings):
     )
 
     _split_lists = field_validator("tenants", "pools", mode="before")(_split)
+    _real_passwords = field_validator(
+        *(f"{user}_password" for user in (*SERVICE_USERS, ADMIN_USER, SYSTEM_USER, PROVISION))
+    )(refuse_placeholder)
+
+    @field_validator("tenants")
+    @classmethod
+    def _real_tenant_passwords(cls, tenants: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in tenants:
+            refuse_placeholder(SecretStr(entry.partition(":")[2]))
+        return tenants
 
     def passwords(self) -> dict[str, SecretStr | None]:
         """Every user's password from the environment (None: to be generated), service users first."""
@@ -336,7 +388,13 @@ class SecuritySettings(BaseSettings):
         for entry in self.tenants:
             tenant, _, password = entry.partition(":")
             found[tenant_user(tenant)] = SecretStr(password) if password else None
+        if self.tenants:
+            found[PROVISION] = self.provision_password
         return found
+
+    def limits(self) -> TenantLimits:
+        """The JetStream limits of every tenant account."""
+        return TenantLimits(self.tenant_max_consumers, int(self.tenant_max_file), int(self.tenant_max_mem))
 
     def tenant_ids(self) -> list[str]:
         return [entry.partition(":")[0] for entry in self.tenants]
@@ -353,15 +411,66 @@ def hash_password(password: str, cost: int = BCRYPT_COST) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
 
 
+@dataclass(frozen=True)
+class TenantLimits:
+    """JetStream limits of one tenant account: what a tenant can hold, whatever it tries."""
+
+    max_consumers: int = 64
+    max_file: int = 1 << 30  # bytes
+    max_mem: int = 64 << 20
+
+    def as_config(self) -> dict[str, object]:
+        # One stream: its RUNS. Consumers: its follows (each expires when idle).
+        return {
+            "max_streams": 1, "max_consumers": self.max_consumers,
+            "max_file": self.max_file, "max_mem": self.max_mem,
+        }  # fmt: skip
+
+
 def user_permissions(
     tenants: Iterable[str], pools: Sequence[str] = (DEFAULT_POOL,)
 ) -> dict[str, Permissions | None]:
-    """Every user of the SWARM account and its permissions (None: everything in the account)."""
+    """Every user of every account and its permissions (None: everything in its account)."""
     users: dict[str, Permissions | None] = dict(service_permissions(pools))
     users[ADMIN_USER] = None
     for tenant in tenants:
         users[tenant_user(tenant)] = tenant_permissions(tenant)
+        users[provision_user(tenant)] = provision_permissions(tenant)
     return users
+
+
+def tenant_exports(tenants: Sequence[str]) -> list[dict[str, object]]:
+    """What SWARM offers tenant accounts, each subject to its own tenant's account only."""
+    exports: list[dict[str, object]] = []
+    for tenant in tenants:
+        only = [tenant_account(tenant)]
+        exports += [
+            {"service": Subjects.task(tenant), "accounts": only},
+            {"service": Subjects.run_event(tenant, "*", "cancel"), "accounts": only},
+            # The sourcing consumer of the tenant's RUNS: created with a filter inside its subjects only
+            # (the filter is the subject's tail, and the server checks the body against it).
+            {"service": f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.tenant_runs_all(tenant)}", "accounts": only},
+            {"stream": f"{Subjects.tenant_delivery(tenant)}.>", "accounts": only},
+        ]
+    if tenants:
+        # Flow-control replies of the sourcing consumers. Harmless to share: a reply reaches only the consumer
+        # whose random subject it names, and only releases that consumer's flow control.
+        exports.append(
+            {"service": f"$JS.FC.{RUNS.name}.>", "accounts": [tenant_account(t) for t in tenants]}
+        )
+    return exports
+
+
+def tenant_imports(tenant: str) -> list[dict[str, object]]:
+    """What a tenant account takes from SWARM (see `tenant_exports`)."""
+    create = f"CONSUMER.CREATE.{RUNS.name}.*.{Subjects.tenant_runs_all(tenant)}"
+    return [
+        {"service": {"account": ACCOUNT, "subject": Subjects.task(tenant)}},
+        {"service": {"account": ACCOUNT, "subject": Subjects.run_event(tenant, "*", "cancel")}},
+        {"service": {"account": ACCOUNT, "subject": f"{JS_API}.{create}"}, "to": f"{SWARM_JS_API}.{create}"},
+        {"service": {"account": ACCOUNT, "subject": f"$JS.FC.{RUNS.name}.>"}},
+        {"stream": {"account": ACCOUNT, "subject": f"{Subjects.tenant_delivery(tenant)}.>"}},
+    ]
 
 
 def render_nats_auth(
@@ -370,31 +479,68 @@ def render_nats_auth(
     pools: Sequence[str] = (DEFAULT_POOL,),
     *,
     hashed: bool = True,
+    limits: TenantLimits = TenantLimits(),
 ) -> str:
     """The `accounts` and `system_account` blocks of a nats-server config, to `include` in each node's config.
 
-    `passwords` maps every user (services, admin, sys, tenant users) to its clear password.
+    `passwords` maps every user (services, admin, sys, tenant and provision users) to its clear password.
     """
+    tenants = list(tenants)
     secret = hash_password if hashed else (lambda p: p)
-    users = []
-    for name, permissions in user_permissions(tenants, pools).items():
-        user: dict[str, object] = {"user": name, "password": secret(passwords[name])}
-        if permissions is not None:
-            user["permissions"] = permissions.as_config()
-        users.append(user)
-    config = {
-        "accounts": {
-            ACCOUNT: {"jetstream": "enabled", "users": users},
-            SYSTEM_ACCOUNT: {"users": [{"user": SYSTEM_USER, "password": secret(passwords[SYSTEM_USER])}]},
+    permissions = user_permissions(tenants, pools)
+
+    def user(name: str) -> dict[str, object]:
+        entry: dict[str, object] = {"user": name, "password": secret(passwords[name])}
+        if permissions[name] is not None:
+            entry["permissions"] = permissions[name].as_config()  # type: ignore[union-attr]
+        return entry
+
+    accounts: dict[str, object] = {
+        ACCOUNT: {
+            "jetstream": "enabled",
+            "users": [user(name) for name in (*SERVICE_USERS, ADMIN_USER)],
+            "exports": tenant_exports(tenants),
         },
-        "system_account": SYSTEM_ACCOUNT,
     }
+    for tenant in tenants:
+        accounts[tenant_account(tenant)] = {
+            "jetstream": limits.as_config(),
+            "users": [user(tenant_user(tenant)), user(provision_user(tenant))],
+            "imports": tenant_imports(tenant),
+        }
+    accounts[SYSTEM_ACCOUNT] = {"users": [{"user": SYSTEM_USER, "password": secret(passwords[SYSTEM_USER])}]}
+    config = {"accounts": accounts, "system_account": SYSTEM_ACCOUNT}
     # nats-server reads JSON; a bcrypt hash ($2b$...) must be quoted, which JSON always does.
     header = (
-        "# Generated by `python -m swarm.security nats-config`: NATS users and permissions. Do not edit.\n"
+        "# Generated by `python -m swarm.security nats-config`: NATS accounts, users and permissions. Do not edit.\n"
     )
     body = json.dumps(config, indent=2)
     return header + body[1:-1].strip() + "\n"  # top-level keys without braces, so the file can be `include`d
+
+
+async def provision_tenant(nc: NatsClient, tenant: str, settings: NatsSettings | None = None) -> bool:
+    """Create the tenant account's RUNS stream, sourced from SWARM's RUNS; False when it already exists.
+
+    `nc` is connected as `provision-<tenant>`. Idempotent: the server accepts an identical create again.
+    """
+    settings = settings or NatsSettings()
+    js = nc.jetstream(timeout=settings.request_timeout_s)
+    config = StreamConfig(
+        name=RUNS.name, subjects=[], description=f"Run events of tenant {tenant}, sourced from {ACCOUNT}'s RUNS.",
+        retention=RetentionPolicy.LIMITS, max_age=RUNS.max_age_s,
+        storage=StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY,
+        num_replicas=settings.stream_replicas,
+        sources=[StreamSource(
+            name=RUNS.name, filter_subject=Subjects.tenant_runs_all(tenant),
+            external=ExternalStream(api=SWARM_JS_API, deliver=Subjects.tenant_delivery(tenant)),
+        )],
+    )  # fmt: skip
+    try:
+        await js.stream_info(RUNS.name)
+        return False
+    except NotFoundError:
+        await js.add_stream(config)
+        return True
 
 
 def generate(settings: SecuritySettings) -> tuple[str, dict[str, str]]:
@@ -405,8 +551,32 @@ def generate(settings: SecuritySettings) -> tuple[str, dict[str, str]]:
             generated[user] = passwords[user] = secrets.token_urlsafe(24)
         else:
             passwords[user] = password.get_secret_value()
-    config = render_nats_auth(passwords, settings.tenant_ids(), settings.pools, hashed=not settings.plaintext)
+    for tenant in settings.tenant_ids():  # one operator secret for every tenant account's provisioning user
+        passwords[provision_user(tenant)] = passwords[PROVISION]
+    config = render_nats_auth(
+        passwords, settings.tenant_ids(), settings.pools, hashed=not settings.plaintext, limits=settings.limits()
+    )
     return config, generated
+
+
+async def provision_tenants(settings: SecuritySettings, nats_settings: NatsSettings) -> list[str]:
+    """Create every tenant account's RUNS stream that is missing (as `provision-<tenant>`); the created ones."""
+    password = settings.provision_password
+    if password is None:
+        raise SystemExit("SWARM_SECURITY_PROVISION_PASSWORD is not set")
+    created = []
+    for tenant in settings.tenant_ids():
+        nc = await nats.connect(
+            servers=nats_settings.url.split(","), user=provision_user(tenant), password=password.get_secret_value(),
+            inbox_prefix=inbox_prefix(provision_user(tenant)), allow_reconnect=False,
+            **tls_options(nats_settings),
+        )  # fmt: skip
+        try:
+            if await provision_tenant(nc, tenant, nats_settings):
+                created.append(tenant)
+        finally:
+            await nc.close()
+    return created
 
 
 def _env_name(user: str) -> str:
@@ -452,11 +622,28 @@ def main(argv: list[str] | None = None) -> int:
         "without it, missing passwords are an error",
     )  # fmt: skip
     commands.add_parser("matrix", help="print the permission matrix as Markdown")
+    commands.add_parser(
+        "provision-tenants", help="create each tenant account's RUNS stream (SWARM_NATS_URL, running servers)"
+    )
     args = parser.parse_args(argv)
     if args.command == "matrix":
         print(permission_matrix())
         return 0
-    settings = SecuritySettings()
+    if args.command == "provision-tenants":
+        created = asyncio.run(provision_tenants(SecuritySettings(), NatsSettings()))
+        print(f"created the RUNS stream of: {', '.join(created) or 'none (all present)'}")
+        return 0
+    # Also the secrets this job only passes by (Grafana's, ClickHouse's): no container starts on a placeholder.
+    placeholder = re.compile(rf"(^|[:,]){PLACEHOLDER_PREFIX}")
+    placeholders = sorted(name for name, value in os.environ.items() if placeholder.search(value))
+    if placeholders:
+        print(f"refusing placeholder secrets ({', '.join(placeholders)}): set real ones in compose/.env", file=sys.stderr)
+        return 2
+    try:
+        settings = SecuritySettings()
+    except ValidationError as exc:
+        print(f"invalid security settings: {exc}", file=sys.stderr)
+        return 2
     config, generated = generate(settings)
     if generated and args.secrets_out is None:
         missing = ", ".join(sorted({_env_name(user) for user in generated}))

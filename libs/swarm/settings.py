@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# How `.env.example` marks a secret to replace; a value that still starts with it is refused at start-up.
+PLACEHOLDER_PREFIX = "change-me"
+
+
+def refuse_placeholder(value: SecretStr | None) -> SecretStr | None:
+    """A secret, unless it is still the example's placeholder (then a ValueError naming the fix)."""
+    if value is not None and value.get_secret_value().startswith(PLACEHOLDER_PREFIX):
+        raise ValueError(f"is a '{PLACEHOLDER_PREFIX}-*' placeholder from .env.example: set a real secret")
+    return value
 
 
 class NatsSettings(BaseSettings):
@@ -21,11 +31,13 @@ class NatsSettings(BaseSettings):
     tls_cert_file: Path | None = Field(None, description="Client certificate, for servers that verify clients (mTLS).")
     tls_key_file: Path | None = Field(None, description="Private key of the client certificate.")
     inbox_prefix: str | None = Field(
-        None, description="Reply inbox prefix; a tenant client must use its own (`_INBOX_tenant-<tenant>`)."
+        None, description="Reply inbox prefix; unset: `_INBOX_<user>` for a named user (the only inbox it may read)."
     )
     stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of every stream and bucket (3 in a cluster).")
     stream_storage: str = Field("file", pattern="^(file|memory)$", description="JetStream storage type.")
     request_timeout_s: float = Field(10.0, gt=0, description="JetStream API and publish-ack timeout.")
+
+    _real_password = field_validator("password")(refuse_placeholder)
 
 
 class ClickHouseSettings(BaseSettings):
@@ -40,6 +52,8 @@ class ClickHouseSettings(BaseSettings):
     user: str = Field("default", description="ClickHouse user (http mode).")
     password: SecretStr = Field(SecretStr(""), description="ClickHouse password (http mode, never logged).")
     database: str = Field("swarm", description="Database holding the swarm tables.")
+
+    _real_password = field_validator("password")(refuse_placeholder)
 
 
 class StackSettings(BaseSettings):

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from services.planner.intake import TaskRejected, describe, parse_task, plan_reason, reason, resolve_plan_ref
 from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task, truncate
 from services.planner.settings import PlannerSettings
-from swarm.bus import MAX_INLINE_BYTES, Bus, ConsumerSpec, Reject, Retry, settle
+from swarm.bus import MAX_INLINE_BYTES, Bus, ConsumerSpec, Reject, Retry, identity_options, settle
 from swarm.contracts import (
     PLAN_INLINE_MAX_BYTES,
     PLANNER_CONSUMER,
@@ -243,15 +243,19 @@ def planned_event(task: TaskSubmission, outcome: PlanOutcome) -> RunPlanned:
     )
 
 
-def broker_security(settings: NatsSettings) -> NatsSecurity | None:
-    """faststream's form of the shared NATS credentials and TLS settings."""
-    context = ssl.create_default_context(cafile=str(settings.tls_ca_file)) if settings.tls_ca_file else None
+def broker_identity(settings: NatsSettings) -> dict[str, Any]:
+    """faststream's form of `identity_options`: the same user, credentials, TLS (client certificate
+    included) and inbox prefix as every other connection, as NatsBroker keyword arguments."""
+    options = identity_options(settings)
+    context: ssl.SSLContext | None = options.get("tls")
+    identity: dict[str, Any] = {"inbox_prefix": options["inbox_prefix"]} if "inbox_prefix" in options else {}
     if settings.creds_file:
-        return NatsCredentials.from_file(settings.creds_file, ssl_context=context)
-    if settings.user:
-        password = settings.password.get_secret_value() if settings.password else ""
-        return NatsUserPassword(settings.user, password, ssl_context=context)
-    return NatsSecurity(ssl_context=context) if context else None
+        identity["security"] = NatsCredentials.from_file(settings.creds_file, ssl_context=context)
+    elif settings.user:
+        identity["security"] = NatsUserPassword(options["user"], options["password"] or "", ssl_context=context)
+    elif context is not None:
+        identity["security"] = NatsSecurity(ssl_context=context)
+    return identity
 
 
 class PlannerService:
@@ -261,10 +265,11 @@ class PlannerService:
         self.settings = settings
         self.bus: Bus | None = None
         self.planner: Planner | None = None
+        identity = broker_identity(settings.nats)
         self.broker = NatsBroker(
             settings.nats.url.split(","),
             name=SERVICE,
-            security=broker_security(settings.nats),
+            **identity,
             max_reconnect_attempts=-1,  # outlive a restarting nats-server, as Bus does
             js_options={"timeout": settings.nats.request_timeout_s},
             graceful_timeout=settings.graceful_timeout_s,
@@ -280,6 +285,8 @@ class PlannerService:
                 durable_name=PLANNER_CONSUMER, ack_wait=settings.ack_wait_s, max_deliver=settings.max_deliver
             ),
             pull_sub=PullSub(batch_size=settings.concurrency, timeout=settings.fetch_timeout_s),
+            # faststream gives a pull subscription its own inbox prefix (`_INBOX.` by default), not the broker's.
+            inbox_prefix=f"{identity.get('inbox_prefix', '_INBOX')}.".encode(),
             # settle() acks, naks or terms: faststream's default would terminate a task whose handler raised.
             ack_policy=AckPolicy.MANUAL,
             no_reply=True,

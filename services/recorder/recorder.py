@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 async def run_recorder(settings: RecorderSettings, stop: asyncio.Event) -> None:
     """Record until `stop`; then stop fetching, insert what is pending, and close."""
-    eventlog = await asyncio.to_thread(EventLog.open, settings.clickhouse, MIGRATIONS_DIR)
+    # With migrate off (compose: the clickhouse-migrate job ran them as swarm_migrator), the recorder's
+    # user needs no DDL right at all.
+    migrations = MIGRATIONS_DIR if settings.migrate else None
+    eventlog = await asyncio.to_thread(
+        lambda: EventLog.open(settings.clickhouse, migrations, create_database=settings.migrate)
+    )
     eventlog.model_prices = settings.model_prices
     try:
         bus = await Bus.connect(settings.nats, "recorder")

@@ -35,4 +35,8 @@ class RecorderSettings(BaseSettings):
         description="USD per million (prompt, completion) tokens by model, as JSON, e.g. "
         '\'{"llama-70b": [0.6, 0.8], "*": [0.1, 0.1]}\'; "*" prices the rest. Cost is fixed when a call is recorded.',
     )
+    migrate: bool = Field(
+        True, description="Create the database and apply migrations at start-up; false where a DDL user's job "
+        "does it (compose: clickhouse-migrate), so the recorder's own user only inserts and reads.",
+    )
     log_level: str = Field("INFO", description="Log level.")

@@ -31,13 +31,14 @@ VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 HEALTH_NAMES = {service.module: service.name for service in SERVICE_ORDER}  # module -> health probe name
 
 
-def env_example() -> dict[str, str]:
+def env_example(placeholders: bool = False) -> dict[str, str]:
+    """.env.example's variables; its `change-me-*` secrets replaced, as an operator does (start-up refuses them)."""
     pairs = (
         line.split("=", 1)
         for line in ENV_EXAMPLE.read_text().splitlines()
         if line and not line.startswith("#")
     )
-    return {key: value for key, value in pairs}
+    return {key: value if placeholders else value.replace("change-me-", "set-") for key, value in pairs}
 
 
 def interpolate(value: object, env: dict[str, str]) -> str:
@@ -59,11 +60,11 @@ def compose() -> dict[str, Any]:
 
 
 def swarm_services(compose: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
-    """Compose services running `python -m services.<name>`, with that module."""
+    """Compose services running `python -m services.<name>`, with that module (one-shot jobs aside)."""
     found = {}
     for name, service in compose["services"].items():
         command = service.get("command") or []
-        if command[:2] == ["python", "-m"] and command[2].startswith("services."):
+        if command[:2] == ["python", "-m"] and command[2].startswith("services.") and service.get("restart") != "no":
             found[name] = (service, command[2])
     return found
 
@@ -141,8 +142,8 @@ def test_every_swarm_variable_is_a_field_of_the_services_settings(
         nats = getattr(settings, "nats", None) or NatsSettings()  # the gateway reads NatsSettings on its own
         assert nats.stream_replicas == 3, name
         assert nats.user == HEALTH_NAMES[module] and nats.user in SERVICE_USERS, name
-        assert nats.password is not None and "change-me" in nats.password.get_secret_value()
-        assert "change-me" not in repr(settings), "a password leaks into the settings' repr"
+        assert nats.password is not None and "set-" in nats.password.get_secret_value()  # from .env
+        assert "set-" not in repr(settings), "a password leaks into the settings' repr"
         hosts = [url.removeprefix("nats://") for url in nats.url.split(",")]
         assert hosts == [f"{node}:4222" for node in nats_nodes(compose)], name
 
@@ -170,7 +171,7 @@ def test_recorder_writes_to_the_clickhouse_server_as_its_own_user(
     users = ET.parse(COMPOSE_DIR / "clickhouse/users.d/swarm-users.xml").getroot().find("users")
     assert users is not None
     recorder_grants = " ".join(q.text or "" for q in users.findall("swarm_recorder/grants/query"))
-    assert "INSERT" in recorder_grants and "CREATE TABLE" in recorder_grants
+    assert "INSERT" in recorder_grants and "CREATE" not in recorder_grants  # DDL is swarm_migrator's
     grafana_grants = [q.text for q in users.findall("grafana/grants/query")]
     assert grafana_grants == ["GRANT SELECT ON swarm.*"]
     for user in ("swarm_recorder", "grafana"):  # passwords from the environment, never the file
@@ -188,6 +189,12 @@ def test_cluster_of_three_nats_nodes_each_config_valid(compose: dict[str, Any], 
     (config_dir / "auth/auth.conf").write_text(
         render_nats_auth({u: "x" for u in users}, ["default"], hashed=False)
     )
+    # The certificates compose mounts as secrets, from `make certs`' script.
+    subprocess.run([str(COMPOSE_DIR / "tls/make-certs.sh"), str(tmp_path / "certs")], check=True, capture_output=True)
+    tls = (config_dir / "tls.conf").read_text()
+    for secret, file in (("nats-server-cert", "server.pem"), ("nats-server-key", "server-key.pem"), ("nats-ca", "ca.pem")):
+        tls = tls.replace(f"/run/secrets/{secret}", str(tmp_path / "certs" / file))
+    (config_dir / "tls.conf").write_text(tls)
     for node in nodes:
         service = compose["services"][node]
         config = service["command"][-1].removeprefix("/etc/nats/")
