@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 import secrets
+from collections import OrderedDict
 
 from nats.js import JetStreamContext
 from nats.js.errors import BadObjectMetaError, KeyNotFoundError, NotFoundError

@@ -216,7 +216,7 @@ def test_compose_nats_configs_are_generated() -> None:
 
 
 def test_drift_check_reports_an_edited_config(tmp_path: Path) -> None:
-    natsserver.write_configs(tmp_path, natsserver.cluster_configs(natsserver.compose_nodes(), "auth/auth.conf"))
+    natsserver.write_configs(tmp_path, natsserver.cluster_configs(natsserver.compose_nodes(), "auth/auth.conf", tls=True))
     assert natsserver.compose_drift(tmp_path) == []
     edited = tmp_path / "nats-2.conf"
     edited.write_text(edited.read_text().replace("nats-route://nats-3:6222", ""))
