@@ -24,7 +24,7 @@ STRICT_FILES := $(wildcard libs/swarm/contracts.py libs/swarm/dag.py services/di
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install run test proto lint bench clean down certs
+.PHONY: help install run test proto lint bench bench-cluster clean down certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -86,6 +86,15 @@ bench: install ## the 300-agent, 4,000-step benchmark, simulated latencies and z
 	$(SWARM) loadtest --scenario swarm-300x4000 --runs $(BENCH_RUNS) --json .swarm/bench.json || status=1; \
 	$(SWARM) loadtest --scenario swarm-300x4000 --latency-scale 0 --runs $(BENCH_RUNS) --json .swarm/bench-latency0.json || status=1; \
 	exit $$status
+
+# The cost of replication: the same scenario on one node and on a local 3-node cluster, at zero and at
+# simulated latency (reports only: the cluster's floor is a different yardstick).
+bench-cluster: install ## swarm-300x4000 on 1 node and on a 3-node cluster, latency 0 and 1; results in .swarm/bench-cluster*.json
+	mkdir -p .swarm
+	for nodes in 1 3; do for scale in 0 1; do \
+	  $(SWARM) loadtest --scenario swarm-300x4000 --nats-cluster $$nodes --latency-scale $$scale --no-targets \
+	    --json .swarm/bench-cluster-n$$nodes-l$$scale.json; \
+	done; done
 
 certs: ## the CA and certificates of NATS's mTLS for compose, into compose/certs/ (kept if present)
 	compose/tls/make-certs.sh compose/certs
