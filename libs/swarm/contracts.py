@@ -610,8 +610,15 @@ class RunRejected(RunEventBase):
 class RunPlanned(RunEventBase):
     """The planner produced a validated plan; the dispatcher takes it from here."""
 
+    # Each branch names its property's type, as TaskSubmission's do: a null `plan` is no plan, and ajv's
+    # strict mode (clients/typescript) refuses a `required` whose property the branch does not define.
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [{"required": ["plan"]}, {"required": ["plan_ref"]}]}
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["plan"], "properties": {"plan": {"type": "object"}}},
+                {"required": ["plan_ref"], "properties": {"plan_ref": {"type": "object"}}},
+            ]
+        }
     )
 
     kind: Literal["planned"] = Field("planned", description="Event kind, also the last subject token.")

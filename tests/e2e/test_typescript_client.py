@@ -43,7 +43,7 @@ def test_typescript_client_against_the_stack(stack: Stack) -> None:
     assert done.returncode == 0, report
     # node's test runner closes with its counts: every test ran and passed, none was skipped.
     assert "# fail 0" in done.stdout and "# skipped 0" in done.stdout, report
-    assert "# pass 9" in done.stdout, report
+    assert "# pass 11" in done.stdout, report
 
 
 def test_typescript_example_prints_the_answer(stack: Stack) -> None:

@@ -11,7 +11,10 @@ try {
   for await (const event of client.follow(runId, { timeoutMs: 600_000 })) {
     switch (event.kind) {
       case "planned":
-        console.log(`planned: ${event.plan.steps.length} steps by ${event.plan.agents.length} agents (${event.source})`);
+        // `follow` reads a plan sent by reference; the counts stand in if it could not.
+        console.log(
+          `planned: ${event.plan?.steps.length ?? event.steps_count} steps by ${event.plan?.agents.length ?? event.agents_count} agents (${event.source})`,
+        );
         break;
       case "progress":
         console.log(`progress: ${event.steps_succeeded}/${event.steps_total} steps`);

@@ -11,9 +11,12 @@ import type {
   RunCompleted,
   RunEvent,
   RunFailed,
+  Plan,
+  PlanRef,
   RunRejected,
   TaskSubmission,
 } from "./generated/types.js";
+import { PLAN_INLINE_MAX_BYTES, PlanStore, PlanUnavailable, planBytes } from "./plans.js";
 import { eventReasons, taskReasons, type Reason } from "./validation.js";
 
 export const DEFAULT_TENANT = "default";
@@ -47,6 +50,8 @@ export interface FollowOptions {
   timeoutMs?: number;
   /** Called for a message on the run's subject that is not a valid RunEvent; it is skipped either way. */
   onInvalid?: (subject: string, reasons: Reason[]) => void;
+  /** Called when a planned event's `plan_ref` cannot be read; the event is yielded without its plan. */
+  onPlanUnavailable?: (runId: string, error: PlanUnavailable) => void;
 }
 
 export interface ConnectOptions extends NodeConnectionOptions {
@@ -69,12 +74,15 @@ export function isTerminal(event: RunEvent): event is TerminalEvent {
 
 export class SwarmClient {
   private readonly js: JetStreamClient;
+  /** Plans by reference in the object store `swarm_plans`. */
+  readonly plans: PlanStore;
 
   private constructor(
     readonly nc: NatsConnection,
     readonly tenant: string,
   ) {
     this.js = jetstream(nc);
+    this.plans = new PlanStore(this.js);
   }
 
   /** Connect to NATS (default nats://127.0.0.1:4222, the local stack). */
@@ -84,12 +92,28 @@ export class SwarmClient {
     return new SwarmClient(nc, tenant);
   }
 
-  /** Validate a task against the contract, then publish it with `Nats-Msg-Id` = its run id. */
+  /**
+   * Validate a task against the contract, then publish it with `Nats-Msg-Id` = its run id. A plan whose JSON
+   * is over PLAN_INLINE_MAX_BYTES is stored in the object store `swarm_plans` first and sent as `plan_ref`.
+   */
   async submit(task: TaskInput): Promise<Submitted> {
     const runId = task.run_id ?? randomUUID();
-    const body = { v: CONTRACT_VERSION, submitted_at: new Date().toISOString(), ...task, run_id: runId, tenant: this.tenant };
+    let body: Record<string, unknown> = {
+      v: CONTRACT_VERSION,
+      submitted_at: new Date().toISOString(),
+      ...task,
+      run_id: runId,
+      tenant: this.tenant,
+    };
     const reasons = taskReasons(body);
     if (reasons.length) throw new TaskInvalid(reasons);
+    const plan = body.plan as Plan | null | undefined;
+    if (plan && planBytes(plan).length > PLAN_INLINE_MAX_BYTES) {
+      const { plan: _inline, ...rest } = body;
+      body = { ...rest, plan_ref: (await this.plans.put(plan)) satisfies PlanRef };
+      const refReasons = taskReasons(body); // e.g. a plan over the 64 MiB a reference may name
+      if (refReasons.length) throw new TaskInvalid(refReasons);
+    }
     const ack = await this.publishTask(body, { msgId: runId });
     return { runId, duplicate: ack.duplicate };
   }
@@ -106,7 +130,9 @@ export class SwarmClient {
 
   /**
    * Every event of a run, from its first (events published before the call are not missed) to its terminal
-   * one. Each is checked against the RunEvent schema; what is not a RunEvent is skipped.
+   * one. Each is checked against the RunEvent schema; what is not a RunEvent is skipped. A `planned` event
+   * whose plan went by reference is yielded with its `plan` read from `swarm_plans` (digest checked) and
+   * its `plan_ref` kept.
    */
   async *follow(runId: string, options: FollowOptions = {}): AsyncGenerator<RunEvent> {
     const filter = subject(CHANNELS.run.address, { tenant: this.tenant, run_id: runId, kind: ">" });
@@ -139,7 +165,15 @@ export class SwarmClient {
           onInvalid(msg.subject, reasons);
           continue;
         }
-        const event = body as RunEvent;
+        let event = body as RunEvent;
+        if (event.kind === "planned" && !event.plan && event.plan_ref) {
+          try {
+            event = await this.plans.resolved(event);
+          } catch (error) {
+            if (!(error instanceof PlanUnavailable)) throw error;
+            (options.onPlanUnavailable ?? ((id, e) => console.warn(`run ${id}: the plan could not be read: ${e.message}`)))(runId, error);
+          }
+        }
         yield event;
         if (isTerminal(event)) return;
       }

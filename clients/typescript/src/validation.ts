@@ -5,7 +5,7 @@ import type { ErrorObject, ValidateFunction } from "ajv";
 import addFormatsModule from "ajv-formats";
 
 import { RunEventSchema, TaskSubmissionSchema } from "./generated/schemas.js";
-import type { RunEvent, TaskSubmission } from "./generated/types.js";
+import type { Plan, RunEvent, TaskSubmission } from "./generated/types.js";
 
 // ajv and ajv-formats are CommonJS modules whose export is also their `default`.
 const Ajv2020 = Ajv2020Module.default;
@@ -29,7 +29,9 @@ export function strictAjv(): Ajv {
   return ajv;
 }
 
-let validators: { task: ValidateFunction<TaskSubmission>; event: ValidateFunction<RunEvent> } | undefined;
+let validators:
+  | { task: ValidateFunction<TaskSubmission>; event: ValidateFunction<RunEvent>; plan: ValidateFunction<Plan> }
+  | undefined;
 
 function compiled() {
   if (!validators) {
@@ -37,6 +39,8 @@ function compiled() {
     validators = {
       task: ajv.compile<TaskSubmission>(TaskSubmissionSchema),
       event: ajv.compile<RunEvent>(RunEventSchema),
+      // A plan read by reference: the Plan of the event schema just compiled (registered under its $id).
+      plan: ajv.compile<Plan>({ $ref: `${RunEventSchema.$id}#/$defs/Plan` }),
     };
   }
   return validators;
@@ -51,6 +55,12 @@ export function taskReasons(body: unknown): Reason[] {
 /** Why `body` is not a valid RunEvent ([] when it is). */
 export function eventReasons(body: unknown): Reason[] {
   const validate = compiled().event;
+  return validate(body) ? [] : reasonsOf(validate.errors ?? []);
+}
+
+/** Why `body` is not a valid Plan ([] when it is). */
+export function planReasons(body: unknown): Reason[] {
+  const validate = compiled().plan;
   return validate(body) ? [] : reasonsOf(validate.errors ?? []);
 }
 

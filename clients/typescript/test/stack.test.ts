@@ -5,7 +5,22 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { crc32 } from "node:zlib";
 
-import { SwarmClient, taskReasons, type Plan, type Reason, type RunEvent, type RunRejected } from "../src/index.js";
+import { Objm } from "@nats-io/obj";
+
+import {
+  PLAN_INLINE_MAX_BYTES,
+  PLANS_STORE,
+  PlanUnavailable,
+  SwarmClient,
+  planBytes,
+  planObjectName,
+  planRefOf,
+  taskReasons,
+  type Plan,
+  type Reason,
+  type RunEvent,
+  type RunRejected,
+} from "../src/index.js";
 
 const url = process.env.SWARM_NATS_URL;
 if (!url) throw new Error("SWARM_NATS_URL must name a running Swarm stack (see tests/e2e/test_typescript_client.py)");
@@ -61,6 +76,71 @@ test("submit a plan and follow it to its answer", async () => {
   assert.ok(final?.kind === "completed");
   assert.ok(final.answer.trim().length > 0);
   assert.equal(final.summary.steps_succeeded, 3);
+});
+
+test("a plan over the inline budget goes by reference, and follow reads it back", async () => {
+  // 40 steps of 8,000-character instructions: about 320 KB of JSON, over the 256 KiB a task carries inline.
+  const text = "Weigh the evidence on tides, winds and currents, and say what is known. ".repeat(120);
+  const plan: Plan = {
+    agents: [{ id: "a", role: "researcher" }, { id: "lead", role: "editor" }],
+    steps: Array.from({ length: 40 }, (_, i) => ({
+      id: `s${i}`,
+      agent_id: i === 39 ? "lead" : "a",
+      instruction: `Part ${i}. ${text}`.slice(0, 8000),
+      depends_on: i === 39 ? Array.from({ length: 39 }, (_, j) => `s${j}`) : [],
+    })),
+  };
+  const sent = planBytes(plan);
+  assert.ok(sent.length > PLAN_INLINE_MAX_BYTES, `${sent.length} bytes`);
+
+  const { runId } = await client.submit({ plan });
+  // The task named the plan by its digest: the object is in the store, under that name, byte for byte.
+  const objects = await new Objm(client.nc).open(PLANS_STORE);
+  const stored = await objects.getBlob(planObjectName(planRefOf(sent).sha256));
+  assert.deepEqual(stored, sent);
+
+  const seen = await events(runId);
+  const planned = seen.find((e) => e.kind === "planned");
+  assert.ok(planned?.kind === "planned", seen.map((e) => e.kind).join());
+  assert.match(planned.plan_ref?.sha256 ?? "", /^[0-9a-f]{64}$/);
+  assert.ok((planned.plan_ref?.size ?? 0) > PLAN_INLINE_MAX_BYTES, JSON.stringify(planned.plan_ref));
+  // The planner stores the validated plan (its defaults filled in): what was sent is what it names.
+  const resolved = planned.plan;
+  assert.ok(resolved, "follow resolved the plan_ref");
+  assert.deepEqual(resolved.agents.map(({ id, role }) => ({ id, role })), plan.agents);
+  assert.deepEqual(
+    resolved.steps.map(({ id, agent_id, instruction, depends_on }) => ({ id, agent_id, instruction, depends_on })),
+    plan.steps,
+  );
+  const final = seen.at(-1);
+  assert.ok(final?.kind === "completed", JSON.stringify(final));
+  assert.equal(final.summary.steps_succeeded, 40);
+});
+
+test("a plan reference to a missing, resized or replaced object is refused", async () => {
+  const objects = await new Objm(client.nc).open(PLANS_STORE);
+  const data = planBytes(chain(2));
+  const missing = { sha256: planRefOf(new TextEncoder().encode(randomUUID())).sha256, size: data.length };
+  // A forged object: stored under the digest of other bytes of the same size.
+  const other = new Uint8Array(data.length).fill(0x20);
+  const forged = planRefOf(other);
+  await objects.putBlob({ name: planObjectName(forged.sha256) }, data);
+  const genuine = await client.plans.put(chain(2));
+  const refusals: Array<[{ sha256: string; size: number }, RegExp]> = [
+    [missing, /no plan/],
+    [forged, /does not match its digest/],
+    [{ ...genuine, size: genuine.size + 1 }, /bytes, not the/],
+  ];
+  // A client of its own: the one above has the genuine plan cached.
+  const reader = await SwarmClient.connect({ servers: url, name: "ts-client-test-reader" });
+  try {
+    for (const [ref, reason] of refusals) {
+      await assert.rejects(reader.plans.get(ref), (e: unknown) => e instanceof PlanUnavailable && reason.test(e.message));
+    }
+    assert.deepEqual(await reader.plans.get(genuine), chain(2));
+  } finally {
+    await reader.close();
+  }
 });
 
 test("a duplicate publish is acknowledged as one and runs once", async () => {

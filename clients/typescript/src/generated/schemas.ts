@@ -1045,11 +1045,21 @@ export const RunEventSchema = {
       "additionalProperties": false,
       "anyOf": [
         {
+          "properties": {
+            "plan": {
+              "type": "object"
+            }
+          },
           "required": [
             "plan"
           ]
         },
         {
+          "properties": {
+            "plan_ref": {
+              "type": "object"
+            }
+          },
           "required": [
             "plan_ref"
           ]

@@ -57,9 +57,13 @@ export type RejectionCode =
  * The planner produced a validated plan; the dispatcher takes it from here.
  */
 export type RunPlanned = RunPlanned1 & RunPlanned2;
-export type RunPlanned1 = {
-  [k: string]: unknown | undefined;
-};
+export type RunPlanned1 =
+  | {
+      plan: {};
+    }
+  | {
+      plan_ref: {};
+    };
 /**
  * Pattern templates the planner can instantiate.
  */
