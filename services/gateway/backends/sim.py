@@ -19,6 +19,7 @@ from swarm.contracts import InferenceRequest
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers of a chat template, per message
 _PROMPT_WORD = re.compile(r"[A-Za-z][A-Za-z-]{3,}")
 SENTENCE_WORDS = 12
+ECHO_MAX_CHARS = 8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,14 @@ def plausible_text(prompt: str, n_tokens: int, rng: random.Random) -> str:
         sentences.append(sentence)
         size += len(sentence) + 1
     return " ".join(sentences)[:target_chars].rstrip()
+
+
+def echo(request: InferenceRequest) -> str:
+    """With sim_echo: the last user message, verbatim and bounded, so a test can read what the model was asked."""
+    if not request.sim_echo:
+        return ""
+    user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+    return f"<<ECHO\n{user[:ECHO_MAX_CHARS]}\nECHO>> "
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +128,22 @@ class SimEngine:
             )
         # A request's seed draws another completion for the same prompt (a resample), as a real engine would.
         rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()) ^ (request.seed or 0))
-        if request.json_schema is not None:
+        wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
+        if request.sim_tool_call is not None:  # a scripted tool-loop decision
+            call = request.sim_tool_call
+            content = json.dumps(
+                {"action": "tool", "tool": call.tool, "arguments": call.arguments, "answer": f"calling {call.tool}"}
+            )
+        elif request.sim_final:
+            answer = plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
+            content = json.dumps({"action": "final", "answer": echo(request) + answer})
+        elif request.json_schema is not None:
             try:
                 content = json.dumps(generate_document(request.json_schema, rng))
             except SchemaUnsupported as exc:
                 raise EngineError(f"json_schema: {exc}") from exc
         else:
-            wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
-            content = plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
+            content = echo(request) + plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
         if request.sim_fault == "garbage":
             content = GARBAGE
         completion_tokens = estimate_tokens(content)
