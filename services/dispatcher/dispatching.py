@@ -454,6 +454,8 @@ class Dispatcher:
         now = utc_now()
         for dispatch in dispatches:
             step = run.steps[dispatch.step_id].spec
+            if run.depends_on[step.id] != step.depends_on:  # grown by a spawn: the worker reads the new inputs too
+                step = step.model_copy(update={"depends_on": run.depends_on[step.id]})
             memory, memory_omitted = run.memory_of(step.id)
             message = StepDispatch(
                 run_id=run.run_id,
