@@ -10,9 +10,17 @@ import re
 import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 CONTRACT_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -55,6 +63,26 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = Field(1, description="Contract version of this message (CONTRACT_VERSION).")
+
+
+class OmitsUnusedOptions:
+    """A model whose fields in `OMIT_AT_DEFAULT` are left out of its serialization while at their default.
+
+    A 4,000-step plan travels in one message: options most steps never use must not cost every step bytes.
+    """
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.OMIT_AT_DEFAULT:
+                if name in data and getattr(self, name) == type(self).model_fields[name].get_default(  # type: ignore[attr-defined]
+                    call_default_factory=True
+                ):
+                    del data[name]
+        return data
 
 
 # --------------------------------------------------------------------------- streams
@@ -314,8 +342,10 @@ class MemoryPolicy(Contract):
     )  # fmt: skip
 
 
-class AgentSpec(Contract):
+class AgentSpec(OmitsUnusedOptions, Contract):
     """A sub-agent: an identity whose turns are steps."""
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("memory",)
 
     id: Id = Field(description="Agent id, unique within the run.")
     role: str = Field(min_length=1, max_length=200, description="Short role name, e.g. 'researcher'.")
@@ -338,8 +368,10 @@ class SimToolCall(Contract):
     )  # fmt: skip
 
 
-class StepSpec(Contract):
+class StepSpec(OmitsUnusedOptions, Contract):
     """One turn of one agent, a node of the run's DAG."""
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("sim_tool_calls", "sim_echo")
 
     id: Id = Field(description="Step id, unique within the run.")
     agent_id: Id = Field(description="The agent that takes this turn.")
