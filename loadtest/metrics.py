@@ -62,6 +62,7 @@ class StepAccounting:
     retried: int = 0
     events: int = 0
     spawned_by: dict[str, str] = field(default_factory=dict)  # spawned step -> its parent
+    spawned_ready: set[str] = field(default_factory=set)  # spawned steps that needed nothing but their parent
     first_queued_at: dict[str, datetime] = field(default_factory=dict)
     started_at: dict[tuple[str, int], datetime] = field(default_factory=dict)  # (step, attempt), worker clock
     succeeded: dict[str, tuple[int, float]] = field(default_factory=dict)  # step -> its attempt, duration_ms
@@ -74,6 +75,8 @@ class StepAccounting:
                 self.first_queued_at[event.step_id] = event.at
             if parent := event.attributes.get("spawned_by"):
                 self.spawned_by[event.step_id] = parent
+                if event.attributes.get("depends_on") == parent:  # ready the moment its parent succeeded
+                    self.spawned_ready.add(event.step_id)
         elif event.kind is StepEventKind.STARTED:
             self.started_at[(event.step_id, event.attempt)] = event.at
         if event.kind in TERMINAL_STEP_KINDS:
@@ -90,7 +93,8 @@ class StepAccounting:
             self.faulted.add(event.step_id)
 
     def spawn_to_dispatch_ms(self) -> list[float]:
-        """Per spawned step: from its parent's end on the worker (which reported the spawn) to its first dispatch."""
+        """Per spawned step that needed nothing but its parent: from the parent's end on the worker (which
+        reported the spawn) to the step's first dispatch."""
         finished_at = {
             step: self.started_at[(step, attempt)] + timedelta(milliseconds=duration_ms)
             for step, (attempt, duration_ms) in self.succeeded.items()
@@ -99,7 +103,7 @@ class StepAccounting:
         return [
             (self.first_queued_at[step] - finished_at[parent]).total_seconds() * 1000
             for step, parent in self.spawned_by.items()
-            if step in self.first_queued_at and parent in finished_at
+            if step in self.spawned_ready and step in self.first_queued_at and parent in finished_at
         ]
 
     def unaccounted(self, step_ids: Iterable[str]) -> list[str]:

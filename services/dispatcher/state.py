@@ -140,7 +140,7 @@ class RunState:
         self.priority = planned.priority
         self.max_in_flight = max_in_flight
         self.retry = retry or RetryPolicy()
-        self.spawns: list[tuple[str, SpawnRequest]] = []
+        self._spawns_dumped: list[list[Any]] = []  # (parent, request) as checkpointed, dumped once each
         self.agents: dict[str, AgentSpec] = {a.id: a for a in planned.plan.agents}
         self.steps: dict[str, StepState] = {s.id: StepState(spec=s) for s in planned.plan.steps}
         self.spawned_by: dict[str, str] = {}  # spawned step -> the step that spawned it
@@ -269,11 +269,12 @@ class RunState:
                 raise PlanError(f"spawned step {step.id} depends on {bad[0]}, which is neither new nor finished")
         new_edges = {s.id: tuple(d for d in s.depends_on if d in new_ids) for s in request.steps}
         topological_order(new_edges)  # raises on a cycle among the new steps
-        self.spawns.append((parent_id, request))
         self._graft(parent_id, request)
 
     def _graft(self, parent_id: str, request: SpawnRequest) -> None:
         """Add validated spawned steps to the graph (also used when restoring a checkpoint)."""
+        # Without defaults: 4,000 spawned steps must fit one KV value (1 MiB); dumped once, not per checkpoint.
+        self._spawns_dumped.append([parent_id, request.model_dump(mode="json", exclude_defaults=True)])
         self.agents.update({a.id: a for a in request.agents})
         new_ids = [s.id for s in request.steps]
         needed = {d for s in request.steps for d in s.depends_on}
@@ -387,10 +388,7 @@ class RunState:
             "phase": self.phase.value,
             "error": self.error,
             "retries_count": self.retries_count,
-            # Without defaults: 4,000 spawned steps must fit one KV value (1 MiB).
-            "spawns": [
-                [parent, request.model_dump(mode="json", exclude_defaults=True)] for parent, request in self.spawns
-            ],
+            "spawns": self._spawns_dumped,
             "steps": {
                 step_id: [s.phase.value, s.attempt, s.prompt_tokens, s.completion_tokens, s.error]
                 for step_id, s in self.steps.items()
@@ -418,7 +416,6 @@ class RunState:
         run.retries_count = checkpoint["retries_count"]
         for parent, request in checkpoint.get("spawns", []):
             spawn = SpawnRequest.model_validate(request)
-            run.spawns.append((parent, spawn))
             run._graft(parent, spawn)
         for step_id, (phase, attempt, prompt_tokens, completion_tokens, error) in checkpoint["steps"].items():
             state = run.steps[step_id]

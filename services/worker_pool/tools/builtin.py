@@ -172,6 +172,7 @@ _SPAWN_AGENT = {
             "properties": {
                 "mode": {"type": "string", "enum": ["none", "last_turns", "summary"]},
                 "max_turns": {"type": "integer", "minimum": 1, "maximum": 100},
+                "max_chars": {"type": "integer", "minimum": 200, "maximum": 100000},
                 "seed": {"type": "string", "maxLength": 8000},
             },
             "additionalProperties": False,
