@@ -102,7 +102,8 @@ async def spawn_300x4000(ctx: ScenarioContext) -> dict[str, Any]:
     static_figures = await ctx.run_plan(static)
     figures = await ctx.run_plan(grown)
     figures["static"] = {k: static_figures.get(k) for k in
-                         ("run_id", "status", "steps_total", "steps_lost", "makespan_s", "efficiency", "steps_per_s")}  # fmt: skip
+                         ("run_id", "status", "steps_total", "steps_lost", "makespan_s", "critical_path_s", "efficiency", "steps_per_s",
+                          "step_latency_ms")}  # fmt: skip
     figures["efficiency_static"] = static_figures.get("efficiency")
     if figures.get("efficiency") is not None and static_figures.get("efficiency") is not None:
         figures["efficiency_gap"] = round(static_figures["efficiency"] - figures["efficiency"], 4)

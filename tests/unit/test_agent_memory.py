@@ -178,3 +178,28 @@ async def test_the_sim_makes_scripted_tool_calls_then_answers_and_echoes() -> No
     answer, _ = await loop.run((ChatMessage(role="system", content="s"), ChatMessage(role="user", content="plan it")))
     assert ctx.spawned() == SpawnRequest(steps=(StepSpec(id="kid", agent_id="a", instruction="x"),))
     assert answer.startswith("<<ECHO\n") and '"spawned_steps": ["kid"]' in answer  # it saw the tool's result
+
+
+def test_unused_options_stay_off_the_wire_and_used_ones_round_trip() -> None:
+    plain = StepSpec(id="s", agent_id="a", instruction="x")
+    assert "sim_tool_calls" not in plain.model_dump_json() and "sim_echo" not in plain.model_dump_json()
+    assert "memory" not in AgentSpec(id="a", role="r").model_dump()
+    scripted = StepSpec(id="s", agent_id="a", instruction="x", sim_echo=True,
+                        sim_tool_calls=(SimToolCall(tool="spawn", arguments_ref="k"),))  # fmt: skip
+    assert StepSpec.model_validate_json(scripted.model_dump_json()) == scripted
+    agent = AgentSpec(id="a", role="r", memory=LAST_TWO)
+    assert AgentSpec.model_validate_json(agent.model_dump_json()) == agent
+
+
+def test_the_spawn_tools_schema_takes_whole_agent_and_step_specs() -> None:
+    from services.worker_pool.validation import problem, validator_for
+
+    agent = AgentSpec(id="kid", role="r", memory=MemoryPolicy(mode=MemoryMode.SUMMARY, max_turns=3, max_chars=900,
+                                                            seed="from your parent"))  # fmt: skip
+    step = StepSpec(id="k1", agent_id="kid", instruction="x", tools=("spawn",), sim_latency_ms=5.0,
+                    sim_tool_calls=(SimToolCall(tool="spawn", arguments_ref="ref"),))  # fmt: skip
+    args = {"agents": [agent.model_dump(mode="json", exclude_defaults=True)],
+            "steps": [step.model_dump(mode="json", exclude_defaults=True)]}  # fmt: skip
+    _, error = problem(json.dumps(args), validator_for(SpawnTool.parameters))
+    assert error is None
+    assert SpawnRequest.model_validate(args) == SpawnRequest(agents=(agent,), steps=(step,))
