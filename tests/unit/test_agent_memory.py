@@ -203,3 +203,37 @@ def test_the_spawn_tools_schema_takes_whole_agent_and_step_specs() -> None:
     _, error = problem(json.dumps(args), validator_for(SpawnTool.parameters))
     assert error is None
     assert SpawnRequest.model_validate(args) == SpawnRequest(agents=(agent,), steps=(step,))
+
+
+def test_the_spawn_scenario_grows_into_exactly_its_static_dag() -> None:
+    from loadtest import metrics
+    from loadtest.spawn import spawn_loads
+    from swarm.dag import validate_plan
+
+    grown, static = spawn_loads(seed=3, latency_scale=1.0)
+    assert len(grown.plan.steps) == 2 and len(static.plan.steps) == 4000 and len(static.plan.agents) == 300
+    validate_plan(static.plan)
+    planned = RunPlanned(run_id="r", tenant="t", goal="g", plan=grown.plan, source="explicit", submitted_at=utc_now())
+    run = RunState(planned, max_in_flight=10**6, retry=NO_BACKOFF)
+    run.start()
+    pending = run.take(10**6)
+    while pending:  # every step succeeds, spawning what its script says
+        for dispatch in pending:
+            spec = run.steps[dispatch.step_id].spec
+            spawn = None
+            if spec.sim_tool_calls:
+                ref = spec.sim_tool_calls[0].arguments_ref
+                assert ref is not None
+                spawn = SpawnRequest.model_validate(json.loads(grown.scripts[ref]))
+            assert not run.apply(result(dispatch.step_id, spawn=spawn)).retried
+        pending = run.take(10**6)
+    assert len(run.steps) == 4000 and len(run.agents) == 300 and run.count(StepPhase.SUCCEEDED) == 4000
+    assert len(run.spawned_by) == 3998
+    # Same steps, same latencies (a spawning step's two model calls share its), same critical path.
+    grown_latency = {s: st.spec.sim_latency_ms or 0.0 for s, st in run.steps.items()}
+    for s in ("root", *(f"L{team}" for team in range(30))):
+        grown_latency[s] *= 2
+    assert grown_latency == pytest.approx({s.id: s.sim_latency_ms for s in static.plan.steps}, abs=0.2)
+    assert metrics.critical_path_s(run.depends_on, {s: v / 1000 for s, v in grown_latency.items()}) == pytest.approx(
+        metrics.critical_path_s(static.depends_on, static.latency_s), abs=0.002
+    )
