@@ -98,8 +98,12 @@ def _step_args(step: StepSpec) -> dict[str, Any]:
           "then the same DAG submitted up front; spawn latency and the efficiency of both.")  # fmt: skip
 async def spawn_300x4000(ctx: ScenarioContext) -> dict[str, Any]:
     """Run the grown plan and the static one; the grown run's figures, the static run's beside them."""
+    from loadtest.runner import wait_until_quiet
+
     grown, static = spawn_loads(ctx.seed, ctx.latency_scale, ctx.scale_steps)
     static_figures = await ctx.run_plan(static)
+    if ctx.client is not None:  # the static run's events are stored before the grown run competes for CPU
+        await wait_until_quiet(ctx.client, ctx.progress)
     figures = await ctx.run_plan(grown)
     figures["static"] = {k: static_figures.get(k) for k in
                          ("run_id", "status", "steps_total", "steps_lost", "makespan_s", "critical_path_s", "efficiency", "steps_per_s",
