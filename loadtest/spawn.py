@@ -16,13 +16,11 @@ from __future__ import annotations
 import json
 import random
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from loadtest.runner import ScenarioContext, wait_until_quiet
 from loadtest.scenarios import LatencyDraw, PlanLoad, scenario
 from swarm.contracts import AgentSpec, Keys, MemoryMode, MemoryPolicy, Plan, SimToolCall, StepSpec
-
-if TYPE_CHECKING:
-    from loadtest.runner import ScenarioContext
 
 NAME = "spawn-300x4000"
 TEAMS = 30
@@ -98,8 +96,6 @@ def _step_args(step: StepSpec) -> dict[str, Any]:
           "then the same DAG submitted up front; spawn latency and the efficiency of both.")  # fmt: skip
 async def spawn_300x4000(ctx: ScenarioContext) -> dict[str, Any]:
     """Run the grown plan and the static one; the grown run's figures, the static run's beside them."""
-    from loadtest.runner import wait_until_quiet
-
     grown, static = spawn_loads(ctx.seed, ctx.latency_scale, ctx.scale_steps)
     static_figures = await ctx.run_plan(static)
     if ctx.client is not None:  # the static run's events are stored before the grown run competes for CPU
