@@ -237,3 +237,14 @@ def test_the_spawn_scenario_grows_into_exactly_its_static_dag() -> None:
     assert metrics.critical_path_s(run.depends_on, {s: v / 1000 for s, v in grown_latency.items()}) == pytest.approx(
         metrics.critical_path_s(static.depends_on, static.latency_s), abs=0.002
     )
+
+
+def test_the_report_draws_the_dag_growing_from_spawned_events() -> None:
+    from swarm.analytics import StepSpan, growth
+
+    spans = [StepSpan(step_id=f"s{i}", agent_id="a", outcome="succeeded", attempts_count=1, queued_at=None,
+                      started_at=100.0 + i, finished_at=101.0 + i, run_ms=1, queued_ms=0, prompt_tokens=0,
+                      completion_tokens=0) for i in range(7)]  # fmt: skip
+    spawns = [{"at_us": 101_500_000, "added_count": 3}, {"at_us": 103_000_000, "added_count": 2}]
+    assert growth(spans, spawns) == [(0.0, 2), (1.5, 5), (3.0, 7)]
+    assert growth(spans, []) == []
