@@ -13,6 +13,7 @@ both runs have the same step latencies and critical path.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import secrets
@@ -25,6 +26,7 @@ from swarm.contracts import AgentSpec, Keys, MemoryMode, MemoryPolicy, Plan, Sim
 NAME = "spawn-300x4000"
 TEAMS = 30
 CHAINS_PER_TEAM = 10
+_PAIRS = itertools.count()  # the scenario's runs in this process
 WORKER_MEMORY = MemoryPolicy(mode=MemoryMode.LAST_TURNS, max_turns=2, max_chars=2000)
 
 
@@ -97,10 +99,15 @@ def _step_args(step: StepSpec) -> dict[str, Any]:
 async def spawn_300x4000(ctx: ScenarioContext) -> dict[str, Any]:
     """Run the grown plan and the static one; the grown run's figures, the static run's beside them."""
     grown, static = spawn_loads(ctx.seed, ctx.latency_scale, ctx.scale_steps)
-    static_figures = await ctx.run_plan(static)
-    if ctx.client is not None:  # the static run's events are stored before the grown run competes for CPU
-        await wait_until_quiet(ctx.client, ctx.progress)
-    figures = await ctx.run_plan(grown)
+    # Which goes first alternates over --runs: neither run always gets the quieter machine.
+    first_static = next(_PAIRS) % 2 == 0
+    figures_by_kind: dict[str, dict[str, Any]] = {}
+    for kind, load in (("static", static), ("grown", grown)) if first_static else (("grown", grown), ("static", static)):
+        if figures_by_kind and ctx.client is not None:  # the first run's events are stored before the second runs
+            await wait_until_quiet(ctx.client, ctx.progress)
+        figures_by_kind[kind] = await ctx.run_plan(load)
+    figures, static_figures = figures_by_kind["grown"], figures_by_kind["static"]
+    figures["ran_first"] = "static" if first_static else "grown"
     figures["static"] = {k: static_figures.get(k) for k in
                          ("run_id", "status", "steps_total", "steps_lost", "makespan_s", "critical_path_s", "efficiency", "steps_per_s",
                           "step_latency_ms")}  # fmt: skip
