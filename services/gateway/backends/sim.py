@@ -128,22 +128,20 @@ class SimEngine:
             )
         # A request's seed draws another completion for the same prompt (a resample), as a real engine would.
         rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()) ^ (request.seed or 0))
-        wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
         if request.sim_tool_call is not None:  # a scripted tool-loop decision
             call = request.sim_tool_call
             content = json.dumps(
                 {"action": "tool", "tool": call.tool, "arguments": call.arguments, "answer": f"calling {call.tool}"}
             )
         elif request.sim_final:
-            answer = plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
-            content = json.dumps({"action": "final", "answer": echo(request) + answer})
+            content = json.dumps({"action": "final", "answer": echo(request) + self._text(prompt, request, rng)})
         elif request.json_schema is not None:
             try:
                 content = json.dumps(generate_document(request.json_schema, rng))
             except SchemaUnsupported as exc:
                 raise EngineError(f"json_schema: {exc}") from exc
         else:
-            content = echo(request) + plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
+            content = echo(request) + self._text(prompt, request, rng)
         if request.sim_fault == "garbage":
             content = GARBAGE
         completion_tokens = estimate_tokens(content)
@@ -153,6 +151,10 @@ class SimEngine:
             delay_ms = self.latency.sample_ms(completion_tokens, latency_rng, request.sim_latency_ms)
             ttft_ms = delay_ms * self.latency.ttft_ms / max(1e-9, self.latency.mean_ms(completion_tokens))
         return SimPlan(content, prompt_tokens, completion_tokens, delay_ms, ttft_ms)
+
+    def _text(self, prompt: str, request: InferenceRequest, rng: random.Random) -> str:
+        wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
+        return plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
 
     async def generate(self, request: InferenceRequest) -> Completion:
         """The planned completion, after the planned latency."""
