@@ -612,7 +612,7 @@ class Dispatcher:
         and it is re-read from the newer checkpoint when needed.
         """
         kv = await self.bus.kv(RUN_STATE_BUCKET)
-        body = json.dumps({"tenant": run.tenant, **run.checkpoint()}, separators=(",", ":")).encode()
+        body = run.checkpoint_json(run.tenant)
         covered = self._unacked.pop(run.run_id, [])
         try:
             if run.run_id in self.revisions:

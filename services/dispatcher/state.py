@@ -6,6 +6,7 @@ Every transition is idempotent: a redelivered result (same step, same attempt) o
 
 from __future__ import annotations
 
+import json
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -140,7 +141,9 @@ class RunState:
         self.priority = planned.priority
         self.max_in_flight = max_in_flight
         self.retry = retry or RetryPolicy()
-        self._spawns_dumped: list[list[Any]] = []  # (parent, request) as checkpointed, dumped once each
+        # (parent, request) of every spawn as checkpoint JSON, encoded once: re-encoding 4,000 spawned steps
+        # on every checkpoint held the dispatcher's loop ~45 ms each time.
+        self._spawns_json: list[str] = []
         self.agents: dict[str, AgentSpec] = {a.id: a for a in planned.plan.agents}
         self.steps: dict[str, StepState] = {s.id: StepState(spec=s) for s in planned.plan.steps}
         self.spawned_by: dict[str, str] = {}  # spawned step -> the step that spawned it
@@ -273,8 +276,9 @@ class RunState:
 
     def _graft(self, parent_id: str, request: SpawnRequest) -> None:
         """Add validated spawned steps to the graph (also used when restoring a checkpoint)."""
-        # Without defaults: 4,000 spawned steps must fit one KV value (1 MiB); dumped once, not per checkpoint.
-        self._spawns_dumped.append([parent_id, request.model_dump(mode="json", exclude_defaults=True)])
+        # Without defaults: 4,000 spawned steps must fit one KV value (1 MiB).
+        dumped = request.model_dump(mode="json", exclude_defaults=True)
+        self._spawns_json.append(json.dumps([parent_id, dumped], separators=(",", ":")))
         self.agents.update({a.id: a for a in request.agents})
         new_ids = [s.id for s in request.steps]
         needed = {d for s in request.steps for d in s.depends_on}
@@ -382,19 +386,27 @@ class RunState:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self) -> dict[str, Any]:
+    def checkpoint(self, with_spawns: bool = True) -> dict[str, Any]:
         """The dynamic part of the state; the plan itself is re-read from the planned event."""
-        return {
+        checkpoint: dict[str, Any] = {
             "phase": self.phase.value,
             "error": self.error,
             "retries_count": self.retries_count,
-            "spawns": self._spawns_dumped,
             "steps": {
                 step_id: [s.phase.value, s.attempt, s.prompt_tokens, s.completion_tokens, s.error]
                 for step_id, s in self.steps.items()
                 if s.phase is not StepPhase.WAITING
             },
         }
+        if with_spawns:
+            checkpoint["spawns"] = [json.loads(spawn) for spawn in self._spawns_json]
+        return checkpoint
+
+    def checkpoint_json(self, tenant: str) -> bytes:
+        """`checkpoint()` with the run's tenant, as the JSON the dispatcher stores; spawns already encoded."""
+        fields = {"tenant": tenant, **self.checkpoint(with_spawns=False)}
+        head = json.dumps(fields, separators=(",", ":"))
+        return f'{head[:-1]},"spawns":[{",".join(self._spawns_json)}]}}'.encode()
 
     @classmethod
     def restore(

@@ -106,7 +106,9 @@ def test_memory_refs_survive_a_checkpoint_and_cover_spawned_turns() -> None:
     run.take(100)
     run.apply(result("t1b"))
     assert run.spawned_by == {"t1b": "t1"}
-    restored = RunState.restore(run.planned, json.loads(json.dumps(run.checkpoint())), 100, NO_BACKOFF)
+    stored = json.loads(run.checkpoint_json("t"))  # what the dispatcher writes: spawns encoded once, spliced in
+    assert stored == {"tenant": "t", **run.checkpoint()}
+    restored = RunState.restore(run.planned, stored, 100, NO_BACKOFF)
     assert restored.spawned_by == {"t1b": "t1"}
     assert restored.memory_of("t3") == run.memory_of("t3") == ((MemoryRef(step_id="t1", attempt=1), MemoryRef(step_id="t1b", attempt=1)), 0)
 
