@@ -7,6 +7,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from swarm.contracts import StepEvent, StepEventKind
@@ -60,21 +61,50 @@ class StepAccounting:
     faulted: set[str] = field(default_factory=set)  # steps with a failed attempt (retried or dead-lettered)
     retried: int = 0
     events: int = 0
+    spawned_by: dict[str, str] = field(default_factory=dict)  # spawned step -> its parent
+    spawned_ready: set[str] = field(default_factory=set)  # spawned steps that needed nothing but their parent
+    first_queued_at: dict[str, datetime] = field(default_factory=dict)
+    started_at: dict[tuple[str, int], datetime] = field(default_factory=dict)  # (step, attempt), worker clock
+    succeeded: dict[str, tuple[int, float]] = field(default_factory=dict)  # step -> its attempt, duration_ms
 
     def add(self, event: StepEvent) -> None:
         """Take one step event into account (duplicates by event id count once)."""
         self.events += 1
+        if event.kind is StepEventKind.QUEUED:
+            if event.attempt == 1:
+                self.first_queued_at[event.step_id] = event.at
+            if parent := event.attributes.get("spawned_by"):
+                self.spawned_by[event.step_id] = parent
+                if event.attributes.get("depends_on") == parent:  # ready the moment its parent succeeded
+                    self.spawned_ready.add(event.step_id)
+        elif event.kind is StepEventKind.STARTED:
+            self.started_at[(event.step_id, event.attempt)] = event.at
         if event.kind in TERMINAL_STEP_KINDS:
             if event.event_id in self.terminal[event.step_id]:
                 return
             self.terminal[event.step_id].add(event.event_id)
             if event.kind is StepEventKind.SUCCEEDED:
                 self.latencies_ms.append(event.duration_ms)
+                self.succeeded[event.step_id] = (event.attempt, event.duration_ms)
             elif event.kind is StepEventKind.DEAD_LETTERED:
                 self.faulted.add(event.step_id)
         elif event.kind is StepEventKind.RETRIED:
             self.retried += 1
             self.faulted.add(event.step_id)
+
+    def spawn_to_dispatch_ms(self) -> list[float]:
+        """Per spawned step that needed nothing but its parent: from the parent's end on the worker (which
+        reported the spawn) to the step's first dispatch."""
+        finished_at = {
+            step: self.started_at[(step, attempt)] + timedelta(milliseconds=duration_ms)
+            for step, (attempt, duration_ms) in self.succeeded.items()
+            if (step, attempt) in self.started_at
+        }
+        return [
+            (self.first_queued_at[step] - finished_at[parent]).total_seconds() * 1000
+            for step, parent in self.spawned_by.items()
+            if step in self.spawned_ready and step in self.first_queued_at and parent in finished_at
+        ]
 
     def unaccounted(self, step_ids: Iterable[str]) -> list[str]:
         """Steps without exactly one terminal event (none: lost; several: counted twice)."""

@@ -63,6 +63,7 @@ from swarm.client import RUN_EVENT, MessageTooLarge, SwarmClient
 from swarm.contracts import (
     DEFAULT_TENANT,
     EVENTS,
+    PAYLOADS_STORE,
     RECORDER_CONSUMER,
     TERMINAL_RUN_EVENTS,
     RunCompleted,
@@ -285,7 +286,11 @@ async def run_plan(
     ctx: ScenarioContext, client: SwarmClient, load: PlanLoad, tenant: str = DEFAULT_TENANT, priority: int = 0
 ) -> dict[str, Any]:
     """Submit `load` (its plan by reference when large), follow its events, then account for every step."""
-    steps_total = len(load.plan.steps)
+    steps_total = len(load.final_plan.steps)
+    if load.scripts:  # what the sim's scripted spawn calls read, by reference
+        objects = await client.bus.js.object_store(PAYLOADS_STORE.name)
+        for name, data in load.scripts.items():
+            await objects.put(name, data)
     task = TaskSubmission(
         run_id=new_loadtest_run_id(ctx.scenario), tenant=tenant, plan=load.plan, policy=load.policy,
         quorum=load.quorum, priority=priority, labels={"loadtest": ctx.scenario},
@@ -324,7 +329,7 @@ async def run_plan(
         trace.final_kind, trace.error = "timeout", f"no terminal event within {ctx.options.run_timeout_s:.0f}s"
         await client.cancel(task.run_id, task.tenant, reason="loadtest timeout")
     ctx.progress.update(bar, description=f"{task.run_id}: accounting")
-    accounting = await read_step_events(client, task.run_id, [s.id for s in load.plan.steps])
+    accounting = await read_step_events(client, task.run_id, [s.id for s in load.final_plan.steps])
     ctx.progress.update(bar, description=f"{task.run_id}: {trace.final_kind}")
     figures = run_figures(ctx, task.run_id, load, trace, accounting, started_at)
     figures["service_cpu_s"] = dict(sorted(cpu_used.items(), key=lambda item: -item[1]))
@@ -399,7 +404,7 @@ def run_figures(
     started_at: datetime,
 ) -> dict[str, Any]:
     """The figures of one run."""
-    step_ids = [s.id for s in load.plan.steps]
+    step_ids = [s.id for s in load.final_plan.steps]
     summary = trace.summary
     steps_total = summary.steps_total if summary else len(step_ids)
     succeeded = summary.steps_succeeded if summary else 0
@@ -424,7 +429,7 @@ def run_figures(
         "run_id": run_id,
         "status": trace.final_kind,
         "error": trace.error[:500],
-        "agents": len(load.plan.agents),
+        "agents": len(load.final_plan.agents),
         "steps_total": steps_total,
         "steps_succeeded": succeeded,
         "steps_failed": failed,
@@ -442,6 +447,9 @@ def run_figures(
         "step_events": accounting.events,
         "faults_planned": len(load.faults),
         "faults_injected": len(faulted),
+        **({"spawned_steps": len(accounting.spawned_by),
+            "spawn_to_first_dispatch_ms": metrics.latency_summary(accounting.spawn_to_dispatch_ms())}
+           if load.grows_into is not None else {}),
         "run_started_at": started_at.isoformat(),
         "run_finished_at": datetime.now(UTC).isoformat(),
     }

@@ -100,16 +100,23 @@ class PlanLoad:
     policy: RunPolicy = RunPolicy.FAIL_FAST
     quorum: float = 0.95
     faults: dict[str, Fault] = field(default_factory=dict)
+    grows_into: Plan | None = None  # a plan that spawns: the whole DAG it grows into (same step ids, latencies)
+    scripts: dict[str, bytes] = field(default_factory=dict)  # object name -> spawn arguments, uploaded first
+
+    @property
+    def final_plan(self) -> Plan:
+        """The plan as it is when the run ends: what every figure counts."""
+        return self.grows_into or self.plan
 
     @property
     def latency_s(self) -> dict[str, float]:
         """Each step's simulated latency, in seconds (0 when unset)."""
-        return {s.id: (s.sim_latency_ms or 0.0) / 1000.0 for s in self.plan.steps}
+        return {s.id: (s.sim_latency_ms or 0.0) / 1000.0 for s in self.final_plan.steps}
 
     @property
     def depends_on(self) -> dict[str, tuple[str, ...]]:
         """The DAG, step id -> dependencies."""
-        return {s.id: s.depends_on for s in self.plan.steps}
+        return {s.id: s.depends_on for s in self.final_plan.steps}
 
 
 class LatencyDraw:

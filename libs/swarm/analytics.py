@@ -70,6 +70,11 @@ SELECT step_id, agent_id, attempts_count, outcome, run_ms, queued_ms, prompt_tok
 FROM step_spans WHERE run_id = {run:String} ORDER BY started_at
 """
 PLAN_SQL = "SELECT step_id, depends_on FROM plan_steps FINAL WHERE run_id = {run:String}"
+# Dynamic spawn: when the run grew, and by how many steps (the dispatcher's 'spawned' events).
+GROWTH_SQL = """
+SELECT toUnixTimestamp64Micro(at) AS at_us, length(splitByChar(',', attributes['spawned'])) AS added_count
+FROM step_events FINAL WHERE run_id = {run:String} AND kind = 'spawned' ORDER BY at
+"""
 RUN_SQL = """
 SELECT run_id, tenant, status, goal, error, agents_count, steps_total, steps_succeeded, steps_failed,
        steps_cancelled, retries, prompt_tokens, completion_tokens, wall_ms,
@@ -196,6 +201,7 @@ class RunAnalysis:
     token_totals: list[TokenTotal] = field(default_factory=list)  # every inference call, by phase
     summary_tokens: tuple[int, int] | None = None  # (prompt, completion) as the run's summary counts them
     missing_agents: list[dict[str, Any]] = field(default_factory=list)  # agents whose final turn failed (MissingAgent)
+    growth: list[tuple[float, int]] = field(default_factory=list)  # (seconds since the first start, steps known)
 
     @property
     def peak_concurrency(self) -> int:
@@ -211,7 +217,8 @@ def spans_from_rows(rows: Sequence[Mapping[str, Any]], plan: Mapping[str, Sequen
     """StepSpans from STEPS_SQL rows; dependencies from the plan, else the 'queued' event's attribute."""
     spans = []
     for row in rows:
-        deps = tuple(plan.get(row["step_id"], ())) or tuple(row.get("depends_on_attr") or ())
+        # The 'queued' event's dependencies first: a spawn may have added to what the plan said.
+        deps = tuple(row.get("depends_on_attr") or ()) or tuple(plan.get(row["step_id"], ()))
         spans.append(
             StepSpan(
                 step_id=row["step_id"], agent_id=row["agent_id"], outcome=row["outcome"] or "",
@@ -269,6 +276,20 @@ def concurrency(spans: Sequence[StepSpan], points: int = 200) -> list[tuple[floa
     return samples
 
 
+def growth(spans: Sequence[StepSpan], spawns: Sequence[Mapping[str, Any]]) -> list[tuple[float, int]]:
+    """(seconds since the first start, steps in the run) at the start and after each spawn; [] without spawns."""
+    starts = [s.started_at for s in spans if s.started_at is not None]
+    if not spawns or not starts:
+        return []
+    t0 = min(starts)
+    known = len(spans) - sum(int(row["added_count"]) for row in spawns)
+    points = [(0.0, known)]
+    for row in spawns:
+        known += int(row["added_count"])
+        points.append((round(max(0.0, row["at_us"] / 1e6 - t0), 6), known))
+    return points
+
+
 def stragglers(spans: Sequence[StepSpan], factor: float = STRAGGLER_FACTOR) -> list[dict[str, Any]]:
     """Succeeded steps that ran `factor` times the run's median (and STRAGGLER_MIN_MS more), slowest first."""
     done = [s for s in spans if s.outcome == "succeeded" and s.run_ms > 0]
@@ -299,9 +320,10 @@ def token_totals(tokens: Sequence[Mapping[str, Any]]) -> list[TokenTotal]:
 async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunAnalysis:
     """Everything about one run, in a handful of queries; with a `bus`, also its answer and step outputs."""
     params = {"run": run_id}
-    run_rows, step_rows, plan_rows, failures, tokens, inference = await asyncio.gather(
+    run_rows, step_rows, plan_rows, failures, tokens, inference, spawns = await asyncio.gather(
         query(RUN_SQL, params), query(STEPS_SQL, params), query(PLAN_SQL, params),
         query(FAILURES_SQL, params), query(TOKENS_SQL, params), query(INFERENCE_SQL, params),
+        query(GROWTH_SQL, params),
     )  # fmt: skip
     if not run_rows and not step_rows:
         raise LookupError(f"run {run_id} is not in the event log")
@@ -328,7 +350,7 @@ async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunA
         critical_path_ms=max(0.0, path_ms), lower_bound_ms=lower_bound_ms(spans), concurrency=concurrency(spans),
         stragglers=stragglers(spans), failures=failures, tokens=tokens, inference=inference[0] if inference else {},
         queued_ms_total=sum(s.queued_ms for s in spans), running_ms_total=sum(s.run_ms for s in spans), notes=notes,
-        token_totals=token_totals(tokens), summary_tokens=summary_tokens,
+        token_totals=token_totals(tokens), summary_tokens=summary_tokens, growth=growth(spans, spawns),
     )  # fmt: skip
     if bus is not None:
         tenant = str(run.get("tenant") or "*")

@@ -10,9 +10,17 @@ import re
 import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 CONTRACT_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -55,6 +63,26 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = Field(1, description="Contract version of this message (CONTRACT_VERSION).")
+
+
+class OmitsUnusedOptions:
+    """A model whose fields in `OMIT_AT_DEFAULT` are left out of its serialization while at their default.
+
+    A 4,000-step plan travels in one message: options most steps never use must not cost every step bytes.
+    """
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.OMIT_AT_DEFAULT:
+                if name in data and getattr(self, name) == type(self).model_fields[name].get_default(  # type: ignore[attr-defined]
+                    call_default_factory=True
+                ):
+                    del data[name]
+        return data
 
 
 # --------------------------------------------------------------------------- streams
@@ -150,10 +178,29 @@ DISPATCHER_LEASES_BUCKET = BucketSpec(
 SCRATCHPAD_BUCKET = BucketSpec(
     name="swarm_scratchpad", description="The scratchpad tool: values a run's agents share, key '<run_id>.<key>'."
 )
+MEMORY_BUCKET = BucketSpec(
+    name="swarm_agent_memory", ttl_s=7 * 24 * 3600.0,
+    description="Agents' memory: one entry per turn attempt, key Keys.memory_turn(run, agent, step, attempt).",
+)  # fmt: skip
 ALL_BUCKETS = (
     RUN_STATE_BUCKET, RUN_INDEX_BUCKET, OUTPUTS_BUCKET, PAYLOADS_STORE, DISPATCHER_LEASES_BUCKET, SCRATCHPAD_BUCKET,
     PLANS_STORE,
+    MEMORY_BUCKET,
 )  # fmt: skip
+
+
+class Keys:
+    """Keys of the KV buckets and object store, built from their parts (one place, so scoping them changes here)."""
+
+    @staticmethod
+    def memory_turn(run_id: str, agent_id: str, step_id: str, attempt: int) -> str:
+        """One attempt of one agent's turn in MEMORY_BUCKET: written before the result, named once committed."""
+        return f"{run_id}.{agent_id}.{step_id}.{attempt}"
+
+    @staticmethod
+    def sim_script(run_id: str, name: str) -> str:
+        """A sim tool call's arguments stored by reference in PAYLOADS_STORE (load tests: spawn requests)."""
+        return f"sim.{run_id}.{name}"
 
 # Durable consumer names, one place for each.
 PLANNER_CONSUMER = "planner"
@@ -285,18 +332,58 @@ class PlanSource(StrEnum):
     TEMPLATE = "template"
 
 
-class AgentSpec(Contract):
+class MemoryMode(StrEnum):
+    """How an agent remembers its earlier turns."""
+
+    NONE = "none"  # each turn sees only its inputs
+    LAST_TURNS = "last_turns"  # the last `max_turns` turns, within `max_chars`
+    SUMMARY = "summary"  # a rolling summary the model rewrites after every turn, plus the last turn
+
+
+class MemoryPolicy(Contract):
+    """What of an agent's earlier turns its next turn sees, within a context budget."""
+
+    mode: MemoryMode = Field(default=MemoryMode.NONE, description="How the agent remembers its earlier turns.")
+    max_turns: int = Field(default=4, ge=1, le=100, description="last_turns: how many of the latest turns are shown.")
+    max_chars: int = Field(
+        default=4000, ge=200, le=100_000, description="Characters of memory a prompt may hold; older turns go first."
+    )
+    seed: str = Field(
+        default="", max_length=8000,
+        description="Memory the agent starts with: what a spawning parent gives its child (shown on every turn).",
+    )  # fmt: skip
+
+
+class AgentSpec(OmitsUnusedOptions, Contract):
     """A sub-agent: an identity whose turns are steps."""
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("memory",)
 
     id: Id = Field(description="Agent id, unique within the run.")
     role: str = Field(min_length=1, max_length=200, description="Short role name, e.g. 'researcher'.")
     instructions: str = Field(
         default="", max_length=8000, description="System instructions given to the agent on every step."
     )
+    memory: MemoryPolicy = Field(
+        default_factory=MemoryPolicy, description="What of its earlier turns each turn sees (default: none)."
+    )
 
 
-class StepSpec(Contract):
+class SimToolCall(Contract):
+    """For the 'sim' backend only: one tool call the simulated model makes."""
+
+    tool: str = Field(min_length=1, max_length=64, description="The tool's registry name, e.g. 'spawn'.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="The call's arguments.")
+    arguments_ref: str | None = Field(
+        default=None, max_length=256,
+        description="Read the arguments from this key of the payloads object store instead (large spawn requests).",
+    )  # fmt: skip
+
+
+class StepSpec(OmitsUnusedOptions, Contract):
     """One turn of one agent, a node of the run's DAG."""
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("sim_tool_calls", "sim_echo")
 
     id: Id = Field(description="Step id, unique within the run.")
     agent_id: Id = Field(description="The agent that takes this turn.")
@@ -325,6 +412,14 @@ class StepSpec(Contract):
     )
     tools: tuple[str, ...] = Field(
         default=(), description="Tools the agent may call in this step, by registry name (e.g. 'python', 'spawn')."
+    )
+    sim_tool_calls: tuple[SimToolCall, ...] = Field(
+        default=(), max_length=20,
+        description="For the 'sim' backend only: the simulated model makes these tool calls in order, then answers. "
+        "Ignored by every other backend.",
+    )  # fmt: skip
+    sim_echo: bool = Field(
+        default=False, description="For the 'sim' backend only: the answer starts with the prompt the model received."
     )
     output_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the step's output must satisfy; a failing output gets a repair retry."
@@ -439,6 +534,41 @@ class TaskSubmission(Contract):
 # --------------------------------------------------------------------------- steps
 
 
+class MemoryRef(Contract):
+    """One committed turn of an agent: the attempt of a step that succeeded."""
+
+    step_id: Id = Field(description="The turn's step.")
+    attempt: int = Field(ge=1, description="The attempt that succeeded.")
+
+
+class SpawnBudget(Contract):
+    """Room left under the run's limits, when the step was dispatched."""
+
+    agents: int = Field(ge=0, description="Agents the run may still add.")
+    steps: int = Field(ge=0, description="Steps the run may still add.")
+
+
+class MemoryToolCall(Contract):
+    """One tool call of a remembered turn."""
+
+    tool: str = Field(description="The tool.")
+    request: str = Field(description="The model's decision that called it (truncated).")
+    result: str = Field(description="What the tool returned (truncated).")
+
+
+class MemoryTurn(Contract):
+    """One turn as its agent remembers it (MEMORY_BUCKET), written by the worker before the step's result."""
+
+    step_id: Id = Field(description="The turn's step.")
+    attempt: int = Field(ge=1, description="The attempt that wrote it.")
+    instruction: str = Field(description="The turn's instruction.")
+    output: str = Field(description="The turn's output (truncated).")
+    tool_calls: tuple[MemoryToolCall, ...] = Field(default=(), description="Tool calls made in the turn.")
+    summary: str = Field(
+        default="", description="summary mode: the rolling summary of every turn up to and including this one."
+    )
+
+
 class StepDispatch(Contract):
     """A ready step on a worker pool's queue: everything a stateless worker needs."""
 
@@ -459,6 +589,15 @@ class StepDispatch(Contract):
         default_factory=dict,
         description="Outputs of dependencies the dispatcher still holds, inline; the worker reads the others "
         "from the outputs bucket.",
+    )
+    memory: tuple[MemoryRef, ...] = Field(
+        default=(),
+        description="The agent's committed earlier turns this turn may see, oldest first (by the agent's memory "
+        "policy); entries in MEMORY_BUCKET that are not named here (a killed attempt's) are never read.",
+    )
+    memory_omitted: int = Field(default=0, ge=0, description="Committed earlier turns the policy left out.")
+    spawn_budget: SpawnBudget | None = Field(
+        default=None, description="What this step may still add to its run with the spawn tool (when it has it)."
     )
 
 
@@ -805,6 +944,16 @@ class InferenceRequest(Contract):
     sim_fault: Literal["error", "garbage"] | None = Field(
         default=None,
         description="For the sim backend only (load tests): fail with an engine error, or answer garbage.",
+    )
+    sim_tool_call: SimToolCall | None = Field(
+        default=None,
+        description="For the sim backend only: answer a tool-loop decision that calls this tool (arguments inline).",
+    )
+    sim_final: bool = Field(
+        default=False, description="For the sim backend only: answer a tool-loop decision with action 'final'."
+    )
+    sim_echo: bool = Field(
+        default=False, description="For the sim backend only: the answer starts with the prompt's last user message."
     )
     stream: bool = Field(
         default=False,

@@ -403,6 +403,9 @@ def render_html(a: RunAnalysis, generated_at: datetime | None = None) -> str:
         f"hover a bar for details, click a lane for its steps and a step for its output.</p>"
         f"<div class=legend>{legend}</div>{timeline}</section>",
         f"<section><h2>Concurrency over time</h2>{line_svg(a.concurrency, 'time since the first step started', 'steps running')}</section>",
+        *([f"<section><h2>The DAG growing</h2><p class=sub>Steps in the run over time: the plan's, then each dynamic "
+           f"spawn's.</p>{line_svg(a.growth, 'time since the first step started', 'steps in the run')}</section>"]
+          if a.growth else []),
         f"<section><h2>Critical path</h2><p class=sub>The chain of steps that set the makespan: from the last step "
         f"to finish, back through the dependency each one waited for. {_ms(a.critical_path_ms)} of "
         f"{_ms(a.makespan_ms)}.</p>{_table(('#', 'step', 'agent', 'queued', 'ran'), path_rows)}</section>",

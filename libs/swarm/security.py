@@ -58,6 +58,7 @@ from swarm.contracts import (
     DISPATCHER_RESULTS_CONSUMER,
     EVENTS,
     GATEWAY_QUEUE_GROUP,
+    MEMORY_BUCKET,
     OUTPUTS_BUCKET,
     PAYLOADS_STORE,
     PLANNER_CONSUMER,
@@ -256,7 +257,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     ).sub(
         # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
         Subjects.run_kind_all("cancelled"), Subjects.run_kind_all("failed"),
-    ).kv_write(OUTPUTS_BUCKET).objects_write(PAYLOADS_STORE).kv_write(SCRATCHPAD_BUCKET).kv_read(
+    ).kv_write(OUTPUTS_BUCKET).objects_write(PAYLOADS_STORE).kv_write(SCRATCHPAD_BUCKET).kv_write(MEMORY_BUCKET).kv_read(
         RUN_STATE_BUCKET  # a run's end is believed when its checkpoint confirms it
     )  # fmt: skip
     aggregator = (

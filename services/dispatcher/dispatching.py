@@ -489,6 +489,9 @@ class Dispatcher:
         now = utc_now()
         for dispatch in dispatches:
             step = run.steps[dispatch.step_id].spec
+            if run.depends_on[step.id] != step.depends_on:  # grown by a spawn: the worker reads the new inputs too
+                step = step.model_copy(update={"depends_on": run.depends_on[step.id]})
+            memory, memory_omitted = run.memory_of(step.id)
             message = StepDispatch(
                 run_id=run.run_id,
                 tenant=run.tenant,
@@ -500,14 +503,19 @@ class Dispatcher:
                 not_before=now + timedelta(seconds=dispatch.delay_s) if dispatch.delay_s else None,
                 missing_inputs=tuple(d for d in step.depends_on if run.steps[d].phase is StepPhase.FAILED),
                 inputs=self._inline_inputs(run, step.depends_on, first_attempt=dispatch.attempt == 1),
+                memory=memory,
+                memory_omitted=memory_omitted,
+                spawn_budget=run.spawn_budget() if "spawn" in step.tools else None,
             )
             await self.bus.publish_nowait(
                 Subjects.steps(self.settings.pool), message, msg_id=f"{run.run_id}.{step.id}.{dispatch.attempt}"
             )
             self._queued_at[(run.run_id, step.id, dispatch.attempt)] = time.monotonic() + dispatch.delay_s
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
-            await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED,
-                              attributes={"depends_on": ",".join(run.depends_on[step.id])})  # fmt: skip
+            attributes = {"depends_on": ",".join(run.depends_on[step.id])}
+            if step.id in run.spawned_by:  # the recorder's spawned_by column
+                attributes["spawned_by"] = run.spawned_by[step.id]
+            await self._event(run, step.id, dispatch.attempt, StepEventKind.QUEUED, attributes=attributes)
 
     def _inline_inputs(self, run: RunState, depends_on: tuple[str, ...], first_attempt: bool) -> dict[str, str]:
         """The dependencies' outputs we hold, within the message budget; an output is let go once every
@@ -641,7 +649,7 @@ class Dispatcher:
         and it is re-read from the newer checkpoint when needed.
         """
         kv = await self.bus.kv(RUN_STATE_BUCKET)
-        body = json.dumps({"tenant": run.tenant, **run.checkpoint()}, separators=(",", ":")).encode()
+        body = run.checkpoint_json(run.tenant)
         covered = self._unacked.pop(run.run_id, [])
         try:
             if run.run_id in self.revisions:

@@ -6,6 +6,7 @@ Every transition is idempotent: a redelivered result (same step, same attempt) o
 
 from __future__ import annotations
 
+import json
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ from typing import Any
 from swarm.contracts import (
     MISSING_AGENT_ERROR_CHARS,
     AgentSpec,
+    MemoryMode,
+    MemoryRef,
     MissingAgent,
     RunPlanned,
     RunPolicy,
     RunSummary,
+    SpawnBudget,
     SpawnRequest,
     StepResult,
     StepSpec,
@@ -140,9 +144,15 @@ class RunState:
         self.priority = planned.priority
         self.max_in_flight = max_in_flight
         self.retry = retry or RetryPolicy()
-        self.spawns: list[tuple[str, SpawnRequest]] = []
+        # (parent, request) of every spawn as checkpoint JSON, encoded once: re-encoding 4,000 spawned steps
+        # on every checkpoint held the dispatcher's loop ~45 ms each time.
+        self._spawns_json: list[str] = []
         self.agents: dict[str, AgentSpec] = {a.id: a for a in planned.plan.agents}
         self.steps: dict[str, StepState] = {s.id: StepState(spec=s) for s in planned.plan.steps}
+        self.spawned_by: dict[str, str] = {}  # spawned step -> the step that spawned it
+        self.agent_steps: dict[str, list[str]] = {}  # agent -> its turns, in plan (then spawn) order
+        for spec in planned.plan.steps:
+            self.agent_steps.setdefault(spec.agent_id, []).append(spec.id)
         self.depends_on = {s.id: tuple(dict.fromkeys(s.depends_on)) for s in planned.plan.steps}
         self.children = children_of(self.depends_on)
         self.ready: deque[str] = deque()
@@ -244,6 +254,8 @@ class RunState:
 
     def _spawn(self, parent_id: str, request: SpawnRequest) -> None:
         """Grow the DAG: new steps run after the parent; the parent's dependents also wait for them."""
+        # The spawn tool already refused what did not fit the budget its dispatch carried; this catches
+        # two steps that spent the same room at once (the later one is retried with the smaller budget).
         if len(self.agents) + len(request.agents) > self.limits.max_agents:
             raise PlanError(f"the run would have more than {self.limits.max_agents} agents")
         if len(self.steps) + len(request.steps) > self.limits.max_steps:
@@ -263,11 +275,13 @@ class RunState:
                 raise PlanError(f"spawned step {step.id} depends on {bad[0]}, which is neither new nor finished")
         new_edges = {s.id: tuple(d for d in s.depends_on if d in new_ids) for s in request.steps}
         topological_order(new_edges)  # raises on a cycle among the new steps
-        self.spawns.append((parent_id, request))
         self._graft(parent_id, request)
 
     def _graft(self, parent_id: str, request: SpawnRequest) -> None:
         """Add validated spawned steps to the graph (also used when restoring a checkpoint)."""
+        # Without defaults: 4,000 spawned steps must fit one KV value (1 MiB).
+        dumped = request.model_dump(mode="json", exclude_defaults=True)
+        self._spawns_json.append(json.dumps([parent_id, dumped], separators=(",", ":")))
         self.agents.update({a.id: a for a in request.agents})
         new_ids = [s.id for s in request.steps]
         needed = {d for s in request.steps for d in s.depends_on}
@@ -275,6 +289,8 @@ class RunState:
         old_dependents = list(self.children[parent_id])
         for step in request.steps:
             self.steps[step.id] = StepState(spec=step)
+            self.spawned_by[step.id] = parent_id
+            self.agent_steps.setdefault(step.agent_id, []).append(step.id)
             self.depends_on[step.id] = tuple(dict.fromkeys((parent_id, *step.depends_on)))
             self.children[step.id] = []
         for step_id in new_ids:
@@ -330,6 +346,33 @@ class RunState:
 
     # ------------------------------------------------------------------ views
 
+    def memory_of(self, step_id: str) -> tuple[tuple[MemoryRef, ...], int]:
+        """The agent's committed earlier turns a turn sees (by its memory policy), and how many it leaves out.
+
+        Only succeeded attempts are named: a worker killed after writing its memory entry but before its
+        result left an entry nobody reads, so a retried turn sees exactly the history as of the last success.
+        """
+        spec = self.steps[step_id].spec
+        policy = self.agents[spec.agent_id].memory
+        if policy.mode is MemoryMode.NONE:
+            return (), 0
+        committed = [
+            MemoryRef(step_id=turn, attempt=self.steps[turn].attempt)
+            for turn in self.agent_steps.get(spec.agent_id, ())
+            if turn != step_id and self.steps[turn].phase is StepPhase.SUCCEEDED
+        ]
+        # summary: the latest turn's entry carries the rolling summary of all before it.
+        shown = policy.max_turns if policy.mode is MemoryMode.LAST_TURNS else 1
+        kept = committed[-shown:] if committed else []
+        return tuple(kept), len(committed) - len(kept)
+
+    def spawn_budget(self) -> SpawnBudget:
+        """Room left under the run's limits for spawned agents and steps."""
+        return SpawnBudget(
+            agents=max(0, self.limits.max_agents - len(self.agents)),
+            steps=max(0, self.limits.max_steps - len(self.steps)),
+        )
+
     def count(self, phase: StepPhase) -> int:
         """Steps in `phase`."""
         return sum(1 for s in self.steps.values() if s.phase is phase)
@@ -380,19 +423,27 @@ class RunState:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self) -> dict[str, Any]:
+    def checkpoint(self, with_spawns: bool = True) -> dict[str, Any]:
         """The dynamic part of the state; the plan itself is re-read from the planned event."""
-        return {
+        checkpoint: dict[str, Any] = {
             "phase": self.phase.value,
             "error": self.error,
             "retries_count": self.retries_count,
-            "spawns": [[parent, request.model_dump(mode="json")] for parent, request in self.spawns],
             "steps": {
                 step_id: [s.phase.value, s.attempt, s.prompt_tokens, s.completion_tokens, s.error]
                 for step_id, s in self.steps.items()
                 if s.phase is not StepPhase.WAITING
             },
         }
+        if with_spawns:
+            checkpoint["spawns"] = [json.loads(spawn) for spawn in self._spawns_json]
+        return checkpoint
+
+    def checkpoint_json(self, tenant: str) -> bytes:
+        """`checkpoint()` with the run's tenant, as the JSON the dispatcher stores; spawns already encoded."""
+        fields = {"tenant": tenant, **self.checkpoint(with_spawns=False)}
+        head = json.dumps(fields, separators=(",", ":"))
+        return f'{head[:-1]},"spawns":[{",".join(self._spawns_json)}]}}'.encode()
 
     @classmethod
     def restore(
@@ -414,7 +465,6 @@ class RunState:
         run.retries_count = checkpoint["retries_count"]
         for parent, request in checkpoint.get("spawns", []):
             spawn = SpawnRequest.model_validate(request)
-            run.spawns.append((parent, spawn))
             run._graft(parent, spawn)
         for step_id, (phase, attempt, prompt_tokens, completion_tokens, error) in checkpoint["steps"].items():
             state = run.steps[step_id]

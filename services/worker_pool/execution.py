@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -20,21 +21,29 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.worker_pool.errors import StepFailed
 from services.worker_pool.settings import WorkerSettings
-from services.worker_pool.toolloop import ToolCall, ToolLoop
+from services.worker_pool.toolloop import RESULT_PREFIX, ToolCall, ToolLoop
 from services.worker_pool.tools import ToolContext, ToolRegistry, UnknownTool
 from services.worker_pool.validation import ModelReply, structured_output, validator_for
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
     INLINE_OUTPUT_MAX_CHARS,
+    MEMORY_BUCKET,
     OUTPUTS_BUCKET,
+    PAYLOADS_STORE,
     RESULT_EVENTS_MAX,
     RUN_STATE_BUCKET,
     STEPS,
     WORKERS_CONSUMER_PREFIX,
     ChatMessage,
     InferenceRequest,
+    Keys,
+    MemoryMode,
+    MemoryPolicy,
+    MemoryToolCall,
+    MemoryTurn,
     RunCancelled,
     RunFailed,
+    SimToolCall,
     SpawnRequest,
     StepDispatch,
     StepEvent,
@@ -50,7 +59,7 @@ from swarm.inference import InferenceClient, InferenceError, chat, new_request_i
 from swarm.payloads import Payloads, is_ref
 from swarm.repetition import degeneracy
 
-__all__ = ["StepExecutor", "StepFailed", "build_prompt", "output_key", "steps_consumer"]
+__all__ = ["StepExecutor", "StepFailed", "build_prompt", "memory_section", "output_key", "steps_consumer"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,12 @@ ENDED_RUNS_KEPT = 10_000
 _ENDED_RUN_EVENT: TypeAdapter[RunCancelled | RunFailed] = TypeAdapter(RunCancelled | RunFailed)
 MIN_INPUT_CHARS = 200  # the least of each dependency's output a prompt shows
 MAX_TEMPERATURE = 1.5
+MEMORY_OUTPUT_CHARS = 4000  # of a turn's output, what its memory entry keeps
+MEMORY_TOOL_CHARS = 500  # of a tool call's request and result
+SUMMARY_PROMPT = (
+    "Rewrite the summary of your work so far to include your latest turn. Keep facts, decisions and open "
+    "questions; at most {chars} characters.\n\nSummary so far:\n{summary}\n\nLatest turn:\n{turn}"
+)
 
 
 def steps_consumer(settings: WorkerSettings) -> ConsumerSpec:
@@ -106,11 +121,56 @@ def sim_fault(dispatch: StepDispatch) -> Literal["error", "garbage"] | None:
     return "error" if dispatch.step.sim_fault == "fail_once" else "garbage"
 
 
-def build_prompt(dispatch: StepDispatch, inputs: dict[str, str], context_chars: int) -> tuple[str, str]:
-    """The system and user messages of a step: the agent's identity, the goal, its inputs, its instruction."""
+def _turn_text(turn: MemoryTurn) -> str:
+    lines = [f"[{turn.step_id}] Instruction: {turn.instruction}"]
+    lines += [f"  Tool call ({call.tool}): {call.request}\n  Result: {call.result}" for call in turn.tool_calls]
+    lines.append(f"  Output: {turn.output}")
+    return "\n".join(lines)
+
+
+def memory_section(policy: MemoryPolicy, turns: list[MemoryTurn], omitted: int) -> list[str]:
+    """The prompt's memory: the seed its parent gave the agent, then its earlier turns within the budget,
+    newest kept first; it says what it left out and why."""
+    parts: list[str] = []
+    if policy.seed:
+        parts.append(f"Memory you were given when you were created:\n{policy.seed}")
+    if policy.mode is MemoryMode.NONE or not (turns or omitted):
+        return parts
+    budget = policy.max_chars
+    if policy.mode is MemoryMode.SUMMARY and turns and turns[-1].summary:
+        summary = turns[-1].summary[: budget // 2]
+        parts.append(f"Summary of your earlier turns (written by you):\n{summary}")
+        budget -= len(summary)
+    shown: list[str] = []
+    for turn in reversed(turns):
+        text = _turn_text(turn)
+        if len(text) > budget:
+            if not shown and budget >= MIN_INPUT_CHARS:  # the latest turn, cut, rather than nothing
+                shown.append(text[:budget] + " [cut: memory budget]")
+            break
+        shown.append(text)
+        budget -= len(text)
+    if shown:
+        parts.append("Your earlier turns (oldest first):\n" + "\n".join(reversed(shown)))
+    left_out = omitted + len(turns) - len(shown)
+    if left_out:
+        why = {
+            MemoryMode.LAST_TURNS: f"you see your last {policy.max_turns} turns within {policy.max_chars} characters",
+            MemoryMode.SUMMARY: "they are in the summary above",
+        }[policy.mode]
+        parts.append(f"({left_out} earlier turns left out of your memory: {why})")
+    return parts
+
+
+def build_prompt(
+    dispatch: StepDispatch, inputs: dict[str, str], context_chars: int, memory: list[MemoryTurn] | None = None
+) -> tuple[str, str]:
+    """The system and user messages of a step: the agent's identity, its memory, the goal, its inputs, its
+    instruction."""
     agent, step = dispatch.agent, dispatch.step
     system = agent.instructions or f"You are a {agent.role}. Answer concisely and factually."
     parts = [f"Overall goal: {dispatch.goal}"]
+    parts += memory_section(agent.memory, memory or [], dispatch.memory_omitted)
     if inputs:
         # An equal share of the budget each, but never a useless sliver: a wide fan-in keeps the
         # first inputs whole enough to read and says how many it left out.
@@ -129,6 +189,19 @@ def build_prompt(dispatch: StepDispatch, inputs: dict[str, str], context_chars: 
         parts.append(f"(Inputs missing because those steps failed: {', '.join(dispatch.missing_inputs)})")
     parts.append(f"Your task: {step.instruction}")
     return system, "\n\n".join(parts)
+
+
+def tool_calls_of(conversation: tuple[ChatMessage, ...]) -> tuple[MemoryToolCall, ...]:
+    """The tool calls of a tool loop's conversation (a decision, then its result), for the turn's memory."""
+    calls = []
+    for decision, result in itertools.pairwise(conversation):
+        if decision.role == "assistant" and result.role == "user" and result.content.startswith(RESULT_PREFIX):
+            tool = result.content[len(RESULT_PREFIX) :].split(" (call", 1)[0]
+            text = result.content.split("\n", 1)[1] if "\n" in result.content else ""
+            calls.append(
+                MemoryToolCall(tool=tool, request=decision.content[:MEMORY_TOOL_CHARS], result=text[:MEMORY_TOOL_CHARS])
+            )
+    return tuple(calls)
 
 
 class StepExecutor:
@@ -264,7 +337,12 @@ class StepExecutor:
         }  # fmt: skip
         try:
             async with asyncio.timeout(step.timeout_s):
-                output, prompt_tokens, completion_tokens, spawn = await self._run(dispatch)
+                memory = await self._memory(dispatch)
+                output, prompt_tokens, completion_tokens, spawn, calls = await self._run(dispatch, memory)
+                # Committed before the result: the turn that follows, whoever runs it, finds it. An attempt
+                # killed after this line wrote an entry the dispatcher never names (see RunState.memory_of).
+                summary_tokens = await self._commit_memory(dispatch, memory, output, calls)
+                prompt_tokens, completion_tokens = prompt_tokens + summary_tokens[0], completion_tokens + summary_tokens[1]
         except TimeoutError:
             error = f"step timed out after {step.timeout_s:.0f}s"
             return StepResult(status=StepStatus.FAILED, error=error, finished_at=utc_now(), **fields), None
@@ -285,11 +363,59 @@ class StepExecutor:
             **fields,
         ), data  # fmt: skip
 
-    async def _run(self, dispatch: StepDispatch) -> tuple[str, int, int, SpawnRequest | None]:
+    async def _memory(self, dispatch: StepDispatch) -> list[MemoryTurn]:
+        """The committed earlier turns the dispatch names, oldest first."""
+        if not dispatch.memory:
+            return []
+        store = Payloads(self.bus, bucket=MEMORY_BUCKET)
+
+        async def load(step_id: str, attempt: int) -> MemoryTurn:
+            data = await store.get(Keys.memory_turn(dispatch.run_id, dispatch.agent.id, step_id, attempt))
+            if data is None:
+                raise StepFailed(f"memory of turn {step_id} (attempt {attempt}) not found", retryable=True)
+            return MemoryTurn.model_validate_json(data)
+
+        return list(await asyncio.gather(*(load(ref.step_id, ref.attempt) for ref in dispatch.memory)))
+
+    async def _commit_memory(
+        self, dispatch: StepDispatch, memory: list[MemoryTurn], output: str, calls: tuple[MemoryToolCall, ...]
+    ) -> tuple[int, int]:
+        """Write this attempt's memory entry (with the rolling summary in summary mode); the tokens it took."""
+        policy = dispatch.agent.memory
+        if policy.mode is MemoryMode.NONE:
+            return 0, 0
+        step = dispatch.step
+        turn = MemoryTurn(
+            step_id=step.id, attempt=dispatch.attempt, instruction=step.instruction,
+            output=output[:MEMORY_OUTPUT_CHARS], tool_calls=calls,
+        )  # fmt: skip
+        tokens = (0, 0)
+        if policy.mode is MemoryMode.SUMMARY:
+            previous = memory[-1].summary if memory else ""
+            if memory and not previous:  # the first summary also takes in the turn before it
+                previous = _turn_text(memory[-1])
+            prompt = SUMMARY_PROMPT.format(chars=policy.max_chars // 2, summary=previous or "(none)", turn=_turn_text(turn))
+            request = InferenceRequest(
+                request_id=new_request_id(), messages=chat(f"You are a {dispatch.agent.role}.", prompt),
+                max_tokens=max(32, policy.max_chars // 8), seed=sample_seed(dispatch, 99), run_id=dispatch.run_id,
+                step_id=step.id, caller="worker", sim_latency_ms=step.sim_latency_ms,
+            )  # fmt: skip
+            response = await self.inference.complete(request, timeout_s=step.timeout_s)
+            if not response.ok:
+                raise StepFailed(f"inference failed writing the memory summary: {response.error}", retryable=True)
+            turn = turn.model_copy(update={"summary": response.content[: policy.max_chars // 2]})
+            tokens = (response.prompt_tokens, response.completion_tokens)
+        key = Keys.memory_turn(dispatch.run_id, dispatch.agent.id, step.id, dispatch.attempt)
+        await Payloads(self.bus, bucket=MEMORY_BUCKET).put(key, turn.model_dump_json().encode())
+        return tokens
+
+    async def _run(
+        self, dispatch: StepDispatch, memory: list[MemoryTurn]
+    ) -> tuple[str, int, int, SpawnRequest | None, tuple[MemoryToolCall, ...]]:
         if dispatch.step.tools or dispatch.step.output_schema is not None:
-            return await self._run_structured(dispatch)
+            return await self._run_structured(dispatch, memory)
         inputs = await self._inputs(dispatch)
-        system, user = build_prompt(dispatch, inputs, self.settings.context_chars)
+        system, user = build_prompt(dispatch, inputs, self.settings.context_chars, memory)
         prompt_tokens = completion_tokens = 0
         problem = ""
         samples = 1 + self.settings.resample_max
@@ -300,6 +426,7 @@ class StepExecutor:
                 temperature=sample_temperature(base, sample, self.settings.resample_temperature_step),
                 seed=sample_seed(dispatch, sample), run_id=dispatch.run_id, step_id=dispatch.step.id,
                 caller="worker", sim_latency_ms=dispatch.step.sim_latency_ms, sim_fault=sim_fault(dispatch),
+                sim_echo=dispatch.step.sim_echo,
             )  # fmt: skip
             response = await self.inference.complete(request, timeout_s=dispatch.step.timeout_s)
             if not response.ok:
@@ -316,10 +443,12 @@ class StepExecutor:
                 attributes=rejected if problem else {},
             )  # fmt: skip
             if not problem:
-                return response.content, prompt_tokens, completion_tokens, None
+                return response.content, prompt_tokens, completion_tokens, None, ()
         raise StepFailed(f"the model returned {problem} ({samples} samples)", retryable=True)
 
-    async def _run_structured(self, dispatch: StepDispatch) -> tuple[str, int, int, SpawnRequest | None]:
+    async def _run_structured(
+        self, dispatch: StepDispatch, memory: list[MemoryTurn]
+    ) -> tuple[str, int, int, SpawnRequest | None, tuple[MemoryToolCall, ...]]:
         """A step with tools and/or an output schema: a conversation of several model calls."""
         step = dispatch.step
         try:
@@ -329,15 +458,21 @@ class StepExecutor:
         if step.output_schema is not None:
             validator_for(step.output_schema)  # an invalid schema fails before any inference is spent
         inputs = await self._inputs(dispatch)
-        system, user = build_prompt(dispatch, inputs, self.settings.context_chars)
+        system, user = build_prompt(dispatch, inputs, self.settings.context_chars, memory)
         messages = chat(system, user)
         usage = [0, 0, 0]  # calls, prompt tokens, completion tokens
+        script = list(step.sim_tool_calls)  # the sim's scripted tool calls not yet made
 
         async def model(conversation: tuple[ChatMessage, ...], schema: dict[str, Any] | None) -> ModelReply:
+            decision = schema is not None and "action" in schema.get("properties", {})
+            tool_call = None
+            if decision and script and "tool" in (schema or {}).get("properties", {}):
+                tool_call = await self._sim_arguments(dispatch, script.pop(0))
             request = InferenceRequest(
                 request_id=new_request_id(), messages=conversation, max_tokens=step.max_tokens, json_schema=schema,
                 seed=sample_seed(dispatch, usage[0]), run_id=dispatch.run_id, step_id=step.id, caller="worker",
-                sim_latency_ms=step.sim_latency_ms, sim_fault=sim_fault(dispatch),
+                sim_latency_ms=step.sim_latency_ms, sim_fault=sim_fault(dispatch), sim_echo=step.sim_echo,
+                sim_tool_call=tool_call, sim_final=bool(step.sim_tool_calls) and decision and tool_call is None,
             )  # fmt: skip
             response = await self.inference.complete(request, timeout_s=step.timeout_s)
             if not response.ok:
@@ -359,7 +494,7 @@ class StepExecutor:
 
         ctx = ToolContext(
             run_id=dispatch.run_id, tenant=dispatch.tenant, step_id=step.id, agent_id=dispatch.agent.id,
-            attempt=dispatch.attempt, settings=self.settings, bus=self.bus,
+            attempt=dispatch.attempt, settings=self.settings, bus=self.bus, spawn_budget=dispatch.spawn_budget,
         )  # fmt: skip
         answer: str | None = None
         if tools:
@@ -376,7 +511,17 @@ class StepExecutor:
                 messages = (*messages, ChatMessage(role="user", content="Give your final output as JSON."))
             answer = await structured_output(model, messages, step.output_schema, first=answer)
         assert answer is not None
-        return answer, usage[1], usage[2], ctx.spawned()
+        return answer, usage[1], usage[2], ctx.spawned(), tool_calls_of(messages)
+
+    async def _sim_arguments(self, dispatch: StepDispatch, call: SimToolCall) -> SimToolCall:
+        """A scripted tool call with its arguments inline (read from the object store when by reference)."""
+        if call.arguments_ref is None:
+            return call
+        try:
+            stored = await (await self.bus.js.object_store(PAYLOADS_STORE.name)).get(call.arguments_ref)
+        except nats.js.errors.NotFoundError as exc:
+            raise StepFailed(f"sim script {call.arguments_ref} not found", retryable=False) from exc
+        return SimToolCall(tool=call.tool, arguments=json.loads(stored.data or b"{}"))
 
     async def _inputs(self, dispatch: StepDispatch) -> dict[str, str]:
         deps = [d for d in dispatch.step.depends_on if d not in dispatch.missing_inputs]

@@ -67,7 +67,7 @@ class WorkerSettings(BaseSettings):
     )
     sandbox_concurrency: int = Field(2, ge=1, description="Sandboxed Python runs at once in this process.")
     scratchpad_max_bytes: int = Field(65536, ge=1, description="Largest value in the scratchpad tool.")
-    spawn_max_steps: int = Field(100, ge=1, description="Steps one step may spawn (the dispatcher enforces run limits).")
+    spawn_max_steps: int = Field(200, ge=1, description="Steps one step may spawn (the dispatcher enforces run limits).")
     http_fetch_enabled: bool = Field(False, description="Offer the http_fetch tool (off by default).")
     http_allowed_hosts: tuple[str, ...] = Field((), description="Hosts http_fetch may reach (exact names).")
     http_allowed_ports: tuple[int, ...] = Field((80, 443), description="Ports http_fetch may connect to.")

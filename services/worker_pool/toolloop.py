@@ -27,6 +27,7 @@ PROTOCOL = """You can call tools. Reply with JSON only, one object with these fi
 After each tool call you get its result and decide again. You may call at most {rounds} tools.
 Tools:
 {tools}"""
+RESULT_PREFIX = "Result of "  # how a tool result starts in the conversation (the turn's memory parses it)
 LAST_ROUND = "You may not call more tools. Reply with action \"final\" and your answer."
 
 
@@ -113,7 +114,7 @@ class ToolLoop:
             conversation = (
                 *conversation,
                 ChatMessage(role="assistant", content=raw[:4000]),
-                ChatMessage(role="user", content=f"Result of {name} (call {round_ + 1}):\n{result}"),
+                ChatMessage(role="user", content=f"{RESULT_PREFIX}{name} (call {round_ + 1}):\n{result}"),
             )
         raise AssertionError("unreachable: the last round only allows 'final'")
 

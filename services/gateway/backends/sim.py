@@ -20,6 +20,7 @@ from swarm.contracts import InferenceRequest
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers of a chat template, per message
 _PROMPT_WORD = re.compile(r"[A-Za-z][A-Za-z-]{3,}")
 SENTENCE_WORDS = 12
+ECHO_MAX_CHARS = 8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,14 @@ def plausible_text(prompt: str, n_tokens: int, rng: random.Random) -> str:
         sentences.append(sentence)
         size += len(sentence) + 1
     return " ".join(sentences)[:target_chars].rstrip()
+
+
+def echo(request: InferenceRequest) -> str:
+    """With sim_echo: the last user message, verbatim and bounded, so a test can read what the model was asked."""
+    if not request.sim_echo:
+        return ""
+    user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+    return f"<<ECHO\n{user[:ECHO_MAX_CHARS]}\nECHO>> "
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +129,20 @@ class SimEngine:
             )
         # A request's seed draws another completion for the same prompt (a resample), as a real engine would.
         rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()) ^ (request.seed or 0))
-        if request.json_schema is not None:
+        if request.sim_tool_call is not None:  # a scripted tool-loop decision
+            call = request.sim_tool_call
+            content = json.dumps(
+                {"action": "tool", "tool": call.tool, "arguments": call.arguments, "answer": f"calling {call.tool}"}
+            )
+        elif request.sim_final:
+            content = json.dumps({"action": "final", "answer": echo(request) + self._text(prompt, request, rng)})
+        elif request.json_schema is not None:
             try:
                 content = json.dumps(generate_document(request.json_schema, rng))
             except SchemaUnsupported as exc:
                 raise EngineError(f"json_schema: {exc}") from exc
         else:
-            wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
-            content = plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
+            content = echo(request) + self._text(prompt, request, rng)
         if request.sim_fault == "garbage":
             content = GARBAGE
         completion_tokens = estimate_tokens(content)
@@ -137,6 +152,10 @@ class SimEngine:
             delay_ms = self.latency.sample_ms(completion_tokens, latency_rng, request.sim_latency_ms)
             ttft_ms = delay_ms * self.latency.ttft_ms / max(1e-9, self.latency.mean_ms(completion_tokens))
         return SimPlan(content, prompt_tokens, completion_tokens, delay_ms, ttft_ms)
+
+    def _text(self, prompt: str, request: InferenceRequest, rng: random.Random) -> str:
+        wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
+        return plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
 
     async def generate(self, request: InferenceRequest) -> Completion:
         """The planned completion, after the planned latency; its first token after the planned TTFT."""

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from swarm.contracts import SpawnRequest
+from swarm.contracts import SpawnBudget, SpawnRequest
 
 if TYPE_CHECKING:
     from services.worker_pool.settings import WorkerSettings
@@ -31,6 +31,7 @@ class ToolContext:
     settings: WorkerSettings
     bus: Bus | None = None
     spawns: list[SpawnRequest] = field(default_factory=list)
+    spawn_budget: SpawnBudget | None = None  # room left under the run's limits, when the step was dispatched
 
     def spawned(self) -> SpawnRequest | None:
         """Every spawn request of the step merged into one (None when there was none)."""

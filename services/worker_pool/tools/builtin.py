@@ -165,6 +165,18 @@ _SPAWN_AGENT = {
         "id": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64},
         "role": {"type": "string", "minLength": 1, "maxLength": 200},
         "instructions": {"type": "string", "maxLength": 2000},
+        "memory": {
+            "type": "object",
+            "description": "What the new agent remembers: 'seed' is the memory you give it; 'mode' how it keeps "
+            "its own turns.",
+            "properties": {
+                "mode": {"type": "string", "enum": ["none", "last_turns", "summary"]},
+                "max_turns": {"type": "integer", "minimum": 1, "maximum": 100},
+                "max_chars": {"type": "integer", "minimum": 200, "maximum": 100000},
+                "seed": {"type": "string", "maxLength": 8000},
+            },
+            "additionalProperties": False,
+        },
     },
     "required": ["id", "role"],
     "additionalProperties": False,
@@ -176,9 +188,12 @@ _SPAWN_STEP = {
         "agent_id": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64},
         "instruction": {"type": "string", "minLength": 1, "maxLength": 4000},
         "depends_on": {"type": "array", "items": {"type": "string", "pattern": ID_PATTERN, "maxLength": 64}},
+        "tools": {"type": "array", "items": {"type": "string", "maxLength": 64}},
     },
     "required": ["id", "agent_id", "instruction"],
-    "additionalProperties": False,
+    # The other StepSpec fields (budgets, the sim backend's scripts) are allowed and checked by SpawnRequest;
+    # listing them would only lengthen every prompt that offers the tool.
+    "additionalProperties": True,
 }
 
 
@@ -194,8 +209,8 @@ class SpawnTool(Tool):
     parameters = {
         "type": "object",
         "properties": {
-            "agents": {"type": "array", "items": _SPAWN_AGENT, "maxItems": 20},
-            "steps": {"type": "array", "items": _SPAWN_STEP, "minItems": 1, "maxItems": 20},
+            "agents": {"type": "array", "items": _SPAWN_AGENT, "maxItems": 50},
+            "steps": {"type": "array", "items": _SPAWN_STEP, "minItems": 1, "maxItems": 200},
         },
         "required": ["steps"],
         "additionalProperties": False,
@@ -219,6 +234,13 @@ class SpawnTool(Tool):
         for step in request.steps:
             if step.id in step.depends_on:
                 raise ToolError(f"step {step.id} depends on itself")
+        budget = ctx.spawn_budget
+        if budget is not None and (len(step_ids) > budget.steps or len(agent_ids) > budget.agents):
+            raise ToolError(
+                f"spawn refused: over the run's limits (it may still add {budget.steps} steps and {budget.agents} "
+                f"agents; this step asked for {len(step_ids)} steps and {len(agent_ids)} agents in all). Nothing was "
+                "spawned: carry on without it, or spawn less."
+            )
         ctx.spawns.append(request)
         return {"spawned_steps": [s.id for s in request.steps], "spawned_agents": [a.id for a in request.agents]}
 

@@ -19,6 +19,10 @@ export const TaskSubmissionSchema = {
           "title": "Instructions",
           "type": "string"
         },
+        "memory": {
+          "$ref": "#/$defs/MemoryPolicy",
+          "description": "What of its earlier turns each turn sees (default: none)."
+        },
         "role": {
           "description": "Short role name, e.g. 'researcher'.",
           "maxLength": 200,
@@ -39,6 +43,59 @@ export const TaskSubmissionSchema = {
         "role"
       ],
       "title": "AgentSpec",
+      "type": "object"
+    },
+    "MemoryMode": {
+      "description": "How an agent remembers its earlier turns.",
+      "enum": [
+        "none",
+        "last_turns",
+        "summary"
+      ],
+      "title": "MemoryMode",
+      "type": "string"
+    },
+    "MemoryPolicy": {
+      "additionalProperties": false,
+      "description": "What of an agent's earlier turns its next turn sees, within a context budget.",
+      "properties": {
+        "max_chars": {
+          "default": 4000,
+          "description": "Characters of memory a prompt may hold; older turns go first.",
+          "maximum": 100000,
+          "minimum": 200,
+          "title": "Max Chars",
+          "type": "integer"
+        },
+        "max_turns": {
+          "default": 4,
+          "description": "last_turns: how many of the latest turns are shown.",
+          "maximum": 100,
+          "minimum": 1,
+          "title": "Max Turns",
+          "type": "integer"
+        },
+        "mode": {
+          "$ref": "#/$defs/MemoryMode",
+          "default": "none",
+          "description": "How the agent remembers its earlier turns."
+        },
+        "seed": {
+          "default": "",
+          "description": "Memory the agent starts with: what a spawning parent gives its child (shown on every turn).",
+          "maxLength": 8000,
+          "title": "Seed",
+          "type": "string"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "title": "MemoryPolicy",
       "type": "object"
     },
     "Plan": {
@@ -144,6 +201,51 @@ export const TaskSubmissionSchema = {
       "title": "RunPolicy",
       "type": "string"
     },
+    "SimToolCall": {
+      "additionalProperties": false,
+      "description": "For the 'sim' backend only: one tool call the simulated model makes.",
+      "properties": {
+        "arguments": {
+          "additionalProperties": true,
+          "description": "The call's arguments.",
+          "title": "Arguments",
+          "type": "object"
+        },
+        "arguments_ref": {
+          "anyOf": [
+            {
+              "maxLength": 256,
+              "type": "string"
+            },
+            {
+              "type": "null"
+            }
+          ],
+          "default": null,
+          "description": "Read the arguments from this key of the payloads object store instead (large spawn requests).",
+          "title": "Arguments Ref"
+        },
+        "tool": {
+          "description": "The tool's registry name, e.g. 'spawn'.",
+          "maxLength": 64,
+          "minLength": 1,
+          "title": "Tool",
+          "type": "string"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "required": [
+        "tool"
+      ],
+      "title": "SimToolCall",
+      "type": "object"
+    },
     "StepSpec": {
       "additionalProperties": false,
       "description": "One turn of one agent, a node of the run's DAG.",
@@ -209,6 +311,12 @@ export const TaskSubmissionSchema = {
           "description": "JSON Schema the step's output must satisfy; a failing output gets a repair retry.",
           "title": "Output Schema"
         },
+        "sim_echo": {
+          "default": false,
+          "description": "For the 'sim' backend only: the answer starts with the prompt the model received.",
+          "title": "Sim Echo",
+          "type": "boolean"
+        },
         "sim_fault": {
           "anyOf": [
             {
@@ -239,6 +347,16 @@ export const TaskSubmissionSchema = {
           "default": null,
           "description": "For the 'sim' inference backend only: the simulated engine latency of this step.",
           "title": "Sim Latency Ms"
+        },
+        "sim_tool_calls": {
+          "default": [],
+          "description": "For the 'sim' backend only: the simulated model makes these tool calls in order, then answers. Ignored by every other backend.",
+          "items": {
+            "$ref": "#/$defs/SimToolCall"
+          },
+          "maxItems": 20,
+          "title": "Sim Tool Calls",
+          "type": "array"
         },
         "timeout_s": {
           "default": 120.0,
@@ -466,6 +584,10 @@ export const RunEventSchema = {
           "title": "Instructions",
           "type": "string"
         },
+        "memory": {
+          "$ref": "#/$defs/MemoryPolicy",
+          "description": "What of its earlier turns each turn sees (default: none)."
+        },
         "role": {
           "description": "Short role name, e.g. 'researcher'.",
           "maxLength": 200,
@@ -486,6 +608,59 @@ export const RunEventSchema = {
         "role"
       ],
       "title": "AgentSpec",
+      "type": "object"
+    },
+    "MemoryMode": {
+      "description": "How an agent remembers its earlier turns.",
+      "enum": [
+        "none",
+        "last_turns",
+        "summary"
+      ],
+      "title": "MemoryMode",
+      "type": "string"
+    },
+    "MemoryPolicy": {
+      "additionalProperties": false,
+      "description": "What of an agent's earlier turns its next turn sees, within a context budget.",
+      "properties": {
+        "max_chars": {
+          "default": 4000,
+          "description": "Characters of memory a prompt may hold; older turns go first.",
+          "maximum": 100000,
+          "minimum": 200,
+          "title": "Max Chars",
+          "type": "integer"
+        },
+        "max_turns": {
+          "default": 4,
+          "description": "last_turns: how many of the latest turns are shown.",
+          "maximum": 100,
+          "minimum": 1,
+          "title": "Max Turns",
+          "type": "integer"
+        },
+        "mode": {
+          "$ref": "#/$defs/MemoryMode",
+          "default": "none",
+          "description": "How the agent remembers its earlier turns."
+        },
+        "seed": {
+          "default": "",
+          "description": "Memory the agent starts with: what a spawning parent gives its child (shown on every turn).",
+          "maxLength": 8000,
+          "title": "Seed",
+          "type": "string"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "title": "MemoryPolicy",
       "type": "object"
     },
     "MissingAgent": {
@@ -1448,6 +1623,51 @@ export const RunEventSchema = {
       "title": "RunSummary",
       "type": "object"
     },
+    "SimToolCall": {
+      "additionalProperties": false,
+      "description": "For the 'sim' backend only: one tool call the simulated model makes.",
+      "properties": {
+        "arguments": {
+          "additionalProperties": true,
+          "description": "The call's arguments.",
+          "title": "Arguments",
+          "type": "object"
+        },
+        "arguments_ref": {
+          "anyOf": [
+            {
+              "maxLength": 256,
+              "type": "string"
+            },
+            {
+              "type": "null"
+            }
+          ],
+          "default": null,
+          "description": "Read the arguments from this key of the payloads object store instead (large spawn requests).",
+          "title": "Arguments Ref"
+        },
+        "tool": {
+          "description": "The tool's registry name, e.g. 'spawn'.",
+          "maxLength": 64,
+          "minLength": 1,
+          "title": "Tool",
+          "type": "string"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "required": [
+        "tool"
+      ],
+      "title": "SimToolCall",
+      "type": "object"
+    },
     "StepSpec": {
       "additionalProperties": false,
       "description": "One turn of one agent, a node of the run's DAG.",
@@ -1513,6 +1733,12 @@ export const RunEventSchema = {
           "description": "JSON Schema the step's output must satisfy; a failing output gets a repair retry.",
           "title": "Output Schema"
         },
+        "sim_echo": {
+          "default": false,
+          "description": "For the 'sim' backend only: the answer starts with the prompt the model received.",
+          "title": "Sim Echo",
+          "type": "boolean"
+        },
         "sim_fault": {
           "anyOf": [
             {
@@ -1543,6 +1769,16 @@ export const RunEventSchema = {
           "default": null,
           "description": "For the 'sim' inference backend only: the simulated engine latency of this step.",
           "title": "Sim Latency Ms"
+        },
+        "sim_tool_calls": {
+          "default": [],
+          "description": "For the 'sim' backend only: the simulated model makes these tool calls in order, then answers. Ignored by every other backend.",
+          "items": {
+            "$ref": "#/$defs/SimToolCall"
+          },
+          "maxItems": 20,
+          "title": "Sim Tool Calls",
+          "type": "array"
         },
         "timeout_s": {
           "default": 120.0,

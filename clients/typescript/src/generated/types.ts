@@ -65,6 +65,10 @@ export type RunPlanned1 =
       plan_ref: {};
     };
 /**
+ * How an agent remembers its earlier turns.
+ */
+export type MemoryMode = "none" | "last_turns" | "summary";
+/**
  * Pattern templates the planner can instantiate.
  */
 export type PlanPattern = "map" | "map-reduce" | "pipeline" | "vote";
@@ -343,13 +347,25 @@ export interface InferenceRequest {
    */
   seed?: number | null;
   /**
+   * For the sim backend only: the answer starts with the prompt's last user message.
+   */
+  sim_echo?: boolean;
+  /**
    * For the sim backend only (load tests): fail with an engine error, or answer garbage.
    */
   sim_fault?: ("error" | "garbage") | null;
   /**
+   * For the sim backend only: answer a tool-loop decision with action 'final'.
+   */
+  sim_final?: boolean;
+  /**
    * For the sim backend: force this latency.
    */
   sim_latency_ms?: number | null;
+  /**
+   * For the sim backend only: answer a tool-loop decision that calls this tool (arguments inline).
+   */
+  sim_tool_call?: SimToolCall | null;
   /**
    * Step on whose behalf, for accounting.
    */
@@ -379,6 +395,29 @@ export interface ChatMessage {
    * Speaker.
    */
   role: "system" | "user" | "assistant";
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v?: 1;
+}
+/**
+ * For the 'sim' backend only: one tool call the simulated model makes.
+ */
+export interface SimToolCall {
+  /**
+   * The call's arguments.
+   */
+  arguments?: {
+    [k: string]: unknown | undefined;
+  };
+  /**
+   * Read the arguments from this key of the payloads object store instead (large spawn requests).
+   */
+  arguments_ref?: string | null;
+  /**
+   * The tool's registry name, e.g. 'spawn'.
+   */
+  tool: string;
   /**
    * Contract version of this message (CONTRACT_VERSION).
    */
@@ -536,10 +575,33 @@ export interface AgentSpec {
    * System instructions given to the agent on every step.
    */
   instructions?: string;
+  memory?: MemoryPolicy;
   /**
    * Short role name, e.g. 'researcher'.
    */
   role: string;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v?: 1;
+}
+/**
+ * What of an agent's earlier turns its next turn sees, within a context budget.
+ */
+export interface MemoryPolicy {
+  /**
+   * Characters of memory a prompt may hold; older turns go first.
+   */
+  max_chars?: number;
+  /**
+   * last_turns: how many of the latest turns are shown.
+   */
+  max_turns?: number;
+  mode?: MemoryMode;
+  /**
+   * Memory the agent starts with: what a spawning parent gives its child (shown on every turn).
+   */
+  seed?: string;
   /**
    * Contract version of this message (CONTRACT_VERSION).
    */
@@ -584,6 +646,10 @@ export interface StepSpec {
     [k: string]: unknown | undefined;
   } | null;
   /**
+   * For the 'sim' backend only: the answer starts with the prompt the model received.
+   */
+  sim_echo?: boolean;
+  /**
    * For the 'sim' inference backend only (load tests): 'fail_once' fails the step's first attempt, 'garbage' makes the model return an unusable output. Ignored by every other backend.
    */
   sim_fault?: ("fail_once" | "garbage") | null;
@@ -591,6 +657,12 @@ export interface StepSpec {
    * For the 'sim' inference backend only: the simulated engine latency of this step.
    */
   sim_latency_ms?: number | null;
+  /**
+   * For the 'sim' backend only: the simulated model makes these tool calls in order, then answers. Ignored by every other backend.
+   *
+   * @maxItems 20
+   */
+  sim_tool_calls?: SimToolCall[];
   /**
    * Seconds one attempt may run.
    */
@@ -949,6 +1021,14 @@ export interface StepDispatch {
     [k: string]: string | undefined;
   };
   /**
+   * The agent's committed earlier turns this turn may see, oldest first (by the agent's memory policy); entries in MEMORY_BUCKET that are not named here (a killed attempt's) are never read.
+   */
+  memory?: MemoryRef[];
+  /**
+   * Committed earlier turns the policy left out.
+   */
+  memory_omitted?: number;
+  /**
    * Dependencies that failed (quorum policy): their outputs are missing.
    *
    * Items: An identifier: letters, digits, '_' or '-'.
@@ -962,6 +1042,10 @@ export interface StepDispatch {
    * The run.
    */
   run_id: string;
+  /**
+   * What this step may still add to its run with the spawn tool (when it has it).
+   */
+  spawn_budget?: SpawnBudget | null;
   step: StepSpec;
   /**
    * Tenant of the run.
@@ -971,6 +1055,40 @@ export interface StepDispatch {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v: 1;
+}
+/**
+ * One committed turn of an agent: the attempt of a step that succeeded.
+ */
+export interface MemoryRef {
+  /**
+   * The attempt that succeeded.
+   */
+  attempt: number;
+  /**
+   * The turn's step.
+   */
+  step_id: string;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v?: 1;
+}
+/**
+ * Room left under the run's limits, when the step was dispatched.
+ */
+export interface SpawnBudget {
+  /**
+   * Agents the run may still add.
+   */
+  agents: number;
+  /**
+   * Steps the run may still add.
+   */
+  steps: number;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v?: 1;
 }
 /**
  * One transition of one step, as recorded in ClickHouse's step_events.
