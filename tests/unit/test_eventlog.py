@@ -48,14 +48,17 @@ def step_event(run_id: str, step_id: str, kind: StepEventKind, attempt: int = 1,
 
 def test_migrations_apply_once(ch_settings: ClickHouseSettings) -> None:
     with EventLog(ch_settings) as eventlog:
-        assert eventlog.migrate(MIGRATIONS_DIR) == ["0001_event_log.up.sql", "0002_analytics.up.sql"]
+        assert eventlog.migrate(MIGRATIONS_DIR) == [
+            "0001_event_log.up.sql", "0002_analytics.up.sql", "0003_spawned_by.up.sql"
+        ]
         assert eventlog.migrate(MIGRATIONS_DIR) == []
         tables = {row["name"] for row in eventlog.query("SHOW TABLES")}
         assert {"step_events", "inference_calls", "runs", "plan_steps", "step_attempts", "step_spans"} <= tables
     with EventLog(ch_settings) as reopened:  # a restart applies nothing either
         assert reopened.migrate(MIGRATIONS_DIR) == []
         assert reopened.query("SELECT version, name FROM schema_migrations FINAL ORDER BY version") == [
-            {"version": 1, "name": "event_log"}, {"version": 2, "name": "analytics"}
+            {"version": 1, "name": "event_log"}, {"version": 2, "name": "analytics"},
+            {"version": 3, "name": "spawned_by"},
         ]
 
 
