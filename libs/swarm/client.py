@@ -173,14 +173,25 @@ class SwarmClient:
         A plan over PLAN_INLINE_MAX_BYTES of JSON is stored in the plans object store first and sent as a
         `plan_ref`; a message still too large raises MessageTooLarge (never a publish traceback).
         """
+        store_unreachable: Exception | None = None
         try:
             if task.plan is not None and len(plan_bytes(task.plan)) > PLAN_INLINE_MAX_BYTES:
-                task = task.model_copy(update={"plan": None, "plan_ref": await self.plans.put(task.plan)})
+                try:
+                    task = task.model_copy(update={"plan": None, "plan_ref": await self.plans.put(task.plan)})
+                except (NotFoundError, nats.errors.Error) as exc:
+                    # A tenant account does not reach the services' plans store (yet): the plan goes inline,
+                    # and the planner stores it by reference for the rest of the run.
+                    store_unreachable = exc
             payload = task.model_dump_json().encode()
             if len(payload) > MAX_INLINE_BYTES:
+                why = (
+                    f"the plans store is out of this identity's reach ({type(store_unreachable).__name__}), "
+                    "so the plan must fit one message"
+                    if store_unreachable
+                    else "its plan travels by reference already: shorten the goal or the labels"
+                )
                 raise MessageTooLarge(
-                    f"the task is {len(payload):,} bytes, over the {MAX_INLINE_BYTES:,} a message may carry "
-                    "(its plan travels by reference already: shorten the goal or the labels)"
+                    f"the task is {len(payload):,} bytes, over the {MAX_INLINE_BYTES:,} a message may carry ({why})"
                 )
             await self.bus.publish_bytes(Subjects.task(task.tenant), payload, {"Nats-Msg-Id": task.run_id})
         except (nats.errors.NoRespondersError, NoStreamResponseError, NotFoundError) as exc:

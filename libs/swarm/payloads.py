@@ -195,7 +195,10 @@ class PlanStore:
     async def get_bytes(self, ref: PlanRef) -> bytes:
         """The stored JSON of a plan, its size and digest checked (the planner validates it like an inline plan)."""
         name = plan_object_name(ref.sha256)
-        store = await self._objects()
+        try:
+            store = await self._objects()
+        except NotFoundError as exc:  # not in this account (a tenant's): unavailable here, not an outage
+            raise PlanUnavailable(f"the object store {PLANS_STORE.name} is not reachable from here") from exc
         try:
             info = await store.get_info(name)
         except (NotFoundError, BadObjectMetaError) as exc:

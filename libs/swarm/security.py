@@ -203,10 +203,6 @@ class Grants:
         purge one object's chunks is a grant to purge the whole store; objects are written once instead."""
         return self.objects_read(store).pub(f"$O.{store.name}.>")
 
-    def objects_upload(self, store: BucketSpec) -> Grants:
-        """Object put of new objects only (no purge: a client must not be able to empty a shared store)."""
-        return self.objects_read(store).pub(f"$O.{store.name}.>")
-
     def answer_requests(self) -> Grants:
         """Publish replies to the requests it receives (whatever their reply subject)."""
         self.responses = True
@@ -303,8 +299,8 @@ def tenant_permissions(tenant: str) -> Permissions:
             # `$JS.SWARM.API.>`: that import exists for the sourcing consumer alone.
             f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.run_all(tenant, '*')}",
         )
-        # Plans too large for a message (swarm.payloads.PlanStore); readers check each object's digest.
-        .objects_upload(PLANS_STORE)
+        # No plans store: it lives in SWARM, out of a tenant account's reach; a tenant's plan travels inline
+        # (up to one message) and the planner stores it by reference for the run.
         .sub(f"{inbox_prefix(user)}.>")
         # Flow-control requests of its consumer arrive with a reply subject it must answer.
         .answer_requests()

@@ -112,7 +112,7 @@ async def recorded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Re
         plan = analytics_plan()
         started = utc_now()
         planned = RunPlanned(run_id=RUN_ID, tenant="acme", goal="analytics test", plan=plan,
-                             source=PlanSource.EXPLICIT, submitted_at=started, policy=RunPolicy.QUORUM, quorum=0.9)  # fmt: skip
+                             source=PlanSource.EXPLICIT, submitted_at=started, policy=RunPolicy.QUORUM, quorum=0.8)  # fmt: skip
         await bus.publish(Subjects.run_event("acme", RUN_ID, "planned"), planned, msg_id=f"{RUN_ID}.planned")
         final = await SwarmClient(bus).wait(RUN_ID, "acme", timeout_s=90)
         assert isinstance(final, RunCompleted), final

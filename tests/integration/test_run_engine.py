@@ -178,10 +178,16 @@ async def test_two_dispatcher_replicas_share_runs_and_one_leaving_hands_over(
         service(dispatcher_main, settings),
     ):
         async with service(dispatcher_main, settings):
-            await asyncio.sleep(2.5)  # both hold leases on a share of the partitions
             leases = await bus.js.key_value("swarm_dispatcher_leases")
-            owners = {(await leases.get(key)).value for key in await leases.keys() if key.startswith("p")}
-            assert len(owners) == 2
+
+            async def owners() -> set[bytes | None]:
+                return {(await leases.get(key)).value for key in await leases.keys() if key.startswith("p")}
+
+            for _ in range(150):  # the second replica takes its share at its next renewals (seconds, more when busy)
+                if len(await owners()) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(await owners()) == 2  # both hold leases on a share of the partitions
             for run_id, plan in plans.items():
                 await start_run(bus, run_id, plan)
             await asyncio.sleep(0.5)

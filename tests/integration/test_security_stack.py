@@ -20,7 +20,8 @@ import pytest
 
 from loadtest.scenarios import chain_plan
 from loadtest.secured_stack import SecuredStack, secured_stack
-from swarm.client import SwarmClient
+from swarm.bus import MAX_INLINE_BYTES
+from swarm.client import MessageTooLarge, SwarmClient
 from swarm.contracts import PLAN_INLINE_MAX_BYTES, AgentSpec, Plan, RunCompleted, StepSpec
 from swarm.security import ADMIN_USER, tenant_user
 from swarm.settings import NatsSettings
@@ -79,17 +80,23 @@ def test_the_full_load_test_passes_with_security_on(stack: SecuredStack, tmp_pat
     assert not stack.violations()
 
 
-async def test_a_tenant_submits_a_plan_by_reference_and_every_service_reads_it(stack: SecuredStack) -> None:
-    """Over the inline budget: the tenant stores the plan, planner/dispatcher/recorder read it, nothing refused."""
+async def test_a_tenants_large_plan_goes_inline_then_by_reference_and_an_oversized_one_is_refused(
+    stack: SecuredStack,
+) -> None:
+    """A tenant account does not reach the services' plans store: a plan over the inline budget but within one
+    message goes inline and the planner stores it by reference for the run; a larger one is a clear error."""
     assert stack.server is not None
     user = tenant_user(TENANT)
     settings = NatsSettings(url=stack.server.url, user=user, password=stack.passwords[user])
-    plan = chain_plan(40, latency_scale=0.0, instruction_chars=8000)
-    assert len(plan.plan.model_dump_json()) > PLAN_INLINE_MAX_BYTES
+    plan = chain_plan(30, latency_scale=0.0, instruction_chars=8000).plan
+    assert PLAN_INLINE_MAX_BYTES < len(plan.model_dump_json()) < MAX_INLINE_BYTES
+    huge = chain_plan(200, latency_scale=0.0, instruction_chars=8000).plan
     async with await SwarmClient.connect(settings) as client:
-        run_id = await client.submit(plan=plan.plan, tenant=TENANT, run_id="secured-by-ref")
+        run_id = await client.submit(plan=plan, tenant=TENANT, run_id="secured-big-inline")
         events = [event async for event in client.events(run_id, TENANT)]
-    assert events[0].kind == "planned" and events[0].plan_ref is not None  # type: ignore[union-attr]
-    assert events[0].plan == plan.plan  # type: ignore[union-attr]  # the SDK resolved it for the follower
-    assert isinstance(events[-1], RunCompleted) and events[-1].summary.steps_succeeded == 40
+        with pytest.raises(MessageTooLarge, match="out of this identity's reach"):
+            await client.submit(plan=huge, tenant=TENANT, run_id="secured-too-big")
+    planned = events[0]
+    assert planned.kind == "planned" and planned.plan_ref is not None  # type: ignore[union-attr]  # stored by the planner
+    assert isinstance(events[-1], RunCompleted) and events[-1].summary.steps_succeeded == 30
     assert not stack.violations()
