@@ -106,6 +106,9 @@ class SwarmClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.plans = PlanStore(bus.js)
+        # Why the plans store cannot be reached from this identity (a tenant account), once found out: then
+        # plans go inline and followers get references unresolved, without waiting on it again.
+        self.plans_unreachable: Exception | None = None
 
     @classmethod
     async def connect(
@@ -173,15 +176,15 @@ class SwarmClient:
         A plan over PLAN_INLINE_MAX_BYTES of JSON is stored in the plans object store first and sent as a
         `plan_ref`; a message still too large raises MessageTooLarge (never a publish traceback).
         """
-        store_unreachable: Exception | None = None
         try:
-            if task.plan is not None and len(plan_bytes(task.plan)) > PLAN_INLINE_MAX_BYTES:
+            if task.plan is not None and len(plan_bytes(task.plan)) > PLAN_INLINE_MAX_BYTES and not self.plans_unreachable:
                 try:
                     task = task.model_copy(update={"plan": None, "plan_ref": await self.plans.put(task.plan)})
                 except (NotFoundError, nats.errors.Error) as exc:
                     # A tenant account does not reach the services' plans store (yet): the plan goes inline,
                     # and the planner stores it by reference for the rest of the run.
-                    store_unreachable = exc
+                    self.plans_unreachable = exc
+            store_unreachable = self.plans_unreachable if task.plan is not None else None
             payload = task.model_dump_json().encode()
             if len(payload) > MAX_INLINE_BYTES:
                 why = (
@@ -202,11 +205,14 @@ class SwarmClient:
 
     async def resolved(self, event: RunEvent) -> RunEvent:
         """A run event with a plan by reference made inline (other events as they are)."""
-        if isinstance(event, RunPlanned) and event.plan is None:
+        if isinstance(event, RunPlanned) and event.plan is None and not self.plans_unreachable:
             try:
                 return await self.plans.resolved(event)
             except PlanUnavailable as exc:
                 log.warning("run %s: the plan could not be read: %s", event.run_id, exc)
+            except nats.errors.Error as exc:  # denied to this identity (a tenant account): no use asking again
+                self.plans_unreachable = exc
+                log.warning("run %s: the plans store is out of reach, the plan stays a reference: %s", event.run_id, exc)
         return event
 
     async def events(self, run_id: str, tenant: str = DEFAULT_TENANT) -> AsyncIterator[RunEvent]:

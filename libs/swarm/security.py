@@ -300,7 +300,9 @@ def tenant_permissions(tenant: str) -> Permissions:
             f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.run_all(tenant, '*')}",
         )
         # No plans store: it lives in SWARM, out of a tenant account's reach; a tenant's plan travels inline
-        # (up to one message) and the planner stores it by reference for the run.
+        # (up to one message) and the planner stores it by reference for the run. The SDK's one look for the
+        # store is answered "not found" by the tenant's own account (where no such stream can exist).
+        .pub(f"{JS_API}.STREAM.INFO.{_bucket_stream(PLANS_STORE)}")
         .sub(f"{inbox_prefix(user)}.>")
         # Flow-control requests of its consumer arrive with a reply subject it must answer.
         .answer_requests()
