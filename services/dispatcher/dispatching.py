@@ -123,6 +123,7 @@ class Dispatcher:
         self.finished: dict[str, None] = {}  # runs known to be over (insertion-ordered, bounded: see _finished)
         self.leases: PartitionLeases | None = None
         self._loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._to_adopt: set[int] = set()  # owned partitions whose running runs are not loaded yet
         self._last_progress: dict[str, float] = {}
         self._finished_unreported: dict[str, set[str]] = {}  # run -> steps finished since its last progress event
         self._queued_at: dict[tuple[str, str, int], float] = {}
@@ -251,13 +252,20 @@ class Dispatcher:
                 await self._hand_over(leaving)
             for partition in changes.surplus:
                 await self.leases.release(partition)
-        if changes.gained:
-            await self._adopt(changes.gained)
-        for partition in changes.gained:
+        # Every owned partition gets its results loop first, whatever happens next: a renewal that died
+        # half-way (NATS away) must not leave an owned partition unread, which no later renewal would notice.
+        for partition in sorted(set(self.leases.owned) - set(self._loops)):
             partition_stop = asyncio.Event()
             loop = functools.partial(self._results_loop, partition, partition_stop)
             task = asyncio.create_task(self.bus.loops.run(f"results-{partition}", loop, partition_stop))
             self._loops[partition] = (task, partition_stop)
+        self._to_adopt = (self._to_adopt | changes.gained) & set(self.leases.owned)
+        if self._to_adopt:
+            try:
+                await self._adopt(self._to_adopt)
+                self._to_adopt = set()
+            except (nats.errors.Error, TimeoutError) as exc:  # tried again at the next renewal
+                log.warning("adopting the runs of partitions %s failed: %s", sorted(self._to_adopt), exc)
 
     async def _hand_over(self, partitions: set[int]) -> None:
         """Checkpoint the partitions' runs (acking the results they cover) and drop them from memory.

@@ -433,7 +433,9 @@ class StepExecutor:
                 raise StepFailed(f"inference failed: {response.error}", retryable=True)
             prompt_tokens += response.prompt_tokens
             completion_tokens += response.completion_tokens
-            problem = unusable_text(response.content) or degeneracy(response.content) or ""
+            # A sim echo is a copy of the prompt by design (tests read it back): not a degenerate answer.
+            looping = None if dispatch.step.sim_echo else degeneracy(response.content)
+            problem = unusable_text(response.content) or looping or ""
             # A rejected sample says why in its event, with what the next one is drawn with.
             rejected = {"outcome": "rejected", "temperature": f"{request.temperature:g}", "seed": str(request.seed)}
             await self._event(
