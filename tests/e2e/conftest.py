@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
+
+from swarm.settings import StackSettings
+from swarm.stack import Stack
 
 LOG_TAIL_LINES = 40
 
@@ -19,3 +23,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for log in sorted(stack.logs.glob("*.log")):
         lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         report.sections.append((f"service log {log.name} (last {len(lines)} lines)", "\n".join(lines)))
+
+
+@pytest.fixture(scope="session")
+def start_stack() -> Callable[[dict[str, str], StackSettings], AbstractContextManager[Stack]]:
+    """A stack started with `env` set for its services (restored afterwards), stopped at the end."""
+
+    @contextmanager
+    def started(env: dict[str, str], settings: StackSettings) -> Iterator[Stack]:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            running = Stack(settings)
+            running.up(timeout_s=180)
+            try:
+                yield running
+            finally:
+                running.down()
+
+    return started

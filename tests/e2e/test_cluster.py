@@ -6,9 +6,9 @@ The heaviest tests of the suite: one 300-agent, 4,000-step run, then one smaller
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -39,23 +39,14 @@ CLUSTER_ENV = {  # as `swarm loadtest` runs the embedded stack: room for a 300-w
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    saved = {k: os.environ.get(k) for k in CLUSTER_ENV}
-    os.environ.update(CLUSTER_ENV)
+def stack(tmp_path_factory: pytest.TempPathFactory, start_stack: Any) -> Iterator[Stack]:
     settings = StackSettings(
         home=tmp_path_factory.mktemp("swarm-cluster"), nats_port=free_port_block(3),
         nats_monitor_port=free_port_block(3), nats_cluster_port=free_port_block(3), nats_cluster=3,
         gateway_backend="sim", workers=2,
     )  # fmt: skip
-    running = Stack(settings)
-    running.up(timeout_s=180)
-    yield running
-    running.down()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with start_stack(CLUSTER_ENV, settings) as running:
+        yield running
 
 
 def monitor_ports(stack: Stack) -> dict[str, int]:

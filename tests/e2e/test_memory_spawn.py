@@ -7,8 +7,8 @@ what the gateway received; it makes scripted tool calls (`sim_tool_calls`), so a
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -47,22 +47,13 @@ REMEMBERS = MemoryPolicy(mode=MemoryMode.LAST_TURNS, max_turns=4, max_chars=6000
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
+def stack(tmp_path_factory: pytest.TempPathFactory, start_stack: Any) -> Iterator[Stack]:
     settings = StackSettings(
         home=tmp_path_factory.mktemp("swarm-memory"), nats_port=free_port(), nats_monitor_port=free_port(),
         gateway_backend="sim", workers=1, dispatchers=1,
     )  # fmt: skip
-    running = Stack(settings)
-    running.up(timeout_s=180)
-    yield running
-    running.down()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with start_stack(ENV, settings) as running:
+        yield running
 
 
 def step(step_id: str, agent_id: str, instruction: str, *deps: str, **fields: object) -> StepSpec:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import nats
 import pytest
@@ -47,22 +47,13 @@ CRASH_ENV = {
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    saved = {k: os.environ.get(k) for k in CRASH_ENV}
-    os.environ.update(CRASH_ENV)
+def stack(tmp_path_factory: pytest.TempPathFactory, start_stack: Any) -> Iterator[Stack]:
     settings = StackSettings(
         home=tmp_path_factory.mktemp("swarm-crash"), nats_port=free_port(), nats_monitor_port=free_port(),
         gateway_backend="sim", workers=2, dispatchers=2,
     )  # fmt: skip
-    running = Stack(settings)
-    running.up(timeout_s=180)
-    yield running
-    running.down()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with start_stack(CRASH_ENV, settings) as running:
+        yield running
 
 
 def wide_plan(n_steps: int, latency_ms: float) -> Plan:
