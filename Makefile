@@ -67,14 +67,14 @@ test: install ## run every test
 	$(VENV)/bin/pytest
 
 proto: install ## regenerate proto/ from libs/swarm/contracts.py, and the TS client's types from proto/
-	$(PY) -m swarm.protogen
+	$(PY) -m swarm.ops.protogen
 	cd $(TS_CLIENT) && npm run --silent generate
 
 lint: install ## ruff, mypy on the strict modules, proto/ and compose/nats/ drift
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(STRICT_FILES)
-	$(PY) -m swarm.protogen --check
-	$(PY) -m swarm.natsserver --check
+	$(PY) -m swarm.ops.protogen --check
+	$(PY) -m swarm.ops.natsserver --check
 	cd $(TS_CLIENT) && npm run --silent generate:check
 
 # Each run starts its own embedded stack (sim backend) unless one runs; figures are medians of BENCH_RUNS.

@@ -67,7 +67,7 @@ async def _wait_for_gateway(nc: NatsClient, timeout_s: float = GATEWAY_READY_TIM
 @contextlib.asynccontextmanager
 async def _own_stack(gateway: str, sim: dict[str, Any]) -> AsyncIterator[str]:
     """A nats-server and a sim gateway (a process, or in this process), torn down afterwards."""
-    from swarm.natsserver import NatsServer
+    from swarm.ops.natsserver import NatsServer
 
     with tempfile.TemporaryDirectory(prefix="gateway-sim-") as tmp:
         server = NatsServer(store_dir=Path(tmp) / "nats", log_file=Path(tmp) / "nats.log").start()

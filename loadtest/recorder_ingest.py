@@ -31,8 +31,8 @@ import nats.errors
 from loadtest.scenarios import scenario
 from swarm.bus import Bus
 from swarm.contracts import EVENTS, RUNS, InferenceEvent, StepEvent, StepEventKind, Subjects, step_event_id
-from swarm.eventlog import RecorderNotRunning, query_via_recorder
-from swarm.natsserver import NatsServer
+from swarm.ops.natsserver import NatsServer
+from swarm.ops.queries import RecorderNotRunning, query_via_recorder
 from swarm.settings import NatsSettings
 
 SCENARIO = "recorder-ingest"

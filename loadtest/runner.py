@@ -73,9 +73,9 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
 )
-from swarm.natsserver import free_port_block
+from swarm.ops.natsserver import free_port_block
+from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import Stack
 
 DEFAULT_HOME = Path(".swarm/loadtest")
 FLOOR_STEPS = 4000

@@ -1,7 +1,7 @@
 """The embedded stack with security on: generated accounts and users, each service under its own user.
 
 The same processes as `swarm up` (nats-server from the venv, every service, the sim gateway), but nats-server
-runs the config of `swarm.security` (one account per tenant, least-privilege service users) and each tenant
+runs the config of `swarm.ops.security` (one account per tenant, least-privilege service users) and each tenant
 account's RUNS stream is provisioned; commands run inside as `admin`. `--no-auth` starts the same layout
 without it, for side-by-side figures:
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import nats
 
-from swarm.natsserver import NatsServer
-from swarm.security import (
+from swarm.ops.natsserver import NatsServer
+from swarm.ops.security import (
     ADMIN_USER,
     SYSTEM_USER,
     inbox_prefix,
@@ -36,7 +36,7 @@ from swarm.security import (
     render_nats_auth,
     user_permissions,
 )
-from swarm.stack import DISPATCHER, SERVICE_ORDER, WORKER
+from swarm.ops.stack import DISPATCHER, SERVICE_ORDER, WORKER
 
 TENANTS = ("default", "acme", "globex")
 

@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 from swarm.bus import Bus
-from swarm.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
+from swarm.ops.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
 from swarm.settings import NatsSettings
 
 

@@ -283,7 +283,7 @@ def identity_options(settings: NatsSettings) -> dict[str, Any]:
     """nats.connect options for who we are: user and password or credentials, TLS, our inbox prefix.
 
     A named user replies on its own inbox prefix (`_INBOX_<user>`) unless one is set: the only inbox its
-    permissions let it subscribe to (`swarm.security`), so no user reads another's replies.
+    permissions let it subscribe to (`swarm.ops.security`), so no user reads another's replies.
     """
     options: dict[str, Any] = tls_options(settings)
     if settings.user:

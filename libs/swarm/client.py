@@ -219,7 +219,7 @@ class SwarmClient:
         """Every lifecycle event of the run from its start, until a terminal one.
 
         Read through a named push consumer filtered to the run: the one kind a tenant's NATS user may
-        create (`swarm.security`), unlike nats-py's ordered consumer. Like that one it is re-created
+        create (`swarm.ops.security`), unlike nats-py's ordered consumer. Like that one it is re-created
         after the last event seen when its heartbeats stop (a NATS restart drops it).
         """
         last_seq = 0

@@ -273,7 +273,7 @@ class Subjects:
 
     @staticmethod
     def tenant_delivery(tenant: str) -> str:
-        """Prefix of the deliveries of one tenant's run events into its NATS account (`swarm.security`)."""
+        """Prefix of the deliveries of one tenant's run events into its NATS account (`swarm.ops.security`)."""
         return f"swarm.deliver.{tenant}"
 
     @staticmethod

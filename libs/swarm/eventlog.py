@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import re
@@ -23,13 +22,10 @@ from typing import Any
 from uuid import UUID
 
 import clickhouse_connect
-import nats.errors
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ProgrammingError
-from nats.aio.client import Client as NatsClient
 
-from swarm.contracts import InferenceEvent, StepEvent, Subjects
-from swarm.inference import NO_RESPONDERS_STATUS
+from swarm.contracts import InferenceEvent, StepEvent
 from swarm.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +54,6 @@ RUN_COLUMNS = (
 )  # fmt: skip
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.up\.sql$")
-RECORDER_NOT_RUNNING = "the recorder is not running: start the stack with `swarm up`"
 
 
 class EventLogError(RuntimeError):
@@ -67,14 +62,6 @@ class EventLogError(RuntimeError):
 
 class EventLogLocked(EventLogError):
     """Another process holds the chdb data directory."""
-
-
-class RecorderNotRunning(EventLogError):
-    """Nobody answers on the recorder's query subject."""
-
-
-class RecorderQueryError(EventLogError):
-    """The recorder answered with an error (bad SQL, not read-only, result too large, timeout)."""
 
 
 # --------------------------------------------------------------------------- connection
@@ -420,42 +407,3 @@ class EventLog:
             sql, parameters=dict(parameters) if parameters else None, settings=dict(settings) if settings else None
         )
         return list(result.named_results())
-
-
-# --------------------------------------------------------------------------- reading through the recorder
-
-
-async def query_via_recorder(
-    nc: NatsClient, sql: str, parameters: Mapping[str, Any] | None = None, timeout_s: float = 10.0
-) -> list[dict[str, Any]]:
-    """Run a read-only query on the recorder's engine (the CLI's way to read the local chdb directory).
-
-    The rows come back in as many messages as they need (see services/recorder/querying.py);
-    `timeout_s` bounds the wait for each of them.
-    """
-    body = json.dumps({"sql": sql, "parameters": dict(parameters or {}), "parts": True}).encode()
-    # Our own inbox, not nc.request: that takes the first reply only.
-    inbox = nc.new_inbox()
-    subscription = await nc.subscribe(inbox)
-    rows: list[dict[str, Any]] = []
-    try:
-        await nc.publish(Subjects.RECORDER_QUERY, body, reply=inbox)
-        for expected in itertools.count():
-            try:
-                reply = await subscription.next_msg(timeout=timeout_s)
-            except nats.errors.TimeoutError as exc:
-                waited = f"part {expected} of the answer" if expected else "an answer"
-                raise RecorderQueryError(f"the recorder did not send {waited} within {timeout_s:g}s") from exc
-            if not reply.data and reply.headers and reply.headers.get("Status") == NO_RESPONDERS_STATUS:
-                raise RecorderNotRunning(RECORDER_NOT_RUNNING)
-            answer = json.loads(reply.data)
-            if "error" in answer:
-                raise RecorderQueryError(answer["error"])
-            if answer.get("part", 0) != expected:
-                raise RecorderQueryError(f"part {answer.get('part')} of the answer arrived, {expected} expected")
-            rows.extend(answer["rows"])
-            if not answer.get("more"):
-                break
-    finally:
-        await subscription.unsubscribe()
-    return rows

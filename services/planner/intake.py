@@ -31,7 +31,7 @@ from swarm.contracts import (
 )
 from swarm.dag import PlanError
 from swarm.payloads import PlanStore, PlanUnavailable
-from swarm.protogen import schema_file
+from swarm.schemas import schema_file
 
 MAX_ERROR_CHARS = 4000
 REASON_CHARS = 300

@@ -7,8 +7,8 @@ from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 
+from swarm.ops.stack import Stack
 from swarm.settings import StackSettings
-from swarm.stack import Stack
 
 LOG_TAIL_LINES = 40
 

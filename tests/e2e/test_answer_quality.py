@@ -20,10 +20,10 @@ pytest.importorskip("llama_cpp")
 
 from swarm.client import SwarmClient
 from swarm.contracts import RunCompleted, RunPlanned
-from swarm.natsserver import free_port
+from swarm.ops.natsserver import free_port
+from swarm.ops.stack import Stack
 from swarm.repetition import ngram_counts, words
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.llm, pytest.mark.slow]
 

@@ -22,10 +22,10 @@ from nats.js.api import DeliverPolicy
 from loadtest.scenarios import build_swarm
 from swarm.client import SwarmClient
 from swarm.contracts import PLAN_INLINE_MAX_BYTES, PLANS_STORE, RunPlanned, RunRecord, RunStatus, Subjects
-from swarm.eventlog import query_via_recorder
-from swarm.natsserver import free_port
+from swarm.ops.natsserver import free_port
+from swarm.ops.queries import query_via_recorder
+from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,7 +79,7 @@ def test_cli_submits_and_completes_the_headline_plan(stack: Stack, plan_json: by
     plan_file = tmp_path / "plan.json"
     plan_file.write_bytes(plan_json)
     done = subprocess.run(
-        [sys.executable, "-m", "swarm.cli", "submit", "--plan", str(plan_file), "--follow", "--nats-url", stack.nats_url],
+        [sys.executable, "-m", "swarm.ops.cli", "submit", "--plan", str(plan_file), "--follow", "--nats-url", stack.nats_url],
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env={**os.environ, "COLUMNS": "160"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

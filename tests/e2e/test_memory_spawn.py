@@ -29,11 +29,11 @@ from swarm.contracts import (
     StepEventKind,
     StepSpec,
 )
-from swarm.eventlog import query_via_recorder
-from swarm.natsserver import free_port
+from swarm.ops.natsserver import free_port
+from swarm.ops.queries import query_via_recorder
+from swarm.ops.stack import Stack
 from swarm.payloads import Payloads
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

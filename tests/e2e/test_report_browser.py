@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from swarm.analytics import read_outputs
 from swarm.client import SwarmClient
 from swarm.contracts import RunCompleted
-from swarm.natsserver import free_port
+from swarm.ops.analytics import read_outputs
+from swarm.ops.natsserver import free_port
+from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -56,7 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "swarm.ops.cli", *args], capture_output=True, text=True, timeout=180,
         env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
 

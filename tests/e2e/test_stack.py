@@ -13,10 +13,10 @@ import pytest
 
 from swarm.client import SwarmClient
 from swarm.contracts import AgentSpec, Plan, RunCompleted, RunRejected, StepSpec, Subjects
-from swarm.eventlog import query_via_recorder
-from swarm.natsserver import free_port
+from swarm.ops.natsserver import free_port
+from swarm.ops.queries import query_via_recorder
+from swarm.ops.stack import Stack, StackAlreadyRunning
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import Stack, StackAlreadyRunning
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ async def test_malformed_task_from_a_plain_client_is_rejected(stack: Stack) -> N
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "swarm.ops.cli", *args], capture_output=True, text=True, timeout=120,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
 

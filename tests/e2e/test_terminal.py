@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from swarm.natsserver import free_port
+from swarm.ops.natsserver import free_port
+from swarm.ops.stack import Stack
 from swarm.settings import StackSettings
-from swarm.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def cli_env(stack: Stack) -> dict[str, str]:
 
 def swarm(stack: Stack, *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "swarm.cli", *args], env=cli_env(stack), capture_output=True, text=True,
+        [sys.executable, "-m", "swarm.ops.cli", *args], env=cli_env(stack), capture_output=True, text=True,
         timeout=timeout_s, cwd=stack.home,
     )  # fmt: skip
 
@@ -93,13 +93,13 @@ def wait_for(predicate: object, timeout_s: float, what: str) -> None:
 def test_top_in_a_terminal_beside_a_300_agent_loadtest(stack: Stack, tmp_path: Path) -> None:
     load_log = (tmp_path / "loadtest.log").open("w")
     loadtest = subprocess.Popen(
-        [sys.executable, "-m", "swarm.cli", "loadtest", "--scenario", "fanout-300", "--latency-scale", "4",
+        [sys.executable, "-m", "swarm.ops.cli", "loadtest", "--scenario", "fanout-300", "--latency-scale", "4",
          "--no-floor", "--nats-url", stack.nats_url, "--timeout-s", "300"],
         env=cli_env(stack), stdout=load_log, stderr=subprocess.STDOUT, cwd=tmp_path,
     )  # fmt: skip
     tmux = Tmux(f"swarm-top-{os.getpid()}")
     exit_file = tmp_path / "top.exit"
-    command = f"{shlex.quote(sys.executable)} -m swarm.cli top --nats-url {stack.nats_url}; echo $? > {exit_file}"
+    command = f"{shlex.quote(sys.executable)} -m swarm.ops.cli top --nats-url {stack.nats_url}; echo $? > {exit_file}"
     try:
         tmux.start(command, cli_env(stack))
         run_line = re.compile(r"(lt-fanout-300-\d{8}-\d{6}-[0-9a-f]{6})\s+running\s.*?(\d+)/301")
@@ -212,7 +212,7 @@ def _alive(pid: int) -> bool:
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "SWARM_HOME": str(tmp_path), "SWARM_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
     for args in (["status"], ["runs"], ["cancel", "r1"], ["stats"], ["report", "r1"], ["restart", "worker"], ["top"]):
-        result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], env=env, capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "-m", "swarm.ops.cli", *args], env=env, capture_output=True, text=True,
                                 timeout=60, cwd=tmp_path)  # fmt: skip
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert "swarm up" in result.stderr, (args, result.stderr)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from swarm.natsserver import free_port
+from swarm.ops.natsserver import free_port
+from swarm.ops.stack import Stack
 from swarm.settings import StackSettings
-from swarm.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

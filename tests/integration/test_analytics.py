@@ -30,7 +30,6 @@ from services.recorder.recorder import run_recorder
 from services.recorder.settings import RecorderSettings
 from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings
-from swarm.analytics import analyze_run, cross_run_stats, expand_grafana_macros, recorder_query
 from swarm.bus import Bus
 from swarm.client import SwarmClient
 from swarm.contracts import (
@@ -44,9 +43,10 @@ from swarm.contracts import (
     Subjects,
     utc_now,
 )
-from swarm.eventlog import query_via_recorder
-from swarm.natsserver import NatsServer
-from swarm.report import render_html
+from swarm.ops.analytics import analyze_run, cross_run_stats, expand_grafana_macros, recorder_query
+from swarm.ops.natsserver import NatsServer
+from swarm.ops.queries import query_via_recorder
+from swarm.ops.report import render_html
 from swarm.settings import ClickHouseSettings, NatsSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]

@@ -9,7 +9,7 @@ import pytest
 
 from swarm.bus import Bus, ConsumerSpec, PublishNotAcknowledged
 from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, RESULTS, StepEvent, Subjects
-from swarm.natsserver import NatsServer, node_status
+from swarm.ops.natsserver import NatsServer, node_status
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration

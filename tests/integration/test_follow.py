@@ -80,7 +80,7 @@ async def test_sdk_follower_skips_and_logs_what_is_not_a_run_event(
 async def test_cli_follow_survives_poison_on_the_run_subject(bus: Bus, nats_settings: NatsSettings) -> None:
     """`swarm submit --follow` as a user runs it; nothing plans the task, so the test plays the services."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarm.cli", "submit", "a goal", "--follow", "--nats-url", nats_settings.url,
+        sys.executable, "-m", "swarm.ops.cli", "submit", "a goal", "--follow", "--nats-url", nats_settings.url,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "100"},
     )  # fmt: skip
     assert proc.stdout is not None

@@ -26,7 +26,7 @@ REQUIRED_KEYS = {
 def test_loadtest_runs_a_small_fanout_and_exits_1_on_an_impossible_target(tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
     done = subprocess.run(
-        [sys.executable, "-m", "swarm.cli", "loadtest", "--scenario", "fanout-300", "--scale-steps", "0.1",
+        [sys.executable, "-m", "swarm.ops.cli", "loadtest", "--scenario", "fanout-300", "--scale-steps", "0.1",
          "--latency-scale", "0", "--home", str(tmp_path / "home"), "--json", str(report_file), "--timeout-s", "60",
          "--target-floor-ratio", "1000"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},

@@ -32,7 +32,7 @@ from swarm.contracts import (
     TaskSubmission,
     plan_object_name,
 )
-from swarm.natsserver import NatsServer
+from swarm.ops.natsserver import NatsServer
 from swarm.payloads import PlanStore, PlanUnavailable, plan_bytes, plan_ref_of
 from swarm.settings import NatsSettings
 from tests.integration.test_planner_service import run_event
@@ -172,7 +172,7 @@ async def test_plan_and_plan_ref_together_are_rejected(bus: Bus, planner: Planne
 def test_cli_submit_sends_priority_and_a_large_plan_by_reference(bus: Bus, tmp_path: Path) -> None:
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(build_chain(0, 0.0, 1.0, 2000).plan.model_dump_json())  # ~0.9 MB: over the inline budget
-    cli = [sys.executable, "-m", "swarm.cli", "submit", "--plan", str(plan_file), "--nats-url", bus.settings.url]
+    cli = [sys.executable, "-m", "swarm.ops.cli", "submit", "--plan", str(plan_file), "--nats-url", bus.settings.url]
     done = subprocess.run([*cli, "--priority", "7"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     task = TaskSubmission.model_validate_json(asyncio.run(last_task(bus.settings.url)))

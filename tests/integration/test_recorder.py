@@ -36,7 +36,8 @@ from swarm.contracts import (
     Subjects,
     step_event_id,
 )
-from swarm.eventlog import EventLog, RecorderNotRunning, RecorderQueryError, query_via_recorder
+from swarm.eventlog import EventLog
+from swarm.ops.queries import RecorderNotRunning, RecorderQueryError, query_via_recorder
 from swarm.settings import ClickHouseSettings, NatsSettings
 
 pytestmark = pytest.mark.integration

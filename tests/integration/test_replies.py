@@ -11,7 +11,7 @@ from nats.js.errors import NoStreamResponseError
 from swarm.bus import Bus, PublishNotAcknowledged
 from swarm.contracts import RUNS, InferenceRequest, InferenceResponse, RunCancelRequested, Subjects
 from swarm.inference import InferenceClient, chat
-from swarm.natsserver import NatsServer
+from swarm.ops.natsserver import NatsServer
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration

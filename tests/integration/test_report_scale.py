@@ -3,7 +3,7 @@
 The run's events are written into the real ClickHouse engine (chdb) as the recorder would have recorded
 them; its outputs are in the real outputs bucket (one of them by reference, in the object store) and its
 answer is a RunCompleted on RUNS. A real recorder answers the queries over a real nats-server, and the
-real CLI (`python -m swarm.cli report`) writes the terminal and HTML reports.
+real CLI (`python -m swarm.ops.cli report`) writes the terminal and HTML reports.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import pytest_asyncio
 
 from services.recorder.recorder import run_recorder
 from services.recorder.settings import MIGRATIONS_DIR, RecorderSettings
-from swarm.analytics import analyze_run, recorder_query
 from swarm.bus import Bus
 from swarm.contracts import (
     InferenceEvent,
@@ -33,10 +32,12 @@ from swarm.contracts import (
     Subjects,
     step_event_id,
 )
-from swarm.eventlog import EventLog, query_via_recorder
-from swarm.natsserver import NatsServer
+from swarm.eventlog import EventLog
+from swarm.ops.analytics import analyze_run, recorder_query
+from swarm.ops.natsserver import NatsServer
+from swarm.ops.queries import query_via_recorder
+from swarm.ops.report import render_html
 from swarm.payloads import Payloads
-from swarm.report import render_html
 from swarm.settings import ClickHouseSettings, NatsSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -188,7 +189,7 @@ async def test_swarm_report_and_html_of_4000_steps(big_run: BigRun, tmp_path: Pa
     out = tmp_path / "report.html"
     # A subprocess the event loop waits for: the recorder answering it runs on this loop.
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarm.cli", "report", RUN_ID, "--html", str(out), "--nats-url", big_run.url,
+        sys.executable, "-m", "swarm.ops.cli", "report", RUN_ID, "--html", str(out), "--nats-url", big_run.url,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "160"},
     )  # fmt: skip
     stdout = (await asyncio.wait_for(process.communicate(), 300))[0].decode()

@@ -32,9 +32,8 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
 )
-from swarm.natsserver import NatsServer
-from swarm.payloads import Payloads
-from swarm.security import (
+from swarm.ops.natsserver import NatsServer
+from swarm.ops.security import (
     ADMIN_USER,
     SYSTEM_USER,
     TenantLimits,
@@ -45,6 +44,7 @@ from swarm.security import (
     tenant_user,
     user_permissions,
 )
+from swarm.payloads import Payloads
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration

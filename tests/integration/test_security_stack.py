@@ -23,7 +23,7 @@ from loadtest.secured_stack import SecuredStack, secured_stack
 from swarm.bus import MAX_INLINE_BYTES
 from swarm.client import MessageTooLarge, SwarmClient
 from swarm.contracts import PLAN_INLINE_MAX_BYTES, AgentSpec, Plan, RunCompleted, StepSpec
-from swarm.security import ADMIN_USER, tenant_user
+from swarm.ops.security import ADMIN_USER, tenant_user
 from swarm.settings import NatsSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -70,7 +70,7 @@ def test_the_full_load_test_passes_with_security_on(stack: SecuredStack, tmp_pat
     assert stack.server is not None
     report_file = tmp_path / "report.json"
     done = subprocess.run(
-        [sys.executable, "-m", "swarm.cli", "loadtest", "--scenario", "swarm-300x4000", "--latency-scale", "0",
+        [sys.executable, "-m", "swarm.ops.cli", "loadtest", "--scenario", "swarm-300x4000", "--latency-scale", "0",
          "--nats-url", stack.server.url, "--no-floor", "--json", str(report_file), "--timeout-s", "300"],
         env={**os.environ, **stack.env_of(ADMIN_USER)}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

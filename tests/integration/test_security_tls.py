@@ -22,8 +22,8 @@ import pytest
 from swarm.bus import Bus, tls_options
 from swarm.client import SwarmClient
 from swarm.contracts import AgentSpec, Plan, StepSpec
-from swarm.natsserver import NatsServer
-from swarm.security import (
+from swarm.ops.natsserver import NatsServer
+from swarm.ops.security import (
     SYSTEM_USER,
     provision_tenant,
     provision_user,

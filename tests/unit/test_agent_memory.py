@@ -248,7 +248,7 @@ def test_the_spawn_scenario_grows_into_exactly_its_static_dag() -> None:
 
 
 def test_the_report_draws_the_dag_growing_from_spawned_events() -> None:
-    from swarm.analytics import StepSpan, growth
+    from swarm.ops.analytics import StepSpan, growth
 
     spans = [StepSpan(step_id=f"s{i}", agent_id="a", outcome="succeeded", attempts_count=1, queued_at=None,
                       started_at=100.0 + i, finished_at=101.0 + i, run_ms=1, queued_ms=0, prompt_tokens=0,

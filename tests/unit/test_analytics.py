@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from swarm.analytics import (
+from swarm.ops.analytics import (
     StepSpan,
     concurrency,
     critical_path,

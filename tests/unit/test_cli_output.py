@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
-from swarm.cli import runs_table, stats_table, with_rates
 from swarm.client import new_run_id
 from swarm.contracts import RunRecord, RunStatus
+from swarm.ops.cli import runs_table, stats_table, with_rates
 
 
 def rendered(renderable: object, width: int) -> str:

@@ -17,11 +17,11 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from services.gateway.settings import GatewaySettings
-from swarm import natsserver
-from swarm.natsserver import nats_server_binary
-from swarm.security import SERVICE_USERS, SecuritySettings, render_nats_auth, user_permissions
+from swarm.ops import natsserver
+from swarm.ops.natsserver import nats_server_binary
+from swarm.ops.security import SERVICE_USERS, SecuritySettings, render_nats_auth, user_permissions
+from swarm.ops.stack import SERVICE_ORDER
 from swarm.settings import ClickHouseSettings, NatsSettings
-from swarm.stack import SERVICE_ORDER
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -211,8 +211,8 @@ def test_cluster_of_three_nats_nodes_each_config_valid(compose: dict[str, Any], 
 
 
 def test_compose_nats_configs_are_generated() -> None:
-    """compose/nats/*.conf is what swarm.natsserver generates, the same code the local cluster runs."""
-    assert natsserver.compose_drift() == [], "run `python -m swarm.natsserver`"
+    """compose/nats/*.conf is what swarm.ops.natsserver generates, the same code the local cluster runs."""
+    assert natsserver.compose_drift() == [], "run `python -m swarm.ops.natsserver`"
 
 
 def test_drift_check_reports_an_edited_config(tmp_path: Path) -> None:

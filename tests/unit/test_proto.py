@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from swarm import contracts, protogen
+from swarm import contracts
+from swarm.ops import protogen
 from swarm.contracts import CHANNELS, RunCompleted, RunSummary, TaskSubmission
 
 REPO_PROTO = Path(__file__).resolve().parents[2] / "proto"

@@ -8,8 +8,15 @@ from typing import Any
 
 from rich.console import Console
 
-from swarm.analytics import RunAnalysis, StepSpan, concurrency, critical_path, lower_bound_ms, token_totals
-from swarm.report import render_html, render_terminal, summary_rows
+from swarm.ops.analytics import (
+    RunAnalysis,
+    StepSpan,
+    concurrency,
+    critical_path,
+    lower_bound_ms,
+    token_totals,
+)
+from swarm.ops.report import render_html, render_terminal, summary_rows
 
 
 def span(step_id: str, start: float, end: float, deps: tuple[str, ...] = ()) -> StepSpan:

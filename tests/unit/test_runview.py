@@ -15,7 +15,7 @@ from swarm.contracts import (
     StepSpec,
     utc_now,
 )
-from swarm.runview import SPAWNED_AGENT, RunView
+from swarm.ops.runview import SPAWNED_AGENT, RunView
 
 
 def planned(n_agents: int = 3, turns: int = 2) -> RunPlanned:

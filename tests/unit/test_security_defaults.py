@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from swarm.security import SecuritySettings, main, permission_matrix
+from swarm.ops.security import SecuritySettings, main, permission_matrix
 from swarm.settings import ClickHouseSettings, NatsSettings
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from swarm.ops.stack import Stack, _alive
 from swarm.settings import StackSettings
-from swarm.stack import Stack, _alive
 
 
 def test_an_exited_child_is_dead_not_a_zombie_alive() -> None:

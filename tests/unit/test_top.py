@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console, ConsoleDimensions
 
 from swarm.contracts import AgentSpec, Plan, PlanSource, RunPlanned, RunProgress, StepSpec, utc_now
-from swarm.runview import RunView
-from swarm.top import Rate, ServiceHealth, TopState, render
+from swarm.ops.runview import RunView
+from swarm.ops.top import Rate, ServiceHealth, TopState, render
 
 
 def screen(state: TopState, width: int = 100, height: int = 30) -> str:

@@ -1,6 +1,6 @@
 """Generate `proto/` (JSON Schema per message, an AsyncAPI 3 document, a README) from the contracts.
 
-`python -m swarm.protogen` rewrites proto/; `python -m swarm.protogen --check` changes nothing and
+`python -m swarm.ops.protogen` rewrites proto/; `python -m swarm.ops.protogen --check` changes nothing and
 exits 1, listing what differs, when proto/ is out of date. Output is deterministic: sorted keys,
 fixed ordering, a trailing newline, no timestamps.
 """
@@ -15,14 +15,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from swarm import contracts
 from swarm.bus import MAX_INLINE_BYTES
 from swarm.contracts import CHANNELS, CONTRACT_VERSION, TERMINAL_RUN_EVENTS, Channel, RejectionCode
+from swarm.schemas import (
+    channel_models,
+    json_schema,
+    model_name,
+    schema_file,
+    union_members,
+)
 
-PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+PROTO_DIR = Path(__file__).resolve().parents[3] / "proto"
 
 # What a client publishes; everything else on a channel is something a client may receive.
 CLIENT_SENDS = frozenset({"TaskSubmission", "InferenceRequest", "RunCancelRequested"})
@@ -38,87 +42,6 @@ PARAMETER_DOCS = {
 }
 
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
-
-
-# --------------------------------------------------------------------------- models
-
-
-def model_name(model: Any) -> str:
-    """The public name of a message model: the class name, or the contracts alias of a union."""
-    if isinstance(model, type):
-        return model.__name__
-    for name, value in vars(contracts).items():
-        if value is model:
-            return name
-    raise ValueError(f"{model!r} is not named in swarm.contracts")
-
-
-def channel_models(channels: Iterable[Channel] = CHANNELS) -> dict[str, Any]:
-    """Every message and reply model of the channels, by name, in registry order."""
-    models: dict[str, Any] = {}
-    for channel in channels:
-        for model in (channel.message, channel.reply):
-            if model is not None:
-                models.setdefault(model_name(model), model)
-    return models
-
-
-def json_schema(model: Any, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
-    """The validation JSON Schema of a model or union (what a message must look like to be accepted).
-
-    Standard validators in strict mode (ajv) must accept it: a union is `oneOf` over members whose `kind`
-    is a required `const`, without pydantic's OpenAPI-style `discriminator`; and every message (a channel's
-    model, or a member of its union) requires its envelope, `v` and `kind`, which the services always write.
-    """
-    schema = _without_discriminator(TypeAdapter(model).json_schema(ref_template=ref_template))
-    messages = message_names()
-    if schema.get("title") in messages:
-        _require_envelope(schema)
-    for name, definition in schema.get("$defs", {}).items():
-        if name in messages:
-            _require_envelope(definition)
-    return schema
-
-
-def message_names(channels: Iterable[Channel] = CHANNELS) -> frozenset[str]:
-    """Names of every message model: channel models and replies, a union's members instead of the union."""
-    names = set()
-    for channel in channels:
-        for model in (channel.message, channel.reply):
-            if model is not None:
-                names.update(union_members(model) or [model_name(model)])
-    return frozenset(names)
-
-
-def _without_discriminator(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {key: _without_discriminator(value) for key, value in schema.items() if key != "discriminator"}
-    if isinstance(schema, list):
-        return [_without_discriminator(item) for item in schema]
-    return schema
-
-
-def _require_envelope(schema: dict[str, Any]) -> None:
-    properties = schema.get("properties", {})
-    required = schema.setdefault("required", [])
-    for name in ("v", "kind"):
-        if name in properties and name not in required:
-            required.append(name)
-
-
-def schema_file(model: Any, name: str) -> dict[str, Any]:
-    """A standalone JSON Schema document for one message model."""
-    schema = json_schema(model)
-    schema["$schema"] = JSON_SCHEMA_DIALECT
-    schema["$id"] = f"{name}.json"
-    schema.setdefault("title", name)
-    return schema
-
-
-def union_members(model: Any) -> list[str]:
-    """The member names of a discriminated union's schema, in declaration order; [] for a plain model."""
-    raw = TypeAdapter(model).json_schema()
-    return [option["$ref"].rsplit("/", 1)[-1] for option in raw.get("oneOf", []) if "$ref" in option]
 
 
 # --------------------------------------------------------------------------- AsyncAPI
@@ -267,7 +190,7 @@ def asyncapi(channels: Iterable[Channel] = CHANNELS) -> dict[str, Any]:
             "title": "Swarm",
             "version": str(CONTRACT_VERSION),
             "description": "The wire contract of Swarm over NATS JetStream: subjects, streams and "
-            "JSON message schemas. Generated from swarm.contracts by `python -m swarm.protogen`.",
+            "JSON message schemas. Generated from swarm.contracts by `python -m swarm.ops.protogen`.",
         },
         "defaultContentType": "application/json",
         "servers": {
@@ -330,7 +253,7 @@ def readme(channels: Iterable[Channel] = CHANNELS) -> str:
     window = f"{contracts.TASKS.duplicate_window_s:g} s"
     return f"""# Swarm wire contract
 
-Generated from `libs/swarm/contracts.py` by `python -m swarm.protogen` (`make proto`); do not edit.
+Generated from `libs/swarm/contracts.py` by `python -m swarm.ops.protogen` (`make proto`); do not edit.
 A unit test fails when these files drift from the code.
 
 - `asyncapi.json` — AsyncAPI 3.0.0: every channel (subject pattern), its stream and its messages.
@@ -503,7 +426,7 @@ def write(out_dir: Path = PROTO_DIR) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: write proto/, or check it with --check."""
-    parser = argparse.ArgumentParser(prog="python -m swarm.protogen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m swarm.ops.protogen", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if proto/ is out of date")
     parser.add_argument("--out", type=Path, default=PROTO_DIR, help="the proto directory (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -29,7 +29,8 @@ from nats.js.errors import NotFoundError
 
 from swarm.bus import Bus
 from swarm.contracts import OUTPUTS_BUCKET, RUNS, MissingAgent, RunCompleted, RunFailed, Subjects
-from swarm.eventlog import EventLog, query_via_recorder
+from swarm.eventlog import EventLog
+from swarm.ops.queries import query_via_recorder
 from swarm.payloads import PayloadMissing, Payloads
 
 Query = Callable[[str, Mapping[str, Any]], Awaitable[list[dict[str, Any]]]]

@@ -34,9 +34,10 @@ from rich.text import Text
 
 from swarm.client import RUN_EVENT, SwarmClient
 from swarm.contracts import EVENTS, RECORDER_CONSUMER, RUNS, Subjects
-from swarm.eventlog import EventLogError, query_via_recorder
-from swarm.runview import RunView
-from swarm.stack import SERVICE_ORDER
+from swarm.eventlog import EventLogError
+from swarm.ops.queries import query_via_recorder
+from swarm.ops.runview import RunView
+from swarm.ops.stack import SERVICE_ORDER
 
 HEALTH_WAIT_S = 0.4  # replies to a health probe arrive within this (every replica answers)
 GATEWAY_SQL_EVERY_S = 5.0  # the recorder's figures cost a query: not every refresh

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from swarm.analytics import RunAnalysis, StepSpan
+from swarm.ops.analytics import RunAnalysis, StepSpan
 
 _COLORS = {"succeeded": "#4c8bf5", "failed": "#e8710a", "dead_lettered": "#d93025", "cancelled": "#9aa0a6"}
 _CRITICAL = "#c5221f"

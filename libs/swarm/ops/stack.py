@@ -21,7 +21,7 @@ import nats.errors
 
 from swarm.bus import Bus
 from swarm.contracts import Subjects
-from swarm.natsserver import NatsServer, cluster_servers, local_nodes, node_status, start_cluster
+from swarm.ops.natsserver import NatsServer, cluster_servers, local_nodes, node_status, start_cluster
 from swarm.settings import NatsSettings, StackSettings
 
 

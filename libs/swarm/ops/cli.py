@@ -42,9 +42,9 @@ from swarm.contracts import (
     RunRecord,
     RunSummary,
 )
-from swarm.runview import RunView
+from swarm.ops.runview import RunView
+from swarm.ops.stack import NO_STACK, Stack, StackAlreadyRunning, StackError
 from swarm.settings import NatsSettings, StackSettings
-from swarm.stack import NO_STACK, Stack, StackAlreadyRunning, StackError
 
 app = typer.Typer(help="Swarm: massive multi-agent runs over NATS JetStream.", no_args_is_help=True)
 console = Console()
@@ -335,7 +335,7 @@ def top(
     nats_url: UrlOption = None,
 ) -> None:
     """A live view of the stack: runs, the selected run's agents, workers, gateway, recorder, dead services."""
-    from swarm.top import run_top
+    from swarm.ops.top import run_top
 
     settings = nats_settings(nats_url)
 
@@ -456,9 +456,9 @@ def report(
     nats_url: UrlOption = None,
 ) -> None:
     """A run's analytics: makespan, critical path, concurrency, stragglers, failures, tokens and cost."""
-    from swarm.analytics import analyze_run, recorder_query
     from swarm.eventlog import EventLogError
-    from swarm.report import render_html, render_terminal
+    from swarm.ops.analytics import analyze_run, recorder_query
+    from swarm.ops.report import render_html, render_terminal
 
     async def reporting() -> None:
         async with connected(nats_url) as client:
@@ -543,8 +543,8 @@ def stats(
     nats_url: UrlOption = None,
 ) -> None:
     """Across runs: runs per minute, success rate, steps/s, step latency quantiles, gateway TTFT and tokens/s."""
-    from swarm.analytics import cross_run_stats, recorder_query
     from swarm.eventlog import EventLogError
+    from swarm.ops.analytics import cross_run_stats, recorder_query
 
     async def collecting() -> None:
         async with connected(nats_url) as client:
