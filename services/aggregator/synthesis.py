@@ -16,14 +16,11 @@ from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
     AGGREGATOR_CONSUMER,
     OUTPUTS_BUCKET,
-    RUN_INDEX_BUCKET,
     RUNS,
     InferenceRequest,
     RunCompleted,
     RunExecuted,
     RunFailed,
-    RunRecord,
-    RunStatus,
     Subjects,
     utc_now,
 )
@@ -104,7 +101,6 @@ class Aggregator:
         await self.bus.publish(
             Subjects.run_event(executed.tenant, executed.run_id, "completed"), completed, f"{executed.run_id}.completed"
         )
-        await self._index(executed, RunStatus.COMPLETED)
         log.info("run %s completed in %.1fs", executed.run_id, summary.wall_ms / 1000)
 
     async def synthesize(self, run_id: str, goal: str, outputs: list[str]) -> Synthesis:
@@ -195,13 +191,3 @@ class Aggregator:
         await self.bus.publish(
             Subjects.run_event(executed.tenant, executed.run_id, "failed"), failed, f"{executed.run_id}.failed"
         )
-        await self._index(executed, RunStatus.FAILED, error)
-
-    async def _index(self, executed: RunExecuted, status: RunStatus, error: str | None = None) -> None:
-        record = RunRecord(
-            run_id=executed.run_id, tenant=executed.tenant, status=status, goal=executed.goal[:200],
-            steps_total=executed.summary.steps_total, agents_count=executed.summary.agents_count,
-            submitted_at=executed.submitted_at, error=error,
-        )  # fmt: skip
-        kv = await self.bus.kv(RUN_INDEX_BUCKET)
-        await kv.put(executed.run_id, record.model_dump_json().encode())

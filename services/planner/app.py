@@ -13,7 +13,7 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.security import NatsCredentials, NatsSecurity, NatsUserPassword
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -116,17 +116,16 @@ class Planner:
         except TaskRejected as exc:
             if await self._already_handled(index, exc.run_id):
                 raise Reject(f"malformed task for known run {exc.run_id}: {exc.error}") from exc
-            await self._reject(index, exc.run_id, exc.tenant, exc.reasons, goal="")
+            await self._reject(exc.run_id, exc.tenant, exc.reasons)
             raise Reject(exc.error) from exc
         if await self._already_handled(index, task.run_id):
             return  # a redelivery after the run was planned (or rejected): nothing left to do
-        revision = await self._index(index, task, RunStatus.PLANNING)
         try:
             complete = self.complete if self.settings.llm_enabled else None
             outcome = await plan_for_task(task, self.settings, complete, self.gateway_backend)
         except PlanError as exc:
             why = plan_reason(exc, explicit=task.plan is not None)
-            await self._reject(index, task.run_id, task.tenant, (why,), goal=goal_of(task), task=task)
+            await self._reject(task.run_id, task.tenant, (why,))
             raise Reject(describe((why,))) from exc
         event = planned_event(task, outcome)
         if len(plan_bytes(outcome.plan)) > PLAN_INLINE_MAX_BYTES:
@@ -138,16 +137,12 @@ class Planner:
                 "/plan" if task.plan is not None else "", RejectionCode.TOO_LARGE,
                 f"the planned run is {len(payload)} bytes, over the {MAX_INLINE_BYTES} a message may carry",
             )  # fmt: skip
-            await self._reject(index, task.run_id, task.tenant, (too_large,), goal=goal_of(task), task=task)
+            await self._reject(task.run_id, task.tenant, (too_large,))
             raise Reject(describe((too_large,)))
         await self.bus.js.publish(
             Subjects.run_event(task.tenant, task.run_id, event.kind), payload,
             headers={"Nats-Msg-Id": f"{task.run_id}.planned"}, timeout=self.settings.nats.request_timeout_s,
         )  # fmt: skip
-        try:
-            await self._index(index, task, RunStatus.RUNNING, outcome=outcome, last=revision)
-        except KeyWrongLastSequenceError:
-            log.info("run %s: index already moved on by another service", task.run_id)
         self.counts["planned"] += 1
         if outcome.source is PlanSource.TEMPLATE and task.pattern is None:
             self.counts["template_fallbacks"] += 1
@@ -158,7 +153,10 @@ class Planner:
         )  # fmt: skip
 
     async def _already_handled(self, index: KeyValue, run_id: str) -> bool:
-        """Whether the run index holds this run past planning (so this delivery is a repeat)."""
+        """Whether the run index (the recorder derives it from RUNS) holds this run: this delivery is a repeat.
+
+        The index trails RUNS by a moment; a repeat inside that moment publishes again under the same
+        msg id ('<run_id>.planned'), which RUNS' de-duplication window drops."""
         try:
             entry = await index.get(run_id)
         except KeyNotFoundError:
@@ -170,56 +168,16 @@ class Planner:
         except ValidationError:
             log.warning("run %s: unreadable run index record; planning anyway", run_id)
             return False
-        if status is RunStatus.PLANNING:
+        if status is RunStatus.PLANNING:  # written by earlier versions, before planning
             return False
         log.info("run %s is already %s; delivery ignored", run_id, status.value)
         self.counts["skipped"] += 1
         return True
 
-    async def _index(
-        self,
-        index: KeyValue,
-        task: TaskSubmission,
-        status: RunStatus,
-        outcome: PlanOutcome | None = None,
-        last: int | None = None,
-    ) -> int:
-        record = RunRecord(
-            run_id=task.run_id,
-            tenant=task.tenant,
-            status=status,
-            goal=truncate(goal_of(task)),
-            steps_total=len(outcome.plan.steps) if outcome else 0,
-            agents_count=len(outcome.plan.agents) if outcome else 0,
-            submitted_at=task.submitted_at,
-        )
-        value = record.model_dump_json().encode()
-        if last is None:
-            return await index.put(task.run_id, value)
-        # Only move PLANNING -> RUNNING: a fast dispatcher may have written a later status already.
-        return await index.update(task.run_id, value, last=last)
-
-    async def _reject(
-        self,
-        index: KeyValue,
-        run_id: str,
-        tenant: str,
-        reasons: tuple[RejectionReason, ...],
-        goal: str,
-        task: TaskSubmission | None = None,
-    ) -> None:
+    async def _reject(self, run_id: str, tenant: str, reasons: tuple[RejectionReason, ...]) -> None:
         error = describe(reasons)
         event = RunRejected(run_id=run_id, tenant=tenant, error=error, reasons=reasons)
         await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, f"{run_id}.rejected")
-        record = RunRecord(
-            run_id=run_id,
-            tenant=tenant,
-            status=RunStatus.REJECTED,
-            goal=truncate(goal),
-            submitted_at=task.submitted_at if task else None,
-            error=error,
-        )
-        await index.put(run_id, record.model_dump_json().encode())
         self.counts["rejected"] += 1
         log.warning("rejected run %s: %s", run_id, truncate(error, 500))
 
