@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -36,6 +37,7 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
 )
+from swarm.ops.natsserver import NatsServer
 from swarm.settings import NatsSettings
 from tests.conftest import indexing
 
@@ -203,6 +205,16 @@ async def test_resubmitted_task_is_planned_once(bus: Bus, planner: PlannerServic
 async def test_health_probe_answers(bus: Bus, planner: PlannerService) -> None:
     reply = await bus.nc.request(Subjects.health("planner"), b"", timeout=2)
     assert json.loads(reply.data)["service"] == "planner"
+
+
+async def test_the_planner_has_one_connection(nats_server: NatsServer, planner: PlannerService) -> None:
+    # faststream's broker and the Bus (publishing, KV, health) share it: no second connection per replica.
+    def connections() -> list[dict[str, object]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{nats_server.monitor_port}/connz", timeout=5) as reply:
+            return list(json.loads(reply.read())["connections"])
+
+    names = [c.get("name") for c in await asyncio.to_thread(connections)]
+    assert names.count("planner") == 1, names
 
 
 async def _async(value: T) -> T:
