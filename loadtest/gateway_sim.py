@@ -96,22 +96,16 @@ def _spawn_gateway(env: dict[str, str], log_path: Path) -> subprocess.Popen[byte
 
 @contextlib.asynccontextmanager
 async def _in_process_gateway(url: str, fields: dict[str, Any]) -> AsyncIterator[None]:
-    from services.gateway.engine import create_engine
-    from services.gateway.server import GatewayServer
+    from services.gateway.server import serve
     from services.gateway.settings import GatewaySettings
     from swarm.bus import Bus
     from swarm.settings import NatsSettings
 
-    settings = GatewaySettings(**fields)
     bus = await Bus.connect(NatsSettings(url=url), "gateway")
-    await bus.provision()
-    server = GatewayServer(bus, create_engine(settings), settings)
-    await server.start()
-    await bus.serve_health("gateway", server.health)
     try:
-        yield
+        async with serve(GatewaySettings(**fields), bus):
+            yield
     finally:
-        await server.stop()
         await bus.close()
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from services.gateway.engine import Completion, Engine, EngineError
+from services.gateway.engine import Completion, Engine, EngineError, create_engine
 from services.gateway.schemacheck import InvalidSchema, check_schema
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus, answerable
@@ -489,3 +490,24 @@ class GatewayServer:
             headers = {RETRY_AFTER_HEADER: f"{self.retry_after_s():.3f}"}
             await self._send(msg.reply, response, stream=stream, headers=headers)
         await self._record(event)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: GatewaySettings, bus: Bus, service: str = "gateway") -> AsyncIterator[GatewayServer]:
+    """Load the engine, join the queue group and answer health probes; on exit drain, stop and unload.
+
+    The service's entry point and the load test's in-process gateway both serve through this.
+    """
+    engine = await asyncio.to_thread(create_engine, settings)
+    try:
+        await bus.provision()
+        server = GatewayServer(bus, engine, settings)
+        await server.start()
+        await bus.serve_health(service, server.health)
+        log.info("serving %s (%s), max_queue %d", engine.model, engine.name, settings.max_queue)
+        try:
+            yield server
+        finally:
+            await server.stop()
+    finally:
+        await engine.close()

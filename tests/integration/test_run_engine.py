@@ -22,7 +22,7 @@ from services.dispatcher.__main__ import main as dispatcher_main
 from services.dispatcher.dispatching import running_marker
 from services.dispatcher.settings import DispatcherSettings
 from services.gateway.engine import create_engine
-from services.gateway.server import GatewayServer
+from services.gateway.server import GatewayServer, serve
 from services.gateway.settings import GatewaySettings
 from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings
@@ -73,18 +73,13 @@ async def service(main, settings) -> AsyncIterator[asyncio.Event]:  # type: igno
 
 @asynccontextmanager
 async def gateway(bus: Bus) -> AsyncIterator[None]:
-    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0, sim_ttft_ms=0, sim_tokens_per_s=1e9)
-    engine = create_engine(settings)
-    server = GatewayServer(bus, engine, settings)
-    await server.start()
-    try:
+    """A sim gateway answering instantly apart from each step's own latency."""
+    async with serve(GatewaySettings(backend="sim", sim_latency_scale=1.0, sim_ttft_ms=0, sim_tokens_per_s=1e9), bus):
         yield
-    finally:
-        await server.stop()
-        await engine.close()
 
 
 def layered_plan(layers: int, width: int, sim_latency_ms: float | None = None) -> Plan:
+    """Agent i takes one turn per layer; every turn needs the whole previous layer."""
     agents = tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(width))
     steps = []
     for layer in range(layers):
