@@ -96,6 +96,10 @@ class Targets:
     floor_ratio: float = 0.5  # steps/s over the raw JetStream round trip, at least
     added_latency_p50_ms: float = TARGET_ADDED_P50_MS  # the gateway's own share of a call, at most
     events_per_s: float = TARGET_EVENTS_PER_S  # the recorder's ingest rate, at least
+    # fair-share: the small run's makespan next to the big one / alone, at most; the big run's steps/s next to
+    # the small one / alone, at least.
+    small_makespan_ratio: float = 1.5
+    big_throughput_ratio: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -595,13 +599,19 @@ def failed_targets(report: dict[str, Any], targets: Targets | None = None) -> li
             problems.append(f"run {run.get('run_id', '')} {run['status']}: {run.get('error', '')}".rstrip(": "))
     if targets is None:
         return problems
-    minimums = [("efficiency", targets.efficiency), ("events_per_s", targets.events_per_s)]
+    minimums = [
+        ("efficiency", targets.efficiency), ("events_per_s", targets.events_per_s),
+        ("big_throughput_ratio", targets.big_throughput_ratio),
+    ]  # fmt: skip
     if not report.get("latency_scale"):  # with latencies, steps/s is bounded by them, not by the messaging
         minimums.append(("floor_ratio", targets.floor_ratio))
     for key, least in minimums:
         value = report.get(key)
         if isinstance(value, int | float) and value < least:
             problems.append(f"{key} {value:g} below its target {least:g}")
+    small_ratio = report.get("small_makespan_ratio")
+    if isinstance(small_ratio, int | float) and small_ratio > targets.small_makespan_ratio:
+        problems.append(f"small_makespan_ratio {small_ratio:g} above its target {targets.small_makespan_ratio:g}")
     added_p50 = (report.get("added_latency_ms") or {}).get("p50")
     if isinstance(added_p50, int | float) and added_p50 > targets.added_latency_p50_ms:
         problems.append(f"gateway added latency p50 {added_p50:g} ms above its target {targets.added_latency_p50_ms:g} ms")

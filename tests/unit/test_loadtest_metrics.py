@@ -122,3 +122,14 @@ def test_embedded_stack_takes_latencies_from_the_steps() -> None:
     assert env["SWARM_GATEWAY_SIM_LATENCY_SCALE"] == "1"  # the steps carry base x scale already
     assert int(env["SWARM_GATEWAY_MAX_QUEUE"]) >= 512  # the gateway admits what the workers run at once
     assert embedded_environment(LoadtestOptions("x", latency_scale=0))["SWARM_GATEWAY_SIM_LATENCY_SCALE"] == "0"
+
+
+def test_fair_share_ratios_are_targets() -> None:
+    shared = {"status": "completed", "steps_lost": 0, "small_makespan_ratio": 2.1, "big_throughput_ratio": 0.8}
+    assert failed_targets(shared) == []  # --no-targets: reported only
+    assert failed_targets(shared, Targets()) == [
+        "big_throughput_ratio 0.8 below its target 0.9", "small_makespan_ratio 2.1 above its target 1.5"
+    ]
+    fair = {**shared, "small_makespan_ratio": 1.2, "big_throughput_ratio": 0.95}
+    assert failed_targets(fair, Targets()) == []
+    assert failed_targets(fair, Targets(small_makespan_ratio=1.1)) == ["small_makespan_ratio 1.2 above its target 1.1"]

@@ -375,6 +375,12 @@ def loadtest(
     ] = None,
     target_added_latency_ms: Annotated[float | None, typer.Option(help="Most gateway added latency, p50 [2].")] = None,
     target_events_per_s: Annotated[float | None, typer.Option(help="Least recorder ingest rate [20000].")] = None,
+    target_small_makespan_ratio: Annotated[
+        float | None, typer.Option(help="fair-share: most small-run makespan, next to the big run / alone [1.5].")
+    ] = None,
+    target_big_throughput_ratio: Annotated[
+        float | None, typer.Option(help="fair-share: least big-run steps/s, next to the small run / alone [0.9].")
+    ] = None,
     nats_cluster: Annotated[
         int, typer.Option("--nats-cluster", min=1, max=5, help="Embedded stack: NATS nodes (3: a cluster, R3 streams).")
     ] = 1,
@@ -395,6 +401,7 @@ def loadtest(
     given = {
         "efficiency": target_efficiency, "floor_ratio": target_floor_ratio,
         "added_latency_p50_ms": target_added_latency_ms, "events_per_s": target_events_per_s,
+        "small_makespan_ratio": target_small_makespan_ratio, "big_throughput_ratio": target_big_throughput_ratio,
     }  # fmt: skip
     goals = Targets(**{name: value for name, value in given.items() if value is not None})
     options = LoadtestOptions(
