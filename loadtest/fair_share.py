@@ -37,12 +37,13 @@ async def fair_share(ctx: ScenarioContext) -> dict[str, Any]:
     # the big run alone keeps every slot busy, so the small one gets slots only if they are handed out fairly.
     big = wide_plan(
         ctx.scaled(BIG_STEPS, 50), seed=ctx.seed, latency_scale=ctx.latency_scale,
-        instruction_chars=ctx.options.instruction_chars,
+        instruction_chars=ctx.options.instruction_chars, median_ms=ctx.options.median_ms or 1000.0,
     )  # fmt: skip
     # 19 parallel turns and a reduce: a makespan of about two step latencies when it gets slots at once.
     small = fanout_plan(
-        SMALL_STEPS - 1, seed=ctx.seed + 1, latency_scale=ctx.latency_scale, instruction_chars=ctx.options.instruction_chars
-    )
+        SMALL_STEPS - 1, seed=ctx.seed + 1, latency_scale=ctx.latency_scale, instruction_chars=ctx.options.instruction_chars,
+        median_ms=ctx.options.median_ms or 1000.0,
+    )  # fmt: skip
     assert ctx.client is not None
     small_alone = await ctx.run_plan(small, tenant=SMALL_TENANT)
     await wait_until_quiet(ctx.client, ctx.progress)

@@ -119,6 +119,7 @@ class LoadtestOptions:
     run_timeout_s: float = 600.0
     floor: bool = True
     instruction_chars: int = DEFAULT_INSTRUCTION_CHARS  # of every agent's and step's instructions
+    median_ms: float | None = None  # run-engine scenarios: median of the log-normal step latency (None: their own)
     targets: Targets = field(default_factory=Targets)
 
 
@@ -499,6 +500,7 @@ def run_loadtest(options: LoadtestOptions, console: Console | None = None) -> di
             "seed": options.seed,
             "scale_steps": options.scale_steps,
             "instruction_chars": options.instruction_chars,
+            "median_ms": options.median_ms,
             "machine": machine_info(),
             "deployment": (
                 {"kind": deployment.kind, "nats_url": deployment.nats_url,
@@ -650,6 +652,8 @@ def report_table(report: dict[str, Any]) -> Table:
     """The figures as a table; one column per run when there were several, then the combined one."""
     runs = report.get("runs", [])
     title = f"swarm loadtest {report['scenario']} — latency scale {report.get('latency_scale')}"
+    if report.get("median_ms"):
+        title += f", median step {report['median_ms']:g} ms"
     table = Table(title=title)
     table.add_column("metric")
     for n, _ in enumerate(runs, 1):
@@ -659,7 +663,7 @@ def report_table(report: dict[str, Any]) -> Table:
     rows = list(TABLE_ROWS) + [  # figures of scenarios other than the plan ones
         (key, key) for key, value in report.items()
         if key not in known and key.split(".")[0] not in known and isinstance(value, int | float) and not isinstance(value, bool)
-        and key not in ("latency_scale", "seed", "scale_steps", "agents", "steps_cancelled", "step_events",
+        and key not in ("latency_scale", "median_ms", "seed", "scale_steps", "agents", "steps_cancelled", "step_events",
                         "faults_planned", "makespan_stream_s")
     ]  # fmt: skip
     rows.append(("service_cpu_s", "CPU s during the run"))

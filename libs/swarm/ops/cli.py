@@ -351,6 +351,10 @@ def top(
 def loadtest(
     scenario: Annotated[str, typer.Option(help="Scenario: fanout-300, chain-200, swarm-300x4000, faults-5pct, ...")],
     latency_scale: Annotated[float, typer.Option(min=0, help="Multiplies the simulated step latencies (0: none).")] = 1.0,
+    median_ms: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Run-engine scenarios: median of the log-normal step latency [scenario's own, 1000]."),
+    ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
     nats_url: Annotated[
         str | None, typer.Option("--nats-url", help="Target this deployment (default: the local stack, else an embedded one).")
@@ -407,7 +411,7 @@ def loadtest(
     options = LoadtestOptions(
         scenario=scenario, latency_scale=latency_scale, runs=runs, seed=seed, nats_url=nats_url, home=home,
         workers=workers, worker_concurrency=worker_concurrency, scale_steps=scale_steps, run_timeout_s=timeout_s,
-        floor=floor, instruction_chars=instruction_chars, targets=goals, nats_cluster=nats_cluster,
+        floor=floor, instruction_chars=instruction_chars, targets=goals, nats_cluster=nats_cluster, median_ms=median_ms,
     )  # fmt: skip
     try:
         report = run_loadtest(options, console)
