@@ -353,7 +353,9 @@ def loadtest(
     latency_scale: Annotated[float, typer.Option(min=0, help="Multiplies the simulated step latencies (0: none).")] = 1.0,
     median_ms: Annotated[
         float | None,
-        typer.Option(min=0.1, help="Run-engine scenarios: median of the log-normal step latency (default: the scenario's own, mostly 1000)."),
+        typer.Option(
+            min=0.1, help="Run-engine scenarios: median of the log-normal step latency (default: the scenario's own, mostly 1000)."
+        ),
     ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
     nats_url: Annotated[
