@@ -45,7 +45,9 @@ class Dispatcher:
 
     def __init__(self, bus: Bus, settings: DispatcherSettings) -> None:
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        scheduler = Scheduler(settings.max_in_flight, settings.max_in_flight_per_tenant, settings.tenant_weights)
+        scheduler = Scheduler(
+            settings.max_in_flight, settings.max_in_flight_per_tenant, settings.tenant_weights
+        )
         self.runs = LiveRuns(RunStore(bus, settings), Outbox(bus, settings), scheduler, settings)
         self.partitions = Partitions(bus, self.instance_id, self.runs, scheduler)
         self.intake = Intake(self.runs, self.partitions.owns)

@@ -34,7 +34,9 @@ class Intake:
                 if not self.owns(planned.run_id):
                     # The owner of its results partition starts it: the replica that dispatches a run's steps
                     # is the one that counts them against its share of the caps (see scheduling.py).
-                    raise Retry(f"run {planned.run_id} is another replica's to start", delay_s=PLAN_HANDOFF_DELAY_S)
+                    raise Retry(
+                        f"run {planned.run_id} is another replica's to start", delay_s=PLAN_HANDOFF_DELAY_S
+                    )
                 await self._start(planned)
             elif kind == "cancel":
                 request = RunCancelRequested.model_validate_json(msg.data)

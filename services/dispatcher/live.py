@@ -43,12 +43,14 @@ class LiveRun:
 
     state: RunState
     revision: int | None = None  # of the checkpoint we last wrote or read; None: the run has none yet
-    unacked: list[Msg] = field(default_factory=list)  # results applied, waiting for the checkpoint that covers them
+    # Results applied, waiting for the checkpoint that covers them to be acked.
+    unacked: list[Msg] = field(default_factory=list)
     checkpointed_at: float = 0.0  # monotonic time of our last checkpoint of it
     progress_at: float = 0.0  # monotonic time of its last progress event
     unreported: set[str] = field(default_factory=set)  # steps finished since its last progress event
     outputs: dict[str, HeldOutput] = field(default_factory=dict)  # step -> output its dependents get inline
-    queued_at: dict[tuple[str, int], float] = field(default_factory=dict)  # (step, attempt) -> monotonic time
+    # (step, attempt) -> monotonic time it was due at the workers (the lost-step sweeper's clock).
+    queued_at: dict[tuple[str, int], float] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -57,7 +59,7 @@ class LiveRun:
 
 
 async def settle_quietly(settling: Awaitable[None]) -> None:
-    """Ack or nak, where a message settled already (isolated after a failed batch) or a lost ack is harmless."""
+    """Ack or nak; a message settled already (isolated after a failed batch) or a lost ack is harmless."""
     with contextlib.suppress(nats.errors.Error):
         await settling
 
@@ -68,7 +70,9 @@ class LiveRuns:
     Callers hold `lock` around anything that reads or changes the runs.
     """
 
-    def __init__(self, store: RunStore, outbox: Outbox, scheduler: Scheduler, settings: DispatcherSettings) -> None:
+    def __init__(
+        self, store: RunStore, outbox: Outbox, scheduler: Scheduler, settings: DispatcherSettings
+    ) -> None:
         self.store = store
         self.outbox = outbox
         self.scheduler = scheduler
@@ -100,7 +104,7 @@ class LiveRuns:
         self._held.pop(run_id, None)
 
     async def load(self, run_id: str) -> LiveRun | None:
-        """Take a run over from its checkpoint (after a restart or from another replica); None if not running."""
+        """Take a run over from its checkpoint (after a restart or from another replica)."""
         live = await self.store.load(run_id)
         if live is not None:
             self._held[run_id] = live
@@ -167,7 +171,7 @@ class LiveRuns:
                 self.forget(live.run_id)
 
     async def adopt(self, partitions: set[int]) -> None:
-        """Load the running runs of newly owned partitions, so even a run with no result in flight is watched."""
+        """Load the running runs of owned partitions: even a run with no result in flight is watched."""
         run_ids = []
         for partition in sorted(partitions):
             run_ids.extend(await self.store.running_in(partition))

@@ -85,7 +85,8 @@ class Outbox:
         now = utc_now()
         for dispatch in dispatches:
             step = run.steps[dispatch.step_id].spec
-            if run.depends_on[step.id] != step.depends_on:  # grown by a spawn: the worker reads the new inputs too
+            # Grown by a spawn: the worker reads the new inputs too.
+            if run.depends_on[step.id] != step.depends_on:
                 step = step.model_copy(update={"depends_on": run.depends_on[step.id]})
             memory, memory_omitted = run.memory_of(step.id)
             message = StepDispatch(
@@ -103,7 +104,8 @@ class Outbox:
                 memory_omitted=memory_omitted,
                 spawn_budget=run.spawn_budget() if "spawn" in step.tools else None,
             )
-            await self.bus.publish_nowait(self.steps_subject, message, msg_id=f"{run.run_id}.{step.id}.{dispatch.attempt}")
+            msg_id = f"{run.run_id}.{step.id}.{dispatch.attempt}"
+            await self.bus.publish_nowait(self.steps_subject, message, msg_id=msg_id)
             live.queued_at[(step.id, dispatch.attempt)] = time.monotonic() + dispatch.delay_s
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
             attributes = {"depends_on": ",".join(run.depends_on[step.id])}
@@ -114,7 +116,8 @@ class Outbox:
     @staticmethod
     def _inline_inputs(live: LiveRun, depends_on: tuple[str, ...], first_attempt: bool) -> dict[str, str]:
         """The dependencies' outputs we hold, within the message budget; an output is let go once every
-        dependent got its first dispatch (retries, and a run taken over from a checkpoint, read the bucket)."""
+        dependent got its first dispatch (retries, and a run taken over from a checkpoint, read the
+        bucket)."""
         held = live.outputs
         if not held:
             return {}
@@ -133,7 +136,9 @@ class Outbox:
                     del held[dep]
         return inputs
 
-    def _event(self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object) -> None:
+    def _event(
+        self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object
+    ) -> None:
         """Buffer a step event; `flush` publishes each run's buffer as StepEventBatches."""
         event = StepEvent(
             event_id=step_event_id(run.run_id, step_id, attempt, kind),
@@ -152,7 +157,7 @@ class Outbox:
         self._events.setdefault(run_id, []).extend(events)
 
     def drop_events(self, run_id: str) -> None:
-        """Forget a run's buffered events (its state was rewound: re-applying its results makes them again)."""
+        """Forget a run's events (its state was rewound: re-applying its results makes them anew)."""
         self._events.pop(run_id, None)
 
     async def flush(self) -> None:
@@ -187,31 +192,27 @@ class Outbox:
     async def finish(self, run: RunState, phase: RunPhase) -> None:
         """The run's end: executed (the aggregator takes it from there), failed or cancelled."""
         summary = run.summary()
-        subject = Subjects.run_event
+        message: RunExecuted | RunFailed | RunCancelled
         if phase is RunPhase.EXECUTED:
-            executed = RunExecuted(
+            kind, status, error = "executed", RunStatus.SYNTHESIZING, None
+            message = RunExecuted(
                 run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
                 sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.submitted_at,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
-            await self.bus.publish_nowait(subject(run.tenant, run.run_id, "executed"), executed, f"{run.run_id}.executed")
-            await self._index(run.planned, RunStatus.SYNTHESIZING, len(run.steps), len(run.agents), run.submitted_at)
         elif phase is RunPhase.FAILED:
-            failed = RunFailed(
+            kind, status, error = "failed", RunStatus.FAILED, run.error
+            message = RunFailed(
                 run_id=run.run_id, tenant=run.tenant, error=run.error,
                 failed_step_ids=tuple(run.failed_step_ids()), summary=summary,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
-            await self.bus.publish_nowait(subject(run.tenant, run.run_id, "failed"), failed, f"{run.run_id}.failed")
-            await self._index(run.planned, RunStatus.FAILED, len(run.steps), len(run.agents), run.submitted_at, run.error)
         else:
-            cancelled = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=run.error)
-            await self.bus.publish_nowait(
-                subject(run.tenant, run.run_id, "cancelled"), cancelled, f"{run.run_id}.cancelled"
-            )
-            await self._index(
-                run.planned, RunStatus.CANCELLED, len(run.steps), len(run.agents), run.submitted_at, run.error
-            )
+            kind, status, error = "cancelled", RunStatus.CANCELLED, run.error
+            message = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=run.error)
+        subject = Subjects.run_event(run.tenant, run.run_id, kind)
+        await self.bus.publish_nowait(subject, message, f"{run.run_id}.{kind}")
+        await self._index(run.planned, status, len(run.steps), len(run.agents), run.submitted_at, error)
         log.info("run %s %s: %s", run.run_id, phase.value, summary.model_dump(exclude={"v"}))
 
     async def refuse(self, planned: RunPlanned, error: str) -> None:
@@ -224,9 +225,14 @@ class Outbox:
         await self._index(planned, RunStatus.FAILED, steps_total, agents_count, planned.submitted_at, error)
 
     async def _index(
-        self, planned: RunPlanned, status: RunStatus, steps_total: int, agents_count: int, submitted_at: datetime,
+        self,
+        planned: RunPlanned,
+        status: RunStatus,
+        steps_total: int,
+        agents_count: int,
+        submitted_at: datetime,
         error: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """The dispatcher's one write of the run index (to go once the recorder is its single writer)."""
         record = RunRecord(
             run_id=planned.run_id, tenant=planned.tenant, status=status, goal=planned.goal[:200],

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 LEASE_RENEW_S = DISPATCHER_LEASES_BUCKET.ttl_s / 3
 
-PartitionReader = Callable[[int, asyncio.Event], Awaitable[None]]  # reads a partition's results until the event
+# Reads one partition's results until its event is set.
+PartitionReader = Callable[[int, asyncio.Event], Awaitable[None]]
 
 
 class Partitions:

@@ -46,7 +46,9 @@ def results_consumer(partition: int) -> ConsumerSpec:
 class Results:
     """Applies results to their runs; the results wait for the checkpoint that covers them to be acked."""
 
-    def __init__(self, bus: Bus, runs: LiveRuns, settings: DispatcherSettings, owns: Callable[[str], bool]) -> None:
+    def __init__(
+        self, bus: Bus, runs: LiveRuns, settings: DispatcherSettings, owns: Callable[[str], bool]
+    ) -> None:
         self.bus = bus
         self.runs = runs
         self.settings = settings

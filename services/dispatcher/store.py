@@ -44,11 +44,11 @@ class RunStore:
         return LiveRun(RunState(planned, self.max_in_flight_per_run, self.retry, self.limits))
 
     async def mark_running(self, run_id: str) -> None:
-        """Say the run is under way (before its first checkpoint), so a new owner of its partition adopts it."""
+        """Say the run is under way: a new owner of its partition adopts it."""
         await (await self.bus.kv(RUN_STATE_BUCKET)).put(running_marker(run_id), b"")
 
     async def running_in(self, partition: int) -> list[str]:
-        """The runs under way whose results come on `partition`, by their running markers (not every checkpoint)."""
+        """The runs under way whose results come on `partition`, by their markers (not every checkpoint)."""
         markers = await self.bus.kv_keys(RUN_STATE_BUCKET, f"{RUNNING_MARKER_PREFIX}.p{partition}.*")
         return [marker.rsplit(".", 1)[-1] for marker in markers]
 
@@ -81,13 +81,14 @@ class RunStore:
             await self.mark_over(run_id)
             return None
         try:
-            raw = await self.bus.js.get_last_msg(RUNS.name, Subjects.run_event(checkpoint["tenant"], run_id, "planned"))
+            subject = Subjects.run_event(checkpoint["tenant"], run_id, "planned")
+            raw = await self.bus.js.get_last_msg(RUNS.name, subject)
         except NotFoundError:
             log.warning("run %s has a checkpoint but no planned event yet", run_id)
             return None
         planned = await self.plans.resolved(RunPlanned.model_validate_json(raw.data or b""))
         run = RunState.restore(planned, checkpoint, self.max_in_flight_per_run, self.retry, self.limits)
-        # What the previous owner finished but had not reported yet is lost with it: report every finished step.
+        # What the previous owner finished but had not reported is lost with it: report every finished step.
         finished = (StepPhase.SUCCEEDED, StepPhase.FAILED)
         unreported = {step_id for step_id, step in run.steps.items() if step.phase in finished}
         log.info("run %s loaded from its checkpoint", run_id)
@@ -103,5 +104,6 @@ class RunStore:
         if len(self._over) > FINISHED_RUNS_KEPT:
             del self._over[next(iter(self._over))]
         kv = await self.bus.kv(RUN_STATE_BUCKET)
-        with contextlib.suppress(nats.errors.Error, TimeoutError):  # a marker left behind is dropped at the next adopt
+        # A marker left behind is dropped at the next adoption (which finds its run over).
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
             await kv.delete(running_marker(run_id))

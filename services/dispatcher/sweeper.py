@@ -1,4 +1,4 @@
-"""The safety net for lost steps: an attempt with no result long after its dispatch is failed (and retried)."""
+"""An attempt with no result long after its dispatch fails (and is retried)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class LostStepSweeper:
                 waited_s = now - since
                 if waited_s < state.spec.timeout_s * 2 + self.settings.lost_step_grace_s:
                     continue
-                log.warning("run %s step %s attempt %d: no result after %.0fs", run.run_id, step_id, state.attempt, waited_s)
+                log.warning("run %s step %s attempt %d: no result after %.0fs",
+                            run.run_id, step_id, state.attempt, waited_s)  # fmt: skip
                 result = StepResult(
                     run_id=run.run_id, step_id=step_id, attempt=state.attempt, status=StepStatus.FAILED,
                     error=f"no result {waited_s:.0f}s after dispatch (step lost)", started_at=utc_now(),
