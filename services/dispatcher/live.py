@@ -83,10 +83,6 @@ class LiveRuns:
     def __len__(self) -> int:
         return len(self._held)
 
-    def get(self, run_id: str) -> LiveRun | None:
-        """The run, if held."""
-        return self._held.get(run_id)
-
     def held(self) -> list[LiveRun]:
         """Every run held (a copy: callers may forget runs while they go through it)."""
         return list(self._held.values())
