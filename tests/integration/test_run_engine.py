@@ -19,8 +19,8 @@ from nats.js.errors import NoKeysError, NoStreamResponseError, NotFoundError
 from services.aggregator.__main__ import main as aggregator_main
 from services.aggregator.settings import AggregatorSettings
 from services.dispatcher.__main__ import main as dispatcher_main
-from services.dispatcher.dispatching import running_marker
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.store import running_marker
 from services.gateway.engine import create_engine
 from services.gateway.server import GatewayServer, serve
 from services.gateway.settings import GatewaySettings
