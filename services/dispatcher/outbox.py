@@ -1,5 +1,5 @@
 """What the dispatcher publishes: steps to the pool's work queue, step events (buffered per run, sent in
-batches), runs' progress, and the end of a run (its event, and its run-index entry).
+batches), runs' progress, and the end of a run (its event: the recorder derives the run index from it).
 
 Publishes do not wait for their acks; `flush` waits for all of them at once.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from services.dispatcher.live import HeldOutput, LiveRun
 from services.dispatcher.settings import DispatcherSettings
@@ -16,14 +16,11 @@ from services.dispatcher.state import Dispatch, Outcome, RunPhase, RunState, Ste
 from swarm.bus import Bus
 from swarm.contracts import (
     INLINE_INPUTS_MAX_CHARS,
-    RUN_INDEX_BUCKET,
     RunCancelled,
     RunExecuted,
     RunFailed,
     RunPlanned,
     RunProgress,
-    RunRecord,
-    RunStatus,
     StepDispatch,
     StepEvent,
     StepEventBatch,
@@ -194,25 +191,24 @@ class Outbox:
         summary = run.summary()
         message: RunExecuted | RunFailed | RunCancelled
         if phase is RunPhase.EXECUTED:
-            kind, status, error = "executed", RunStatus.SYNTHESIZING, None
+            kind = "executed"
             message = RunExecuted(
                 run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
                 sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.submitted_at,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         elif phase is RunPhase.FAILED:
-            kind, status, error = "failed", RunStatus.FAILED, run.error
+            kind = "failed"
             message = RunFailed(
                 run_id=run.run_id, tenant=run.tenant, error=run.error,
                 failed_step_ids=tuple(run.failed_step_ids()), summary=summary,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         else:
-            kind, status, error = "cancelled", RunStatus.CANCELLED, run.error
+            kind = "cancelled"
             message = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=run.error)
         subject = Subjects.run_event(run.tenant, run.run_id, kind)
         await self.bus.publish_nowait(subject, message, f"{run.run_id}.{kind}")
-        await self._index(run.planned, status, len(run.steps), len(run.agents), run.submitted_at, error)
         log.info("run %s %s: %s", run.run_id, phase.value, summary.model_dump(exclude={"v"}))
 
     async def refuse(self, planned: RunPlanned, error: str) -> None:
@@ -220,22 +216,3 @@ class Outbox:
         failed = RunFailed(run_id=planned.run_id, tenant=planned.tenant, error=error)
         subject = Subjects.run_event(planned.tenant, planned.run_id, "failed")
         await self.bus.publish(subject, failed, f"{planned.run_id}.failed")
-        steps_total = len(planned.plan.steps) if planned.plan else planned.steps_count
-        agents_count = len(planned.plan.agents) if planned.plan else planned.agents_count
-        await self._index(planned, RunStatus.FAILED, steps_total, agents_count, planned.submitted_at, error)
-
-    async def _index(
-        self,
-        planned: RunPlanned,
-        status: RunStatus,
-        steps_total: int,
-        agents_count: int,
-        submitted_at: datetime,
-        error: str | None = None,
-    ) -> None:
-        """The dispatcher's one write of the run index (to go once the recorder is its single writer)."""
-        record = RunRecord(
-            run_id=planned.run_id, tenant=planned.tenant, status=status, goal=planned.goal[:200],
-            steps_total=steps_total, agents_count=agents_count, submitted_at=submitted_at, error=error,
-        )  # fmt: skip
-        await (await self.bus.kv(RUN_INDEX_BUCKET)).put(planned.run_id, record.model_dump_json().encode())
