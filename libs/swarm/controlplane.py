@@ -122,8 +122,13 @@ class ControlPlane:
         heartbeat_s: float | None,
         description: str,
     ) -> None:
-        """Declare a subscriber on `spec`'s durable consumer: at most `concurrency` messages in hand, each
-        fetched as soon as a worker is free (no waiting for a batch to fill), settled by `settle_message`."""
+        """Declare a subscriber on `spec`'s durable consumer: `concurrency` workers, each message fetched
+        alone (no waiting for a batch to fill), settled by `settle_message`.
+
+        faststream's fetch loop may hold one message more than the workers while all of them are busy;
+        it is not reported in progress until a worker takes it, so a handler slower than the consumer's
+        ack_wait can see that one redelivered (handlers here are idempotent: msg ids, the run index).
+        """
         if len(spec.filter_subjects) != 1:
             raise ValueError(f"a control-plane subscriber filters one subject; {spec.durable} has several")
 
