@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.runner import LoadtestOptions, cpu_seconds, embedded_environment, open_deployment, _environment
+from loadtest.runner import LoadtestOptions, _environment, cpu_seconds, embedded_environment, open_deployment
 from swarm.client import SwarmClient
 from swarm.contracts import EVENTS, RECORDER_CONSUMER
 from swarm.settings import NatsSettings

@@ -45,7 +45,7 @@ def ngram_counts(text: str, n: int = 4) -> Counter[tuple[str, ...]]:
 
 
 def _ngram_counts(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(zip(*(tokens[i:] for i in range(n))))
+    return Counter(zip(*(tokens[i:] for i in range(n)), strict=False))  # the shorter tails end it
 
 
 def repeated_share(text: str, n: int = 4) -> float:

@@ -161,12 +161,15 @@ class SimEngine:
 
     async def generate(self, request: InferenceRequest) -> Completion:
         """The planned completion, after the planned latency; its first token after the planned TTFT."""
+        began = time.perf_counter()
         plan = self.plan(request)
+        # The latency runs from the call, the sim's own work included (as a real engine's compute is): a
+        # burst of requests does not add the text generation of those before it to every latency.
         if plan.ttft_ms > 0:
-            await asyncio.sleep(plan.ttft_ms / 1000.0)
+            await asyncio.sleep(max(0.0, began + plan.ttft_ms / 1000.0 - time.perf_counter()))
         first_token_at = time.perf_counter()
         if plan.delay_ms > plan.ttft_ms:
-            await asyncio.sleep((plan.delay_ms - plan.ttft_ms) / 1000.0)
+            await asyncio.sleep(max(0.0, began + plan.delay_ms / 1000.0 - time.perf_counter()))
         return Completion(plan.content, plan.prompt_tokens, plan.completion_tokens, first_token_at=first_token_at)
 
     async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
