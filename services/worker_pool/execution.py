@@ -527,8 +527,9 @@ class StepExecutor:
 
     async def _inputs(self, dispatch: StepDispatch) -> dict[str, str]:
         deps = [d for d in dispatch.step.depends_on if d not in dispatch.missing_inputs]
-        if not deps:
-            return {}
+        by_key = [d for d in deps if d not in dispatch.inputs]  # the usual case: none, all came inline
+        if not by_key:
+            return {d: dispatch.inputs[d] for d in deps}
         kv = await self.bus.kv(OUTPUTS_BUCKET)
 
         async def fetch(step_id: str) -> str:
@@ -539,7 +540,6 @@ class StepExecutor:
             value = entry.value or b""
             return (await self.payloads.resolve(value) if is_ref(value) else value).decode()
 
-        by_key = [d for d in deps if d not in dispatch.inputs]  # the usual case: none, all came inline
         fetched = dict(zip(by_key, await asyncio.gather(*(fetch(d) for d in by_key)), strict=True))
         return {d: dispatch.inputs[d] if d in dispatch.inputs else fetched[d] for d in deps}
 
