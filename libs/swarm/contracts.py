@@ -6,7 +6,6 @@ from this module (`make proto`), and a test fails when it drifts.
 
 from __future__ import annotations
 
-import functools
 import re
 import zlib
 from datetime import UTC, datetime
@@ -84,11 +83,16 @@ class OmitsUnusedOptions:
         return data
 
 
-@functools.cache
+_DEFAULTS: dict[tuple[type, str], Any] = {}
+
+
 def _default_of(model: type, name: str) -> Any:
     """A field's default, made once: pydantic's get_default inspects the factory's signature on every call,
     and every dispatched step's serialization asks (defaults of frozen models are never mutated)."""
-    return model.model_fields[name].get_default(call_default_factory=True)  # type: ignore[attr-defined]
+    key = (model, name)
+    if key not in _DEFAULTS:
+        _DEFAULTS[key] = model.model_fields[name].get_default(call_default_factory=True)  # type: ignore[attr-defined]
+    return _DEFAULTS[key]
 
 
 # --------------------------------------------------------------------------- streams
