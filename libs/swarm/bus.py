@@ -154,7 +154,7 @@ class Puller:
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.inbox = nc.new_inbox()
         self._msgs: list[Msg] = []
-        self._arrived = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # what a waiting fetch sleeps on
         self._open_until = 0.0  # monotonic deadline of the open request; 0 when none is open
         self._left = 0  # messages the open request may still deliver
         self._sub: Any = None
@@ -166,13 +166,16 @@ class Puller:
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.data and msg.headers and _STATUS_HEADER in msg.headers:
             self._open_until = 0.0  # 404/408/409: the request is over
-            self._arrived.set()
-            return
-        self._msgs.append(msg)
-        self._left -= 1
-        if self._left <= 0:
-            self._open_until = 0.0
-        self._arrived.set()
+        else:
+            self._msgs.append(msg)
+            self._left -= 1
+            if self._left <= 0:
+                self._open_until = 0.0
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:  # noqa: ASYNC109 - nats-py fetch signature
         """Up to `batch` messages: those already here, else the first to arrive within `timeout`."""
@@ -183,9 +186,16 @@ class Puller:
                 self._open_until = loop.time() + timeout
                 request = {"batch": batch, "expires": int(timeout * 1e9)}
                 await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), max(0.0, self._open_until - loop.time()) + 0.05)
+            # One future and one timer per wait (not wait_for's task around an Event): a reader that takes
+            # steps one at a time waits once per step. The server's 408 at the request's expiry wakes it
+            # too; the timer only guards against a request lost with its connection.
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(max(0.0, self._open_until - loop.time()) + 0.05, self._wake)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
             await asyncio.sleep(0)  # let the rest of a burst land before handing out
         msgs, self._msgs = self._msgs[:batch], self._msgs[batch:]
         if not msgs:
@@ -257,6 +267,21 @@ class ReplyInbox:
         future = self.waiting.pop(msg.subject[len(self.prefix) + 1 :], None)
         if future is not None and not future.done():
             self._resolve(msg, future)
+
+
+async def wait_future(future: asyncio.Future[Any], timeout_s: float) -> Any:
+    """Await a reply's future, at most `timeout_s` (TimeoutError): one timer and no task, where
+    `asyncio.wait_for` (a task) or `asyncio.timeout` (a context) cost more on every message's path."""
+    timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, future)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def resolve_publish_ack(msg: Msg, future: asyncio.Future[None]) -> None:
@@ -558,8 +583,7 @@ class Bus:
         reply, token, ack = await self.acks.expect()
         await self.nc.publish(subject, payload, reply=reply, headers=headers)
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                await ack
+            await wait_future(ack, self.settings.request_timeout_s)
         except TimeoutError:
             self.acks.forget(token)
             raise PublishNotAcknowledged(f"no ack from the stream of {subject}") from None

@@ -78,11 +78,21 @@ class OmitsUnusedOptions:
         data = handler(self)
         if isinstance(data, dict):
             for name in self.OMIT_AT_DEFAULT:
-                if name in data and getattr(self, name) == type(self).model_fields[name].get_default(  # type: ignore[attr-defined]
-                    call_default_factory=True
-                ):
+                if name in data and getattr(self, name) == _default_of(type(self), name):
                     del data[name]
         return data
+
+
+_DEFAULTS: dict[tuple[type, str], Any] = {}
+
+
+def _default_of(model: type, name: str) -> Any:
+    """A field's default, made once: pydantic's get_default inspects the factory's signature on every call,
+    and every dispatched step's serialization asks (defaults of frozen models are never mutated)."""
+    key = (model, name)
+    if key not in _DEFAULTS:
+        _DEFAULTS[key] = model.model_fields[name].get_default(call_default_factory=True)  # type: ignore[attr-defined]
+    return _DEFAULTS[key]
 
 
 # --------------------------------------------------------------------------- streams

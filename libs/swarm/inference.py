@@ -18,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from swarm.bus import ReplyInbox
+from swarm.bus import ReplyInbox, wait_future
 from swarm.contracts import (
     ChatMessage,
     InferenceCancel,
@@ -108,7 +108,7 @@ class InferenceClient:
         reply, token, future = await self.replies.expect()
         await self.nc.publish(Subjects.INFER, payload, reply=reply)
         try:
-            msg: Msg = await asyncio.wait_for(future, timeout_s)
+            msg: Msg = await wait_future(future, timeout_s)
         except TimeoutError:
             self.replies.forget(token)
             raise nats.errors.TimeoutError from None

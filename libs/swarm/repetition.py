@@ -41,15 +41,25 @@ def words(text: str) -> list[str]:
 
 def ngram_counts(text: str, n: int = 4) -> Counter[tuple[str, ...]]:
     """How often each sequence of `n` words occurs in `text`."""
-    tokens = words(text)
-    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return _ngram_counts(words(text), n)
+
+
+def _ngram_counts(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
+    return Counter(zip(*(tokens[i:] for i in range(n)), strict=False))  # the shorter tails end it
 
 
 def repeated_share(text: str, n: int = 4) -> float:
     """The share of `text`'s n-word sequences that repeat an earlier one (0: none repeats)."""
-    counts = ngram_counts(text, n)
-    total = sum(counts.values())
+    return _repeated_share(ngram_counts(text, n))
+
+
+def _repeated_share(counts: Counter[tuple[str, ...]]) -> float:
+    total = counts.total()
     return (total - len(counts)) / total if total else 0.0
+
+
+def _count(item: tuple[tuple[str, ...], int]) -> int:
+    return item[1]
 
 
 def degeneracy(text: str, limits: RepetitionLimits = STEP_LIMITS) -> str | None:
@@ -59,12 +69,13 @@ def degeneracy(text: str, limits: RepetitionLimits = STEP_LIMITS) -> str | None:
         return "an output empty of content (no words)"
     if len(tokens) < limits.min_words:
         return f"too short an output ({len(tokens)} words, fewer than {limits.min_words})"
-    counts = ngram_counts(text, limits.n)
+    # Words and n-grams counted once (this runs on every model output, on the workers' hot path).
+    counts = _ngram_counts(tokens, limits.n)
     if not counts:
         return None
-    top, top_count = counts.most_common(1)[0]
+    top, top_count = max(counts.items(), key=_count)
     quoted = " ".join(top)[:QUOTE_CHARS]
-    repeated = repeated_share(text, limits.n)
+    repeated = _repeated_share(counts)
     if repeated > limits.max_repeated_fraction:
         return (
             f"a loop: {repeated:.0%} of its {limits.n}-word sequences repeat an earlier one "

@@ -527,8 +527,9 @@ class StepExecutor:
 
     async def _inputs(self, dispatch: StepDispatch) -> dict[str, str]:
         deps = [d for d in dispatch.step.depends_on if d not in dispatch.missing_inputs]
-        if not deps:
-            return {}
+        by_key = [d for d in deps if d not in dispatch.inputs]  # the usual case: none, all came inline
+        if not by_key:
+            return {d: dispatch.inputs[d] for d in deps}
         kv = await self.bus.kv(OUTPUTS_BUCKET)
 
         async def fetch(step_id: str) -> str:
@@ -539,7 +540,6 @@ class StepExecutor:
             value = entry.value or b""
             return (await self.payloads.resolve(value) if is_ref(value) else value).decode()
 
-        by_key = [d for d in deps if d not in dispatch.inputs]  # the usual case: none, all came inline
         fetched = dict(zip(by_key, await asyncio.gather(*(fetch(d) for d in by_key)), strict=True))
         return {d: dispatch.inputs[d] if d in dispatch.inputs else fetched[d] for d in deps}
 
@@ -548,13 +548,17 @@ class StepExecutor:
         worker (a killed worker's steps are, after the short ack_wait); a step running long publishes its
         events so far, so watchers see it started.
 
-        One loop for all steps: a task per step cost more than the steps themselves at zero latency.
+        One loop for all steps: a task per step cost more than the steps themselves at zero latency. A step
+        started less than half a heartbeat ago is skipped: its ack_wait runs from its delivery, and the next
+        round reaches it within 1.5 heartbeats (ack_wait is 3), so most short agent turns cost no message.
         """
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             now = loop.time()
             for started, msg, dispatch in list(self._running.values()):
+                if started > now - self.settings.heartbeat_s / 2:
+                    continue
                 with contextlib.suppress(nats.errors.Error):
                     await msg.in_progress()
                     if started <= now - self.settings.early_events_s:

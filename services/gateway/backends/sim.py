@@ -59,13 +59,15 @@ def plausible_text(prompt: str, n_tokens: int, rng: random.Random) -> str:
     """Sentences mixing the prompt's words with a fixed vocabulary, about `n_tokens` tokens long."""
     # Each prompt word once (twice the weight of a stock word): a prompt that repeats one word must not make
     # the answer a loop of it, which the worker would reject as degenerate.
-    vocabulary = list(WORDS) + list(dict.fromkeys(w.lower() for w in _PROMPT_WORD.findall(prompt[-4000:]))) * 2
+    # Lower-cased before matching: one pass in C rather than a call per word (this runs on every sim call).
+    prompt_words = list(dict.fromkeys(_PROMPT_WORD.findall(prompt[-4000:].lower())))
+    vocabulary = [*WORDS, *prompt_words, *prompt_words]
     target_chars = n_tokens * 4
     sentences: list[str] = []
     size = 0
+    choices, randint = rng.choices, rng.randint
     while size < target_chars:
-        words = rng.choices(vocabulary, k=rng.randint(SENTENCE_WORDS // 2, SENTENCE_WORDS * 3 // 2))
-        sentence = " ".join(words).capitalize() + "."
+        sentence = " ".join(choices(vocabulary, k=randint(SENTENCE_WORDS // 2, SENTENCE_WORDS * 3 // 2))).capitalize() + "."
         sentences.append(sentence)
         size += len(sentence) + 1
     return " ".join(sentences)[:target_chars].rstrip()
@@ -159,12 +161,15 @@ class SimEngine:
 
     async def generate(self, request: InferenceRequest) -> Completion:
         """The planned completion, after the planned latency; its first token after the planned TTFT."""
+        began = time.perf_counter()
         plan = self.plan(request)
+        # The latency runs from the call, the sim's own work included (as a real engine's compute is): a
+        # burst of requests does not add the text generation of those before it to every latency.
         if plan.ttft_ms > 0:
-            await asyncio.sleep(plan.ttft_ms / 1000.0)
+            await asyncio.sleep(max(0.0, began + plan.ttft_ms / 1000.0 - time.perf_counter()))
         first_token_at = time.perf_counter()
         if plan.delay_ms > plan.ttft_ms:
-            await asyncio.sleep((plan.delay_ms - plan.ttft_ms) / 1000.0)
+            await asyncio.sleep(max(0.0, began + plan.delay_ms / 1000.0 - time.perf_counter()))
         return Completion(plan.content, plan.prompt_tokens, plan.completion_tokens, first_token_at=first_token_at)
 
     async def generate_stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
