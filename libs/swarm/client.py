@@ -28,6 +28,7 @@ from swarm.contracts import (
     PlanPattern,
     RunCancelRequested,
     RunEvent,
+    RunEventKind,
     RunPlanned,
     RunPolicy,
     RunRecord,
@@ -324,7 +325,7 @@ class SwarmClient:
     async def cancel(self, run_id: str, tenant: str = DEFAULT_TENANT, reason: str = "cancelled by client") -> None:
         """Ask the dispatcher to cancel the run."""
         request = RunCancelRequested(run_id=run_id, tenant=tenant, reason=reason)
-        await self.bus.publish(Subjects.run_event(tenant, run_id, "cancel"), request)
+        await self.bus.publish(Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), request)
 
     async def runs(self, limit: int = 50) -> list[RunRecord]:
         """The most recent runs from the run index, newest first."""

@@ -190,7 +190,60 @@ ALL_BUCKETS = (
 
 
 class Keys:
-    """Keys of the KV buckets and object store, built from their parts (one place, so scoping them changes here)."""
+    """Keys of the KV buckets and object stores, built from their parts (one place, so scoping them changes here)."""
+
+    RUNNING_MARKERS_ALL = "running.>"  # every running marker in RUN_STATE_BUCKET
+    LEASE_MEMBER_PREFIX = "member."  # DISPATCHER_LEASES_BUCKET: one entry per live dispatcher replica
+
+    @staticmethod
+    def run_checkpoint(run_id: str) -> str:
+        """A run's checkpoint in RUN_STATE_BUCKET (the dispatcher's; workers read its phase)."""
+        return run_id
+
+    @staticmethod
+    def running_marker(run_id: str) -> str:
+        """RUN_STATE_BUCKET: the run is running; found by its results partition when a replica adopts it."""
+        return f"running.p{result_partition(run_id)}.{run_id}"
+
+    @staticmethod
+    def running_markers(partition: int) -> str:
+        """Filter matching the running markers of one results partition."""
+        return f"running.p{partition}.*"
+
+    @staticmethod
+    def run_record(run_id: str) -> str:
+        """A run's entry in RUN_INDEX_BUCKET."""
+        return run_id
+
+    @staticmethod
+    def partition_lease(partition: int) -> str:
+        """DISPATCHER_LEASES_BUCKET: which replica owns one results partition."""
+        return f"p{partition}"
+
+    @staticmethod
+    def lease_member(instance_id: str) -> str:
+        """DISPATCHER_LEASES_BUCKET: a live dispatcher replica (the owners share the partitions among these)."""
+        return f"{Keys.LEASE_MEMBER_PREFIX}{instance_id}"
+
+    @staticmethod
+    def output(run_id: str, step_id: str) -> str:
+        """A step's output in OUTPUTS_BUCKET."""
+        return f"{run_id}.{step_id}"
+
+    @staticmethod
+    def scratchpad(run_id: str, key: str) -> str:
+        """One value of a run's scratchpad in SCRATCHPAD_BUCKET."""
+        return f"{run_id}.{key}"
+
+    @staticmethod
+    def of_run(run_id: str) -> str:
+        """Filter matching every key of one run in OUTPUTS_BUCKET or SCRATCHPAD_BUCKET."""
+        return f"{run_id}.>"
+
+    @staticmethod
+    def within_run(key: str, run_id: str) -> str:
+        """What a run's key in OUTPUTS_BUCKET or SCRATCHPAD_BUCKET names within the run: a step id, a scratchpad key."""
+        return key.removeprefix(f"{run_id}.")
 
     @staticmethod
     def memory_turn(run_id: str, agent_id: str, step_id: str, attempt: int) -> str:
@@ -198,9 +251,34 @@ class Keys:
         return f"{run_id}.{agent_id}.{step_id}.{attempt}"
 
     @staticmethod
+    def payload_object(key: str, nonce: str) -> str:
+        """PAYLOADS_STORE: a large value of a KV key; a fresh nonce per write, so an object is never rewritten."""
+        return f"{key}.{nonce}"
+
+    @staticmethod
+    def plan_object(sha256: str) -> str:
+        """PLANS_STORE: a plan, named by its content digest, so a reference cannot be ambiguous."""
+        return f"plan-sha256-{sha256}"
+
+    @staticmethod
     def sim_script(run_id: str, name: str) -> str:
         """A sim tool call's arguments stored by reference in PAYLOADS_STORE (load tests: spawn requests)."""
         return f"sim.{run_id}.{name}"
+
+
+class MsgIds:
+    """Nats-Msg-Id headers: JetStream drops a second message with the same id within the stream's window."""
+
+    @staticmethod
+    def run_event(run_id: str, kind: RunEventKind) -> str:
+        """A lifecycle event of a run: each kind is published once per run, by whichever replica gets there."""
+        return f"{run_id}.{kind}"
+
+    @staticmethod
+    def step_dispatch(run_id: str, step_id: str, attempt: int) -> str:
+        """One attempt of a step on its pool's queue."""
+        return f"{run_id}.{step_id}.{attempt}"
+
 
 # Durable consumer names, one place for each.
 PLANNER_CONSUMER = "planner"
@@ -257,7 +335,7 @@ class Subjects:
         return f"swarm.results.{partition}.*"
 
     @staticmethod
-    def run_event(tenant: str, run_id: str, kind: str) -> str:
+    def run_event(tenant: str, run_id: str, kind: RunEventKind) -> str:
         """A lifecycle event of one run."""
         return f"swarm.run.{tenant}.{run_id}.{kind}"
 
@@ -277,7 +355,7 @@ class Subjects:
         return f"swarm.deliver.{tenant}"
 
     @staticmethod
-    def run_kind_all(kind: str) -> str:
+    def run_kind_all(kind: RunEventKind) -> str:
         """One kind of lifecycle event across all runs and tenants."""
         return f"swarm.run.*.*.{kind}"
 
@@ -444,11 +522,6 @@ class Plan(Contract):
 PLAN_INLINE_MAX_BYTES = 256 * 1024
 PLAN_REF_MAX_BYTES = 64 * 1024 * 1024  # what a referenced plan may weigh (4,000 steps of 16,000 chars fit)
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-
-
-def plan_object_name(sha256: str) -> str:
-    """The name of a plan's object in PLANS_STORE: its content digest, so a reference cannot be ambiguous."""
-    return f"plan-sha256-{sha256}"
 
 
 class PlanRef(Contract):
@@ -671,6 +744,19 @@ class RunSummary(Contract):
     wall_ms: float = Field(ge=0, description="From submission to the final answer.")
 
 
+class RunEventKind(StrEnum):
+    """Every kind of run lifecycle event: a RunEvent's `kind` field, and the last token of its subject."""
+
+    REJECTED = "rejected"
+    PLANNED = "planned"
+    PROGRESS = "progress"
+    EXECUTED = "executed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCEL = "cancel"  # a request (RunCancelRequested), not an outcome: see CANCELLED
+    CANCELLED = "cancelled"
+
+
 class RunEventBase(Contract):
     """Fields every run lifecycle event carries."""
 
@@ -737,7 +823,7 @@ class RejectionReason(BaseModel):
 class RunRejected(RunEventBase):
     """The task could not be accepted; nothing will run."""
 
-    kind: Literal["rejected"] = Field("rejected", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.REJECTED] = Field(RunEventKind.REJECTED, description="Event kind, also the last subject token.")
     error: str = Field(description="Why, in words: every reason on one line.")
     reasons: tuple[RejectionReason, ...] = Field(
         default=(),
@@ -760,7 +846,7 @@ class RunPlanned(RunEventBase):
         }
     )
 
-    kind: Literal["planned"] = Field("planned", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.PLANNED] = Field(RunEventKind.PLANNED, description="Event kind, also the last subject token.")
     goal: str = Field(description="The goal (or a description of the explicit plan).")
     plan: Plan | None = Field(
         default=None, description="The validated plan, when its JSON fits 256 KiB; else `plan_ref` names it."
@@ -794,7 +880,7 @@ class RunPlanned(RunEventBase):
 class RunProgress(RunEventBase):
     """Throttled progress of a running run."""
 
-    kind: Literal["progress"] = Field("progress", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.PROGRESS] = Field(RunEventKind.PROGRESS, description="Event kind, also the last subject token.")
     steps_total: int = Field(ge=0, description="Steps in the plan.")
     steps_queued: int = Field(ge=0, description="Steps on the work queue, not yet finished.")
     steps_succeeded: int = Field(ge=0, description="Steps succeeded.")
@@ -820,7 +906,7 @@ class MissingAgent(Contract):
 class RunExecuted(RunEventBase):
     """Every step is finished; the aggregator synthesizes the answer."""
 
-    kind: Literal["executed"] = Field("executed", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.EXECUTED] = Field(RunEventKind.EXECUTED, description="Event kind, also the last subject token.")
     goal: str = Field(description="The run's goal.")
     sink_step_ids: tuple[Id, ...] = Field(description="Succeeded steps no other step depends on: the synthesis input.")
     summary: RunSummary = Field(description="Totals of the step phase (wall_ms up to now).")
@@ -833,7 +919,7 @@ class RunExecuted(RunEventBase):
 class RunCompleted(RunEventBase):
     """The final answer."""
 
-    kind: Literal["completed"] = Field("completed", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.COMPLETED] = Field(RunEventKind.COMPLETED, description="Event kind, also the last subject token.")
     answer: str = Field(description="The synthesized answer.")
     summary: RunSummary = Field(description="Totals of the whole run.")
     missing_agents: tuple[MissingAgent, ...] = Field(
@@ -844,7 +930,7 @@ class RunCompleted(RunEventBase):
 class RunFailed(RunEventBase):
     """The run ended without an answer."""
 
-    kind: Literal["failed"] = Field("failed", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.FAILED] = Field(RunEventKind.FAILED, description="Event kind, also the last subject token.")
     error: str = Field(description="Why.")
     failed_step_ids: tuple[Id, ...] = Field(default=(), description="Steps dead-lettered.")
     summary: RunSummary | None = Field(default=None, description="Totals, when the run got that far.")
@@ -856,14 +942,14 @@ class RunFailed(RunEventBase):
 class RunCancelRequested(RunEventBase):
     """A client asks to cancel the run."""
 
-    kind: Literal["cancel"] = Field("cancel", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.CANCEL] = Field(RunEventKind.CANCEL, description="Event kind, also the last subject token.")
     reason: str = Field(default="cancelled by client", description="Why.")
 
 
 class RunCancelled(RunEventBase):
     """The run was cancelled: queued steps were dropped."""
 
-    kind: Literal["cancelled"] = Field("cancelled", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.CANCELLED] = Field(RunEventKind.CANCELLED, description="Event kind, also the last subject token.")
     reason: str = Field(description="Why.")
 
 
@@ -871,7 +957,7 @@ RunEvent = Annotated[
     RunRejected | RunPlanned | RunProgress | RunExecuted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled,
     Field(discriminator="kind"),
 ]
-TERMINAL_RUN_EVENTS = ("rejected", "completed", "failed", "cancelled")
+TERMINAL_RUN_EVENTS = (RunEventKind.REJECTED, RunEventKind.COMPLETED, RunEventKind.FAILED, RunEventKind.CANCELLED)
 
 
 class RunStatus(StrEnum):
@@ -1119,7 +1205,7 @@ CHANNELS: tuple[Channel, ...] = (
             description="Ready steps for a worker pool."),
     Channel(address="swarm.results.{partition}.{run_id}", stream=RESULTS.name, message=StepResult,
             description="Step results for the dispatcher."),
-    Channel(address=Subjects.run_event("{tenant}", "{run_id}", "{kind}"), stream=RUNS.name, message=RunEvent,
+    Channel(address="swarm.run.{tenant}.{run_id}.{kind}", stream=RUNS.name, message=RunEvent,
             description="Run lifecycle events; the last token is the event's 'kind' field."),
     Channel(address=Subjects.step_event("{run_id}"), stream=EVENTS.name, message=StepEvent,
             description="Step transitions for the event log."),

@@ -25,10 +25,10 @@ from swarm.contracts import (
     PAYLOADS_STORE,
     PLANS_STORE,
     BucketSpec,
+    Keys,
     Plan,
     PlanRef,
     RunPlanned,
-    plan_object_name,
 )
 
 REF_PREFIX = b'{"$ref":"obj://'
@@ -50,7 +50,7 @@ def make_ref(store: str, name: str, size: int) -> bytes:
 
 def object_name(key: str) -> str:
     """A fresh object name for a value stored under `key` (never an existing object's)."""
-    return f"{key}.{secrets.token_hex(8)}"
+    return Keys.payload_object(key, secrets.token_hex(8))
 
 
 def parse_ref(value: bytes) -> tuple[str, str]:
@@ -166,7 +166,7 @@ class PlanStore:
         data = plan_bytes(plan)
         ref = plan_ref_of(data)
         store = await self._objects()
-        name = plan_object_name(ref.sha256)
+        name = Keys.plan_object(ref.sha256)
         try:
             info = await store.get_info(name)
             if info.size == ref.size:
@@ -194,7 +194,7 @@ class PlanStore:
 
     async def get_bytes(self, ref: PlanRef) -> bytes:
         """The stored JSON of a plan, its size and digest checked (the planner validates it like an inline plan)."""
-        name = plan_object_name(ref.sha256)
+        name = Keys.plan_object(ref.sha256)
         try:
             store = await self._objects()
         except NotFoundError as exc:  # not in this account (a tenant's): unavailable here, not an outage

@@ -19,7 +19,10 @@ from swarm.contracts import (
     RUN_INDEX_BUCKET,
     RUNS,
     InferenceRequest,
+    Keys,
+    MsgIds,
     RunCompleted,
+    RunEventKind,
     RunExecuted,
     RunFailed,
     RunRecord,
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 MAX_TEMPERATURE = 1.5
 
 EXECUTED_CONSUMER = ConsumerSpec(
-    stream=RUNS, durable=AGGREGATOR_CONSUMER, filter_subjects=(Subjects.run_kind_all("executed"),),
+    stream=RUNS, durable=AGGREGATOR_CONSUMER, filter_subjects=(Subjects.run_kind_all(RunEventKind.EXECUTED),),
     ack_wait_s=30.0, max_deliver=10,
 )  # fmt: skip
 
@@ -102,7 +105,8 @@ class Aggregator:
             missing_agents=executed.missing_agents,
         )  # fmt: skip
         await self.bus.publish(
-            Subjects.run_event(executed.tenant, executed.run_id, "completed"), completed, f"{executed.run_id}.completed"
+            Subjects.run_event(executed.tenant, executed.run_id, completed.kind), completed,
+            MsgIds.run_event(executed.run_id, completed.kind),
         )
         await self._index(executed, RunStatus.COMPLETED)
         log.info("run %s completed in %.1fs", executed.run_id, summary.wall_ms / 1000)
@@ -180,7 +184,7 @@ class Aggregator:
         outputs = []
         for step_id in executed.sink_step_ids:
             try:
-                entry = await kv.get(f"{executed.run_id}.{step_id}")
+                entry = await kv.get(Keys.output(executed.run_id, step_id))
             except KeyNotFoundError:
                 log.warning("run %s: output of %s is missing", executed.run_id, step_id)
                 continue
@@ -193,7 +197,8 @@ class Aggregator:
             missing_agents=executed.missing_agents,
         )  # fmt: skip
         await self.bus.publish(
-            Subjects.run_event(executed.tenant, executed.run_id, "failed"), failed, f"{executed.run_id}.failed"
+            Subjects.run_event(executed.tenant, executed.run_id, failed.kind), failed,
+            MsgIds.run_event(executed.run_id, failed.kind),
         )
         await self._index(executed, RunStatus.FAILED, error)
 
@@ -204,4 +209,4 @@ class Aggregator:
             submitted_at=executed.submitted_at, error=error,
         )  # fmt: skip
         kv = await self.bus.kv(RUN_INDEX_BUCKET)
-        await kv.put(executed.run_id, record.model_dump_json().encode())
+        await kv.put(Keys.run_record(executed.run_id), record.model_dump_json().encode())

@@ -27,6 +27,8 @@ from swarm.contracts import (
     RUN_INDEX_BUCKET,
     TASKS,
     InferenceRequest,
+    Keys,
+    MsgIds,
     PlanSource,
     RejectionCode,
     RejectionReason,
@@ -142,7 +144,8 @@ class Planner:
             raise Reject(describe((too_large,)))
         await self.bus.js.publish(
             Subjects.run_event(task.tenant, task.run_id, event.kind), payload,
-            headers={"Nats-Msg-Id": f"{task.run_id}.planned"}, timeout=self.settings.nats.request_timeout_s,
+            headers={"Nats-Msg-Id": MsgIds.run_event(task.run_id, event.kind)},
+            timeout=self.settings.nats.request_timeout_s,
         )  # fmt: skip
         try:
             await self._index(index, task, RunStatus.RUNNING, outcome=outcome, last=revision)
@@ -160,7 +163,7 @@ class Planner:
     async def _already_handled(self, index: KeyValue, run_id: str) -> bool:
         """Whether the run index holds this run past planning (so this delivery is a repeat)."""
         try:
-            entry = await index.get(run_id)
+            entry = await index.get(Keys.run_record(run_id))
         except KeyNotFoundError:
             return False
         if entry.value is None:
@@ -195,9 +198,9 @@ class Planner:
         )
         value = record.model_dump_json().encode()
         if last is None:
-            return await index.put(task.run_id, value)
+            return await index.put(Keys.run_record(task.run_id), value)
         # Only move PLANNING -> RUNNING: a fast dispatcher may have written a later status already.
-        return await index.update(task.run_id, value, last=last)
+        return await index.update(Keys.run_record(task.run_id), value, last=last)
 
     async def _reject(
         self,
@@ -210,7 +213,7 @@ class Planner:
     ) -> None:
         error = describe(reasons)
         event = RunRejected(run_id=run_id, tenant=tenant, error=error, reasons=reasons)
-        await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, f"{run_id}.rejected")
+        await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, MsgIds.run_event(run_id, event.kind))
         record = RunRecord(
             run_id=run_id,
             tenant=tenant,
@@ -219,7 +222,7 @@ class Planner:
             submitted_at=task.submitted_at if task else None,
             error=error,
         )
-        await index.put(run_id, record.model_dump_json().encode())
+        await index.put(Keys.run_record(run_id), record.model_dump_json().encode())
         self.counts["rejected"] += 1
         log.warning("rejected run %s: %s", run_id, truncate(error, 500))
 

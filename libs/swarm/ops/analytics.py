@@ -28,7 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
 from swarm.bus import Bus
-from swarm.contracts import OUTPUTS_BUCKET, RUNS, MissingAgent, RunCompleted, RunFailed, Subjects
+from swarm.contracts import OUTPUTS_BUCKET, RUNS, Keys, MissingAgent, RunCompleted, RunFailed, Subjects
 from swarm.eventlog import EventLog
 from swarm.ops.queries import query_via_recorder
 from swarm.payloads import PayloadMissing, Payloads
@@ -399,8 +399,7 @@ async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
     kv = await bus.kv(OUTPUTS_BUCKET)
     payloads = Payloads(bus)
     outputs: dict[str, str] = {}
-    prefix = f"{run_id}."
-    watcher = await kv.watch(f"{prefix}*", ignore_deletes=True)
+    watcher = await kv.watch(Keys.of_run(run_id), ignore_deletes=True)
     try:
         async for entry in watcher:
             if entry is None:  # every current value has been delivered
@@ -409,7 +408,7 @@ async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
                 value = await payloads.resolve(entry.value or b"")
             except PayloadMissing as exc:
                 value = f"({exc})".encode()
-            outputs[entry.key.removeprefix(prefix)] = value.decode(errors="replace")
+            outputs[Keys.within_run(entry.key, run_id)] = value.decode(errors="replace")
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
     return cut_outputs(outputs, MAX_OUTPUT_CHARS, OUTPUTS_BUDGET_CHARS)

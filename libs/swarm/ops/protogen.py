@@ -247,8 +247,8 @@ def readme(channels: Iterable[Channel] = CHANNELS) -> str:
     rules = "\n".join(f"| `{code.value}` | {text} |" for code, text in REJECTION_RULES.items())
     task = contracts.Subjects.task("<tenant>")
     follow = contracts.Subjects.run_all("<tenant>", "<run_id>")
-    cancel = contracts.Subjects.run_event("<tenant>", "<run_id>", "cancel")
-    rejected = contracts.Subjects.run_event("<tenant>", "<run_id>", "rejected")
+    cancel = contracts.Subjects.run_event("<tenant>", "<run_id>", contracts.RunEventKind.CANCEL)
+    rejected = contracts.Subjects.run_event("<tenant>", "<run_id>", contracts.RunEventKind.REJECTED)
     terminal = ", ".join(f"`{kind}`" for kind in TERMINAL_RUN_EVENTS)
     window = f"{contracts.TASKS.duplicate_window_s:g} s"
     return f"""# Swarm wire contract
