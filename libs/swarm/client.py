@@ -38,6 +38,7 @@ from swarm.contracts import (
     TaskSubmission,
 )
 from swarm.payloads import PlanStore, PlanUnavailable, plan_bytes
+from swarm.schemas import describe_validation_error
 from swarm.settings import NatsSettings
 
 RUN_EVENT = TypeAdapter(RunEvent)
@@ -82,18 +83,13 @@ def parse_run_event(subject: str, data: bytes, run_id: str) -> RunEvent | None:
     try:
         event = RUN_EVENT.validate_json(data)
     except ValidationError as exc:
-        log.warning("skipped a message on %s: not a run event (%s)", subject, _first_error(exc))
+        why = describe_validation_error(exc, max_problems=1)
+        log.warning("skipped a message on %s: not a run event (%s)", subject, why)
         return None
     if event.run_id != run_id or subject.rsplit(".", 1)[-1] != event.kind:
         log.warning("skipped a message on %s: not a run event of this run (%s of %s)", subject, event.kind, event.run_id)
         return None
     return event
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else error["msg"]
 
 
 def new_run_id() -> str:

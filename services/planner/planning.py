@@ -27,6 +27,7 @@ from swarm.contracts import (
 from swarm.dag import PlanError, PlanLimits, validate_plan
 from swarm.inference import InferenceError, chat, new_request_id
 from swarm.repetition import degeneracy, topic_words, words
+from swarm.schemas import describe_validation_error
 
 RECORD_GOAL_CHARS = 200
 
@@ -87,15 +88,6 @@ class PlanOutcome:
 
 
 # --------------------------------------------------------------------------- tasks
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """A pydantic error on one line per problem, without documentation URLs."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"])
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return "; ".join(parts)
 
 
 def goal_of(task: TaskSubmission) -> str:

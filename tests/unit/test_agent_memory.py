@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from services.dispatcher.state import RetryPolicy, RunState, StepPhase
+from services.gateway.backends import create_engine
 from services.gateway.backends.sim import SimEngine
-from services.gateway.engine import create_engine
 from services.gateway.settings import GatewaySettings
 from services.worker_pool.execution import build_prompt, tool_calls_of
 from services.worker_pool.settings import WorkerSettings

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import itertools
 import inspect
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
