@@ -17,9 +17,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
-from swarm.bus import MAX_INLINE_BYTES, Bus, identity_options
+from swarm.bus import Bus, identity_options
 from swarm.contracts import (
     DEFAULT_TENANT,
+    MESSAGE_BODY_MAX_BYTES,
     PLAN_INLINE_MAX_BYTES,
     RUN_INDEX_BUCKET,
     RUNS,
@@ -183,7 +184,7 @@ class SwarmClient:
                     self.plans_unreachable = exc
             store_unreachable = self.plans_unreachable if task.plan is not None else None
             payload = task.model_dump_json().encode()
-            if len(payload) > MAX_INLINE_BYTES:
+            if len(payload) > MESSAGE_BODY_MAX_BYTES:
                 why = (
                     f"the plans store is out of this identity's reach ({type(store_unreachable).__name__}), "
                     "so the plan must fit one message"
@@ -191,7 +192,7 @@ class SwarmClient:
                     else "its plan travels by reference already: shorten the goal or the labels"
                 )
                 raise MessageTooLarge(
-                    f"the task is {len(payload):,} bytes, over the {MAX_INLINE_BYTES:,} a message may carry ({why})"
+                    f"the task is {len(payload):,} bytes, over the {MESSAGE_BODY_MAX_BYTES:,} a message may carry ({why})"
                 )
             await self.bus.publish_bytes(Subjects.task(task.tenant), payload, {"Nats-Msg-Id": task.run_id})
         except (nats.errors.NoRespondersError, NoStreamResponseError, NotFoundError) as exc:

@@ -38,6 +38,21 @@ STEP_MAX_DEPENDS_ON = 500
 TASK_MAX_LABELS = 64
 REJECTION_MAX_REASONS = 100
 
+# THE message-size limit: NATS' max_payload, its default and what every server of the stack is configured
+# with (`swarm.ops.natsserver`). Every other budget of a message's bytes or characters is a share of it.
+MESSAGE_MAX_BYTES = 1024 * 1024
+# A message's body: the rest is headroom for its headers (Nats-Msg-Id, trace context) and the protocol line.
+MESSAGE_BODY_MAX_BYTES = MESSAGE_MAX_BYTES - MESSAGE_MAX_BYTES // 32
+# A plan inline (else by PlanRef): a quarter, as RunPlanned, read by every follower of a run, also carries
+# the goal and the rest of its envelope, and a plan's JSON grows when re-encoded by other clients.
+PLAN_INLINE_MAX_BYTES = MESSAGE_MAX_BYTES // 4
+# Dependency outputs inline in one StepDispatch (the rest by key): a quarter, beside the goal, the agent's
+# instructions and the step's instruction, which together may take another quarter.
+INLINE_INPUTS_MAX_CHARS = MESSAGE_MAX_BYTES // 4
+# One output inline in a StepResult, and so in each dependent's dispatch: 1/64, so that sixteen of them fit
+# the inputs' quarter of a dispatch.
+INLINE_OUTPUT_MAX_CHARS = MESSAGE_MAX_BYTES // 64
+
 
 def utc_now() -> datetime:
     """The current time, timezone-aware, in UTC."""
@@ -289,8 +304,6 @@ DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"  # one durable per partition:
 UINT16_MAX = 2**16 - 1
 UINT32_MAX = 2**32 - 1
 RESULT_EVENTS_MAX = 64  # step events a StepResult carries; a worker publishes any more itself
-INLINE_OUTPUT_MAX_CHARS = 16_384  # outputs up to this size also travel inline, in results and dispatches
-INLINE_INPUTS_MAX_CHARS = 256 * 1024  # inline dependency outputs per StepDispatch; the rest by key
 AGGREGATOR_CONSUMER = "aggregator"
 WORKERS_CONSUMER_PREFIX = "workers"  # one durable per pool: "workers-<pool>"
 RECORDER_CONSUMER = "recorder"
@@ -516,10 +529,8 @@ class Plan(Contract):
     pattern: PlanPattern | None = Field(default=None, description="The template the plan follows, if any.")
 
 
-# A plan whose JSON is larger travels by reference (PlanRef): the SDK stores it in PLANS_STORE, and the
-# planner does the same for the RunPlanned event. A quarter of the message limit: RunPlanned is read by
-# every follower of a run, and the rest of the envelope (goal, labels) must still fit.
-PLAN_INLINE_MAX_BYTES = 256 * 1024
+# A plan whose JSON is over PLAN_INLINE_MAX_BYTES travels by reference (PlanRef): the SDK stores it in
+# PLANS_STORE, and the planner does the same for the RunPlanned event.
 PLAN_REF_MAX_BYTES = 64 * 1024 * 1024  # what a referenced plan may weigh (4,000 steps of 16,000 chars fit)
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 

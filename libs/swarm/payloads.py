@@ -19,8 +19,9 @@ from nats.js.errors import BadObjectMetaError, KeyNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 from pydantic import ValidationError
 
-from swarm.bus import MAX_INLINE_BYTES, Bus
+from swarm.bus import Bus
 from swarm.contracts import (
+    MESSAGE_BODY_MAX_BYTES,
     OUTPUTS_BUCKET,
     PAYLOADS_STORE,
     PLANS_STORE,
@@ -69,7 +70,7 @@ class Payloads:
         self,
         bus: Bus,
         *,
-        inline_limit: int = MAX_INLINE_BYTES,
+        inline_limit: int = MESSAGE_BODY_MAX_BYTES,
         bucket: BucketSpec = OUTPUTS_BUCKET,
         store: BucketSpec = PAYLOADS_STORE,
     ) -> None:

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from services.planner.intake import TaskRejected, describe, parse_task, plan_reason, reason, resolve_plan_ref
 from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task, truncate
 from services.planner.settings import PlannerSettings
-from swarm.bus import MAX_INLINE_BYTES, Bus, ConsumerSpec, Reject, Retry, identity_options, settle
+from swarm.bus import Bus, ConsumerSpec, Reject, Retry, identity_options, settle
 from swarm.contracts import (
+    MESSAGE_BODY_MAX_BYTES,
     PLAN_INLINE_MAX_BYTES,
     PLANNER_CONSUMER,
     RUN_INDEX_BUCKET,
@@ -134,11 +135,11 @@ class Planner:
         if len(plan_bytes(outcome.plan)) > PLAN_INLINE_MAX_BYTES:
             event = event.model_copy(update={"plan": None, "plan_ref": await self.plans.put(outcome.plan)})
         payload = event.model_dump_json().encode()
-        if len(payload) > MAX_INLINE_BYTES:
+        if len(payload) > MESSAGE_BODY_MAX_BYTES:
             # Deterministic: retrying cannot make it fit, so the run is rejected rather than redelivered.
             too_large = reason(
                 "/plan" if task.plan is not None else "", RejectionCode.TOO_LARGE,
-                f"the planned run is {len(payload)} bytes, over the {MAX_INLINE_BYTES} a message may carry",
+                f"the planned run is {len(payload)} bytes, over the {MESSAGE_BODY_MAX_BYTES} a message may carry",
             )  # fmt: skip
             await self._reject(index, task.run_id, task.tenant, (too_large,), goal=goal_of(task), task=task)
             raise Reject(describe((too_large,)))

@@ -364,3 +364,12 @@ def test_no_bare_event_kinds_or_key_formats() -> None:
     assert not violations, (
         "use RunEventKind, Keys and MsgIds from swarm/contracts.py instead of:\n" + "\n".join(violations)
     )
+
+
+def test_every_message_budget_is_a_share_of_the_one_limit() -> None:
+    body = contracts.MESSAGE_BODY_MAX_BYTES
+    assert contracts.MESSAGE_MAX_BYTES - 64 * 1024 < body < contracts.MESSAGE_MAX_BYTES  # room for headers
+    # What a dispatch may carry inline (inputs, goal, instructions) stays inside one message body.
+    assert contracts.INLINE_INPUTS_MAX_CHARS + 32_000 + 16_000 + 8_000 < body // 2
+    assert 16 * contracts.INLINE_OUTPUT_MAX_CHARS <= contracts.INLINE_INPUTS_MAX_CHARS
+    assert contracts.PLAN_INLINE_MAX_BYTES < body

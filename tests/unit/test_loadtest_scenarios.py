@@ -19,8 +19,15 @@ from loadtest.scenarios import (
     swarm_plan,
     wide_plan,
 )
-from swarm.bus import MAX_INLINE_BYTES
-from swarm.contracts import PLAN_INLINE_MAX_BYTES, PlanSource, RunPlanned, RunPolicy, TaskSubmission, utc_now
+from swarm.contracts import (
+    MESSAGE_BODY_MAX_BYTES,
+    PLAN_INLINE_MAX_BYTES,
+    PlanSource,
+    RunPlanned,
+    RunPolicy,
+    TaskSubmission,
+    utc_now,
+)
 from swarm.dag import longest_chain, sinks, validate_plan
 
 RUN_ID = "lt-swarm-300x4000-20260101-000000-abcdef"  # as long as the runner's ids get
@@ -53,7 +60,7 @@ def test_the_headline_plan_with_300_character_instructions_travels_by_reference(
     assert (len(load.plan.agents), len(load.plan.steps)) == (300, 4000)
     assert all(len(s.instruction) == 300 for s in load.plan.steps)
     size = len(load.plan.model_dump_json())
-    assert size > MAX_INLINE_BYTES > PLAN_INLINE_MAX_BYTES
+    assert size > MESSAGE_BODY_MAX_BYTES > PLAN_INLINE_MAX_BYTES
     # With the plan by reference, what travels is small (the SDK and the planner make that swap).
     from swarm.payloads import plan_bytes, plan_ref_of
 

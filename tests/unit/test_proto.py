@@ -11,8 +11,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from swarm import contracts
-from swarm.ops import protogen
 from swarm.contracts import CHANNELS, RunCompleted, RunSummary, TaskSubmission
+from swarm.ops import protogen
 
 REPO_PROTO = Path(__file__).resolve().parents[2] / "proto"
 
