@@ -54,6 +54,24 @@ INLINE_INPUTS_MAX_CHARS = MESSAGE_MAX_BYTES // 4
 INLINE_OUTPUT_MAX_CHARS = MESSAGE_MAX_BYTES // 64
 
 
+# Free text that is indexed (the run index, the event log's columns) is bounded; `cut` is the one way a
+# text is shortened to fit.
+GOAL_MAX_CHARS = 32_000
+RECORD_GOAL_MAX_CHARS = 200  # the goal as the run index shows it
+ERROR_MAX_CHARS = 4000  # an error or a reason, in a result, an event or a record
+NAME_MAX_CHARS = 200  # a name or an id that is not an Id: a model, a backend, a caller, a worker, a request
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` within `limit` characters, marked with '...' when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def record_goal(goal: str) -> str:
+    """A goal as the run index holds it: its first characters, marked when cut."""
+    return cut(goal, RECORD_GOAL_MAX_CHARS)
+
+
 def utc_now() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)
@@ -579,7 +597,7 @@ class TaskSubmission(Contract):
     )
     goal: str | None = Field(
         default=None,
-        max_length=32000,
+        max_length=GOAL_MAX_CHARS,
         pattern=r"\S",
         description="What the swarm must achieve (decomposed by the planner); not blank.",
     )
@@ -658,7 +676,7 @@ class StepDispatch(Contract):
 
     run_id: Id = Field(description="The run.")
     tenant: Id = Field(description="Tenant of the run.")
-    goal: str = Field(description="The run's goal, as context.")
+    goal: str = Field(max_length=GOAL_MAX_CHARS, description="The run's goal, as context.")
     agent: AgentSpec = Field(description="The agent taking the turn.")
     step: StepSpec = Field(description="The step to execute.")
     attempt: int = Field(ge=1, description="1 for the first attempt, then 2, 3, ...")
@@ -710,20 +728,22 @@ class StepResult(Contract):
     step_id: Id = Field(description="The step.")
     attempt: int = Field(ge=1, description="Which attempt this reports.")
     status: StepStatus = Field(description="Outcome.")
-    output_key: str | None = Field(default=None, description="Key of the output in the outputs bucket.")
+    output_key: str | None = Field(
+        default=None, max_length=NAME_MAX_CHARS, description="Key of the output in the outputs bucket (Keys.output)."
+    )
     output_preview: str = Field(default="", max_length=400, description="The first characters of the output.")
     output: str | None = Field(
         default=None,
         max_length=INLINE_OUTPUT_MAX_CHARS,
         description="The whole output when it is small, so dependents can get it inline (it is in the bucket too).",
     )
-    error: str | None = Field(default=None, max_length=4000, description="Why the attempt failed.")
+    error: str | None = Field(default=None, max_length=ERROR_MAX_CHARS, description="Why the attempt failed.")
     retryable: bool = Field(default=True, description="Whether another attempt may succeed.")
     prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens spent.")
     completion_tokens: int = Field(default=0, ge=0, description="Completion tokens spent.")
     started_at: datetime = Field(description="When the worker started the attempt.")
     finished_at: datetime = Field(description="When the worker finished the attempt.")
-    worker_id: str = Field(description="Which worker ran it.")
+    worker_id: str = Field(max_length=NAME_MAX_CHARS, description="Which worker ran it.")
     spawn: SpawnRequest | None = Field(
         default=None, description="Agents and steps this step adds to its run (dynamic spawn)."
     )
@@ -835,7 +855,9 @@ class RunRejected(RunEventBase):
     """The task could not be accepted; nothing will run."""
 
     kind: Literal[RunEventKind.REJECTED] = Field(RunEventKind.REJECTED, description="Event kind, also the last subject token.")
-    error: str = Field(description="Why, in words: every reason on one line.")
+    error: str = Field(
+        max_length=ERROR_MAX_CHARS, description="Why, in words: every reason on one line (cut when too long)."
+    )
     reasons: tuple[RejectionReason, ...] = Field(
         default=(),
         max_length=REJECTION_MAX_REASONS,
@@ -858,7 +880,7 @@ class RunPlanned(RunEventBase):
     )
 
     kind: Literal[RunEventKind.PLANNED] = Field(RunEventKind.PLANNED, description="Event kind, also the last subject token.")
-    goal: str = Field(description="The goal (or a description of the explicit plan).")
+    goal: str = Field(max_length=GOAL_MAX_CHARS, description="The goal (or a description of the explicit plan).")
     plan: Plan | None = Field(
         default=None, description="The validated plan, when its JSON fits 256 KiB; else `plan_ref` names it."
     )
@@ -868,7 +890,7 @@ class RunPlanned(RunEventBase):
     agents_count: int = Field(default=0, ge=0, description="Agents in the plan (known without reading it).")
     steps_count: int = Field(default=0, ge=0, description="Steps in the plan (known without reading it).")
     source: PlanSource = Field(description="Where the plan came from.")
-    note: str = Field(default="", description="Why a template was used, when it was.")
+    note: str = Field(default="", max_length=ERROR_MAX_CHARS, description="Why a template was used, when it was.")
     llm_schema: Literal["sub-questions", "full-plan"] | None = Field(
         default=None,
         description="How the LLM planned, when it did: 'sub-questions' (a small model listed agents with a role "
@@ -909,7 +931,7 @@ class MissingAgent(Contract):
     """A sub-agent whose final turn did not succeed: what a quorum run's answer is missing."""
 
     agent_id: Id = Field(description="The agent.")
-    role: str = Field(default="", description="Its role.")
+    role: str = Field(default="", max_length=NAME_MAX_CHARS, description="Its role.")
     step_id: Id = Field(description="Its final turn (its last step in dependency order).")
     error: str = Field(default="", max_length=MISSING_AGENT_ERROR_CHARS, description="Its last error, or why its final turn did not run.")
 
@@ -918,7 +940,7 @@ class RunExecuted(RunEventBase):
     """Every step is finished; the aggregator synthesizes the answer."""
 
     kind: Literal[RunEventKind.EXECUTED] = Field(RunEventKind.EXECUTED, description="Event kind, also the last subject token.")
-    goal: str = Field(description="The run's goal.")
+    goal: str = Field(max_length=GOAL_MAX_CHARS, description="The run's goal.")
     sink_step_ids: tuple[Id, ...] = Field(description="Succeeded steps no other step depends on: the synthesis input.")
     summary: RunSummary = Field(description="Totals of the step phase (wall_ms up to now).")
     submitted_at: datetime = Field(description="When the task was submitted.")
@@ -942,7 +964,7 @@ class RunFailed(RunEventBase):
     """The run ended without an answer."""
 
     kind: Literal[RunEventKind.FAILED] = Field(RunEventKind.FAILED, description="Event kind, also the last subject token.")
-    error: str = Field(description="Why.")
+    error: str = Field(max_length=ERROR_MAX_CHARS, description="Why.")
     failed_step_ids: tuple[Id, ...] = Field(default=(), description="Steps dead-lettered.")
     summary: RunSummary | None = Field(default=None, description="Totals, when the run got that far.")
     missing_agents: tuple[MissingAgent, ...] = Field(
@@ -954,14 +976,14 @@ class RunCancelRequested(RunEventBase):
     """A client asks to cancel the run."""
 
     kind: Literal[RunEventKind.CANCEL] = Field(RunEventKind.CANCEL, description="Event kind, also the last subject token.")
-    reason: str = Field(default="cancelled by client", description="Why.")
+    reason: str = Field(default="cancelled by client", max_length=ERROR_MAX_CHARS, description="Why.")
 
 
 class RunCancelled(RunEventBase):
     """The run was cancelled: queued steps were dropped."""
 
     kind: Literal[RunEventKind.CANCELLED] = Field(RunEventKind.CANCELLED, description="Event kind, also the last subject token.")
-    reason: str = Field(description="Why.")
+    reason: str = Field(max_length=ERROR_MAX_CHARS, description="Why.")
 
 
 RunEvent = Annotated[
@@ -989,12 +1011,14 @@ class RunRecord(Contract):
     run_id: Id = Field(description="The run.")
     tenant: Id = Field(description="Tenant.")
     status: RunStatus = Field(description="Current status.")
-    goal: str = Field(default="", description="The goal, truncated.")
+    goal: str = Field(
+        default="", max_length=RECORD_GOAL_MAX_CHARS, description="The goal's first characters (`record_goal`)."
+    )
     steps_total: int = Field(default=0, ge=0, description="Steps in the plan.")
     agents_count: int = Field(default=0, ge=0, description="Agents in the plan.")
     updated_at: datetime = Field(default_factory=utc_now, description="Last change.")
     submitted_at: datetime | None = Field(default=None, description="When submitted.")
-    error: str | None = Field(default=None, description="Why it failed or was rejected.")
+    error: str | None = Field(default=None, max_length=ERROR_MAX_CHARS, description="Why it failed or was rejected.")
 
 
 # --------------------------------------------------------------------------- inference
@@ -1010,8 +1034,10 @@ class ChatMessage(Contract):
 class InferenceRequest(Contract):
     """A completion request to the inference gateway (core NATS request/reply)."""
 
-    request_id: str = Field(description="Unique id of the call.")
-    model: str = Field(default="default", description="Model name; 'default' is the gateway's configured model.")
+    request_id: str = Field(max_length=NAME_MAX_CHARS, description="Unique id of the call.")
+    model: str = Field(
+        default="default", max_length=NAME_MAX_CHARS, description="Model name; 'default' is the gateway's configured model."
+    )
     messages: tuple[ChatMessage, ...] = Field(min_length=1, description="The conversation.")
     max_tokens: int = Field(default=256, ge=1, le=32768, description="Completion token budget.")
     temperature: float = Field(default=0.2, ge=0, le=2, description="Sampling temperature.")
@@ -1034,9 +1060,13 @@ class InferenceRequest(Contract):
         "the gateway's default.",
     )  # fmt: skip
     json_schema: dict[str, Any] | None = Field(default=None, description="Constrain the output to this JSON Schema.")
-    run_id: str | None = Field(default=None, description="Run on whose behalf, for accounting.")
-    step_id: str | None = Field(default=None, description="Step on whose behalf, for accounting.")
-    caller: str = Field(default="worker", description="Which service calls: planner, worker, aggregator.")
+    run_id: str | None = Field(default=None, max_length=NAME_MAX_CHARS, description="Run on whose behalf, for accounting.")
+    step_id: str | None = Field(
+        default=None, max_length=NAME_MAX_CHARS, description="Step on whose behalf, for accounting."
+    )
+    caller: str = Field(
+        default="worker", max_length=NAME_MAX_CHARS, description="Which service calls: planner, worker, aggregator."
+    )
     sim_latency_ms: float | None = Field(default=None, ge=0, description="For the sim backend: force this latency.")
     sim_fault: Literal["error", "garbage"] | None = Field(
         default=None,
@@ -1075,18 +1105,18 @@ class InferenceCancel(Contract):
     """A caller no longer wants an inference call: every gateway replica hears it, the one running or queueing
     the call stops it (the engine aborts the generation) and answers nothing more."""
 
-    request_id: str = Field(min_length=1, description="The request_id of the call to stop.")
+    request_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS, description="The request_id of the call to stop.")
 
 
 class InferenceResponse(Contract):
     """The gateway's answer."""
 
-    request_id: str = Field(description="The request's id.")
+    request_id: str = Field(max_length=NAME_MAX_CHARS, description="The request's id.")
     ok: bool = Field(description="Whether a completion was produced.")
     content: str = Field(default="", description="The completion.")
-    error: str | None = Field(default=None, description="Why not, when not ok.")
-    model: str = Field(default="", description="Model that served it.")
-    backend: str = Field(default="", description="Engine backend.")
+    error: str | None = Field(default=None, max_length=ERROR_MAX_CHARS, description="Why not, when not ok.")
+    model: str = Field(default="", max_length=NAME_MAX_CHARS, description="Model that served it.")
+    backend: str = Field(default="", max_length=NAME_MAX_CHARS, description="Engine backend.")
     prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens.")
     completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Time waiting for an engine slot.")
@@ -1127,19 +1157,19 @@ class StepEventKind(StrEnum):
 class StepEvent(Contract):
     """One transition of one step, as recorded in ClickHouse's step_events."""
 
-    event_id: str = Field(description="Deterministic id; duplicates are dropped.")
+    event_id: str = Field(max_length=NAME_MAX_CHARS, description="Deterministic id; duplicates are dropped.")
     run_id: Id = Field(description="The run.")
     tenant: Id = Field(description="Tenant.")
     step_id: Id = Field(description="The step.")
-    agent_id: str = Field(default="", description="The agent.")
+    agent_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="The agent.")
     attempt: int = Field(default=1, ge=0, le=UINT16_MAX, description="Attempt number.")
     kind: StepEventKind = Field(description="The transition.")
     at: datetime = Field(default_factory=utc_now, description="When it happened.")
     duration_ms: float = Field(default=0, ge=0, description="Duration of what ended here, if anything.")
     prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens of what ended here.")
     completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens of what ended here.")
-    worker_id: str = Field(default="", description="Which worker, if any.")
-    error: str = Field(default="", description="Error text for failures.")
+    worker_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="Which worker, if any.")
+    error: str = Field(default="", max_length=ERROR_MAX_CHARS, description="Error text for failures.")
     attributes: dict[str, str] = Field(default_factory=dict, description="Free-form attributes.")
 
 
@@ -1168,14 +1198,14 @@ def is_step_event_id(event: StepEvent) -> bool:
 class InferenceEvent(Contract):
     """One gateway call, as recorded in ClickHouse's inference_calls."""
 
-    event_id: str = Field(description="The request id.")
-    run_id: str = Field(default="", description="Run, if any.")
-    step_id: str = Field(default="", description="Step, if any.")
-    caller: str = Field(default="", description="Calling service.")
-    model: str = Field(description="Model.")
-    backend: str = Field(description="Backend.")
+    event_id: str = Field(max_length=NAME_MAX_CHARS, description="The request id.")
+    run_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="Run, if any.")
+    step_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="Step, if any.")
+    caller: str = Field(default="", max_length=NAME_MAX_CHARS, description="Calling service.")
+    model: str = Field(max_length=NAME_MAX_CHARS, description="Model.")
+    backend: str = Field(max_length=NAME_MAX_CHARS, description="Backend.")
     ok: bool = Field(description="Whether it produced a completion.")
-    error: str = Field(default="", description="Why not.")
+    error: str = Field(default="", max_length=ERROR_MAX_CHARS, description="Why not.")
     prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens.")
     completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Admission queue time.")

@@ -15,6 +15,7 @@ from swarm import payloads
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
     AGGREGATOR_CONSUMER,
+    ERROR_MAX_CHARS,
     OUTPUTS_BUCKET,
     RUN_INDEX_BUCKET,
     RUNS,
@@ -28,6 +29,8 @@ from swarm.contracts import (
     RunRecord,
     RunStatus,
     Subjects,
+    cut,
+    record_goal,
     utc_now,
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
@@ -193,18 +196,18 @@ class Aggregator:
 
     async def _fail(self, executed: RunExecuted, error: str) -> None:
         failed = RunFailed(
-            run_id=executed.run_id, tenant=executed.tenant, error=error, summary=executed.summary,
+            run_id=executed.run_id, tenant=executed.tenant, error=cut(error, ERROR_MAX_CHARS), summary=executed.summary,
             missing_agents=executed.missing_agents,
         )  # fmt: skip
         await self.bus.publish(
             Subjects.run_event(executed.tenant, executed.run_id, failed.kind), failed,
             MsgIds.run_event(executed.run_id, failed.kind),
         )
-        await self._index(executed, RunStatus.FAILED, error)
+        await self._index(executed, RunStatus.FAILED, failed.error)
 
     async def _index(self, executed: RunExecuted, status: RunStatus, error: str | None = None) -> None:
         record = RunRecord(
-            run_id=executed.run_id, tenant=executed.tenant, status=status, goal=executed.goal[:200],
+            run_id=executed.run_id, tenant=executed.tenant, status=status, goal=record_goal(executed.goal),
             steps_total=executed.summary.steps_total, agents_count=executed.summary.agents_count,
             submitted_at=executed.submitted_at, error=error,
         )  # fmt: skip

@@ -39,6 +39,7 @@ from services.gateway.schemacheck import InvalidSchema, check_schema
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus, answerable
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     GATEWAY_QUEUE_GROUP,
     InferenceCancel,
     InferenceChunk,
@@ -47,6 +48,7 @@ from swarm.contracts import (
     InferenceRequest,
     InferenceResponse,
     Subjects,
+    cut,
 )
 from swarm.inference import DEADLINE_EXCEEDED, OVERLOADED, RETRY_AFTER_HEADER
 from swarm.schemas import describe_validation_error
@@ -439,6 +441,7 @@ class GatewayServer:
     ) -> tuple[InferenceResponse, InferenceEvent]:
         self.failed_count += 1
         engine = self.engine
+        error = cut(error, ERROR_MAX_CHARS)  # an engine's error may quote a whole reply
         response = InferenceResponse(
             request_id=request_id, ok=False, error=error, model=engine.model, backend=engine.name
         )

@@ -18,10 +18,11 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from services.planner.intake import TaskRejected, describe, parse_task, plan_reason, reason, resolve_plan_ref
-from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task, truncate
+from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task
 from services.planner.settings import PlannerSettings
 from swarm.bus import Bus, ConsumerSpec, Reject, Retry, identity_options, settle
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     MESSAGE_BODY_MAX_BYTES,
     PLAN_INLINE_MAX_BYTES,
     PLANNER_CONSUMER,
@@ -39,6 +40,8 @@ from swarm.contracts import (
     RunStatus,
     Subjects,
     TaskSubmission,
+    cut,
+    record_goal,
 )
 from swarm.dag import PlanError
 from swarm.inference import InferenceClient
@@ -192,7 +195,7 @@ class Planner:
             run_id=task.run_id,
             tenant=task.tenant,
             status=status,
-            goal=truncate(goal_of(task)),
+            goal=record_goal(goal_of(task)),
             steps_total=len(outcome.plan.steps) if outcome else 0,
             agents_count=len(outcome.plan.agents) if outcome else 0,
             submitted_at=task.submitted_at,
@@ -212,20 +215,20 @@ class Planner:
         goal: str,
         task: TaskSubmission | None = None,
     ) -> None:
-        error = describe(reasons)
+        error = cut(describe(reasons), ERROR_MAX_CHARS)
         event = RunRejected(run_id=run_id, tenant=tenant, error=error, reasons=reasons)
         await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, MsgIds.run_event(run_id, event.kind))
         record = RunRecord(
             run_id=run_id,
             tenant=tenant,
             status=RunStatus.REJECTED,
-            goal=truncate(goal),
+            goal=record_goal(goal),
             submitted_at=task.submitted_at if task else None,
             error=error,
         )
         await index.put(Keys.run_record(run_id), record.model_dump_json().encode())
         self.counts["rejected"] += 1
-        log.warning("rejected run %s: %s", run_id, truncate(error, 500))
+        log.warning("rejected run %s: %s", run_id, cut(error, 500))
 
 
 def planned_event(task: TaskSubmission, outcome: PlanOutcome) -> RunPlanned:

@@ -26,6 +26,7 @@ from services.worker_pool.tools import ToolContext, ToolRegistry, UnknownTool
 from services.worker_pool.validation import ModelReply, structured_output, validator_for
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     INLINE_OUTPUT_MAX_CHARS,
     MEMORY_BUCKET,
     OUTPUTS_BUCKET,
@@ -53,6 +54,7 @@ from swarm.contracts import (
     StepResult,
     StepStatus,
     Subjects,
+    cut,
     step_event_id,
     utc_now,
 )
@@ -345,7 +347,7 @@ class StepExecutor:
         except (InferenceError, StepFailed) as exc:
             retryable = not isinstance(exc, StepFailed) or exc.retryable
             return StepResult(
-                status=StepStatus.FAILED, error=str(exc)[:4000], retryable=retryable, finished_at=utc_now(), **fields
+                status=StepStatus.FAILED, error=cut(str(exc), ERROR_MAX_CHARS), retryable=retryable, finished_at=utc_now(), **fields
             ), None
         key = Keys.output(dispatch.run_id, step.id)
         data: bytes | None = output.encode()

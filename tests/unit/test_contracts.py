@@ -373,3 +373,48 @@ def test_every_message_budget_is_a_share_of_the_one_limit() -> None:
     assert contracts.INLINE_INPUTS_MAX_CHARS + 32_000 + 16_000 + 8_000 < body // 2
     assert 16 * contracts.INLINE_OUTPUT_MAX_CHARS <= contracts.INLINE_INPUTS_MAX_CHARS
     assert contracts.PLAN_INLINE_MAX_BYTES < body
+
+
+# What the run index and the event log store and index: their free text must be bounded.
+INDEXED_MODELS = (
+    contracts.RunRecord, contracts.StepEvent, contracts.InferenceEvent, contracts.RunRejected, contracts.RunPlanned,
+    contracts.RunExecuted, contracts.RunFailed, contracts.RunCancelRequested, contracts.RunCancelled,
+    contracts.MissingAgent, contracts.StepResult, contracts.InferenceRequest, contracts.InferenceResponse,
+)  # fmt: skip
+UNBOUNDED_ON_PURPOSE = {
+    ("RunCompleted", "answer"), ("InferenceResponse", "content"),  # not indexed: the answer itself
+}
+
+
+def _unbounded_strings(schema: dict[str, object]) -> list[str]:
+    def bounded(prop: dict) -> bool:  # type: ignore[type-arg]
+        options = prop.get("anyOf", [prop])
+        return all(o.get("type") != "string" or "maxLength" in o or "pattern" in o or "enum" in o or "const" in o or "format" in o
+                   for o in options)  # fmt: skip
+
+    return [name for name, prop in schema["properties"].items() if not bounded(prop)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("model", INDEXED_MODELS, ids=lambda m: m.__name__)
+def test_indexed_free_text_is_bounded(model: type[BaseModel]) -> None:
+    unbounded = [
+        name for name in _unbounded_strings(model.model_json_schema())
+        if (model.__name__, name) not in UNBOUNDED_ON_PURPOSE
+    ]  # fmt: skip
+    assert not unbounded, f"{model.__name__}: free text without a max_length: {unbounded}"
+
+
+def test_the_finder_of_unbounded_strings() -> None:
+    schema = {"properties": {"a": {"type": "string"}, "b": {"type": "string", "maxLength": 3},
+                             "c": {"anyOf": [{"type": "string"}, {"type": "null"}]}, "d": {"type": "integer"}}}  # fmt: skip
+    assert _unbounded_strings(schema) == ["a", "c"]
+
+
+def test_cut_marks_what_it_shortens() -> None:
+    assert contracts.cut("short", 10) == "short"
+    assert contracts.cut("x" * 11, 10) == "x" * 7 + "..."
+    goal = contracts.record_goal("g" * 1000)
+    assert len(goal) == contracts.RECORD_GOAL_MAX_CHARS and goal.endswith("...")
+    contracts.RunRecord(run_id="r", tenant="t", status=contracts.RunStatus.RUNNING, goal=goal)
+    with pytest.raises(ValidationError):
+        contracts.RunRecord(run_id="r", tenant="t", status=contracts.RunStatus.RUNNING, goal="g" * 1000)
