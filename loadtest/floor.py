@@ -1,24 +1,36 @@
 """The raw floor: a bare nats-py JetStream round trip, the yardstick of the engine's step rate.
 
-One process publishes N 1 KiB "step" messages to a temporary work-queue stream, at most
+A driver process publishes N 1 KiB "step" messages to a temporary work-queue stream, at most
 `in_flight` outstanding; a responder in a separate process pulls them in batches, publishes a 1 KiB
 "result" per step to a second work-queue stream, waits for those acks, then acks the steps (the
-dispatcher's order: publish, flush, ack); the first process pulls the results and acks them. No
-pydantic, no state, no events: what is left is the messaging layer itself.
+dispatcher's order: publish, flush, ack); the driver pulls the results and acks them. No pydantic, no
+state, no events: what is left is the messaging layer itself.
 
-The streams (LOADTEST_FLOOR_STEPS / LOADTEST_FLOOR_RESULTS) live on the deployment's own NATS server,
-with the same storage as the swarm streams, and are deleted afterwards.
-`python -m loadtest.floor --nats-url URL` measures it alone.
+`swarm loadtest` measures it twice before each run, each time with the driver and the responder in
+processes of their own (`measure_floor_in_processes`; never in the load test's process, which also
+draws progress and would slow the driver down):
+- the clean floor: on a fresh nats-server (`clean_nats`) of the same binary, storage and replica count
+  as the deployment's, with nothing else on it. `floor_ratio` divides by this one;
+- the deployment floor: on the deployment's own server, next to its idle services and streams.
+
+The streams (LOADTEST_FLOOR_STEPS / LOADTEST_FLOOR_RESULTS) are deleted afterwards.
+`python -m loadtest.floor --nats-url URL` measures on a server, `python -m loadtest.floor --clean` on a
+fresh one it starts and stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -29,6 +41,7 @@ from nats.js.errors import NotFoundError
 
 from loadtest.metrics import percentile
 from swarm.bus import wait_for_stream_leaders
+from swarm.ops.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
 from swarm.settings import NatsSettings
 
 # Loadtest-private names, on purpose outside the swarm.* subject space.
@@ -57,6 +70,9 @@ class FloorResult:
     steps_per_s: float
     round_trip_p50_ms: float | None
     round_trip_p99_ms: float | None
+    server_version: str = ""  # of the nats-server measured on
+    stream_storage: str = "file"
+    stream_replicas: int = 1
 
 
 def _payload(step: int, size: int) -> bytes:
@@ -126,6 +142,8 @@ async def measure_floor(
     """Measure the raw round trip on the NATS server at `url`; the temporary streams are deleted after."""
     settings = settings or NatsSettings()
     nc = await _connect(url)
+    version = nc.connected_server_version
+    server_version = f"{version.major}.{version.minor}.{version.patch}"
     js = nc.jetstream(publish_async_max_pending=4000)
     responder: asyncio.subprocess.Process | None = None
     try:
@@ -155,8 +173,52 @@ async def measure_floor(
     return FloorResult(
         steps=steps, in_flight=in_flight, payload_bytes=payload_bytes, elapsed_s=elapsed_s,
         steps_per_s=steps / elapsed_s, round_trip_p50_ms=percentile(round_trips_ms, 50),
-        round_trip_p99_ms=percentile(round_trips_ms, 99),
+        round_trip_p99_ms=percentile(round_trips_ms, 99), server_version=server_version,
+        stream_storage=settings.stream_storage, stream_replicas=settings.stream_replicas,
     )  # fmt: skip
+
+
+async def measure_floor_in_processes(
+    url: str, steps: int = 4000, in_flight: int = 300, settings: NatsSettings | None = None, timeout_s: float = 120.0
+) -> FloorResult:
+    """`measure_floor` with its driver in a process of its own (which starts the responder in another)."""
+    settings = settings or NatsSettings()
+    driver = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.floor", "--nats-url", url, "--steps", str(steps), "--in-flight", str(in_flight),
+        "--storage", settings.stream_storage, "--replicas", str(settings.stream_replicas),
+        "--timeout-s", str(timeout_s), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(driver.communicate(), timeout_s + 30.0)
+    except TimeoutError as exc:
+        driver.kill()
+        await driver.wait()
+        raise FloorError(f"the floor driver did not finish within {timeout_s + 30:.0f}s") from exc
+    if driver.returncode != 0:
+        raise FloorError(f"the floor driver exited with {driver.returncode}: {err.decode()[-500:]}")
+    return FloorResult(**json.loads(out))
+
+
+@contextlib.contextmanager
+def clean_nats(nodes: int = 1, parent: Path | None = None) -> Iterator[str]:
+    """A fresh nats-server (or local cluster of `nodes`) with JetStream, as `swarm up` starts it, stores in a
+    temporary directory under `parent` (the deployment's disk), nothing else on it; its URL, stopped after."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="clean-floor-", dir=parent))
+    servers: list[NatsServer] = []
+    try:
+        if nodes == 1:
+            servers = [NatsServer(store_dir=home / "nats", log_file=home / "nats.log").start()]
+        else:
+            ports = [free_port_block(nodes) for _ in range(3)]  # client, monitoring, route ports: node i uses first + i
+            layout = local_nodes(home, [(ports[0] + i, ports[1] + i, ports[2] + i) for i in range(nodes)])
+            servers = start_cluster(cluster_servers(home, layout, home))
+        yield ",".join(s.url for s in servers)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _drive(
@@ -205,6 +267,10 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=300)
     parser.add_argument("--payload-bytes", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=300)
+    parser.add_argument("--storage", choices=("file", "memory"), default="file", help="The temporary streams' storage.")
+    parser.add_argument("--replicas", type=int, default=1, help="The temporary streams' replicas.")
+    parser.add_argument("--clean", action="store_true", help="Measure on a fresh nats-server (--replicas nodes).")
+    parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--respond", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import uvloop
@@ -212,7 +278,10 @@ def main() -> None:
     if args.respond:
         uvloop.run(respond(args.nats_url, args.steps, args.payload_bytes, args.batch))
         return
-    result = uvloop.run(measure_floor(args.nats_url, args.steps, args.in_flight, args.payload_bytes))
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(clean_nats(args.replicas)) if args.clean else args.nats_url
+        settings = NatsSettings(url=url, stream_storage=args.storage, stream_replicas=args.replicas)
+        result = uvloop.run(measure_floor(url, args.steps, args.in_flight, args.payload_bytes, settings, args.timeout_s))
     print(json.dumps(asdict(result), indent=2))
 
 

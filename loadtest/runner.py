@@ -19,8 +19,11 @@ Per run of a plan scenario:
   read back from the EVENTS stream after the run.
 - steps_lost: steps the run never accounted for: steps_total - (succeeded + failed + cancelled) by
   the final summary, or the steps without exactly one terminal event in EVENTS, whichever is larger.
-- raw_floor_steps_per_s: `loadtest.floor` on the same NATS server just before the run; floor_ratio =
-  steps_per_s / raw_floor_steps_per_s.
+- clean_floor_steps_per_s: `loadtest.floor` (driver and responder in processes of their own) on a fresh
+  nats-server of the same binary, storage and replicas, with nothing else on it, just before the run;
+  deployment_floor_steps_per_s: the same on the deployment's own NATS server, right after.
+  floor_ratio = steps_per_s / clean_floor_steps_per_s (the target's figure); deployment_floor_ratio =
+  steps_per_s / deployment_floor_steps_per_s. `floor_ratio_basis` says so in the JSON.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from rich.progress import (
 from rich.table import Table
 
 from loadtest import metrics
-from loadtest.floor import measure_floor
+from loadtest.floor import FloorError, FloorResult, clean_nats, measure_floor_in_processes
 from loadtest.gateway_sim import TARGET_ADDED_P50_MS
 from loadtest.recorder_ingest import TARGET_EVENTS_PER_S
 from loadtest.scenarios import DEFAULT_INSTRUCTION_CHARS, PlanLoad, Scenario, load_all
@@ -82,6 +85,11 @@ DEFAULT_HOME = Path(".swarm/loadtest")
 FLOOR_STEPS = 4000
 FLOOR_IN_FLIGHT = 300
 QUIET_TIMEOUT_S = 120.0
+FLOOR_RATIO_BASIS = (
+    "floor_ratio = steps_per_s / clean_floor_steps_per_s: the raw JetStream round trip on a fresh nats-server "
+    "(same binary, storage and replicas, nothing else on it), driver and responder in processes of their own; "
+    "deployment_floor_ratio divides by the same round trip on the deployment's server"
+)
 
 
 class LoadtestError(RuntimeError):
@@ -97,6 +105,10 @@ class Targets:
     floor_ratio: float = 0.5  # steps/s over the raw JetStream round trip, at least
     added_latency_p50_ms: float = TARGET_ADDED_P50_MS  # the gateway's own share of a call, at most
     events_per_s: float = TARGET_EVENTS_PER_S  # the recorder's ingest rate, at least
+    # fair-share: the small run's makespan next to the big one / alone, at most; the big run's steps/s next to
+    # the small one / alone, at least.
+    small_makespan_ratio: float = 1.5
+    big_throughput_ratio: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,7 @@ class LoadtestOptions:
     run_timeout_s: float = 600.0
     floor: bool = True
     instruction_chars: int = DEFAULT_INSTRUCTION_CHARS  # of every agent's and step's instructions
+    median_ms: float | None = None  # run-engine scenarios: median of the log-normal step latency (None: their own)
     targets: Targets = field(default_factory=Targets)
 
 
@@ -496,6 +509,7 @@ def run_loadtest(options: LoadtestOptions, console: Console | None = None) -> di
             "seed": options.seed,
             "scale_steps": options.scale_steps,
             "instruction_chars": options.instruction_chars,
+            "median_ms": options.median_ms,
             "machine": machine_info(),
             "deployment": (
                 {"kind": deployment.kind, "nats_url": deployment.nats_url,
@@ -528,14 +542,12 @@ async def _run(
             for _ in range(options.runs):
                 if client is not None:
                     await wait_until_quiet(client, progress)
-                floor = None
+                floors = None
                 if deployment is not None and scenario.measures_floor and options.floor:
-                    floor = await _floor(deployment.nats_url, options, progress)
+                    floors = await _floors(deployment.nats_url, options, progress)
                 figures = await scenario.run(ctx)
-                if floor is not None:
-                    figures["raw_floor_steps_per_s"] = round(floor.steps_per_s, 1)
-                    figures["raw_floor"] = asdict(floor)
-                    figures["floor_ratio"] = _round(metrics.ratio(figures.get("steps_per_s"), floor.steps_per_s), 4)
+                if floors is not None:
+                    figures.update(floor_figures(figures.get("steps_per_s"), *floors))
                 runs.append(figures)
     finally:
         if client is not None:
@@ -544,8 +556,9 @@ async def _run(
     report["scenario"] = scenario.name
     report["run_ids"] = [r["run_id"] for r in runs if "run_id" in r]
     report.pop("run_id", None)
-    report.pop("raw_floor", None)
-    if len(runs) > 1:
+    if len(runs) > 1:  # each run's floor details stay in `runs`
+        report.pop("clean_floor", None)
+        report.pop("deployment_floor", None)
         report["runs"] = runs
     return report
 
@@ -574,15 +587,37 @@ async def wait_until_quiet(client: SwarmClient, progress: Progress, timeout_s: f
     return time.perf_counter() - started
 
 
-async def _floor(url: str, options: LoadtestOptions, progress: Progress) -> Any:
+async def _floors(url: str, options: LoadtestOptions, progress: Progress) -> tuple[FloorResult, FloorResult]:
+    """The clean floor (a fresh nats-server like the deployment's), then the deployment's floor."""
     steps = max(200, round(FLOOR_STEPS * options.scale_steps))
-    bar = progress.add_task("raw JetStream round trip (floor)", total=None)
+    # The floor's streams replicated as the stack's are: the ratio compares like with like.
+    replicas = min(3, options.nats_cluster)
+    bar = progress.add_task("raw JetStream round trip on a fresh nats-server (clean floor)", total=None)
     try:
-        # The floor's streams replicated as the stack's are: the ratio compares like with like.
-        settings = NatsSettings(url=url, stream_replicas=min(3, options.nats_cluster))
-        return await measure_floor(url, steps=steps, in_flight=FLOOR_IN_FLIGHT, settings=settings)
+        with clean_nats(replicas, options.home.resolve()) as clean_url:
+            settings = NatsSettings(url=clean_url, stream_replicas=replicas)
+            clean = await measure_floor_in_processes(clean_url, steps, FLOOR_IN_FLIGHT, settings)
+        progress.update(bar, description="raw JetStream round trip on the deployment's server (deployment floor)")
+        settings = NatsSettings(url=url, stream_replicas=replicas)
+        deployed = await measure_floor_in_processes(url, steps, FLOOR_IN_FLIGHT, settings)
+    except (FloorError, RuntimeError, TimeoutError) as exc:
+        raise LoadtestError(f"the raw floor could not be measured: {exc}") from exc
     finally:
-        progress.update(bar, description="raw JetStream round trip (floor): done", total=1, completed=1)
+        progress.update(bar, description="raw JetStream round trips (floors): done", total=1, completed=1)
+    return clean, deployed
+
+
+def floor_figures(steps_per_s: float | None, clean: FloorResult, deployed: FloorResult) -> dict[str, Any]:
+    """Both floors and both ratios of a run; floor_ratio is the clean one's."""
+    return {
+        "clean_floor_steps_per_s": round(clean.steps_per_s, 1),
+        "deployment_floor_steps_per_s": round(deployed.steps_per_s, 1),
+        "floor_ratio": _round(metrics.ratio(steps_per_s, clean.steps_per_s), 4),
+        "deployment_floor_ratio": _round(metrics.ratio(steps_per_s, deployed.steps_per_s), 4),
+        "floor_ratio_basis": FLOOR_RATIO_BASIS,
+        "clean_floor": asdict(clean),
+        "deployment_floor": asdict(deployed),
+    }
 
 
 def failed_targets(report: dict[str, Any], targets: Targets | None = None) -> list[str]:
@@ -596,13 +631,19 @@ def failed_targets(report: dict[str, Any], targets: Targets | None = None) -> li
             problems.append(f"run {run.get('run_id', '')} {run['status']}: {run.get('error', '')}".rstrip(": "))
     if targets is None:
         return problems
-    minimums = [("efficiency", targets.efficiency), ("events_per_s", targets.events_per_s)]
+    minimums = [
+        ("efficiency", targets.efficiency), ("events_per_s", targets.events_per_s),
+        ("big_throughput_ratio", targets.big_throughput_ratio),
+    ]  # fmt: skip
     if not report.get("latency_scale"):  # with latencies, steps/s is bounded by them, not by the messaging
         minimums.append(("floor_ratio", targets.floor_ratio))
     for key, least in minimums:
         value = report.get(key)
         if isinstance(value, int | float) and value < least:
             problems.append(f"{key} {value:g} below its target {least:g}")
+    small_ratio = report.get("small_makespan_ratio")
+    if isinstance(small_ratio, int | float) and small_ratio > targets.small_makespan_ratio:
+        problems.append(f"small_makespan_ratio {small_ratio:g} above its target {targets.small_makespan_ratio:g}")
     added_p50 = (report.get("added_latency_ms") or {}).get("p50")
     if isinstance(added_p50, int | float) and added_p50 > targets.added_latency_p50_ms:
         problems.append(f"gateway added latency p50 {added_p50:g} ms above its target {targets.added_latency_p50_ms:g} ms")
@@ -619,8 +660,9 @@ TABLE_ROWS = (
     ("steps_lost", "lost"), ("retries_count", "retries"), ("faults_injected", "faults injected"),
     ("makespan_s", "makespan (s)"), ("critical_path_s", "critical path (s)"), ("efficiency", "efficiency"),
     ("steps_per_s", "steps/s"), ("step_latency_ms.p50", "step latency p50 (ms)"),
-    ("step_latency_ms.p99", "step latency p99 (ms)"), ("raw_floor_steps_per_s", "raw floor (steps/s)"),
-    ("floor_ratio", "floor ratio"), ("wall_s", "submit → completed (s)"),
+    ("step_latency_ms.p99", "step latency p99 (ms)"), ("clean_floor_steps_per_s", "clean floor (steps/s)"),
+    ("deployment_floor_steps_per_s", "deployment floor (steps/s)"), ("floor_ratio", "floor ratio (clean floor)"),
+    ("deployment_floor_ratio", "floor ratio (deployment floor)"), ("wall_s", "submit → completed (s)"),
 )  # fmt: skip
 
 
@@ -641,16 +683,24 @@ def report_table(report: dict[str, Any]) -> Table:
     """The figures as a table; one column per run when there were several, then the combined one."""
     runs = report.get("runs", [])
     title = f"swarm loadtest {report['scenario']} — latency scale {report.get('latency_scale')}"
+    if report.get("median_ms"):
+        title += f", median step {report['median_ms']:g} ms"
     table = Table(title=title)
     table.add_column("metric")
     for n, _ in enumerate(runs, 1):
         table.add_column(f"run {n}", justify="right")
     table.add_column("median / total" if runs else "value", justify="right")
+    if report.get("floor_ratio_basis"):
+        table.caption = (
+            "floor ratio = steps/s ÷ clean floor (a fresh nats-server: same binary, storage and replicas, nothing "
+            "else on it; driver and responder in their own processes). The deployment floor is the same round "
+            "trip on the deployment's server."
+        )
     known = {key for key, _ in TABLE_ROWS}
     rows = list(TABLE_ROWS) + [  # figures of scenarios other than the plan ones
         (key, key) for key, value in report.items()
         if key not in known and key.split(".")[0] not in known and isinstance(value, int | float) and not isinstance(value, bool)
-        and key not in ("latency_scale", "seed", "scale_steps", "agents", "steps_cancelled", "step_events",
+        and key not in ("latency_scale", "median_ms", "seed", "scale_steps", "agents", "steps_cancelled", "step_events",
                         "faults_planned", "makespan_stream_s")
     ]  # fmt: skip
     rows.append(("service_cpu_s", "CPU s during the run"))

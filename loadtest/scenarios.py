@@ -13,7 +13,8 @@ A scenario is a name, a description and `async run(ctx) -> dict` of figures (`Sc
 `load_all()` imports every module of the package, so the decorator is all it takes.
 
 Run-engine scenarios build explicit plans (the planner only validates them) whose steps carry seeded,
-deterministic `sim_latency_ms`: base latency x latency scale, already multiplied here, so a
+deterministic `sim_latency_ms`: a log-normal draw around the scenario's median (`--median-ms`, else its own,
+1 s for most) x latency scale, already multiplied here, so a
 deployment's gateway must run with its own `sim_latency_scale` at 1 (the default; see `loadtest.runner`).
 """
 
@@ -291,45 +292,58 @@ def _scaled(n: int, factor: float, least: int) -> int:
 
 
 def build_fanout(
-    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
-) -> PlanLoad:
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS,
+    median_ms: float | None = None,
+) -> PlanLoad:  # fmt: skip
     """fanout-300: 300 independent steps and a reduce."""
     n = _scaled(300, scale_steps, 2)
-    return fanout_plan(n, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars)
+    return fanout_plan(
+        n, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars, median_ms=median_ms or 1000.0
+    )
 
 
 def build_chain(
-    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
-) -> PlanLoad:
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS,
+    median_ms: float | None = None,
+) -> PlanLoad:  # fmt: skip
     """chain-200: a chain of 200 steps."""
     n = _scaled(200, scale_steps, 2)
-    return chain_plan(n, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars)
+    return chain_plan(
+        n, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars, median_ms=median_ms or 100.0
+    )
 
 
 def build_swarm(
-    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
-) -> PlanLoad:
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS,
+    median_ms: float | None = None,
+) -> PlanLoad:  # fmt: skip
     """swarm-300x4000: 300 agents, 4,000 steps."""
     n_agents = _scaled(300, scale_steps, 20)
     n_steps = max(_scaled(4000, scale_steps, 0), 3 * n_agents + 22)
-    return swarm_plan(n_agents, n_steps, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars)
+    return swarm_plan(
+        n_agents, n_steps, seed=seed, latency_scale=latency_scale, instruction_chars=instruction_chars,
+        median_ms=median_ms or 1000.0,
+    )  # fmt: skip
 
 
 def build_faults(
-    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS
-) -> PlanLoad:
+    seed: int, latency_scale: float, scale_steps: float = 1.0, instruction_chars: int = DEFAULT_INSTRUCTION_CHARS,
+    median_ms: float | None = None,
+) -> PlanLoad:  # fmt: skip
     """faults-5pct: swarm-300x4000 with 5% of the steps faulty."""
-    return with_faults(build_swarm(seed, latency_scale, scale_steps, instruction_chars), 0.05, seed=seed)
+    return with_faults(build_swarm(seed, latency_scale, scale_steps, instruction_chars, median_ms), 0.05, seed=seed)
 
 
-PlanBuilder = Callable[[int, float, float, int], PlanLoad]
+# (seed, latency scale, scale of the step count, instruction characters, median step latency in ms or None: the
+# scenario's own)
+PlanBuilder = Callable[[int, float, float, int, float | None], PlanLoad]
 PLAN_BUILDERS: dict[str, PlanBuilder] = {
     "fanout-300": build_fanout,
     "chain-200": build_chain,
     "swarm-300x4000": build_swarm,
     "faults-5pct": build_faults,
 }
-PLAN_DESCRIPTIONS = {
+PLAN_DESCRIPTIONS = {  # the median latencies are the defaults of --median-ms
     "fanout-300": "300 independent steps (1 s median simulated latency) and one reduce step over them.",
     "chain-200": "A chain of 200 steps (100 ms median simulated latency): per-hop scheduling overhead.",
     "swarm-300x4000": "300 multi-turn agents, 4,000 steps in layers of fan-out and fan-in (1 s median latency).",
@@ -339,7 +353,8 @@ PLAN_DESCRIPTIONS = {
 
 def _plan_scenario(name: str) -> ScenarioRun:
     async def run(ctx: ScenarioContext) -> dict[str, Any]:
-        load = PLAN_BUILDERS[name](ctx.seed, ctx.latency_scale, ctx.scale_steps, ctx.options.instruction_chars)
+        options = ctx.options
+        load = PLAN_BUILDERS[name](ctx.seed, ctx.latency_scale, ctx.scale_steps, options.instruction_chars, options.median_ms)
         return await ctx.run_plan(load)
 
     run.__name__ = run.__qualname__ = name.replace("-", "_")

@@ -30,10 +30,12 @@ _PAIRS = itertools.count()  # the scenario's runs in this process
 WORKER_MEMORY = MemoryPolicy(mode=MemoryMode.LAST_TURNS, max_turns=2, max_chars=2000)
 
 
-def spawn_loads(seed: int, latency_scale: float, scale_steps: float = 1.0) -> tuple[PlanLoad, PlanLoad]:
+def spawn_loads(
+    seed: int, latency_scale: float, scale_steps: float = 1.0, median_ms: float = 1000.0
+) -> tuple[PlanLoad, PlanLoad]:
     """(grown, static): the 2-step plan that spawns its way to the DAG, and that DAG submitted up front."""
     n_steps = max(TEAMS * (CHAINS_PER_TEAM + 2) + 2, round(4000 * scale_steps))
-    draw = LatencyDraw(random.Random(f"spawn-latency:{seed}"), 1000.0, 0.35, latency_scale)
+    draw = LatencyDraw(random.Random(f"spawn-latency:{seed}"), median_ms, 0.35, latency_scale)
     token = f"{NAME}-{seed}-{secrets.token_hex(4)}"
     turns_total = n_steps - 2 - 2 * TEAMS  # root, report, a lead step and a reducer per team
     chains = TEAMS * CHAINS_PER_TEAM
@@ -98,7 +100,7 @@ def _step_args(step: StepSpec) -> dict[str, Any]:
           "then the same DAG submitted up front; spawn latency and the efficiency of both.")  # fmt: skip
 async def spawn_300x4000(ctx: ScenarioContext) -> dict[str, Any]:
     """Run the grown plan and the static one; the grown run's figures, the static run's beside them."""
-    grown, static = spawn_loads(ctx.seed, ctx.latency_scale, ctx.scale_steps)
+    grown, static = spawn_loads(ctx.seed, ctx.latency_scale, ctx.scale_steps, ctx.options.median_ms or 1000.0)
     # Which goes first alternates over --runs: neither run always gets the quieter machine.
     first_static = next(_PAIRS) % 2 == 0
     figures_by_kind: dict[str, dict[str, Any]] = {}

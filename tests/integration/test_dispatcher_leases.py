@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.dispatcher.leases import PartitionLeases
 from swarm.bus import Bus
 from swarm.contracts import DISPATCHER_LEASES_BUCKET
+
+pytestmark = pytest.mark.integration
 
 
 async def test_a_joining_replica_gets_the_surplus_only_after_it_is_handed_over(bus: Bus) -> None:

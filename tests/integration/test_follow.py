@@ -7,8 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
@@ -16,26 +14,21 @@ from services.aggregator.__main__ import main as aggregator_main
 from services.aggregator.settings import AggregatorSettings
 from services.dispatcher.__main__ import main as dispatcher_main
 from services.dispatcher.settings import DispatcherSettings
-from services.gateway.backends import create_engine
-from services.gateway.server import GatewayServer
-from services.gateway.settings import GatewaySettings
 from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings
 from swarm.bus import Bus
 from swarm.client import SwarmClient
 from swarm.contracts import (
     DEFAULT_TENANT,
-    AgentSpec,
-    Plan,
     PlanSource,
     RunCancelled,
     RunPlanned,
     RunProgress,
-    StepSpec,
     Subjects,
     utc_now,
 )
 from swarm.settings import NatsSettings
+from tests.integration.test_run_engine import gateway, layered_plan, service
 
 pytestmark = pytest.mark.integration
 
@@ -100,46 +93,12 @@ async def test_cli_follow_survives_poison_on_the_run_subject(bus: Bus, nats_sett
     assert proc.returncode == 1  # a cancelled run is not an answer
 
 
-@asynccontextmanager
-async def service(main, settings) -> AsyncIterator[None]:  # type: ignore[no-untyped-def]
-    stop = asyncio.Event()
-    task = asyncio.create_task(main(stop, settings))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
-
-
-@asynccontextmanager
-async def gateway(bus: Bus) -> AsyncIterator[None]:
-    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0, sim_ttft_ms=0, sim_tokens_per_s=1e9)
-    engine = create_engine(settings)
-    server = GatewayServer(bus, engine, settings)
-    await server.start()
-    try:
-        yield
-    finally:
-        await server.stop()
-        await engine.close()
-
-
-def layered_plan(layers: int, width: int) -> Plan:
-    """Agent i takes one turn per layer; every turn needs the whole previous layer."""
-    steps = [
-        StepSpec(id=f"s{layer}_{i}", agent_id=f"a{i}", instruction="work", sim_latency_ms=150,
-                 depends_on=tuple(f"s{layer - 1}_{j}" for j in range(width)) if layer else ())
-        for layer in range(layers) for i in range(width)
-    ]  # fmt: skip
-    return Plan(agents=tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(width)), steps=tuple(steps))
-
-
 async def test_progress_events_name_every_finished_step_across_a_dispatcher_restart(
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
     """What per-agent follow lines rest on: at every progress event, the finished steps named so far are
     exactly as many as the counts say, also after a dispatcher takes the run over from its checkpoint."""
-    plan = layered_plan(layers=6, width=8)
+    plan = layered_plan(layers=6, width=8, sim_latency_ms=150)
     planned = RunPlanned(run_id="run-f", tenant="t", goal="g", plan=plan, source=PlanSource.EXPLICIT, submitted_at=utc_now())
     # The first dispatcher reports progress once, then never again: what it finished is not reported when it stops.
     quiet = DispatcherSettings(nats=nats_settings, progress_interval_s=3600)

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.floor import RESULTS_STREAM, STEPS_STREAM, measure_floor
+from loadtest.floor import RESULTS_STREAM, STEPS_STREAM, clean_nats, measure_floor, measure_floor_in_processes
 from swarm.bus import Bus
+from swarm.ops.natsserver import NatsServer
 
 pytestmark = pytest.mark.integration
 
 REQUIRED_KEYS = {
     "scenario", "run_ids", "steps_total", "steps_succeeded", "steps_failed", "steps_lost", "makespan_s",
-    "critical_path_s", "efficiency", "steps_per_s", "step_latency_ms", "raw_floor_steps_per_s", "floor_ratio",
-    "latency_scale", "machine", "started_at", "finished_at",
+    "critical_path_s", "efficiency", "steps_per_s", "step_latency_ms", "clean_floor_steps_per_s",
+    "deployment_floor_steps_per_s", "floor_ratio", "deployment_floor_ratio", "floor_ratio_basis", "latency_scale", "machine", "started_at", "finished_at",
 }  # fmt: skip
 
 
@@ -40,11 +41,19 @@ def test_loadtest_runs_a_small_fanout_and_exits_1_on_an_impossible_target(tmp_pa
     assert REQUIRED_KEYS <= set(report)
     assert report["steps_total"] == 31 and report["steps_succeeded"] == 31 and report["steps_lost"] == 0
     assert report["critical_path_s"] == 0 and report["efficiency"] is None  # no latency, no bound
-    assert report["steps_per_s"] > 0 and report["raw_floor_steps_per_s"] > 0 and report["floor_ratio"] > 0
+    assert report["steps_per_s"] > 0 and report["clean_floor_steps_per_s"] > 0 and report["deployment_floor_steps_per_s"] > 0
+    # floor_ratio is over the clean floor (a fresh server like the deployment's), and the report says so.
+    assert report["floor_ratio"] == round(report["steps_per_s"] / report["clean_floor_steps_per_s"], 4)
+    assert report["deployment_floor_ratio"] == round(report["steps_per_s"] / report["deployment_floor_steps_per_s"], 4)
+    assert report["floor_ratio_basis"].startswith("floor_ratio = steps_per_s / clean_floor_steps_per_s")
+    clean, deployed = report["clean_floor"], report["deployment_floor"]
+    assert clean["server_version"] == deployed["server_version"] and clean["stream_storage"] == deployed["stream_storage"]
+    assert "clean floor (steps/s)" in done.stdout and "deployment floor (steps/s)" in done.stdout
     assert set(report["step_latency_ms"]) == {"p50", "p99"} and report["step_latency_ms"]["p50"] is not None
     assert len(report["run_ids"]) == 1 and report["machine"]["cpu_count"] >= 1
     assert "makespan (s)" in done.stdout
     assert not (tmp_path / "home" / "stack.json").exists()  # the embedded stack was stopped
+    assert not list((tmp_path / "home").glob("clean-floor-*"))  # and so was the clean floor's server
 
 
 async def test_floor_measures_a_round_trip_and_removes_its_streams(bus: Bus) -> None:
@@ -53,3 +62,15 @@ async def test_floor_measures_a_round_trip_and_removes_its_streams(bus: Bus) -> 
     assert result.steps == 300 and result.steps_per_s > 0 and result.round_trip_p50_ms is not None
     names = {info.config.name for info in await bus.js.streams_info()}
     assert not names & {STEPS_STREAM, RESULTS_STREAM}
+
+
+async def test_floor_runs_in_its_own_processes_on_a_fresh_server(nats_server: NatsServer, tmp_path: Path) -> None:
+    parent = tmp_path / "clean"
+    with clean_nats(parent=parent) as url:
+        assert url != nats_server.url
+        clean = await measure_floor_in_processes(url, steps=200, in_flight=50)
+    deployed = await measure_floor_in_processes(nats_server.url, steps=200, in_flight=50)
+    assert clean.steps == deployed.steps == 200 and clean.steps_per_s > 0 and deployed.steps_per_s > 0
+    assert clean.server_version == deployed.server_version != ""  # the same binary
+    assert clean.stream_storage == "file" and clean.stream_replicas == 1
+    assert os.listdir(parent) == []  # the fresh server's store is gone

@@ -19,10 +19,9 @@ from nats.js.errors import NoKeysError, NoStreamResponseError, NotFoundError
 from services.aggregator.__main__ import main as aggregator_main
 from services.aggregator.settings import AggregatorSettings
 from services.dispatcher.__main__ import main as dispatcher_main
-from services.dispatcher.dispatching import running_marker
 from services.dispatcher.settings import DispatcherSettings
 from services.gateway.backends import create_engine
-from services.gateway.server import GatewayServer
+from services.gateway.server import GatewayServer, serve
 from services.gateway.settings import GatewaySettings
 from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings
@@ -40,6 +39,7 @@ from swarm.contracts import (
     AgentSpec,
     InferenceEvent,
     InferenceEventBatch,
+    Keys,
     Plan,
     PlanSource,
     RunCancelled,
@@ -73,18 +73,13 @@ async def service(main, settings) -> AsyncIterator[asyncio.Event]:  # type: igno
 
 @asynccontextmanager
 async def gateway(bus: Bus) -> AsyncIterator[None]:
-    settings = GatewaySettings(backend="sim", sim_latency_scale=1.0, sim_ttft_ms=0, sim_tokens_per_s=1e9)
-    engine = create_engine(settings)
-    server = GatewayServer(bus, engine, settings)
-    await server.start()
-    try:
+    """A sim gateway answering instantly apart from each step's own latency."""
+    async with serve(GatewaySettings(backend="sim", sim_latency_scale=1.0, sim_ttft_ms=0, sim_tokens_per_s=1e9), bus):
         yield
-    finally:
-        await server.stop()
-        await engine.close()
 
 
 def layered_plan(layers: int, width: int, sim_latency_ms: float | None = None) -> Plan:
+    """Agent i takes one turn per layer; every turn needs the whole previous layer."""
     agents = tuple(AgentSpec(id=f"a{i}", role="analyst") for i in range(width))
     steps = []
     for layer in range(layers):
@@ -125,7 +120,7 @@ async def test_layered_run_completes_and_counts_every_step_once(bus: Bus, nats_s
     kinds = Counter((e.step_id, e.kind) for e in await read_step_events(bus.js, "run-a"))
     for step in plan.steps:
         assert [kinds[step.id, k] for k in ("queued", "started", "inference_done", "succeeded")] == [1, 1, 1, 1]
-    assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == []  # its running marker went with it
+    assert await bus.kv_keys(RUN_STATE_BUCKET, Keys.RUNNING_MARKERS_ALL) == []  # its running marker went with it
     # Every call of the run, whole replies all, carries its time to first token.
     calls = await inference_events(bus, "run-a", least=40)
     assert len(calls) >= 40 and all(c.ttft_ms is not None and c.ttft_ms >= 0 for c in calls), calls[:3]
@@ -247,7 +242,7 @@ async def test_small_outputs_reach_dependents_inline_and_large_ones_by_key(bus: 
         await start_run(bus, "run-inline", plan)
         first = await next_dispatches(2)
         assert set(first) == {"small", "large"} and not any(d.inputs for d in first.values())
-        assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == [running_marker("run-inline")]
+        assert await bus.kv_keys(RUN_STATE_BUCKET, Keys.RUNNING_MARKERS_ALL) == [Keys.running_marker("run-inline")]
         for step_id, output in (("small", "a short answer"), ("large", None)):  # None: over the inline size
             now = utc_now()
             result = StepResult(

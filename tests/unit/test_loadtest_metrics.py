@@ -122,3 +122,28 @@ def test_embedded_stack_takes_latencies_from_the_steps() -> None:
     assert env["SWARM_GATEWAY_SIM_LATENCY_SCALE"] == "1"  # the steps carry base x scale already
     assert int(env["SWARM_GATEWAY_MAX_QUEUE"]) >= 512  # the gateway admits what the workers run at once
     assert embedded_environment(LoadtestOptions("x", latency_scale=0))["SWARM_GATEWAY_SIM_LATENCY_SCALE"] == "0"
+
+
+def test_fair_share_ratios_are_targets() -> None:
+    shared = {"status": "completed", "steps_lost": 0, "small_makespan_ratio": 2.1, "big_throughput_ratio": 0.8}
+    assert failed_targets(shared) == []  # --no-targets: reported only
+    assert failed_targets(shared, Targets()) == [
+        "big_throughput_ratio 0.8 below its target 0.9", "small_makespan_ratio 2.1 above its target 1.5"
+    ]
+    fair = {**shared, "small_makespan_ratio": 1.2, "big_throughput_ratio": 0.95}
+    assert failed_targets(fair, Targets()) == []
+    assert failed_targets(fair, Targets(small_makespan_ratio=1.1)) == ["small_makespan_ratio 1.2 above its target 1.1"]
+
+
+def test_summary_names_each_setting_and_shows_both_floors() -> None:
+    from loadtest.summary import setting, summary_table
+
+    zero = {"scenario": "swarm-300x4000", "latency_scale": 0.0, "steps_per_s": 2500.0, "clean_floor_steps_per_s": 10000.0,
+            "deployment_floor_steps_per_s": 5000.0, "floor_ratio": 0.25, "deployment_floor_ratio": 0.5, "steps_lost": 0}  # fmt: skip
+    short = {"scenario": "swarm-300x4000", "latency_scale": 1.0, "median_ms": 200.0, "efficiency": 0.97}
+    assert setting(zero) == "swarm-300x4000, latency 0" and setting(short) == "swarm-300x4000, median 200 ms"
+    table = summary_table({"bench-latency0.json": zero, "bench-200ms.json": short})
+    by_header = {c.header: list(c._cells) for c in table.columns}
+    assert by_header["clean floor"] == ["10,000.0", "—"] and by_header["deployment floor"] == ["5,000.0", "—"]
+    assert by_header["ratio to clean floor"] == ["0.250", "—"] and by_header["ratio to deployment floor"] == ["0.500", "—"]
+    assert by_header["efficiency"] == ["—", "0.970"] and by_header["lost"] == ["0", "—"]

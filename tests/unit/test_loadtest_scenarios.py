@@ -110,6 +110,17 @@ def test_latency_scale_multiplies_latencies_and_keeps_the_dag() -> None:
     assert 700 < median_ms < 1400  # ~1 s median, like the sim backend's own default
 
 
+@pytest.mark.parametrize("name", sorted(PLAN_BUILDERS))
+def test_median_ms_sets_the_median_step_latency_and_keeps_the_dag(name: str) -> None:
+    default, short = PLAN_BUILDERS[name](3, 1.0, 0.25, 0, None), PLAN_BUILDERS[name](3, 1.0, 0.25, 0, 200.0)
+    assert default.depends_on == short.depends_on
+    latencies = sorted(short.latency_s.values())
+    assert 0.15 < latencies[len(latencies) // 2] < 0.27  # a log-normal draw around 200 ms
+    # The same seeded draws, rescaled: each step's latency keeps its rank.
+    ratios = {round(short.latency_s[s] / default.latency_s[s], 2) for s in short.latency_s if default.latency_s[s] > 0.01}
+    assert len(ratios) <= 2
+
+
 def test_faults_mark_five_percent_half_each_and_use_quorum() -> None:
     load = build_faults(0, 1.0)
     assert len(load.faults) == 200

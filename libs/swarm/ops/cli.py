@@ -352,6 +352,12 @@ def top(
 def loadtest(
     scenario: Annotated[str, typer.Option(help="Scenario: fanout-300, chain-200, swarm-300x4000, faults-5pct, ...")],
     latency_scale: Annotated[float, typer.Option(min=0, help="Multiplies the simulated step latencies (0: none).")] = 1.0,
+    median_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, help="Run-engine scenarios: median of the log-normal step latency (default: the scenario's own, mostly 1000)."
+        ),
+    ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
     nats_url: Annotated[
         str | None, typer.Option("--nats-url", help="Target this deployment (default: the local stack, else an embedded one).")
@@ -376,6 +382,12 @@ def loadtest(
     ] = None,
     target_added_latency_ms: Annotated[float | None, typer.Option(help="Most gateway added latency, p50 [2].")] = None,
     target_events_per_s: Annotated[float | None, typer.Option(help="Least recorder ingest rate [20000].")] = None,
+    target_small_makespan_ratio: Annotated[
+        float | None, typer.Option(help="fair-share: most small-run makespan, next to the big run / alone [1.5].")
+    ] = None,
+    target_big_throughput_ratio: Annotated[
+        float | None, typer.Option(help="fair-share: least big-run steps/s, next to the small run / alone [0.9].")
+    ] = None,
     nats_cluster: Annotated[
         int, typer.Option("--nats-cluster", min=1, max=5, help="Embedded stack: NATS nodes (3: a cluster, R3 streams).")
     ] = 1,
@@ -396,12 +408,13 @@ def loadtest(
     given = {
         "efficiency": target_efficiency, "floor_ratio": target_floor_ratio,
         "added_latency_p50_ms": target_added_latency_ms, "events_per_s": target_events_per_s,
+        "small_makespan_ratio": target_small_makespan_ratio, "big_throughput_ratio": target_big_throughput_ratio,
     }  # fmt: skip
     goals = Targets(**{name: value for name, value in given.items() if value is not None})
     options = LoadtestOptions(
         scenario=scenario, latency_scale=latency_scale, runs=runs, seed=seed, nats_url=nats_url, home=home,
         workers=workers, worker_concurrency=worker_concurrency, scale_steps=scale_steps, run_timeout_s=timeout_s,
-        floor=floor, instruction_chars=instruction_chars, targets=goals, nats_cluster=nats_cluster,
+        floor=floor, instruction_chars=instruction_chars, targets=goals, nats_cluster=nats_cluster, median_ms=median_ms,
     )  # fmt: skip
     try:
         report = run_loadtest(options, console)

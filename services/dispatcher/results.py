@@ -1,0 +1,167 @@
+"""Step results from the workers, one results partition at a time, in batches.
+
+Ordering per batch of results: apply → publish (steps, events) → wait for the streams' acks →
+checkpoint → ack the results. A crash anywhere in between replays results onto the last checkpoint;
+re-published steps carry the same message id and are de-duplicated by the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from services.dispatcher.live import LiveRun, LiveRuns, settle_quietly
+from services.dispatcher.settings import DispatcherSettings
+from swarm.bus import Bus, ConsumerSpec, PublishNotAcknowledged, Reject, Retry, consume_batches, fail
+from swarm.contracts import (
+    DISPATCHER_RESULTS_CONSUMER,
+    RESULTS,
+    StepEventKind,
+    StepResult,
+    Subjects,
+    is_step_event_id,
+)
+
+log = logging.getLogger(__name__)
+
+# What a worker may report about its own attempt; the dispatcher writes the rest of a step's history.
+WORKER_EVENT_KINDS = frozenset({StepEventKind.STARTED, StepEventKind.TOOL_CALL, StepEventKind.INFERENCE_DONE})
+
+
+def results_consumer(partition: int) -> ConsumerSpec:
+    """The durable consumer of one results partition (read by the replica that owns it)."""
+    return ConsumerSpec(
+        stream=RESULTS,
+        durable=f"{DISPATCHER_RESULTS_CONSUMER}-{partition}",
+        filter_subjects=(Subjects.results_partition(partition),),
+        ack_wait_s=10.0,  # results are acked within a checkpoint interval: a crashed replica's come back soon
+    )
+
+
+class Results:
+    """Applies results to their runs; the results wait for the checkpoint that covers them to be acked."""
+
+    def __init__(
+        self, bus: Bus, runs: LiveRuns, settings: DispatcherSettings, owns: Callable[[str], bool]
+    ) -> None:
+        self.bus = bus
+        self.runs = runs
+        self.settings = settings
+        self.owns = owns  # whether the run's results partition is ours
+
+    async def consume(self, partition: int, stop: asyncio.Event) -> None:
+        """Consume one partition's results in batches until `stop`: apply, publish, checkpoint, ack."""
+        psub = await self.bus.pull_subscription(results_consumer(partition))
+
+        async def apply(msgs: list[Msg]) -> None:
+            async with self.runs.lock:
+                await self._apply_batch(msgs)
+
+        async def idle() -> None:
+            await self._idle(partition)
+
+        await consume_batches(
+            psub, apply, stop, batch=self.settings.results_batch, on_idle=idle,
+            give_up_after=self.settings.results_give_up_after,
+        )  # fmt: skip
+
+    async def _idle(self, partition: int) -> None:
+        """A partition with no results for a while: publish its runs' latest counts, checkpoint what waits."""
+        async with self.runs.lock:
+            runs = self.runs.in_partitions({partition})
+            for live in runs:
+                await self.runs.outbox.progress(live)
+            await self.runs.checkpoint_due([live for live in runs if live.unacked], force=True)
+
+    async def _apply_batch(self, msgs: list[Msg]) -> None:
+        to_ack: list[tuple[LiveRun | None, Msg]] = []
+        touched: dict[str, LiveRun] = {}
+        for msg in msgs:
+            try:
+                live = await self._apply(msg, touched)
+            except Exception as exc:  # one result's failure is that result's, through the one policy
+                await fail(msg, exc, self.settings.results_give_up_after)
+                continue
+            to_ack.append((live, msg))
+        touched.update({live.run_id: live for live in await self.runs.schedule()})
+        await self._flush_or_rewind(touched)
+        for live, msg in to_ack:
+            if live is not None:
+                live.unacked.append(msg)
+            else:
+                await settle_quietly(msg.ack())
+        await self.runs.checkpoint_due(touched.values())
+
+    async def _flush_or_rewind(self, touched: dict[str, LiveRun]) -> None:
+        """Flush the outbox; when a publish is not acknowledged (its NATS node went away), the touched runs in
+        memory are ahead of what their streams hold (a step marked dispatched may never have been stored, and
+        would wait for the lost-step sweeper): rewind them to their last checkpoint. The results applied
+        since are nak'd and come back, and re-applying them publishes again (deduplicated by message id)."""
+        try:
+            await self.runs.outbox.flush()
+        except PublishNotAcknowledged:
+            for run_id, live in touched.items():
+                for msg in live.unacked:
+                    await settle_quietly(msg.nak())
+                self.runs.forget(run_id)
+                self.runs.outbox.drop_events(run_id)
+            log.warning("publishes not acknowledged: %d runs rewound to their checkpoints", len(touched))
+            with contextlib.suppress(nats.errors.Error, TimeoutError):  # else their next result loads them
+                for run_id in touched:
+                    if self.owns(run_id):
+                        await self.runs.load(run_id)
+            raise
+
+    async def _apply(self, msg: Msg, touched: dict[str, LiveRun]) -> LiveRun | None:
+        """Apply one result message; the run it changed (None: nothing to wait for before its ack).
+
+        A result must match a dispatched attempt of a known step of a known run; anything else is
+        rejected (terminated, logged) or, where it may still become valid, retried a bounded number of times.
+        """
+        result = StepResult.model_validate_json(msg.data)
+        if msg.subject != Subjects.result(result.run_id):
+            raise Reject(f"result for run {result.run_id} arrived on {msg.subject}")
+        live = await self.runs.get_or_load(result.run_id)
+        if live is None:
+            if self.runs.store.is_over(result.run_id):
+                self._worker_events(result)
+                return None
+            # Its plan may not be processed (or checkpointed) yet; a run that never appears gives up.
+            raise Retry(f"result for unknown run {result.run_id}", delay_s=1.0, bounded=True)
+        run = live.state
+        state = run.steps.get(result.step_id)
+        if state is None:
+            raise Reject(f"result for step {result.step_id}, which run {result.run_id} does not have")
+        outcome = run.apply(result)
+        if outcome.early:
+            # A replica that crashed got further than its last checkpoint; bounded: a forged attempt ends.
+            raise Retry(f"result for attempt {result.attempt} of {result.step_id} ahead of {state.attempt}",
+                        delay_s=1.0, bounded=True)  # fmt: skip
+        self._worker_events(result)
+        if outcome.changed:
+            await self.runs.outbox.emit(live, outcome, result)
+            touched[live.run_id] = live
+        return live
+
+    def _worker_events(self, result: StepResult) -> None:
+        """The events a worker sent along with its result go out with ours (duplicates share event ids).
+
+        Only events of the result's own attempt, of the kinds a worker reports, with their derived ids:
+        a result cannot write another step's history.
+        """
+        if not result.events:
+            return
+        kept = [
+            e for e in result.events
+            if (e.run_id, e.step_id, e.attempt) == (result.run_id, result.step_id, result.attempt)
+            and e.kind in WORKER_EVENT_KINDS and is_step_event_id(e)
+        ]  # fmt: skip
+        if len(kept) < len(result.events):
+            log.warning("run %s step %s: %d foreign step events in a result dropped",
+                        result.run_id, result.step_id, len(result.events) - len(kept))  # fmt: skip
+        self.runs.outbox.add_events(result.run_id, kept)
