@@ -15,8 +15,11 @@ from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import Dispatch, Outcome, RunPhase, RunState, StepPhase
 from swarm.bus import Bus
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     INLINE_INPUTS_MAX_CHARS,
     RUN_INDEX_BUCKET,
+    Keys,
+    MsgIds,
     RunCancelled,
     RunExecuted,
     RunFailed,
@@ -30,6 +33,8 @@ from swarm.contracts import (
     StepEventKind,
     StepResult,
     Subjects,
+    cut,
+    record_goal,
     step_event_id,
     utc_now,
 )
@@ -104,7 +109,7 @@ class Outbox:
                 memory_omitted=memory_omitted,
                 spawn_budget=run.spawn_budget() if "spawn" in step.tools else None,
             )
-            msg_id = f"{run.run_id}.{step.id}.{dispatch.attempt}"
+            msg_id = MsgIds.step_dispatch(run.run_id, step.id, dispatch.attempt)
             await self.bus.publish_nowait(self.steps_subject, message, msg_id=msg_id)
             live.queued_at[(step.id, dispatch.attempt)] = time.monotonic() + dispatch.delay_s
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
@@ -140,6 +145,8 @@ class Outbox:
         self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object
     ) -> None:
         """Buffer a step event; `flush` publishes each run's buffer as StepEventBatches."""
+        if "error" in fields:  # a spawn's or a step's error, which may be long
+            fields["error"] = cut(str(fields["error"]), ERROR_MAX_CHARS)
         event = StepEvent(
             event_id=step_event_id(run.run_id, step_id, attempt, kind),
             run_id=run.run_id,
@@ -187,39 +194,43 @@ class Outbox:
             retries_count=run.retries_count,
             finished_step_ids=tuple(sorted(unreported)),
         )
-        await self.bus.publish_nowait(Subjects.run_event(run.tenant, run.run_id, "progress"), progress)
+        await self.bus.publish_nowait(Subjects.run_event(run.tenant, run.run_id, progress.kind), progress)
 
     async def finish(self, run: RunState, phase: RunPhase) -> None:
         """The run's end: executed (the aggregator takes it from there), failed or cancelled."""
         summary = run.summary()
         message: RunExecuted | RunFailed | RunCancelled
+        # A run's error may quote a step's whole error: the events and the record hold the first characters.
+        error = cut(run.error, ERROR_MAX_CHARS)
         if phase is RunPhase.EXECUTED:
-            kind, status, error = "executed", RunStatus.SYNTHESIZING, None
+            status = RunStatus.SYNTHESIZING
             message = RunExecuted(
                 run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
                 sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.submitted_at,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         elif phase is RunPhase.FAILED:
-            kind, status, error = "failed", RunStatus.FAILED, run.error
+            status = RunStatus.FAILED
             message = RunFailed(
-                run_id=run.run_id, tenant=run.tenant, error=run.error,
+                run_id=run.run_id, tenant=run.tenant, error=error,
                 failed_step_ids=tuple(run.failed_step_ids()), summary=summary,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         else:
-            kind, status, error = "cancelled", RunStatus.CANCELLED, run.error
-            message = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=run.error)
-        subject = Subjects.run_event(run.tenant, run.run_id, kind)
-        await self.bus.publish_nowait(subject, message, f"{run.run_id}.{kind}")
-        await self._index(run.planned, status, len(run.steps), len(run.agents), run.submitted_at, error)
+            status = RunStatus.CANCELLED
+            message = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=error)
+        subject = Subjects.run_event(run.tenant, run.run_id, message.kind)
+        await self.bus.publish_nowait(subject, message, MsgIds.run_event(run.run_id, message.kind))
+        index_error = None if phase is RunPhase.EXECUTED else error
+        await self._index(run.planned, status, len(run.steps), len(run.agents), run.submitted_at, index_error)
         log.info("run %s %s: %s", run.run_id, phase.value, summary.model_dump(exclude={"v"}))
 
     async def refuse(self, planned: RunPlanned, error: str) -> None:
         """End a run whose plan cannot run: its followers see why instead of waiting forever."""
+        error = cut(error, ERROR_MAX_CHARS)
         failed = RunFailed(run_id=planned.run_id, tenant=planned.tenant, error=error)
-        subject = Subjects.run_event(planned.tenant, planned.run_id, "failed")
-        await self.bus.publish(subject, failed, f"{planned.run_id}.failed")
+        subject = Subjects.run_event(planned.tenant, planned.run_id, failed.kind)
+        await self.bus.publish(subject, failed, MsgIds.run_event(planned.run_id, failed.kind))
         steps_total = len(planned.plan.steps) if planned.plan else planned.steps_count
         agents_count = len(planned.plan.agents) if planned.plan else planned.agents_count
         await self._index(planned, RunStatus.FAILED, steps_total, agents_count, planned.submitted_at, error)
@@ -235,7 +246,7 @@ class Outbox:
     ) -> None:
         """The dispatcher's one write of the run index (to go once the recorder is its single writer)."""
         record = RunRecord(
-            run_id=planned.run_id, tenant=planned.tenant, status=status, goal=planned.goal[:200],
+            run_id=planned.run_id, tenant=planned.tenant, status=status, goal=record_goal(planned.goal),
             steps_total=steps_total, agents_count=agents_count, submitted_at=submitted_at, error=error,
         )  # fmt: skip
-        await (await self.bus.kv(RUN_INDEX_BUCKET)).put(planned.run_id, record.model_dump_json().encode())
+        await (await self.bus.kv(RUN_INDEX_BUCKET)).put(Keys.run_record(planned.run_id), record.model_dump_json().encode())

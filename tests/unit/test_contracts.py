@@ -281,6 +281,14 @@ def _kind_strings(node: ast.AST) -> Iterator[ast.Constant]:
                 yield from _strings(keyword.value)
     elif isinstance(node, ast.For | ast.comprehension) and _names_kind(node.target):
         yield from _strings(node.iter)
+    elif isinstance(node, ast.Assign):
+        for target in node.targets:
+            if _names_kind(target):
+                yield from _strings(node.value)
+            elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                for name, value in zip(target.elts, node.value.elts, strict=False):
+                    if _names_kind(name):
+                        yield from _strings(value)
 
 
 def _is_key_format(node: ast.JoinedStr) -> bool:
@@ -325,6 +333,7 @@ if kind in ("progress", "executed"): pass
 subject = Subjects.run_event(tenant, run_id, "cancel")
 pattern = Subjects.run_kind_all("cancelled")
 for kind in ("completed", "failed"): pass
+kind, status = "rejected", RunStatus.REJECTED
 key = f"{run_id}.{step_id}"
 watch = f"{executed.run_id}.>"
 msg_id = f"{run.run_id}.rejected"
@@ -343,6 +352,7 @@ fine_too = Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), f"{self.pref
         "event kind 'cancelled'",
         "event kind 'completed'",
         "event kind 'failed'",
+        "event kind 'rejected'",
         "key format f'{run_id}.{step_id}'",
         "key format f'{executed.run_id}.>'",
         "key format f'{run.run_id}.rejected'",
