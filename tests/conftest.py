@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from services.recorder.runindex import RunIndexer
+from services.recorder.settings import RecorderSettings
 from swarm.bus import Bus
 from swarm.ops.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
 from swarm.settings import NatsSettings
@@ -46,6 +50,26 @@ async def bus(nats_settings: NatsSettings) -> AsyncIterator[Bus]:
     await connected.provision()
     yield connected
     await connected.close()
+
+
+@asynccontextmanager
+async def indexing(bus: Bus) -> AsyncIterator[RunIndexer]:
+    """The run index's one writer (the recorder's RUNS consumer, here without ClickHouse), running in the block."""
+    indexer = RunIndexer(bus, RecorderSettings(nats=bus.settings, fetch_timeout_s=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(indexer.run(stop))
+    try:
+        yield indexer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def run_index(bus: Bus) -> AsyncIterator[RunIndexer]:
+    """The run index's writer, running for the test."""
+    async with indexing(bus) as indexer:
+        yield indexer
 
 
 FAKES = Path(__file__).resolve().parent / "fakes"

@@ -118,6 +118,20 @@ class ConsumerSpec:
     give_up_after: int = 10
 
 
+def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+    """The JetStream configuration of a durable consumer: the one place it is written (Bus and faststream)."""
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        deliver_policy=DeliverPolicy.ALL if spec.deliver_all else DeliverPolicy.NEW,
+        filter_subjects=list(spec.filter_subjects) if len(spec.filter_subjects) > 1 else None,
+        filter_subject=spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else None,
+    )
+
+
 _STATUS_HEADER = "Status"
 
 
@@ -473,16 +487,7 @@ class Bus:
 
     async def ensure_consumer(self, spec: ConsumerSpec) -> None:
         """Create the durable consumer, or check that the existing one filters what we expect."""
-        config = ConsumerConfig(
-            durable_name=spec.durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=spec.ack_wait_s,
-            max_deliver=spec.max_deliver,
-            max_ack_pending=spec.max_ack_pending,
-            deliver_policy=DeliverPolicy.ALL if spec.deliver_all else DeliverPolicy.NEW,
-            filter_subjects=list(spec.filter_subjects) if len(spec.filter_subjects) > 1 else None,
-            filter_subject=spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else None,
-        )
+        config = consumer_config(spec)
         try:
             info = await self.js.consumer_info(spec.stream.name, spec.durable)
         except NotFoundError:
@@ -661,39 +666,57 @@ def is_settled(msg: Msg) -> bool:
     return bool(getattr(msg, "_ackd", False))
 
 
-async def fail(msg: Msg, exc: BaseException, give_up_after: int = ConsumerSpec.give_up_after) -> None:
+@dataclass(frozen=True)
+class Verdict:
+    """What becomes of a message that could not be handled: terminated, or redelivered after `delay_s`."""
+
+    terminate: bool
+    delay_s: float = 0.0
+
+
+def verdict(exc: BaseException, delivery: int, give_up_after: int, subject: str) -> Verdict:
     """The one error policy for a message that could not be handled; each case is logged once.
 
     - malformed (`Reject`, a validation or decoding error): terminated now, never redelivered.
     - an outage or a `Retry`: nak'd with its delay (backoff for outages); never given up by us.
     - a bounded `Retry` or any other exception (a bug, a poison payload): nak'd with exponential
       backoff, and terminated on delivery `give_up_after`: a message cannot wedge a consumer.
+
+    `fail` applies it to a nats-py message, `swarm.controlplane` to a faststream one.
     """
-    n = deliveries(msg)
-    where = f"{msg.subject} (delivery {n})"
+    n = delivery
+    where = f"{subject} (delivery {n})"
+    if isinstance(exc, MALFORMED):
+        log.warning("rejected %s: %s", where, str(exc)[:500])
+        return Verdict(terminate=True)
+    if isinstance(exc, Retry) and not exc.bounded:
+        if n == 1:
+            log.info("retry %s in %.1fs: %s", where, exc.delay_s, exc)
+        return Verdict(terminate=False, delay_s=exc.delay_s)
+    if isinstance(exc, OUTAGES):
+        if n == 1 or n % 10 == 0:
+            log.warning("%s not handled, will be redelivered: %s: %s", where, type(exc).__name__, exc)
+        return Verdict(terminate=False, delay_s=min(RETRY_BACKOFF_CAP_S, 0.5 * 2 ** min(n, 8)))
+    if n >= give_up_after:
+        log.error("gave up on %s after %d deliveries, terminated: %s: %s", subject, n, type(exc).__name__, exc)
+        return Verdict(terminate=True)
+    if n == 1:
+        if isinstance(exc, Retry):
+            log.warning("retry %s (at most %d deliveries): %s", where, give_up_after, exc)
+        else:
+            log.error("handler failed on %s; redelivering (at most %d times)", where, give_up_after, exc_info=exc)
+    delay_s = exc.delay_s if isinstance(exc, Retry) else 0.0
+    return Verdict(terminate=False, delay_s=max(delay_s, min(RETRY_BACKOFF_CAP_S, 0.5 * 2 ** min(n, 8))))
+
+
+async def fail(msg: Msg, exc: BaseException, give_up_after: int = ConsumerSpec.give_up_after) -> None:
+    """`verdict`'s policy applied to a message that could not be handled: terminated or nak'd."""
+    decided = verdict(exc, deliveries(msg), give_up_after, msg.subject)
     with contextlib.suppress(nats.errors.Error):
-        if isinstance(exc, MALFORMED):
-            log.warning("rejected %s: %s", where, str(exc)[:500])
-            await msg.term()
-        elif isinstance(exc, Retry) and not exc.bounded:
-            if n == 1:
-                log.info("retry %s in %.1fs: %s", where, exc.delay_s, exc)
-            await msg.nak(delay=exc.delay_s)
-        elif isinstance(exc, OUTAGES):
-            if n == 1 or n % 10 == 0:
-                log.warning("%s not handled, will be redelivered: %s: %s", where, type(exc).__name__, exc)
-            await msg.nak(delay=min(RETRY_BACKOFF_CAP_S, 0.5 * 2 ** min(n, 8)))
-        elif n >= give_up_after:
-            log.error("gave up on %s after %d deliveries, terminated: %s: %s", msg.subject, n, type(exc).__name__, exc)
+        if decided.terminate:
             await msg.term()
         else:
-            if n == 1:
-                if isinstance(exc, Retry):
-                    log.warning("retry %s (at most %d deliveries): %s", where, give_up_after, exc)
-                else:
-                    log.error("handler failed on %s; redelivering (at most %d times)", where, give_up_after, exc_info=exc)
-            delay_s = exc.delay_s if isinstance(exc, Retry) else 0.0
-            await msg.nak(delay=max(delay_s, min(RETRY_BACKOFF_CAP_S, 0.5 * 2 ** min(n, 8))))
+            await msg.nak(delay=decided.delay_s)
 
 
 async def settle(msg: Msg, handler: MessageHandler, give_up_after: int = ConsumerSpec.give_up_after) -> None:

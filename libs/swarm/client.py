@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import nats
 import nats.errors
@@ -45,6 +45,8 @@ from swarm.settings import NatsSettings
 RUN_EVENT = TypeAdapter(RunEvent)
 log = logging.getLogger(__name__)
 WATCH_HEARTBEAT_S = 2.0  # a run watcher missing three heartbeats re-creates its consumer
+RUNS_LOOK_BACK_S = 3600.0  # `runs` first reads the index's changes of the last hour; widened 4x while too few
+RUNS_LOOK_BACKS = 12  # 4**11 hours: past that, the whole index has been read
 
 
 class StackNotRunning(RuntimeError):
@@ -325,15 +327,81 @@ class SwarmClient:
         await self.bus.publish(Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), request)
 
     async def runs(self, limit: int = 50) -> list[RunRecord]:
-        """The most recent runs from the run index, newest first."""
-        try:
-            kv = await self.bus.kv(RUN_INDEX_BUCKET)
-            keys = await kv.keys()
-        except (NotFoundError, nats.js.errors.NoKeysError):
-            return []
-        records = []
-        for key in sorted(keys, reverse=True)[: limit * 2]:
-            entry = await kv.get(key)
-            records.append(RunRecord.model_validate_json(entry.value or b"{}"))
-        records.sort(key=lambda r: r.submitted_at or r.updated_at, reverse=True)
-        return records[:limit]
+        """The `limit` most recently submitted runs of the run index, newest first (see `recent_runs`)."""
+        return await recent_runs(self.bus, limit)
+
+
+def submitted(record: RunRecord) -> datetime:
+    """When a run was submitted (when it was last indexed, for a rejected task that named no time)."""
+    return record.submitted_at or record.updated_at
+
+
+async def recent_runs(bus: Bus, limit: int, now: datetime | None = None) -> list[RunRecord]:
+    """The `limit` most recently submitted runs, newest first, without reading every key of the index.
+
+    The index's stream keeps each run's latest record, in the order of its last change; a run submitted
+    after a time `since` changed after it too. So the records changed since `since` are read (an ordered
+    read from a start time), and `since` moves back 4x at a time, reading only the part before what was
+    read, until `limit` runs submitted after it are found or the whole index is read. `swarm runs` costs
+    what changed in the look-back, not the size of the index.
+    """
+    stream = f"KV_{RUN_INDEX_BUCKET.name}"
+    try:
+        state = (await bus.js.stream_info(stream)).state
+    except NotFoundError:
+        return []
+    now = now or datetime.now(UTC)
+    found: dict[str, tuple[int, RunRecord]] = {}
+    before_seq = 0  # 0: read up to the present; else, stop before this sequence (read already)
+    for look_back in range(RUNS_LOOK_BACKS):
+        if not state.messages:
+            break
+        since = now - timedelta(seconds=RUNS_LOOK_BACK_S * 4**look_back)
+        first_seq = await index_changes(bus, stream, since, before_seq, found)
+        if sum(1 for _, record in found.values() if submitted(record) >= since) >= limit:
+            break
+        if first_seq is not None and first_seq <= state.first_seq:
+            break  # the whole index is read
+        before_seq = first_seq or before_seq or state.last_seq + 1
+    records = sorted((record for _, record in found.values()), key=submitted, reverse=True)
+    return records[:limit]
+
+
+async def index_changes(
+    bus: Bus, stream: str, since: datetime, before_seq: int, found: dict[str, tuple[int, RunRecord]]
+) -> int | None:
+    """Add to `found` the index records changed since `since` (before `before_seq` unless 0), by run; the
+    stream sequence of the first one read, or None when there was none."""
+    sub = await bus.nc.subscribe(bus.nc.new_inbox())
+    config = ConsumerConfig(
+        name=f"runs-{secrets.token_hex(8)}", filter_subject=f"$KV.{RUN_INDEX_BUCKET.name}.>",
+        deliver_subject=sub.subject, ack_policy=AckPolicy.NONE, flow_control=True,
+        idle_heartbeat=WATCH_HEARTBEAT_S, mem_storage=True, num_replicas=1, inactive_threshold=30.0,
+        deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since,
+    )  # fmt: skip
+    first_seq: int | None = None
+    try:
+        pending = (await bus.js.add_consumer(stream, config)).num_pending
+        while pending > 0:
+            msg = await sub.next_msg(timeout=WATCH_HEARTBEAT_S * 3)
+            if msg.headers and msg.headers.get("Status"):  # an idle heartbeat or a flow-control request
+                if msg.reply:
+                    await msg.respond(b"")
+                continue
+            seq, pending = msg.metadata.sequence.stream, msg.metadata.num_pending
+            if before_seq and seq >= before_seq:
+                break
+            first_seq = seq if first_seq is None else first_seq
+            if not msg.data:  # a delete marker
+                continue
+            try:
+                record = RunRecord.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("unreadable run index record %s: %s", msg.subject, exc)
+                continue
+            if record.run_id not in found or found[record.run_id][0] < seq:
+                found[record.run_id] = (seq, record)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    return first_seq

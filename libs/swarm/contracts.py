@@ -326,6 +326,7 @@ AGGREGATOR_CONSUMER = "aggregator"
 WORKERS_CONSUMER_PREFIX = "workers"  # one durable per pool: "workers-<pool>"
 RECORDER_CONSUMER = "recorder"
 RECORDER_RUNS_CONSUMER = "recorder-runs"
+RUN_INDEX_CONSUMER = "run-index"  # the recorder's: the one writer of RUN_INDEX_BUCKET
 GATEWAY_QUEUE_GROUP = "gateway"
 
 DEFAULT_TENANT = "default"

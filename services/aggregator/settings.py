@@ -24,4 +24,9 @@ class AggregatorSettings(BaseSettings):
     resample_temperature_step: float = Field(
         0.3, ge=0, le=1, description="How much hotter each new sample of a synthesis is drawn."
     )
+    concurrency: int = Field(8, ge=1, le=256, description="Runs synthesized at once.")
+    fetch_timeout_s: float = Field(1.0, gt=0, description="Longest wait of one pull request for executed runs.")
+    graceful_timeout_s: float = Field(
+        300.0, gt=0, description="On SIGTERM, how long the syntheses in hand may take to finish."
+    )
     log_level: str = Field("INFO", description="Log level.")

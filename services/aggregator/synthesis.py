@@ -17,7 +17,6 @@ from swarm.contracts import (
     AGGREGATOR_CONSUMER,
     ERROR_MAX_CHARS,
     OUTPUTS_BUCKET,
-    RUN_INDEX_BUCKET,
     RUNS,
     InferenceRequest,
     Keys,
@@ -26,11 +25,8 @@ from swarm.contracts import (
     RunEventKind,
     RunExecuted,
     RunFailed,
-    RunRecord,
-    RunStatus,
     Subjects,
     cut,
-    record_goal,
     utc_now,
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
@@ -111,7 +107,6 @@ class Aggregator:
             Subjects.run_event(executed.tenant, executed.run_id, completed.kind), completed,
             MsgIds.run_event(executed.run_id, completed.kind),
         )
-        await self._index(executed, RunStatus.COMPLETED)
         log.info("run %s completed in %.1fs", executed.run_id, summary.wall_ms / 1000)
 
     async def synthesize(self, run_id: str, goal: str, outputs: list[str]) -> Synthesis:
@@ -203,13 +198,3 @@ class Aggregator:
             Subjects.run_event(executed.tenant, executed.run_id, failed.kind), failed,
             MsgIds.run_event(executed.run_id, failed.kind),
         )
-        await self._index(executed, RunStatus.FAILED, failed.error)
-
-    async def _index(self, executed: RunExecuted, status: RunStatus, error: str | None = None) -> None:
-        record = RunRecord(
-            run_id=executed.run_id, tenant=executed.tenant, status=status, goal=record_goal(executed.goal),
-            steps_total=executed.summary.steps_total, agents_count=executed.summary.agents_count,
-            submitted_at=executed.submitted_at, error=error,
-        )  # fmt: skip
-        kv = await self.bus.kv(RUN_INDEX_BUCKET)
-        await kv.put(Keys.run_record(executed.run_id), record.model_dump_json().encode())

@@ -1,5 +1,5 @@
 """What the dispatcher publishes: steps to the pool's work queue, step events (buffered per run, sent in
-batches), runs' progress, and the end of a run (its event, and its run-index entry).
+batches), runs' progress, and the end of a run (its event: the recorder derives the run index from it).
 
 Publishes do not wait for their acks; `flush` waits for all of them at once.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from services.dispatcher.live import HeldOutput, LiveRun
 from services.dispatcher.settings import DispatcherSettings
@@ -17,16 +17,12 @@ from swarm.bus import Bus
 from swarm.contracts import (
     ERROR_MAX_CHARS,
     INLINE_INPUTS_MAX_CHARS,
-    RUN_INDEX_BUCKET,
-    Keys,
     MsgIds,
     RunCancelled,
     RunExecuted,
     RunFailed,
     RunPlanned,
     RunProgress,
-    RunRecord,
-    RunStatus,
     StepDispatch,
     StepEvent,
     StepEventBatch,
@@ -34,7 +30,6 @@ from swarm.contracts import (
     StepResult,
     Subjects,
     cut,
-    record_goal,
     step_event_id,
     utc_now,
 )
@@ -203,26 +198,21 @@ class Outbox:
         # A run's error may quote a step's whole error: the events and the record hold the first characters.
         error = cut(run.error, ERROR_MAX_CHARS)
         if phase is RunPhase.EXECUTED:
-            status = RunStatus.SYNTHESIZING
             message = RunExecuted(
                 run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
                 sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.submitted_at,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         elif phase is RunPhase.FAILED:
-            status = RunStatus.FAILED
             message = RunFailed(
                 run_id=run.run_id, tenant=run.tenant, error=error,
                 failed_step_ids=tuple(run.failed_step_ids()), summary=summary,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         else:
-            status = RunStatus.CANCELLED
             message = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=error)
         subject = Subjects.run_event(run.tenant, run.run_id, message.kind)
         await self.bus.publish_nowait(subject, message, MsgIds.run_event(run.run_id, message.kind))
-        index_error = None if phase is RunPhase.EXECUTED else error
-        await self._index(run.planned, status, len(run.steps), len(run.agents), run.submitted_at, index_error)
         log.info("run %s %s: %s", run.run_id, phase.value, summary.model_dump(exclude={"v"}))
 
     async def refuse(self, planned: RunPlanned, error: str) -> None:
@@ -231,22 +221,3 @@ class Outbox:
         failed = RunFailed(run_id=planned.run_id, tenant=planned.tenant, error=error)
         subject = Subjects.run_event(planned.tenant, planned.run_id, failed.kind)
         await self.bus.publish(subject, failed, MsgIds.run_event(planned.run_id, failed.kind))
-        steps_total = len(planned.plan.steps) if planned.plan else planned.steps_count
-        agents_count = len(planned.plan.agents) if planned.plan else planned.agents_count
-        await self._index(planned, RunStatus.FAILED, steps_total, agents_count, planned.submitted_at, error)
-
-    async def _index(
-        self,
-        planned: RunPlanned,
-        status: RunStatus,
-        steps_total: int,
-        agents_count: int,
-        submitted_at: datetime,
-        error: str | None = None,
-    ) -> None:
-        """The dispatcher's one write of the run index (to go once the recorder is its single writer)."""
-        record = RunRecord(
-            run_id=planned.run_id, tenant=planned.tenant, status=status, goal=record_goal(planned.goal),
-            steps_total=steps_total, agents_count=agents_count, submitted_at=submitted_at, error=error,
-        )  # fmt: skip
-        await (await self.bus.kv(RUN_INDEX_BUCKET)).put(Keys.run_record(planned.run_id), record.model_dump_json().encode())

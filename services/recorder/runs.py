@@ -28,6 +28,7 @@ from swarm.contracts import (
     RunCompleted,
     RunEvent,
     RunEventKind,
+    RunExecuted,
     RunFailed,
     RunPlanned,
     RunRejected,
@@ -46,7 +47,9 @@ _RUN_EVENT = TypeAdapter(RunEvent)
 _TERMINAL = {str(s) for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REJECTED)}
 _TIMES = ("submitted_at", "finished_at")
 
-RecordedRunEvent = RunPlanned | RunCompleted | RunFailed | RunCancelled | RunRejected
+RecordedRunEvent = RunPlanned | RunExecuted | RunCompleted | RunFailed | RunCancelled | RunRejected
+# A run's status only moves forward: a redelivered 'planned' or 'executed' never takes a later status back.
+_PROGRESS = {str(RunStatus.PLANNING): 0, str(RunStatus.RUNNING): 1, str(RunStatus.SYNTHESIZING): 2}
 
 
 def runs_consumer(settings: RecorderSettings) -> ConsumerSpec:
@@ -83,15 +86,27 @@ def _apply_summary(row: dict[str, Any], summary: RunSummary) -> None:
     )
 
 
+def _advance(row: dict[str, Any], status: RunStatus) -> None:
+    """Move the row to `status` unless it is there or past it already (a finished run keeps its outcome)."""
+    if row["status"] not in _TERMINAL and _PROGRESS[row["status"]] < _PROGRESS[str(status)]:
+        row["status"] = str(status)
+
+
 def apply_run_event(row: dict[str, Any], event: RecordedRunEvent) -> dict[str, Any]:
-    """The run's row after `event` (a new dict); a finished run keeps its outcome."""
+    """The run's row after `event` (a new dict): the one derivation of a run's status, for the `runs`
+    table and the run index alike. A finished run keeps its outcome."""
     row = dict(row)
     if isinstance(event, RunPlanned):
         agents_count = len(event.plan.agents) if event.plan else event.agents_count
         row.update(goal=event.goal, submitted_at=event.submitted_at, agents_count=agents_count)
         row["steps_total"] = row["steps_total"] or (len(event.plan.steps) if event.plan else event.steps_count)
-        if row["status"] not in _TERMINAL:
-            row["status"] = str(RunStatus.RUNNING)
+        _advance(row, RunStatus.RUNNING)
+        return row
+    if isinstance(event, RunExecuted):
+        row.update(goal=row["goal"] or event.goal, submitted_at=row["submitted_at"] or event.submitted_at)
+        row["agents_count"] = row["agents_count"] or event.summary.agents_count
+        row["steps_total"] = row["steps_total"] or event.summary.steps_total
+        _advance(row, RunStatus.SYNTHESIZING)
         return row
     row.update(status=event.kind, finished_at=event.at)
     if isinstance(event, RunCompleted):

@@ -68,7 +68,12 @@ async def plan_steps_recorded(nats_url: str, run_id: str) -> int:
 
 async def record_of(nats_url: str, run_id: str) -> tuple[RunRecord, RunPlanned]:
     async with await SwarmClient.connect(NatsSettings(url=nats_url)) as client:
-        record = {r.run_id: r for r in await client.runs(limit=10)}[run_id]
+        for _ in range(100):  # the run index trails RUNS by a moment (the recorder derives it)
+            record = {r.run_id: r for r in await client.runs(limit=10)}.get(run_id)
+            if record is not None and record.status is RunStatus.COMPLETED:
+                break
+            await asyncio.sleep(0.1)
+        assert record is not None
         planned = RunPlanned.model_validate_json(
             (await client.bus.js.get_last_msg("RUNS", Subjects.run_event("default", run_id, "planned"))).data
         )

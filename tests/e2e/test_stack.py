@@ -71,7 +71,11 @@ async def test_explicit_plan_runs_to_an_answer_and_every_step_is_recorded(stack:
         assert final.answer.strip()
         assert final.summary.steps_total == 14 and final.summary.steps_succeeded == 14
         assert final.summary.completion_tokens > 0
-        records = {r.run_id: r for r in await client.runs()}
+        for _ in range(100):  # the run index trails RUNS by a moment (the recorder derives it)
+            records = {r.run_id: r for r in await client.runs()}
+            if run_id in records and records[run_id].status.value == "completed":
+                break
+            await asyncio.sleep(0.1)
         assert records[run_id].status.value == "completed"
     expected = {s.id: 1 for s in plan.steps}
     for _ in range(100):  # the recorder writes in batches: wait for the last one

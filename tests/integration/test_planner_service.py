@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -13,6 +14,7 @@ from nats.js.errors import NotFoundError
 
 from services.planner.app import PlannerService
 from services.planner.settings import PlannerSettings
+from services.recorder.runindex import RunIndexer
 from swarm.bus import Bus
 from swarm.contracts import (
     DEFAULT_TENANT,
@@ -35,7 +37,9 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
 )
+from swarm.ops.natsserver import NatsServer
 from swarm.settings import NatsSettings
+from tests.conftest import indexing
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +47,9 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def planner(bus: Bus, nats_settings: NatsSettings) -> AsyncIterator[PlannerService]:
-    """The planner's faststream app, started in this event loop; no gateway is running."""
+async def planner(bus: Bus, nats_settings: NatsSettings, run_index: RunIndexer) -> AsyncIterator[PlannerService]:
+    """The planner's faststream app, started in this event loop; no gateway is running; the run index's
+    writer (the recorder's) runs beside it."""
     service = PlannerService(PlannerSettings(nats=nats_settings, llm_timeout_s=0.5, fetch_timeout_s=0.2))
     app = service.app()
     await app.start()
@@ -70,6 +75,15 @@ async def run_event(bus: Bus, tenant: str, run_id: str, kind: str) -> bytes:
             return (await bus.js.get_last_msg(RUNS.name, Subjects.run_event(tenant, run_id, kind))).data
         except NotFoundError:
             return None
+
+    return await eventually(probe)
+
+
+async def in_hand(bus: Bus) -> int:
+    """Wait until the planner holds a task (delivered, not settled yet)."""
+
+    async def probe() -> int | None:
+        return (await bus.js.consumer_info(TASKS.name, PLANNER_CONSUMER)).num_ack_pending or None
 
     return await eventually(probe)
 
@@ -193,6 +207,16 @@ async def test_health_probe_answers(bus: Bus, planner: PlannerService) -> None:
     assert json.loads(reply.data)["service"] == "planner"
 
 
+async def test_the_planner_has_one_connection(nats_server: NatsServer, planner: PlannerService) -> None:
+    # faststream's broker and the Bus (publishing, KV, health) share it: no second connection per replica.
+    def connections() -> list[dict[str, object]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{nats_server.monitor_port}/connz", timeout=5) as reply:
+            return list(json.loads(reply.read())["connections"])
+
+    names = [c.get("name") for c in await asyncio.to_thread(connections)]
+    assert names.count("planner") == 1, names
+
+
 async def _async(value: T) -> T:
     return value
 
@@ -205,12 +229,13 @@ async def test_failed_publish_is_retried_not_terminated(bus: Bus, nats_settings:
         await bus.js.delete_stream(RUNS.name)  # publishing the plan now fails: no stream takes the subject
         task = TaskSubmission(run_id="run-retried", plan=two_step_plan())
         await submit(bus, task)
-        await run_record(bus, task.run_id, RunStatus.PLANNING)
+        await in_hand(bus)
         await asyncio.sleep(0.5)
         await bus.provision(streams=[RUNS], buckets=[])
         event = RunPlanned.model_validate_json(await run_event(bus, DEFAULT_TENANT, task.run_id, "planned"))
         assert event.run_id == task.run_id
-        await run_record(bus, task.run_id, RunStatus.RUNNING)
+        async with indexing(bus):  # on the new RUNS (its consumer went with the old one)
+            await run_record(bus, task.run_id, RunStatus.RUNNING)
         assert await tasks_left(bus) == 0
     finally:
         await app.stop()
@@ -223,7 +248,7 @@ async def test_stop_finishes_in_flight_tasks(bus: Bus, nats_settings: NatsSettin
     await app.start()
     task = TaskSubmission(run_id="run-in-flight", goal="Summarize the causes of the French revolution")
     await submit(bus, task)
-    await run_record(bus, task.run_id, RunStatus.PLANNING)
+    await in_hand(bus)
     await app.stop()
     event = RunPlanned.model_validate_json(await run_event(bus, DEFAULT_TENANT, task.run_id, "planned"))
     assert event.source is PlanSource.TEMPLATE

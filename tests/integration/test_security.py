@@ -25,6 +25,7 @@ from swarm.bus import Bus
 from swarm.contracts import (
     OUTPUTS_BUCKET,
     PAYLOADS_STORE,
+    RUN_INDEX_BUCKET,
     RUN_STATE_BUCKET,
     RUNS,
     TASKS,
@@ -371,6 +372,28 @@ async def test_worker_cannot_submit_tasks_or_write_run_state(secured_server: Nat
             await (await admin.kv(RUN_STATE_BUCKET)).get("forged-run")
     finally:
         await worker.close()
+
+
+async def test_only_the_recorder_writes_the_run_index(secured_server: NatsServer, admin: Bus) -> None:
+    """Denied: a put into the run index by any service but the recorder, its one writer (derived from RUNS)."""
+    index = await admin.kv(RUN_INDEX_BUCKET)
+    for user in ("planner", "dispatcher", "aggregator", "worker", "gateway"):
+        violations = Violations()
+        nc = await connect(secured_server, user, violations)
+        try:
+            await nc.publish(f"$KV.{RUN_INDEX_BUCKET.name}.forged-{user}", b"{}", reply=nc.new_inbox())
+            await violations.wait_for(f'publish to "$kv.{RUN_INDEX_BUCKET.name}.forged-{user}"')
+        finally:
+            await nc.close()
+        with pytest.raises(KeyNotFoundError):
+            await index.get(f"forged-{user}")
+    recorder = await connect(secured_server, "recorder")
+    try:
+        kv = await recorder.jetstream(timeout=2).key_value(RUN_INDEX_BUCKET.name)
+        await kv.put("written-by-the-recorder", b"{}")
+    finally:
+        await recorder.close()
+    assert (await index.get("written-by-the-recorder")).value == b"{}"
 
 
 async def test_passwords_are_bcrypt_hashes_and_checked(secured_server: NatsServer) -> None:

@@ -252,7 +252,8 @@ def _name(node: ast.AST) -> str:
 
 
 def _names_kind(node: ast.AST) -> bool:
-    return "kind" in _name(node).lower()
+    name = _name(node).lower()
+    return "kind" in name or "run_event" in name
 
 
 def _strings(node: ast.AST) -> Iterator[ast.Constant]:
@@ -334,6 +335,7 @@ subject = Subjects.run_event(tenant, run_id, "cancel")
 pattern = Subjects.run_kind_all("cancelled")
 for kind in ("completed", "failed"): pass
 kind, status = "rejected", RunStatus.REJECTED
+INDEXED_RUN_EVENTS = ("planned", *TERMINAL_RUN_EVENTS)
 key = f"{run_id}.{step_id}"
 watch = f"{executed.run_id}.>"
 msg_id = f"{run.run_id}.rejected"
@@ -353,6 +355,7 @@ fine_too = Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), f"{self.pref
         "event kind 'completed'",
         "event kind 'failed'",
         "event kind 'rejected'",
+        "event kind 'planned'",
         "key format f'{run_id}.{step_id}'",
         "key format f'{executed.run_id}.>'",
         "key format f'{run.run_id}.rejected'",

@@ -68,6 +68,7 @@ from swarm.contracts import (
     RESULT_PARTITIONS,
     RESULTS,
     RUN_INDEX_BUCKET,
+    RUN_INDEX_CONSUMER,
     RUN_STATE_BUCKET,
     RUNS,
     SCRATCHPAD_BUCKET,
@@ -232,7 +233,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         _service("planner")
         .durable(TASKS, PLANNER_CONSUMER)
         .pub(Subjects.run_kind_all(RunEventKind.PLANNED), Subjects.run_kind_all(RunEventKind.REJECTED), Subjects.INFER, Subjects.INFER_CANCEL)
-        .kv_write(RUN_INDEX_BUCKET)
+        .kv_read(RUN_INDEX_BUCKET)  # is a task a repeat? (the recorder writes the index)
         .objects_write(PLANS_STORE)  # plans by reference: read the client's, store the planned run's
     )
     dispatcher = _service("dispatcher").durable(RUNS, DISPATCHER_PLANS_CONSUMER).read_stream(RUNS)
@@ -242,7 +243,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         *(Subjects.steps(pool) for pool in pools),
         Subjects.step_event("*"), Subjects.step_event_batch("*"),
         *(Subjects.run_kind_all(kind) for kind in (RunEventKind.PROGRESS, RunEventKind.EXECUTED, RunEventKind.FAILED, RunEventKind.CANCELLED)),
-    ).kv_write(RUN_STATE_BUCKET).kv_write(RUN_INDEX_BUCKET).kv_write(DISPATCHER_LEASES_BUCKET).objects_read(
+    ).kv_write(RUN_STATE_BUCKET).kv_write(DISPATCHER_LEASES_BUCKET).objects_read(
         PLANS_STORE
     )  # fmt: skip
     worker = _service("worker")
@@ -263,7 +264,6 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         .pub(Subjects.run_kind_all(RunEventKind.COMPLETED), Subjects.run_kind_all(RunEventKind.FAILED), Subjects.INFER, Subjects.INFER_CANCEL)
         .kv_read(OUTPUTS_BUCKET)
         .objects_read(PAYLOADS_STORE)
-        .kv_write(RUN_INDEX_BUCKET)
     )
     # The gateway serves core request/reply: it answers on the requester's inbox (responses), never JetStream.
     gateway = _service("gateway").sub(f"{Subjects.INFER} {GATEWAY_QUEUE_GROUP}")  # only in its queue group
@@ -272,10 +272,12 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     recorder = (
         Grants()
         .sub(f"{inbox_prefix('recorder')}.>")
-        .provision((EVENTS, RUNS), ())
+        .provision((EVENTS, RUNS), (RUN_INDEX_BUCKET,))
         .health("recorder")
         .durable(EVENTS, RECORDER_CONSUMER)
         .durable(RUNS, RECORDER_RUNS_CONSUMER)
+        .durable(RUNS, RUN_INDEX_CONSUMER)
+        .kv_write(RUN_INDEX_BUCKET)  # its one writer: derived from RUNS (services/recorder/runindex.py)
         .sub(Subjects.RECORDER_QUERY)
         .objects_read(PLANS_STORE)  # a plan by reference: its DAG goes to plan_steps
     )

@@ -1,0 +1,135 @@
+"""The run index: derived from RUNS by its one writer (the recorder), listed newest first by `swarm runs`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import pytest
+from nats.js.errors import KeyNotFoundError
+
+from services.recorder.runindex import RunIndexer
+from swarm.bus import Bus
+from swarm.client import SwarmClient, index_changes, recent_runs
+from swarm.contracts import (
+    RECORD_GOAL_MAX_CHARS,
+    RUN_INDEX_BUCKET,
+    AgentSpec,
+    Plan,
+    PlanSource,
+    RunCompleted,
+    RunExecuted,
+    RunPlanned,
+    RunRecord,
+    RunRejected,
+    RunStatus,
+    RunSummary,
+    StepSpec,
+    Subjects,
+)
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+NOW = datetime.now(UTC)
+PLAN = Plan(agents=(AgentSpec(id="a", role="r"),), steps=(StepSpec(id="s", agent_id="a", instruction="i"),))
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float = 10.0) -> T:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await probe()
+        if value is not None:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def status_of(bus: Bus, run_id: str, status: RunStatus) -> RunRecord:
+    index = await bus.kv(RUN_INDEX_BUCKET)
+
+    async def probe() -> RunRecord | None:
+        try:
+            record = RunRecord.model_validate_json((await index.get(run_id)).value or b"")
+        except KeyNotFoundError:
+            return None
+        return record if record.status is status else None
+
+    return await eventually(probe)
+
+
+def planned(run_id: str, goal: str = "Explain tides", submitted_at: datetime = NOW) -> RunPlanned:
+    return RunPlanned(
+        run_id=run_id, tenant="acme", goal=goal, plan=PLAN, source=PlanSource.EXPLICIT, submitted_at=submitted_at
+    )
+
+
+def summary() -> RunSummary:
+    return RunSummary(
+        steps_total=1, steps_succeeded=1, steps_failed=0, retries_count=0, agents_count=1, prompt_tokens=0,
+        completion_tokens=0, wall_ms=1.0,
+    )  # fmt: skip
+
+
+async def publish(bus: Bus, *events: RunPlanned | RunExecuted | RunCompleted | RunRejected) -> None:
+    for event in events:
+        await bus.publish(Subjects.run_event(event.tenant, event.run_id, event.kind), event)
+
+
+async def test_a_runs_status_follows_its_events_and_never_goes_back(bus: Bus, run_index: RunIndexer) -> None:
+    first = planned("r1", goal="g" * 500)
+    await publish(bus, first)
+    record = await status_of(bus, "r1", RunStatus.RUNNING)
+    assert (record.steps_total, record.agents_count, record.submitted_at) == (1, 1, NOW)
+    assert len(record.goal) == RECORD_GOAL_MAX_CHARS and record.goal.endswith("...")
+    executed = RunExecuted(
+        run_id="r1", tenant="acme", goal="g", sink_step_ids=("s",), summary=summary(), submitted_at=NOW
+    )
+    await publish(bus, executed)
+    await status_of(bus, "r1", RunStatus.SYNTHESIZING)
+    await publish(bus, RunCompleted(run_id="r1", tenant="acme", answer="42", summary=summary()))
+    await status_of(bus, "r1", RunStatus.COMPLETED)
+    # Redelivered or late events of earlier phases do not take a finished run back.
+    await publish(bus, first, executed)
+    await publish(bus, RunRejected(run_id="r2", tenant="acme", error="no goal"))
+    rejected = await status_of(bus, "r2", RunStatus.REJECTED)
+    assert rejected.error == "no goal"
+    await eventually(lambda: _value(run_index.indexed_count == 6 or None))
+    assert (await status_of(bus, "r1", RunStatus.COMPLETED)).goal.startswith("ggg")
+
+
+async def _value(value: T) -> T:
+    return value
+
+
+async def test_runs_are_listed_newest_first_reading_only_recent_changes(bus: Bus) -> None:
+    index = await bus.kv(RUN_INDEX_BUCKET)
+
+    async def put(run_id: str, minutes_ago: float) -> None:
+        record = RunRecord(
+            run_id=run_id, tenant="acme", status=RunStatus.RUNNING, submitted_at=NOW - timedelta(minutes=minutes_ago)
+        )
+        await index.put(run_id, record.model_dump_json().encode())
+
+    # Written (and so stored) in one order, submitted in another, and neither is the run-id order.
+    for run_id, minutes_ago in (("m-old", 50.0), ("d-older", 55.0), ("z-oldest", 59.0)):
+        await put(run_id, minutes_ago)
+    await asyncio.sleep(0.05)
+    boundary = datetime.now(UTC)
+    await asyncio.sleep(0.05)
+    for run_id, minutes_ago in (("c-new", 2), ("a-newest", 1), ("b-newer", 1.5)):
+        await put(run_id, minutes_ago)
+    assert [r.run_id for r in await SwarmClient(bus).runs(limit=10)] == [
+        "a-newest", "b-newer", "c-new", "m-old", "d-older", "z-oldest"
+    ]  # fmt: skip
+    assert [r.run_id for r in await recent_runs(bus, 2)] == ["a-newest", "b-newer"]
+    # A look-back reads only the records changed inside it, not every key.
+    found: dict[str, tuple[int, RunRecord]] = {}
+    await index_changes(bus, f"KV_{RUN_INDEX_BUCKET.name}", boundary, 0, found)
+    assert sorted(found) == ["a-newest", "b-newer", "c-new"]
+    # Looked at from four hours on, the first hour's look-back holds nothing: it widens to find them.
+    later = await recent_runs(bus, 4, now=datetime.now(UTC) + timedelta(hours=3))
+    assert [r.run_id for r in later] == ["a-newest", "b-newer", "c-new", "m-old"]
