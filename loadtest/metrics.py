@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from swarm.contracts import StepEvent, StepEventKind
-from swarm.dag import critical_path
+from swarm.dag import longest_chain
 
 # A step is accounted for by exactly one of these (a cancelled step never reached a worker's outcome).
 TERMINAL_STEP_KINDS = (StepEventKind.SUCCEEDED, StepEventKind.DEAD_LETTERED, StepEventKind.CANCELLED)
@@ -29,7 +29,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def critical_path_s(depends_on: Mapping[str, tuple[str, ...]], latency_s: Mapping[str, float]) -> float:
     """The makespan's lower bound: the longest chain of simulated latencies through the DAG."""
-    length, _ = critical_path(depends_on, latency_s)
+    length, _ = longest_chain(depends_on, latency_s)
     return float(length)
 
 

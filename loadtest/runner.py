@@ -70,6 +70,7 @@ from swarm.contracts import (
     RECORDER_CONSUMER,
     TERMINAL_RUN_EVENTS,
     RunCompleted,
+    RunEventKind,
     RunExecuted,
     RunFailed,
     RunSummary,
@@ -367,12 +368,12 @@ def _follow(msg: Msg, trace: RunTrace, ctx: ScenarioContext, bar: Any, steps_tot
     """Take one run event into the trace and the progress bar; True at the terminal event."""
     now = time.perf_counter()
     kind = msg.subject.rsplit(".", 1)[-1]
-    if kind == "planned":  # not parsed: it carries the whole plan, ~1 MB at 4,000 steps
+    if kind == RunEventKind.PLANNED:  # not parsed: it carries the whole plan, ~1 MB at 4,000 steps
         trace.planned, trace.planned_stream_at = now, msg.metadata.timestamp
         ctx.progress.update(bar, description=f"{msg.subject.split('.')[3]}: running")
         return False
     event = RUN_EVENT.validate_json(msg.data)
-    if event.kind == "progress":
+    if event.kind == RunEventKind.PROGRESS:
         trace.done = event.steps_succeeded + event.steps_failed
         ctx.progress.update(bar, completed=trace.done)
     elif isinstance(event, RunExecuted):
@@ -384,7 +385,7 @@ def _follow(msg: Msg, trace: RunTrace, ctx: ScenarioContext, bar: Any, steps_tot
         if isinstance(event, RunCompleted | RunFailed) and event.summary is not None:
             trace.summary = event.summary
         trace.error = getattr(event, "error", "") or getattr(event, "reason", "")
-        if trace.executed is None and event.kind != "rejected":
+        if trace.executed is None and event.kind != RunEventKind.REJECTED:
             trace.executed_stream_at = msg.metadata.timestamp
         return True
     return False
@@ -424,8 +425,8 @@ def run_figures(
     failed = summary.steps_failed if summary else 0
     cancelled = summary.steps_cancelled if summary else 0
     # A rejected run was never accepted: nothing of it can be lost.
-    unaccounted = accounting.unaccounted(step_ids) if trace.final_kind != "rejected" else []
-    if trace.final_kind == "rejected":
+    unaccounted = accounting.unaccounted(step_ids) if trace.final_kind != RunEventKind.REJECTED else []
+    if trace.final_kind == RunEventKind.REJECTED:
         steps_total = 0
     end_of_steps = trace.executed or trace.ended
     makespan_s = end_of_steps - trace.planned if trace.planned and end_of_steps else None

@@ -35,10 +35,6 @@ from swarm.settings import NatsSettings
 
 log = logging.getLogger(__name__)
 
-# Leave headroom under NATS' default 1 MiB max_payload for headers.
-MAX_INLINE_BYTES = 1_000_000
-
-
 class ProvisioningConflict(RuntimeError):
     """A stream or consumer exists with a configuration other than ours; we never overwrite it."""
 

@@ -17,9 +17,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
-from swarm.bus import MAX_INLINE_BYTES, Bus, identity_options
+from swarm.bus import Bus, identity_options
 from swarm.contracts import (
     DEFAULT_TENANT,
+    MESSAGE_BODY_MAX_BYTES,
     PLAN_INLINE_MAX_BYTES,
     RUN_INDEX_BUCKET,
     RUNS,
@@ -28,6 +29,7 @@ from swarm.contracts import (
     PlanPattern,
     RunCancelRequested,
     RunEvent,
+    RunEventKind,
     RunPlanned,
     RunPolicy,
     RunRecord,
@@ -37,6 +39,7 @@ from swarm.contracts import (
     TaskSubmission,
 )
 from swarm.payloads import PlanStore, PlanUnavailable, plan_bytes
+from swarm.schemas import describe_validation_error
 from swarm.settings import NatsSettings
 
 RUN_EVENT = TypeAdapter(RunEvent)
@@ -83,18 +86,13 @@ def parse_run_event(subject: str, data: bytes, run_id: str) -> RunEvent | None:
     try:
         event = RUN_EVENT.validate_json(data)
     except ValidationError as exc:
-        log.warning("skipped a message on %s: not a run event (%s)", subject, _first_error(exc))
+        why = describe_validation_error(exc, max_problems=1)
+        log.warning("skipped a message on %s: not a run event (%s)", subject, why)
         return None
     if event.run_id != run_id or subject.rsplit(".", 1)[-1] != event.kind:
         log.warning("skipped a message on %s: not a run event of this run (%s of %s)", subject, event.kind, event.run_id)
         return None
     return event
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else error["msg"]
 
 
 def new_run_id() -> str:
@@ -188,7 +186,7 @@ class SwarmClient:
                     self.plans_unreachable = exc
             store_unreachable = self.plans_unreachable if task.plan is not None else None
             payload = task.model_dump_json().encode()
-            if len(payload) > MAX_INLINE_BYTES:
+            if len(payload) > MESSAGE_BODY_MAX_BYTES:
                 why = (
                     f"the plans store is out of this identity's reach ({type(store_unreachable).__name__}), "
                     "so the plan must fit one message"
@@ -196,7 +194,7 @@ class SwarmClient:
                     else "its plan travels by reference already: shorten the goal or the labels"
                 )
                 raise MessageTooLarge(
-                    f"the task is {len(payload):,} bytes, over the {MAX_INLINE_BYTES:,} a message may carry ({why})"
+                    f"the task is {len(payload):,} bytes, over the {MESSAGE_BODY_MAX_BYTES:,} a message may carry ({why})"
                 )
             await self.bus.publish_bytes(Subjects.task(task.tenant), payload, {"Nats-Msg-Id": task.run_id})
         except (nats.errors.NoRespondersError, NoStreamResponseError, NotFoundError) as exc:
@@ -326,7 +324,7 @@ class SwarmClient:
     async def cancel(self, run_id: str, tenant: str = DEFAULT_TENANT, reason: str = "cancelled by client") -> None:
         """Ask the dispatcher to cancel the run."""
         request = RunCancelRequested(run_id=run_id, tenant=tenant, reason=reason)
-        await self.bus.publish(Subjects.run_event(tenant, run_id, "cancel"), request)
+        await self.bus.publish(Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), request)
 
     async def runs(self, limit: int = 50) -> list[RunRecord]:
         """The `limit` most recently submitted runs of the run index, newest first (see `recent_runs`)."""

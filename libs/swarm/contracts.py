@@ -38,6 +38,39 @@ STEP_MAX_DEPENDS_ON = 500
 TASK_MAX_LABELS = 64
 REJECTION_MAX_REASONS = 100
 
+# THE message-size limit: NATS' max_payload, its default and what every server of the stack is configured
+# with (`swarm.ops.natsserver`). Every other budget of a message's bytes or characters is a share of it.
+MESSAGE_MAX_BYTES = 1024 * 1024
+# A message's body: the rest is headroom for its headers (Nats-Msg-Id, trace context) and the protocol line.
+MESSAGE_BODY_MAX_BYTES = MESSAGE_MAX_BYTES - MESSAGE_MAX_BYTES // 32
+# A plan inline (else by PlanRef): a quarter, as RunPlanned, read by every follower of a run, also carries
+# the goal and the rest of its envelope, and a plan's JSON grows when re-encoded by other clients.
+PLAN_INLINE_MAX_BYTES = MESSAGE_MAX_BYTES // 4
+# Dependency outputs inline in one StepDispatch (the rest by key): a quarter, beside the goal, the agent's
+# instructions and the step's instruction, which together may take another quarter.
+INLINE_INPUTS_MAX_CHARS = MESSAGE_MAX_BYTES // 4
+# One output inline in a StepResult, and so in each dependent's dispatch: 1/64, so that sixteen of them fit
+# the inputs' quarter of a dispatch.
+INLINE_OUTPUT_MAX_CHARS = MESSAGE_MAX_BYTES // 64
+
+
+# Free text that is indexed (the run index, the event log's columns) is bounded; `cut` is the one way a
+# text is shortened to fit.
+GOAL_MAX_CHARS = 32_000
+RECORD_GOAL_MAX_CHARS = 200  # the goal as the run index shows it
+ERROR_MAX_CHARS = 4000  # an error or a reason, in a result, an event or a record
+NAME_MAX_CHARS = 200  # a name or an id that is not an Id: a model, a backend, a caller, a worker, a request
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` within `limit` characters, marked with '...' when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def record_goal(goal: str) -> str:
+    """A goal as the run index holds it: its first characters, marked when cut."""
+    return cut(goal, RECORD_GOAL_MAX_CHARS)
+
 
 def utc_now() -> datetime:
     """The current time, timezone-aware, in UTC."""
@@ -200,7 +233,60 @@ ALL_BUCKETS = (
 
 
 class Keys:
-    """Keys of the KV buckets and object store, built from their parts (one place, so scoping them changes here)."""
+    """Keys of the KV buckets and object stores, built from their parts (one place, so scoping them changes here)."""
+
+    RUNNING_MARKERS_ALL = "running.>"  # every running marker in RUN_STATE_BUCKET
+    LEASE_MEMBER_PREFIX = "member."  # DISPATCHER_LEASES_BUCKET: one entry per live dispatcher replica
+
+    @staticmethod
+    def run_checkpoint(run_id: str) -> str:
+        """A run's checkpoint in RUN_STATE_BUCKET (the dispatcher's; workers read its phase)."""
+        return run_id
+
+    @staticmethod
+    def running_marker(run_id: str) -> str:
+        """RUN_STATE_BUCKET: the run is running; found by its results partition when a replica adopts it."""
+        return f"running.p{result_partition(run_id)}.{run_id}"
+
+    @staticmethod
+    def running_markers(partition: int) -> str:
+        """Filter matching the running markers of one results partition."""
+        return f"running.p{partition}.*"
+
+    @staticmethod
+    def run_record(run_id: str) -> str:
+        """A run's entry in RUN_INDEX_BUCKET."""
+        return run_id
+
+    @staticmethod
+    def partition_lease(partition: int) -> str:
+        """DISPATCHER_LEASES_BUCKET: which replica owns one results partition."""
+        return f"p{partition}"
+
+    @staticmethod
+    def lease_member(instance_id: str) -> str:
+        """DISPATCHER_LEASES_BUCKET: a live dispatcher replica (the owners share the partitions among these)."""
+        return f"{Keys.LEASE_MEMBER_PREFIX}{instance_id}"
+
+    @staticmethod
+    def output(run_id: str, step_id: str) -> str:
+        """A step's output in OUTPUTS_BUCKET."""
+        return f"{run_id}.{step_id}"
+
+    @staticmethod
+    def scratchpad(run_id: str, key: str) -> str:
+        """One value of a run's scratchpad in SCRATCHPAD_BUCKET."""
+        return f"{run_id}.{key}"
+
+    @staticmethod
+    def of_run(run_id: str) -> str:
+        """Filter matching every key of one run in OUTPUTS_BUCKET or SCRATCHPAD_BUCKET."""
+        return f"{run_id}.>"
+
+    @staticmethod
+    def within_run(key: str, run_id: str) -> str:
+        """What a run's key in OUTPUTS_BUCKET or SCRATCHPAD_BUCKET names within the run: a step id, a scratchpad key."""
+        return key.removeprefix(f"{run_id}.")
 
     @staticmethod
     def memory_turn(run_id: str, agent_id: str, step_id: str, attempt: int) -> str:
@@ -208,9 +294,34 @@ class Keys:
         return f"{run_id}.{agent_id}.{step_id}.{attempt}"
 
     @staticmethod
+    def payload_object(key: str, nonce: str) -> str:
+        """PAYLOADS_STORE: a large value of a KV key; a fresh nonce per write, so an object is never rewritten."""
+        return f"{key}.{nonce}"
+
+    @staticmethod
+    def plan_object(sha256: str) -> str:
+        """PLANS_STORE: a plan, named by its content digest, so a reference cannot be ambiguous."""
+        return f"plan-sha256-{sha256}"
+
+    @staticmethod
     def sim_script(run_id: str, name: str) -> str:
         """A sim tool call's arguments stored by reference in PAYLOADS_STORE (load tests: spawn requests)."""
         return f"sim.{run_id}.{name}"
+
+
+class MsgIds:
+    """Nats-Msg-Id headers: JetStream drops a second message with the same id within the stream's window."""
+
+    @staticmethod
+    def run_event(run_id: str, kind: RunEventKind) -> str:
+        """A lifecycle event of a run: each kind is published once per run, by whichever replica gets there."""
+        return f"{run_id}.{kind}"
+
+    @staticmethod
+    def step_dispatch(run_id: str, step_id: str, attempt: int) -> str:
+        """One attempt of a step on its pool's queue."""
+        return f"{run_id}.{step_id}.{attempt}"
+
 
 # Durable consumer names, one place for each.
 PLANNER_CONSUMER = "planner"
@@ -221,8 +332,6 @@ DISPATCHER_RESULTS_CONSUMER = "dispatcher-results"  # one durable per partition:
 UINT16_MAX = 2**16 - 1
 UINT32_MAX = 2**32 - 1
 RESULT_EVENTS_MAX = 64  # step events a StepResult carries; a worker publishes any more itself
-INLINE_OUTPUT_MAX_CHARS = 16_384  # outputs up to this size also travel inline, in results and dispatches
-INLINE_INPUTS_MAX_CHARS = 256 * 1024  # inline dependency outputs per StepDispatch; the rest by key
 AGGREGATOR_CONSUMER = "aggregator"
 WORKERS_CONSUMER_PREFIX = "workers"  # one durable per pool: "workers-<pool>"
 RECORDER_CONSUMER = "recorder"
@@ -268,7 +377,7 @@ class Subjects:
         return f"swarm.results.{partition}.*"
 
     @staticmethod
-    def run_event(tenant: str, run_id: str, kind: str) -> str:
+    def run_event(tenant: str, run_id: str, kind: RunEventKind) -> str:
         """A lifecycle event of one run."""
         return f"swarm.run.{tenant}.{run_id}.{kind}"
 
@@ -288,7 +397,7 @@ class Subjects:
         return f"swarm.deliver.{tenant}"
 
     @staticmethod
-    def run_kind_all(kind: str) -> str:
+    def run_kind_all(kind: RunEventKind) -> str:
         """One kind of lifecycle event across all runs and tenants."""
         return f"swarm.run.*.*.{kind}"
 
@@ -449,17 +558,10 @@ class Plan(Contract):
     pattern: PlanPattern | None = Field(default=None, description="The template the plan follows, if any.")
 
 
-# A plan whose JSON is larger travels by reference (PlanRef): the SDK stores it in PLANS_STORE, and the
-# planner does the same for the RunPlanned event. A quarter of the message limit: RunPlanned is read by
-# every follower of a run, and the rest of the envelope (goal, labels) must still fit.
-PLAN_INLINE_MAX_BYTES = 256 * 1024
+# A plan whose JSON is over PLAN_INLINE_MAX_BYTES travels by reference (PlanRef): the SDK stores it in
+# PLANS_STORE, and the planner does the same for the RunPlanned event.
 PLAN_REF_MAX_BYTES = 64 * 1024 * 1024  # what a referenced plan may weigh (4,000 steps of 16,000 chars fit)
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-
-
-def plan_object_name(sha256: str) -> str:
-    """The name of a plan's object in PLANS_STORE: its content digest, so a reference cannot be ambiguous."""
-    return f"plan-sha256-{sha256}"
 
 
 class PlanRef(Contract):
@@ -506,7 +608,7 @@ class TaskSubmission(Contract):
     )
     goal: str | None = Field(
         default=None,
-        max_length=32000,
+        max_length=GOAL_MAX_CHARS,
         pattern=r"\S",
         description="What the swarm must achieve (decomposed by the planner); not blank.",
     )
@@ -585,7 +687,7 @@ class StepDispatch(Contract):
 
     run_id: Id = Field(description="The run.")
     tenant: Id = Field(description="Tenant of the run.")
-    goal: str = Field(description="The run's goal, as context.")
+    goal: str = Field(max_length=GOAL_MAX_CHARS, description="The run's goal, as context.")
     agent: AgentSpec = Field(description="The agent taking the turn.")
     step: StepSpec = Field(description="The step to execute.")
     attempt: int = Field(ge=1, description="1 for the first attempt, then 2, 3, ...")
@@ -637,20 +739,22 @@ class StepResult(Contract):
     step_id: Id = Field(description="The step.")
     attempt: int = Field(ge=1, description="Which attempt this reports.")
     status: StepStatus = Field(description="Outcome.")
-    output_key: str | None = Field(default=None, description="Key of the output in the outputs bucket.")
+    output_key: str | None = Field(
+        default=None, max_length=NAME_MAX_CHARS, description="Key of the output in the outputs bucket (Keys.output)."
+    )
     output_preview: str = Field(default="", max_length=400, description="The first characters of the output.")
     output: str | None = Field(
         default=None,
         max_length=INLINE_OUTPUT_MAX_CHARS,
         description="The whole output when it is small, so dependents can get it inline (it is in the bucket too).",
     )
-    error: str | None = Field(default=None, max_length=4000, description="Why the attempt failed.")
+    error: str | None = Field(default=None, max_length=ERROR_MAX_CHARS, description="Why the attempt failed.")
     retryable: bool = Field(default=True, description="Whether another attempt may succeed.")
     prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens spent.")
     completion_tokens: int = Field(default=0, ge=0, description="Completion tokens spent.")
     started_at: datetime = Field(description="When the worker started the attempt.")
     finished_at: datetime = Field(description="When the worker finished the attempt.")
-    worker_id: str = Field(description="Which worker ran it.")
+    worker_id: str = Field(max_length=NAME_MAX_CHARS, description="Which worker ran it.")
     spawn: SpawnRequest | None = Field(
         default=None, description="Agents and steps this step adds to its run (dynamic spawn)."
     )
@@ -680,6 +784,19 @@ class RunSummary(Contract):
     prompt_tokens: int = Field(ge=0, description="Prompt tokens over all steps (and synthesis).")
     completion_tokens: int = Field(ge=0, description="Completion tokens over all steps (and synthesis).")
     wall_ms: float = Field(ge=0, description="From submission to the final answer.")
+
+
+class RunEventKind(StrEnum):
+    """Every kind of run lifecycle event: a RunEvent's `kind` field, and the last token of its subject."""
+
+    REJECTED = "rejected"
+    PLANNED = "planned"
+    PROGRESS = "progress"
+    EXECUTED = "executed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCEL = "cancel"  # a request (RunCancelRequested), not an outcome: see CANCELLED
+    CANCELLED = "cancelled"
 
 
 class RunEventBase(Contract):
@@ -748,8 +865,10 @@ class RejectionReason(BaseModel):
 class RunRejected(RunEventBase):
     """The task could not be accepted; nothing will run."""
 
-    kind: Literal["rejected"] = Field("rejected", description="Event kind, also the last subject token.")
-    error: str = Field(description="Why, in words: every reason on one line.")
+    kind: Literal[RunEventKind.REJECTED] = Field(RunEventKind.REJECTED, description="Event kind, also the last subject token.")
+    error: str = Field(
+        max_length=ERROR_MAX_CHARS, description="Why, in words: every reason on one line (cut when too long)."
+    )
     reasons: tuple[RejectionReason, ...] = Field(
         default=(),
         max_length=REJECTION_MAX_REASONS,
@@ -771,8 +890,8 @@ class RunPlanned(RunEventBase):
         }
     )
 
-    kind: Literal["planned"] = Field("planned", description="Event kind, also the last subject token.")
-    goal: str = Field(description="The goal (or a description of the explicit plan).")
+    kind: Literal[RunEventKind.PLANNED] = Field(RunEventKind.PLANNED, description="Event kind, also the last subject token.")
+    goal: str = Field(max_length=GOAL_MAX_CHARS, description="The goal (or a description of the explicit plan).")
     plan: Plan | None = Field(
         default=None, description="The validated plan, when its JSON fits 256 KiB; else `plan_ref` names it."
     )
@@ -782,7 +901,7 @@ class RunPlanned(RunEventBase):
     agents_count: int = Field(default=0, ge=0, description="Agents in the plan (known without reading it).")
     steps_count: int = Field(default=0, ge=0, description="Steps in the plan (known without reading it).")
     source: PlanSource = Field(description="Where the plan came from.")
-    note: str = Field(default="", description="Why a template was used, when it was.")
+    note: str = Field(default="", max_length=ERROR_MAX_CHARS, description="Why a template was used, when it was.")
     llm_schema: Literal["sub-questions", "full-plan"] | None = Field(
         default=None,
         description="How the LLM planned, when it did: 'sub-questions' (a small model listed agents with a role "
@@ -805,7 +924,7 @@ class RunPlanned(RunEventBase):
 class RunProgress(RunEventBase):
     """Throttled progress of a running run."""
 
-    kind: Literal["progress"] = Field("progress", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.PROGRESS] = Field(RunEventKind.PROGRESS, description="Event kind, also the last subject token.")
     steps_total: int = Field(ge=0, description="Steps in the plan.")
     steps_queued: int = Field(ge=0, description="Steps on the work queue, not yet finished.")
     steps_succeeded: int = Field(ge=0, description="Steps succeeded.")
@@ -823,7 +942,7 @@ class MissingAgent(Contract):
     """A sub-agent whose final turn did not succeed: what a quorum run's answer is missing."""
 
     agent_id: Id = Field(description="The agent.")
-    role: str = Field(default="", description="Its role.")
+    role: str = Field(default="", max_length=NAME_MAX_CHARS, description="Its role.")
     step_id: Id = Field(description="Its final turn (its last step in dependency order).")
     error: str = Field(default="", max_length=MISSING_AGENT_ERROR_CHARS, description="Its last error, or why its final turn did not run.")
 
@@ -831,8 +950,8 @@ class MissingAgent(Contract):
 class RunExecuted(RunEventBase):
     """Every step is finished; the aggregator synthesizes the answer."""
 
-    kind: Literal["executed"] = Field("executed", description="Event kind, also the last subject token.")
-    goal: str = Field(description="The run's goal.")
+    kind: Literal[RunEventKind.EXECUTED] = Field(RunEventKind.EXECUTED, description="Event kind, also the last subject token.")
+    goal: str = Field(max_length=GOAL_MAX_CHARS, description="The run's goal.")
     sink_step_ids: tuple[Id, ...] = Field(description="Succeeded steps no other step depends on: the synthesis input.")
     summary: RunSummary = Field(description="Totals of the step phase (wall_ms up to now).")
     submitted_at: datetime = Field(description="When the task was submitted.")
@@ -844,7 +963,7 @@ class RunExecuted(RunEventBase):
 class RunCompleted(RunEventBase):
     """The final answer."""
 
-    kind: Literal["completed"] = Field("completed", description="Event kind, also the last subject token.")
+    kind: Literal[RunEventKind.COMPLETED] = Field(RunEventKind.COMPLETED, description="Event kind, also the last subject token.")
     answer: str = Field(description="The synthesized answer.")
     summary: RunSummary = Field(description="Totals of the whole run.")
     missing_agents: tuple[MissingAgent, ...] = Field(
@@ -855,8 +974,8 @@ class RunCompleted(RunEventBase):
 class RunFailed(RunEventBase):
     """The run ended without an answer."""
 
-    kind: Literal["failed"] = Field("failed", description="Event kind, also the last subject token.")
-    error: str = Field(description="Why.")
+    kind: Literal[RunEventKind.FAILED] = Field(RunEventKind.FAILED, description="Event kind, also the last subject token.")
+    error: str = Field(max_length=ERROR_MAX_CHARS, description="Why.")
     failed_step_ids: tuple[Id, ...] = Field(default=(), description="Steps dead-lettered.")
     summary: RunSummary | None = Field(default=None, description="Totals, when the run got that far.")
     missing_agents: tuple[MissingAgent, ...] = Field(
@@ -867,22 +986,22 @@ class RunFailed(RunEventBase):
 class RunCancelRequested(RunEventBase):
     """A client asks to cancel the run."""
 
-    kind: Literal["cancel"] = Field("cancel", description="Event kind, also the last subject token.")
-    reason: str = Field(default="cancelled by client", description="Why.")
+    kind: Literal[RunEventKind.CANCEL] = Field(RunEventKind.CANCEL, description="Event kind, also the last subject token.")
+    reason: str = Field(default="cancelled by client", max_length=ERROR_MAX_CHARS, description="Why.")
 
 
 class RunCancelled(RunEventBase):
     """The run was cancelled: queued steps were dropped."""
 
-    kind: Literal["cancelled"] = Field("cancelled", description="Event kind, also the last subject token.")
-    reason: str = Field(description="Why.")
+    kind: Literal[RunEventKind.CANCELLED] = Field(RunEventKind.CANCELLED, description="Event kind, also the last subject token.")
+    reason: str = Field(max_length=ERROR_MAX_CHARS, description="Why.")
 
 
 RunEvent = Annotated[
     RunRejected | RunPlanned | RunProgress | RunExecuted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled,
     Field(discriminator="kind"),
 ]
-TERMINAL_RUN_EVENTS = ("rejected", "completed", "failed", "cancelled")
+TERMINAL_RUN_EVENTS = (RunEventKind.REJECTED, RunEventKind.COMPLETED, RunEventKind.FAILED, RunEventKind.CANCELLED)
 
 
 class RunStatus(StrEnum):
@@ -903,12 +1022,14 @@ class RunRecord(Contract):
     run_id: Id = Field(description="The run.")
     tenant: Id = Field(description="Tenant.")
     status: RunStatus = Field(description="Current status.")
-    goal: str = Field(default="", description="The goal, truncated.")
+    goal: str = Field(
+        default="", max_length=RECORD_GOAL_MAX_CHARS, description="The goal's first characters (`record_goal`)."
+    )
     steps_total: int = Field(default=0, ge=0, description="Steps in the plan.")
     agents_count: int = Field(default=0, ge=0, description="Agents in the plan.")
     updated_at: datetime = Field(default_factory=utc_now, description="Last change.")
     submitted_at: datetime | None = Field(default=None, description="When submitted.")
-    error: str | None = Field(default=None, description="Why it failed or was rejected.")
+    error: str | None = Field(default=None, max_length=ERROR_MAX_CHARS, description="Why it failed or was rejected.")
 
 
 # --------------------------------------------------------------------------- inference
@@ -924,8 +1045,10 @@ class ChatMessage(Contract):
 class InferenceRequest(Contract):
     """A completion request to the inference gateway (core NATS request/reply)."""
 
-    request_id: str = Field(description="Unique id of the call.")
-    model: str = Field(default="default", description="Model name; 'default' is the gateway's configured model.")
+    request_id: str = Field(max_length=NAME_MAX_CHARS, description="Unique id of the call.")
+    model: str = Field(
+        default="default", max_length=NAME_MAX_CHARS, description="Model name; 'default' is the gateway's configured model."
+    )
     messages: tuple[ChatMessage, ...] = Field(min_length=1, description="The conversation.")
     max_tokens: int = Field(default=256, ge=1, le=32768, description="Completion token budget.")
     temperature: float = Field(default=0.2, ge=0, le=2, description="Sampling temperature.")
@@ -948,9 +1071,13 @@ class InferenceRequest(Contract):
         "the gateway's default.",
     )  # fmt: skip
     json_schema: dict[str, Any] | None = Field(default=None, description="Constrain the output to this JSON Schema.")
-    run_id: str | None = Field(default=None, description="Run on whose behalf, for accounting.")
-    step_id: str | None = Field(default=None, description="Step on whose behalf, for accounting.")
-    caller: str = Field(default="worker", description="Which service calls: planner, worker, aggregator.")
+    run_id: str | None = Field(default=None, max_length=NAME_MAX_CHARS, description="Run on whose behalf, for accounting.")
+    step_id: str | None = Field(
+        default=None, max_length=NAME_MAX_CHARS, description="Step on whose behalf, for accounting."
+    )
+    caller: str = Field(
+        default="worker", max_length=NAME_MAX_CHARS, description="Which service calls: planner, worker, aggregator."
+    )
     sim_latency_ms: float | None = Field(default=None, ge=0, description="For the sim backend: force this latency.")
     sim_fault: Literal["error", "garbage"] | None = Field(
         default=None,
@@ -989,18 +1116,18 @@ class InferenceCancel(Contract):
     """A caller no longer wants an inference call: every gateway replica hears it, the one running or queueing
     the call stops it (the engine aborts the generation) and answers nothing more."""
 
-    request_id: str = Field(min_length=1, description="The request_id of the call to stop.")
+    request_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS, description="The request_id of the call to stop.")
 
 
 class InferenceResponse(Contract):
     """The gateway's answer."""
 
-    request_id: str = Field(description="The request's id.")
+    request_id: str = Field(max_length=NAME_MAX_CHARS, description="The request's id.")
     ok: bool = Field(description="Whether a completion was produced.")
     content: str = Field(default="", description="The completion.")
-    error: str | None = Field(default=None, description="Why not, when not ok.")
-    model: str = Field(default="", description="Model that served it.")
-    backend: str = Field(default="", description="Engine backend.")
+    error: str | None = Field(default=None, max_length=ERROR_MAX_CHARS, description="Why not, when not ok.")
+    model: str = Field(default="", max_length=NAME_MAX_CHARS, description="Model that served it.")
+    backend: str = Field(default="", max_length=NAME_MAX_CHARS, description="Engine backend.")
     prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens.")
     completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Time waiting for an engine slot.")
@@ -1041,19 +1168,19 @@ class StepEventKind(StrEnum):
 class StepEvent(Contract):
     """One transition of one step, as recorded in ClickHouse's step_events."""
 
-    event_id: str = Field(description="Deterministic id; duplicates are dropped.")
+    event_id: str = Field(max_length=NAME_MAX_CHARS, description="Deterministic id; duplicates are dropped.")
     run_id: Id = Field(description="The run.")
     tenant: Id = Field(description="Tenant.")
     step_id: Id = Field(description="The step.")
-    agent_id: str = Field(default="", description="The agent.")
+    agent_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="The agent.")
     attempt: int = Field(default=1, ge=0, le=UINT16_MAX, description="Attempt number.")
     kind: StepEventKind = Field(description="The transition.")
     at: datetime = Field(default_factory=utc_now, description="When it happened.")
     duration_ms: float = Field(default=0, ge=0, description="Duration of what ended here, if anything.")
     prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens of what ended here.")
     completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens of what ended here.")
-    worker_id: str = Field(default="", description="Which worker, if any.")
-    error: str = Field(default="", description="Error text for failures.")
+    worker_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="Which worker, if any.")
+    error: str = Field(default="", max_length=ERROR_MAX_CHARS, description="Error text for failures.")
     attributes: dict[str, str] = Field(default_factory=dict, description="Free-form attributes.")
 
 
@@ -1082,14 +1209,14 @@ def is_step_event_id(event: StepEvent) -> bool:
 class InferenceEvent(Contract):
     """One gateway call, as recorded in ClickHouse's inference_calls."""
 
-    event_id: str = Field(description="The request id.")
-    run_id: str = Field(default="", description="Run, if any.")
-    step_id: str = Field(default="", description="Step, if any.")
-    caller: str = Field(default="", description="Calling service.")
-    model: str = Field(description="Model.")
-    backend: str = Field(description="Backend.")
+    event_id: str = Field(max_length=NAME_MAX_CHARS, description="The request id.")
+    run_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="Run, if any.")
+    step_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="Step, if any.")
+    caller: str = Field(default="", max_length=NAME_MAX_CHARS, description="Calling service.")
+    model: str = Field(max_length=NAME_MAX_CHARS, description="Model.")
+    backend: str = Field(max_length=NAME_MAX_CHARS, description="Backend.")
     ok: bool = Field(description="Whether it produced a completion.")
-    error: str = Field(default="", description="Why not.")
+    error: str = Field(default="", max_length=ERROR_MAX_CHARS, description="Why not.")
     prompt_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Prompt tokens.")
     completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens.")
     queue_ms: float = Field(default=0, ge=0, description="Admission queue time.")
@@ -1130,7 +1257,7 @@ CHANNELS: tuple[Channel, ...] = (
             description="Ready steps for a worker pool."),
     Channel(address="swarm.results.{partition}.{run_id}", stream=RESULTS.name, message=StepResult,
             description="Step results for the dispatcher."),
-    Channel(address=Subjects.run_event("{tenant}", "{run_id}", "{kind}"), stream=RUNS.name, message=RunEvent,
+    Channel(address="swarm.run.{tenant}.{run_id}.{kind}", stream=RUNS.name, message=RunEvent,
             description="Run lifecycle events; the last token is the event's 'kind' field."),
     Channel(address=Subjects.step_event("{run_id}"), stream=EVENTS.name, message=StepEvent,
             description="Step transitions for the event log."),

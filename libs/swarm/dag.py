@@ -1,4 +1,4 @@
-"""Step DAG logic: validation against limits, topological order, sinks, critical path."""
+"""Step DAG logic: validation against limits, topological order, sinks, the longest chain of durations."""
 
 from __future__ import annotations
 
@@ -102,10 +102,11 @@ def sinks(depends_on: Mapping[str, tuple[str, ...]]) -> list[str]:
     return [step for step in depends_on if step not in needed]
 
 
-def critical_path(
+def longest_chain(
     depends_on: Mapping[str, tuple[str, ...]], duration: Mapping[str, float]
 ) -> tuple[float, list[str]]:
-    """The longest chain of durations through the DAG: its length and its steps, first to last."""
+    """The longest chain of durations through the DAG (what no schedule can beat): its length and its steps,
+    first to last. Planned, not observed: compare `swarm.ops.analytics.observed_critical_path`."""
     finish: dict[str, float] = {}
     best_parent: dict[str, str | None] = {}
     for step in topological_order(depends_on):

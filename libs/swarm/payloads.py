@@ -19,16 +19,17 @@ from nats.js.errors import BadObjectMetaError, KeyNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 from pydantic import ValidationError
 
-from swarm.bus import MAX_INLINE_BYTES, Bus
+from swarm.bus import Bus
 from swarm.contracts import (
+    MESSAGE_BODY_MAX_BYTES,
     OUTPUTS_BUCKET,
     PAYLOADS_STORE,
     PLANS_STORE,
     BucketSpec,
+    Keys,
     Plan,
     PlanRef,
     RunPlanned,
-    plan_object_name,
 )
 
 REF_PREFIX = b'{"$ref":"obj://'
@@ -50,7 +51,7 @@ def make_ref(store: str, name: str, size: int) -> bytes:
 
 def object_name(key: str) -> str:
     """A fresh object name for a value stored under `key` (never an existing object's)."""
-    return f"{key}.{secrets.token_hex(8)}"
+    return Keys.payload_object(key, secrets.token_hex(8))
 
 
 def parse_ref(value: bytes) -> tuple[str, str]:
@@ -69,7 +70,7 @@ class Payloads:
         self,
         bus: Bus,
         *,
-        inline_limit: int = MAX_INLINE_BYTES,
+        inline_limit: int = MESSAGE_BODY_MAX_BYTES,
         bucket: BucketSpec = OUTPUTS_BUCKET,
         store: BucketSpec = PAYLOADS_STORE,
     ) -> None:
@@ -166,7 +167,7 @@ class PlanStore:
         data = plan_bytes(plan)
         ref = plan_ref_of(data)
         store = await self._objects()
-        name = plan_object_name(ref.sha256)
+        name = Keys.plan_object(ref.sha256)
         try:
             info = await store.get_info(name)
             if info.size == ref.size:
@@ -194,7 +195,7 @@ class PlanStore:
 
     async def get_bytes(self, ref: PlanRef) -> bytes:
         """The stored JSON of a plan, its size and digest checked (the planner validates it like an inline plan)."""
-        name = plan_object_name(ref.sha256)
+        name = Keys.plan_object(ref.sha256)
         try:
             store = await self._objects()
         except NotFoundError as exc:  # not in this account (a tenant's): unavailable here, not an outage

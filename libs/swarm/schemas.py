@@ -9,12 +9,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from swarm import contracts
 from swarm.contracts import CHANNELS, Channel
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def describe_validation_error(exc: ValidationError, max_problems: int | None = None) -> str:
+    """Why a message was not accepted, on one line: each problem where it is, without documentation URLs;
+    past `max_problems`, how many more there are."""
+    errors = exc.errors(include_url=False)
+    shown = errors if max_problems is None else errors[:max_problems]
+    problems = []
+    for error in shown:
+        where = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{where}: {error['msg']}" if where else error["msg"])
+    more = len(errors) - len(shown)
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
 def model_name(model: Any) -> str:

@@ -15,13 +15,18 @@ from swarm import payloads
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
     AGGREGATOR_CONSUMER,
+    ERROR_MAX_CHARS,
     OUTPUTS_BUCKET,
     RUNS,
     InferenceRequest,
+    Keys,
+    MsgIds,
     RunCompleted,
+    RunEventKind,
     RunExecuted,
     RunFailed,
     Subjects,
+    cut,
     utc_now,
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
@@ -32,7 +37,7 @@ log = logging.getLogger(__name__)
 MAX_TEMPERATURE = 1.5
 
 EXECUTED_CONSUMER = ConsumerSpec(
-    stream=RUNS, durable=AGGREGATOR_CONSUMER, filter_subjects=(Subjects.run_kind_all("executed"),),
+    stream=RUNS, durable=AGGREGATOR_CONSUMER, filter_subjects=(Subjects.run_kind_all(RunEventKind.EXECUTED),),
     ack_wait_s=30.0, max_deliver=10,
 )  # fmt: skip
 
@@ -99,7 +104,8 @@ class Aggregator:
             missing_agents=executed.missing_agents,
         )  # fmt: skip
         await self.bus.publish(
-            Subjects.run_event(executed.tenant, executed.run_id, "completed"), completed, f"{executed.run_id}.completed"
+            Subjects.run_event(executed.tenant, executed.run_id, completed.kind), completed,
+            MsgIds.run_event(executed.run_id, completed.kind),
         )
         log.info("run %s completed in %.1fs", executed.run_id, summary.wall_ms / 1000)
 
@@ -176,7 +182,7 @@ class Aggregator:
         outputs = []
         for step_id in executed.sink_step_ids:
             try:
-                entry = await kv.get(f"{executed.run_id}.{step_id}")
+                entry = await kv.get(Keys.output(executed.run_id, step_id))
             except KeyNotFoundError:
                 log.warning("run %s: output of %s is missing", executed.run_id, step_id)
                 continue
@@ -185,9 +191,10 @@ class Aggregator:
 
     async def _fail(self, executed: RunExecuted, error: str) -> None:
         failed = RunFailed(
-            run_id=executed.run_id, tenant=executed.tenant, error=error, summary=executed.summary,
+            run_id=executed.run_id, tenant=executed.tenant, error=cut(error, ERROR_MAX_CHARS), summary=executed.summary,
             missing_agents=executed.missing_agents,
         )  # fmt: skip
         await self.bus.publish(
-            Subjects.run_event(executed.tenant, executed.run_id, "failed"), failed, f"{executed.run_id}.failed"
+            Subjects.run_event(executed.tenant, executed.run_id, failed.kind), failed,
+            MsgIds.run_event(executed.run_id, failed.kind),
         )

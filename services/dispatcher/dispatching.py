@@ -30,12 +30,12 @@ from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.store import RunStore
 from services.dispatcher.sweeper import LostStepSweeper
 from swarm.bus import Bus, ConsumerSpec
-from swarm.contracts import DISPATCHER_PLANS_CONSUMER, RUNS, Subjects
+from swarm.contracts import DISPATCHER_PLANS_CONSUMER, RUNS, RunEventKind, Subjects
 
 PLANS_CONSUMER = ConsumerSpec(
     stream=RUNS,
     durable=DISPATCHER_PLANS_CONSUMER,
-    filter_subjects=(Subjects.run_kind_all("planned"), Subjects.run_kind_all("cancel")),
+    filter_subjects=(Subjects.run_kind_all(RunEventKind.PLANNED), Subjects.run_kind_all(RunEventKind.CANCEL)),
     ack_wait_s=60.0,
 )
 

@@ -9,7 +9,7 @@ from nats.aio.msg import Msg
 
 from services.dispatcher.live import LiveRuns
 from swarm.bus import Reject, Retry
-from swarm.contracts import RunCancelRequested, RunPlanned, Subjects
+from swarm.contracts import RunCancelRequested, RunEventKind, RunPlanned, Subjects
 from swarm.dag import PlanError
 from swarm.payloads import PlanUnavailable
 
@@ -29,7 +29,7 @@ class Intake:
         """A planned run starts; a cancel request cancels. Handled under `settle`'s ack policy."""
         kind = msg.subject.rsplit(".", 1)[-1]
         async with self.runs.lock:
-            if kind == "planned":
+            if kind == RunEventKind.PLANNED:
                 planned = RunPlanned.model_validate_json(msg.data)
                 if not self.owns(planned.run_id):
                     # The owner of its results partition starts it: the replica that dispatches a run's steps
@@ -38,10 +38,10 @@ class Intake:
                         f"run {planned.run_id} is another replica's to start", delay_s=PLAN_HANDOFF_DELAY_S
                     )
                 await self._start(planned)
-            elif kind == "cancel":
+            elif kind == RunEventKind.CANCEL:
                 request = RunCancelRequested.model_validate_json(msg.data)
                 # NATS permissions guard the subject, not the body: a tenant may only cancel its own runs.
-                if msg.subject != Subjects.run_event(request.tenant, request.run_id, "cancel"):
+                if msg.subject != Subjects.run_event(request.tenant, request.run_id, request.kind):
                     raise Reject(f"cancel request on {msg.subject} names another run or tenant")
                 await self._cancel(request)
 

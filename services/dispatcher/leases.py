@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from swarm.contracts import RESULT_PARTITIONS
+from swarm.contracts import RESULT_PARTITIONS, Keys
 
 log = logging.getLogger(__name__)
-
-MEMBER_PREFIX = "member."
 
 
 @dataclass
@@ -44,17 +42,17 @@ class PartitionLeases:
 
     async def renew(self) -> LeaseChanges:
         """Renew our leases and acquire free partitions up to our share; surplus is named, not released."""
-        await self.kv.put(f"{MEMBER_PREFIX}{self.instance_id}", b"")
+        await self.kv.put(Keys.lease_member(self.instance_id), b"")
         try:
             keys = await self.kv.keys()
         except NoKeysError:
             keys = []
-        members = self.members = max(1, sum(1 for k in keys if k.startswith(MEMBER_PREFIX)))
+        members = self.members = max(1, sum(1 for k in keys if k.startswith(Keys.LEASE_MEMBER_PREFIX)))
         share = math.ceil(self.partitions / members)
         changes = LeaseChanges()
         for partition, revision in list(self.owned.items()):
             try:
-                self.owned[partition] = await self.kv.update(self._key(partition), self._me, last=revision)
+                self.owned[partition] = await self.kv.update(Keys.partition_lease(partition), self._me, last=revision)
             except KeyWrongLastSequenceError:
                 changes.lost.add(partition)
                 del self.owned[partition]
@@ -65,7 +63,7 @@ class PartitionLeases:
             if partition in self.owned:
                 continue
             try:
-                self.owned[partition] = await self.kv.create(self._key(partition), self._me)
+                self.owned[partition] = await self.kv.create(Keys.partition_lease(partition), self._me)
                 changes.gained.add(partition)
             except KeyWrongLastSequenceError:
                 continue
@@ -81,7 +79,7 @@ class PartitionLeases:
         revision = self.owned.pop(partition, None)
         if revision is not None:
             try:
-                await self.kv.delete(self._key(partition), last=revision)
+                await self.kv.delete(Keys.partition_lease(partition), last=revision)
             except KeyWrongLastSequenceError:
                 pass
 
@@ -89,12 +87,8 @@ class PartitionLeases:
         """Give everything up and leave (graceful shutdown: the others take over at once)."""
         for partition in list(self.owned):
             await self.release(partition)
-        await self.kv.delete(f"{MEMBER_PREFIX}{self.instance_id}")
+        await self.kv.delete(Keys.lease_member(self.instance_id))
 
     @property
     def _me(self) -> bytes:
         return self.instance_id.encode()
-
-    @staticmethod
-    def _key(partition: int) -> str:
-        return f"p{partition}"

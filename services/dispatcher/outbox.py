@@ -15,7 +15,9 @@ from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import Dispatch, Outcome, RunPhase, RunState, StepPhase
 from swarm.bus import Bus
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     INLINE_INPUTS_MAX_CHARS,
+    MsgIds,
     RunCancelled,
     RunExecuted,
     RunFailed,
@@ -27,6 +29,7 @@ from swarm.contracts import (
     StepEventKind,
     StepResult,
     Subjects,
+    cut,
     step_event_id,
     utc_now,
 )
@@ -101,7 +104,7 @@ class Outbox:
                 memory_omitted=memory_omitted,
                 spawn_budget=run.spawn_budget() if "spawn" in step.tools else None,
             )
-            msg_id = f"{run.run_id}.{step.id}.{dispatch.attempt}"
+            msg_id = MsgIds.step_dispatch(run.run_id, step.id, dispatch.attempt)
             await self.bus.publish_nowait(self.steps_subject, message, msg_id=msg_id)
             live.queued_at[(step.id, dispatch.attempt)] = time.monotonic() + dispatch.delay_s
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
@@ -137,6 +140,8 @@ class Outbox:
         self, run: RunState, step_id: str, attempt: int, kind: StepEventKind, **fields: object
     ) -> None:
         """Buffer a step event; `flush` publishes each run's buffer as StepEventBatches."""
+        if "error" in fields:  # a spawn's or a step's error, which may be long
+            fields["error"] = cut(str(fields["error"]), ERROR_MAX_CHARS)
         event = StepEvent(
             event_id=step_event_id(run.run_id, step_id, attempt, kind),
             run_id=run.run_id,
@@ -184,35 +189,35 @@ class Outbox:
             retries_count=run.retries_count,
             finished_step_ids=tuple(sorted(unreported)),
         )
-        await self.bus.publish_nowait(Subjects.run_event(run.tenant, run.run_id, "progress"), progress)
+        await self.bus.publish_nowait(Subjects.run_event(run.tenant, run.run_id, progress.kind), progress)
 
     async def finish(self, run: RunState, phase: RunPhase) -> None:
         """The run's end: executed (the aggregator takes it from there), failed or cancelled."""
         summary = run.summary()
         message: RunExecuted | RunFailed | RunCancelled
+        # A run's error may quote a step's whole error: the events and the record hold the first characters.
+        error = cut(run.error, ERROR_MAX_CHARS)
         if phase is RunPhase.EXECUTED:
-            kind = "executed"
             message = RunExecuted(
                 run_id=run.run_id, tenant=run.tenant, goal=run.planned.goal,
                 sink_step_ids=tuple(run.sink_step_ids()), summary=summary, submitted_at=run.submitted_at,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         elif phase is RunPhase.FAILED:
-            kind = "failed"
             message = RunFailed(
-                run_id=run.run_id, tenant=run.tenant, error=run.error,
+                run_id=run.run_id, tenant=run.tenant, error=error,
                 failed_step_ids=tuple(run.failed_step_ids()), summary=summary,
                 missing_agents=tuple(run.missing_agents()),
             )  # fmt: skip
         else:
-            kind = "cancelled"
-            message = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=run.error)
-        subject = Subjects.run_event(run.tenant, run.run_id, kind)
-        await self.bus.publish_nowait(subject, message, f"{run.run_id}.{kind}")
+            message = RunCancelled(run_id=run.run_id, tenant=run.tenant, reason=error)
+        subject = Subjects.run_event(run.tenant, run.run_id, message.kind)
+        await self.bus.publish_nowait(subject, message, MsgIds.run_event(run.run_id, message.kind))
         log.info("run %s %s: %s", run.run_id, phase.value, summary.model_dump(exclude={"v"}))
 
     async def refuse(self, planned: RunPlanned, error: str) -> None:
         """End a run whose plan cannot run: its followers see why instead of waiting forever."""
+        error = cut(error, ERROR_MAX_CHARS)
         failed = RunFailed(run_id=planned.run_id, tenant=planned.tenant, error=error)
-        subject = Subjects.run_event(planned.tenant, planned.run_id, "failed")
-        await self.bus.publish(subject, failed, f"{planned.run_id}.failed")
+        subject = Subjects.run_event(planned.tenant, planned.run_id, failed.kind)
+        await self.bus.publish(subject, failed, MsgIds.run_event(planned.run_id, failed.kind))

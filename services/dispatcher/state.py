@@ -28,6 +28,7 @@ from swarm.contracts import (
     StepResult,
     StepSpec,
     StepStatus,
+    cut,
     utc_now,
 )
 from swarm.dag import PlanError, PlanLimits, children_of, sinks, topological_order, validate_plan
@@ -399,7 +400,7 @@ class RunState:
             agent = self.agents.get(agent_id)
             missing.append(MissingAgent(
                 agent_id=agent_id, role=agent.role if agent else "", step_id=step_id,
-                error=error[:MISSING_AGENT_ERROR_CHARS],
+                error=cut(error, MISSING_AGENT_ERROR_CHARS),
             ))  # fmt: skip
         return missing
 

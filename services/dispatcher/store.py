@@ -13,19 +13,13 @@ from services.dispatcher.live import LiveRun
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import RetryPolicy, RunPhase, RunState, StepPhase
 from swarm.bus import Bus
-from swarm.contracts import RUN_STATE_BUCKET, RUNS, RunPlanned, Subjects, result_partition
+from swarm.contracts import RUN_STATE_BUCKET, RUNS, Keys, RunEventKind, RunPlanned, Subjects
 from swarm.dag import PlanLimits
 from swarm.payloads import PlanStore
 
 log = logging.getLogger(__name__)
 
 FINISHED_RUNS_KEPT = 100_000
-RUNNING_MARKER_PREFIX = "running"
-
-
-def running_marker(run_id: str) -> str:
-    """The run-state key that says a run is under way, grouped by results partition for adoption."""
-    return f"{RUNNING_MARKER_PREFIX}.p{result_partition(run_id)}.{run_id}"
 
 
 class RunStore:
@@ -45,11 +39,11 @@ class RunStore:
 
     async def mark_running(self, run_id: str) -> None:
         """Say the run is under way: a new owner of its partition adopts it."""
-        await (await self.bus.kv(RUN_STATE_BUCKET)).put(running_marker(run_id), b"")
+        await (await self.bus.kv(RUN_STATE_BUCKET)).put(Keys.running_marker(run_id), b"")
 
     async def running_in(self, partition: int) -> list[str]:
         """The runs under way whose results come on `partition`, by their markers (not every checkpoint)."""
-        markers = await self.bus.kv_keys(RUN_STATE_BUCKET, f"{RUNNING_MARKER_PREFIX}.p{partition}.*")
+        markers = await self.bus.kv_keys(RUN_STATE_BUCKET, Keys.running_markers(partition))
         return [marker.rsplit(".", 1)[-1] for marker in markers]
 
     async def save(self, live: LiveRun) -> bool:
@@ -62,9 +56,9 @@ class RunStore:
         body = run.checkpoint_json(run.tenant)
         try:
             if live.revision is None:
-                live.revision = await kv.create(run.run_id, body)
+                live.revision = await kv.create(Keys.run_checkpoint(run.run_id), body)
             else:
-                live.revision = await kv.update(run.run_id, body, last=live.revision)
+                live.revision = await kv.update(Keys.run_checkpoint(run.run_id), body, last=live.revision)
         except KeyWrongLastSequenceError:
             return False
         return True
@@ -73,7 +67,7 @@ class RunStore:
         """A run under way, from its checkpoint and its planned event; None if it has none or is over."""
         kv = await self.bus.kv(RUN_STATE_BUCKET)
         try:
-            entry = await kv.get(run_id)
+            entry = await kv.get(Keys.run_checkpoint(run_id))
         except KeyNotFoundError:
             return None
         checkpoint = json.loads(entry.value or b"{}")
@@ -81,7 +75,7 @@ class RunStore:
             await self.mark_over(run_id)
             return None
         try:
-            subject = Subjects.run_event(checkpoint["tenant"], run_id, "planned")
+            subject = Subjects.run_event(checkpoint["tenant"], run_id, RunEventKind.PLANNED)
             raw = await self.bus.js.get_last_msg(RUNS.name, subject)
         except NotFoundError:
             log.warning("run %s has a checkpoint but no planned event yet", run_id)
@@ -106,4 +100,4 @@ class RunStore:
         kv = await self.bus.kv(RUN_STATE_BUCKET)
         # A marker left behind is dropped at the next adoption (which finds its run over).
         with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await kv.delete(running_marker(run_id))
+            await kv.delete(Keys.running_marker(run_id))

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
 
 CHARS_PER_TOKEN = 4
@@ -89,23 +88,3 @@ def parse_json_output(content: str, finish_reason: str | None, max_tokens: int) 
         raise EngineError(f"the model's output is not valid JSON{hint}: {exc}") from exc
     return json.dumps(document, ensure_ascii=False)
 
-
-def create_engine(settings: GatewaySettings) -> Engine:
-    """The backend the settings name; each is imported here so that its dependencies stay optional."""
-    if settings.backend == "sim":
-        from services.gateway.backends.sim import SimEngine
-
-        return SimEngine(settings)
-    if settings.backend == "llamacpp":
-        from services.gateway.backends.llamacpp import LlamaCppEngine
-
-        return LlamaCppEngine(settings)
-    if settings.backend == "openai":
-        from services.gateway.backends.openai import OpenAIEngine
-
-        return OpenAIEngine(settings)
-    if settings.backend == "trtllm":
-        from services.gateway.backends.trtllm import TrtLlmEngine
-
-        return TrtLlmEngine(settings)
-    raise ValueError(f"unknown gateway backend {settings.backend!r}")

@@ -78,7 +78,8 @@ def ensure_installed(wheels: Path | None) -> None:
 
 async def smoke(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     """Run the checks, filling `summary` as they go (so a failure still reports what was measured)."""
-    from services.gateway.engine import Completion, create_engine
+    from services.gateway.backends import create_engine
+    from services.gateway.engine import Completion
     from services.gateway.settings import GatewaySettings
     from swarm.contracts import ChatMessage, InferenceRequest
 

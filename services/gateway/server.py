@@ -33,11 +33,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from services.gateway.engine import Completion, Engine, EngineError, create_engine
+from services.gateway.backends import create_engine
+from services.gateway.engine import Completion, Engine, EngineError
 from services.gateway.schemacheck import InvalidSchema, check_schema
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus, answerable
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     GATEWAY_QUEUE_GROUP,
     InferenceCancel,
     InferenceChunk,
@@ -46,8 +48,10 @@ from swarm.contracts import (
     InferenceRequest,
     InferenceResponse,
     Subjects,
+    cut,
 )
 from swarm.inference import DEADLINE_EXCEEDED, OVERLOADED, RETRY_AFTER_HEADER
+from swarm.schemas import describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +78,6 @@ def peek(data: bytes) -> tuple[str, bool]:
         return "", False
     request_id = body.get("request_id")
     return (request_id if isinstance(request_id, str) else ""), body.get("stream") is True
-
-
-def request_id_of(data: bytes) -> str:
-    """The request_id of a payload that failed validation, if it has one, else ''."""
-    return peek(data)[0]
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """The first few problems of a validation error, on one line."""
-    problems = [
-        f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
-        for error in exc.errors()[:3]
-    ]
-    more = exc.error_count() - len(problems)
-    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
 def priority_of(request: InferenceRequest) -> int:
@@ -227,7 +216,7 @@ class GatewayServer:
             request = InferenceRequest.model_validate_json(msg.data)
         except ValidationError as exc:
             request_id, stream = peek(msg.data)
-            error = f"invalid request: {describe_validation_error(exc)}"
+            error = f"invalid request: {describe_validation_error(exc, max_problems=3)}"
             self._spawn(self._reply_failure(msg, request_id, None, error, stream))
             return
         error = self._input_error(request)
@@ -452,6 +441,7 @@ class GatewayServer:
     ) -> tuple[InferenceResponse, InferenceEvent]:
         self.failed_count += 1
         engine = self.engine
+        error = cut(error, ERROR_MAX_CHARS)  # an engine's error may quote a whole reply
         response = InferenceResponse(
             request_id=request_id, ok=False, error=error, model=engine.model, backend=engine.name
         )

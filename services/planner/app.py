@@ -13,15 +13,19 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from services.planner.intake import TaskRejected, describe, parse_task, plan_reason, reason, resolve_plan_ref
-from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task, truncate
+from services.planner.planning import LLMFailed, PlanOutcome, goal_of, plan_for_task
 from services.planner.settings import PlannerSettings
-from swarm.bus import MAX_INLINE_BYTES, Bus, ConsumerSpec, Reject, Retry
+from swarm.bus import Bus, ConsumerSpec, Reject, Retry
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
+    MESSAGE_BODY_MAX_BYTES,
     PLAN_INLINE_MAX_BYTES,
     PLANNER_CONSUMER,
     RUN_INDEX_BUCKET,
     TASKS,
     InferenceRequest,
+    Keys,
+    MsgIds,
     PlanSource,
     RejectionCode,
     RejectionReason,
@@ -31,6 +35,7 @@ from swarm.contracts import (
     RunStatus,
     Subjects,
     TaskSubmission,
+    cut,
 )
 from swarm.controlplane import ControlPlane
 from swarm.dag import PlanError
@@ -112,17 +117,18 @@ class Planner:
         if len(plan_bytes(outcome.plan)) > PLAN_INLINE_MAX_BYTES:
             event = event.model_copy(update={"plan": None, "plan_ref": await self.plans.put(outcome.plan)})
         payload = event.model_dump_json().encode()
-        if len(payload) > MAX_INLINE_BYTES:
+        if len(payload) > MESSAGE_BODY_MAX_BYTES:
             # Deterministic: retrying cannot make it fit, so the run is rejected rather than redelivered.
             too_large = reason(
                 "/plan" if task.plan is not None else "", RejectionCode.TOO_LARGE,
-                f"the planned run is {len(payload)} bytes, over the {MAX_INLINE_BYTES} a message may carry",
+                f"the planned run is {len(payload)} bytes, over the {MESSAGE_BODY_MAX_BYTES} a message may carry",
             )  # fmt: skip
             await self._reject(task.run_id, task.tenant, (too_large,))
             raise Reject(describe((too_large,)))
         await self.bus.js.publish(
             Subjects.run_event(task.tenant, task.run_id, event.kind), payload,
-            headers={"Nats-Msg-Id": f"{task.run_id}.planned"}, timeout=self.settings.nats.request_timeout_s,
+            headers={"Nats-Msg-Id": MsgIds.run_event(task.run_id, event.kind)},
+            timeout=self.settings.nats.request_timeout_s,
         )  # fmt: skip
         self.counts["planned"] += 1
         if outcome.source is PlanSource.TEMPLATE and task.pattern is None:
@@ -139,7 +145,7 @@ class Planner:
         The index trails RUNS by a moment; a repeat inside that moment publishes again under the same
         msg id ('<run_id>.planned'), which RUNS' de-duplication window drops."""
         try:
-            entry = await index.get(run_id)
+            entry = await index.get(Keys.run_record(run_id))
         except KeyNotFoundError:
             return False
         if entry.value is None:
@@ -156,11 +162,11 @@ class Planner:
         return True
 
     async def _reject(self, run_id: str, tenant: str, reasons: tuple[RejectionReason, ...]) -> None:
-        error = describe(reasons)
+        error = cut(describe(reasons), ERROR_MAX_CHARS)
         event = RunRejected(run_id=run_id, tenant=tenant, error=error, reasons=reasons)
-        await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, f"{run_id}.rejected")
+        await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, MsgIds.run_event(run_id, event.kind))
         self.counts["rejected"] += 1
-        log.warning("rejected run %s: %s", run_id, truncate(error, 500))
+        log.warning("rejected run %s: %s", run_id, cut(error, 500))
 
 
 def planned_event(task: TaskSubmission, outcome: PlanOutcome) -> RunPlanned:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from services.planner.settings import PlannerSettings
 from services.planner.templates import instantiate, pattern_for_goal, plan_around
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     AgentSpec,
     ChatMessage,
     InferenceRequest,
@@ -22,13 +23,13 @@ from swarm.contracts import (
     PlanSource,
     StepSpec,
     TaskSubmission,
+    cut,
     is_valid_id,
 )
 from swarm.dag import PlanError, PlanLimits, validate_plan
 from swarm.inference import InferenceError, chat, new_request_id
 from swarm.repetition import degeneracy, topic_words, words
-
-RECORD_GOAL_CHARS = 200
+from swarm.schemas import describe_validation_error
 
 # What the LLM may write: short strings everywhere (a small model rambles otherwise), ids as subject tokens.
 LLM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
@@ -89,26 +90,12 @@ class PlanOutcome:
 # --------------------------------------------------------------------------- tasks
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """A pydantic error on one line per problem, without documentation URLs."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"])
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return "; ".join(parts)
-
-
 def goal_of(task: TaskSubmission) -> str:
     """The goal, or a description of an explicit plan without one."""
     if task.goal is not None:
         return task.goal
     assert task.plan is not None  # TaskSubmission guarantees a goal or a plan
     return f"explicit plan: {len(task.plan.agents)} agents, {len(task.plan.steps)} steps"
-
-
-def truncate(text: str, limit: int = RECORD_GOAL_CHARS) -> str:
-    """`text` cut to `limit` characters, marked when cut."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- LLM plans
@@ -359,7 +346,7 @@ def template_outcome(task: TaskSubmission, pattern: PlanPattern, settings: Plann
     plan = instantiate(pattern, task.goal, task.n_agents or settings.default_n_agents, settings.limits,
                        settings.reduce_fan_in)  # fmt: skip
     validate_plan(plan, settings.limits)
-    return PlanOutcome(plan, PlanSource.TEMPLATE, note)
+    return PlanOutcome(plan, PlanSource.TEMPLATE, cut(note, ERROR_MAX_CHARS))
 
 
 async def sample_subquestions(
@@ -415,7 +402,7 @@ async def plan_for_task(
     except LLMFailed as exc:
         why = f"gateway error ({exc})"
     except PlanError as exc:
-        why = f"the model's plan was unusable ({truncate(str(exc), 300)})"
+        why = f"the model's plan was unusable ({cut(str(exc), 300)})"
     else:
         return PlanOutcome(plan, PlanSource.LLM, llm_schema=SUBQUESTIONS if small else FULL_PLAN)
     return template_outcome(task, settings.fallback_pattern, settings, f"{why}; {fallback} template used")

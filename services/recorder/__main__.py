@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.recorder.recorder import run_recorder
+from services.recorder.service import run_recorder
 from services.recorder.settings import RecorderSettings
 from swarm.service import run_service
 

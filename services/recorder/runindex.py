@@ -27,16 +27,18 @@ from swarm.contracts import (
     RUN_INDEX_CONSUMER,
     RUNS,
     TERMINAL_RUN_EVENTS,
+    Keys,
     RunEvent,
+    RunEventKind,
     RunRecord,
     RunStatus,
     Subjects,
+    record_goal,
 )
 
 log = logging.getLogger(__name__)
 
-INDEXED_RUN_EVENTS = ("planned", "executed", *TERMINAL_RUN_EVENTS)
-RECORD_GOAL_CHARS = 200  # the goal as `swarm runs` shows it; the whole goal is in RUNS and the `runs` table
+INDEXED_RUN_EVENTS = (RunEventKind.PLANNED, RunEventKind.EXECUTED, *TERMINAL_RUN_EVENTS)
 _RUN_EVENT = TypeAdapter(RunEvent)
 
 
@@ -51,10 +53,10 @@ def run_index_consumer(settings: RecorderSettings) -> ConsumerSpec:
 
 
 def record_of(row: dict[str, Any]) -> RunRecord:
-    """The run index record of a run's row (the goal cut to RECORD_GOAL_CHARS, marked when cut)."""
-    goal = row["goal"] if len(row["goal"]) <= RECORD_GOAL_CHARS else row["goal"][: RECORD_GOAL_CHARS - 3] + "..."
+    """The run index record of a run's row (its goal cut by `record_goal`: the whole goal is in RUNS and the
+    `runs` table)."""
     return RunRecord(
-        run_id=row["run_id"], tenant=row["tenant"], status=RunStatus(row["status"]), goal=goal,
+        run_id=row["run_id"], tenant=row["tenant"], status=RunStatus(row["status"]), goal=record_goal(row["goal"]),
         steps_total=row["steps_total"], agents_count=row["agents_count"], submitted_at=row["submitted_at"],
         error=row["error"] or None,
     )  # fmt: skip
@@ -112,7 +114,7 @@ class RunIndexer:
         revision: int | None = None
         row = empty_run_row(first.run_id, first.tenant)
         try:
-            entry = await kv.get(first.run_id)
+            entry = await kv.get(Keys.run_record(first.run_id))
             revision = entry.revision
             row = row_of(RunRecord.model_validate_json(entry.value or b""))
         except KeyNotFoundError:
@@ -125,9 +127,9 @@ class RunIndexer:
         value = record.model_dump_json().encode()
         try:
             if revision is None:
-                await kv.create(first.run_id, value)
+                await kv.create(Keys.run_record(first.run_id), value)
             else:
-                await kv.update(first.run_id, value, last=revision)
+                await kv.update(Keys.run_record(first.run_id), value, last=revision)
         except KeyWrongLastSequenceError as exc:  # another replica moved it meanwhile: read it again
             raise Retry(f"run {first.run_id}: index record changed meanwhile", delay_s=0.1) from exc
         return record

@@ -27,6 +27,7 @@ from swarm.contracts import (
     RunCancelled,
     RunCompleted,
     RunEvent,
+    RunEventKind,
     RunExecuted,
     RunFailed,
     RunPlanned,
@@ -40,7 +41,7 @@ from swarm.payloads import PlanStore, PlanUnavailable
 
 log = logging.getLogger(__name__)
 
-RECORDED_RUN_EVENTS = ("planned", *TERMINAL_RUN_EVENTS)
+RECORDED_RUN_EVENTS = (RunEventKind.PLANNED, *TERMINAL_RUN_EVENTS)
 RUNS_BATCH = 256
 _RUN_EVENT = TypeAdapter(RunEvent)
 _TERMINAL = {str(s) for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REJECTED)}

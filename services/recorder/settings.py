@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from swarm.contracts import MESSAGE_BODY_MAX_BYTES
 from swarm.settings import ClickHouseSettings, NatsSettings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -28,7 +29,8 @@ class RecorderSettings(BaseSettings):
     # Short: a killed recorder's fetched, unstored events come back this soon (redeliveries collapse by event_id).
     ack_wait_s: float = Field(15.0, gt=0, description="Redelivery time of an unacknowledged event.")
     query_max_reply_bytes: int = Field(
-        1_000_000, gt=0, description="Largest message of a query answer (NATS max_payload); larger answers come in parts."
+        MESSAGE_BODY_MAX_BYTES, gt=0,
+        description="Largest message of a query answer (the body of one NATS message); larger answers come in parts.",
     )
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,

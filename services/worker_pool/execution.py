@@ -26,6 +26,7 @@ from services.worker_pool.tools import ToolContext, ToolRegistry, UnknownTool
 from services.worker_pool.validation import ModelReply, structured_output, validator_for
 from swarm.bus import Bus, ConsumerSpec, Retry
 from swarm.contracts import (
+    ERROR_MAX_CHARS,
     INLINE_OUTPUT_MAX_CHARS,
     MEMORY_BUCKET,
     OUTPUTS_BUCKET,
@@ -42,6 +43,7 @@ from swarm.contracts import (
     MemoryToolCall,
     MemoryTurn,
     RunCancelled,
+    RunEventKind,
     RunFailed,
     SimToolCall,
     SpawnRequest,
@@ -52,6 +54,7 @@ from swarm.contracts import (
     StepResult,
     StepStatus,
     Subjects,
+    cut,
     step_event_id,
     utc_now,
 )
@@ -59,7 +62,7 @@ from swarm.inference import InferenceClient, InferenceError, chat, new_request_i
 from swarm.payloads import Payloads, is_ref
 from swarm.repetition import degeneracy
 
-__all__ = ["StepExecutor", "StepFailed", "build_prompt", "memory_section", "output_key", "steps_consumer"]
+__all__ = ["StepExecutor", "StepFailed", "build_prompt", "memory_section", "steps_consumer"]
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +88,6 @@ def steps_consumer(settings: WorkerSettings) -> ConsumerSpec:
         ack_wait_s=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
     )
-
-
-def output_key(run_id: str, step_id: str) -> str:
-    """Where a step's output lives in the outputs bucket."""
-    return f"{run_id}.{step_id}"
 
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
@@ -252,7 +250,7 @@ class StepExecutor:
                 self._confirming.add(task)
                 task.add_done_callback(self._confirming.discard)
 
-        for kind in ("cancelled", "failed"):
+        for kind in (RunEventKind.CANCELLED, RunEventKind.FAILED):
             await self.bus.nc.subscribe(Subjects.run_kind_all(kind), cb=on_end)
 
     async def _confirm_ended(self, run_id: str) -> None:
@@ -261,7 +259,7 @@ class StepExecutor:
         for delay_s in (0.0, 0.2, 0.5, 1.0, 2.0, 4.0):
             await asyncio.sleep(delay_s)
             try:
-                entry = await kv.get(run_id)
+                entry = await kv.get(Keys.run_checkpoint(run_id))
             except KeyNotFoundError:
                 continue
             except (nats.errors.Error, TimeoutError) as exc:
@@ -323,7 +321,7 @@ class StepExecutor:
         if unstored is not None:
             # Stored before the result is sent: whoever the result wakes (a dependent's retry, the
             # aggregator reading the sinks) finds it. Two streams do not keep each other's order.
-            await self.bus.publish_bytes(self.payloads.kv_subject(output_key(dispatch.run_id, dispatch.step.id)), unstored)
+            await self.bus.publish_bytes(self.payloads.kv_subject(Keys.output(dispatch.run_id, dispatch.step.id)), unstored)
         await self.bus.publish(Subjects.result(dispatch.run_id), result)
         self.steps_done += 1
 
@@ -349,9 +347,9 @@ class StepExecutor:
         except (InferenceError, StepFailed) as exc:
             retryable = not isinstance(exc, StepFailed) or exc.retryable
             return StepResult(
-                status=StepStatus.FAILED, error=str(exc)[:4000], retryable=retryable, finished_at=utc_now(), **fields
+                status=StepStatus.FAILED, error=cut(str(exc), ERROR_MAX_CHARS), retryable=retryable, finished_at=utc_now(), **fields
             ), None
-        key = output_key(dispatch.run_id, step.id)
+        key = Keys.output(dispatch.run_id, step.id)
         data: bytes | None = output.encode()
         if not self.payloads.fits_inline(data):
             await self.payloads.put(key, data)  # by reference, through the object store
@@ -534,7 +532,7 @@ class StepExecutor:
 
         async def fetch(step_id: str) -> str:
             try:
-                entry = await kv.get(output_key(dispatch.run_id, step_id))
+                entry = await kv.get(Keys.output(dispatch.run_id, step_id))
             except KeyNotFoundError as exc:
                 raise StepFailed(f"output of dependency {step_id} not found", retryable=True) from exc
             value = entry.value or b""

@@ -23,10 +23,10 @@ from services.aggregator.__main__ import main as aggregator_main
 from services.aggregator.settings import AggregatorSettings
 from services.dispatcher.__main__ import main as dispatcher_main
 from services.dispatcher.settings import DispatcherSettings
-from services.gateway.engine import create_engine
+from services.gateway.backends import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
-from services.recorder.recorder import run_recorder
+from services.recorder.service import run_recorder
 from services.recorder.settings import RecorderSettings
 from services.worker_pool.__main__ import main as worker_main
 from services.worker_pool.settings import WorkerSettings

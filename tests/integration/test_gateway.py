@@ -14,7 +14,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from services.gateway.__main__ import main as gateway_main
-from services.gateway.engine import create_engine
+from services.gateway.backends import create_engine
 from services.gateway.server import RETRY_AFTER_HEADER, GatewayServer
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
+from services.gateway.backends import create_engine
 from services.gateway.backends.llamacpp import LlamaCppEngine
-from services.gateway.engine import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus

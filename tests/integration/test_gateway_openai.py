@@ -16,8 +16,9 @@ import pytest
 
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server] (fastapi, uvicorn, sse-starlette)")
 
+from services.gateway.backends import create_engine
 from services.gateway.backends.openai import OpenAIEngine, response_format
-from services.gateway.engine import EngineError, create_engine
+from services.gateway.engine import EngineError
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings, smollm2_gguf
 from swarm.bus import Bus

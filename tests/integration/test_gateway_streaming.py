@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.gateway.engine import create_engine
+from services.gateway.backends import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
 from swarm.bus import Bus

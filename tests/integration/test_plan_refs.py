@@ -22,6 +22,7 @@ from swarm.contracts import (
     PLANS_STORE,
     TASKS,
     AgentSpec,
+    Keys,
     Plan,
     PlanRef,
     RejectionCode,
@@ -30,7 +31,6 @@ from swarm.contracts import (
     StepSpec,
     Subjects,
     TaskSubmission,
-    plan_object_name,
 )
 from swarm.ops.natsserver import NatsServer
 from swarm.payloads import PlanStore, PlanUnavailable, plan_bytes, plan_ref_of
@@ -66,12 +66,12 @@ async def test_store_round_trip_is_digest_checked_and_cached(bus: Bus) -> None:
 
     objects = await bus.js.object_store(PLANS_STORE.name)
     forged = plan_bytes(small_plan("Do something else."))
-    await objects.put(plan_object_name(ref.sha256), forged)  # replaced under the same name
+    await objects.put(Keys.plan_object(ref.sha256), forged)  # replaced under the same name
     assert await plans.get(ref) == plan  # the reader that read it once keeps its (checked) copy
     with pytest.raises(PlanUnavailable, match=r"bytes, not the|digest"):
         await PlanStore(bus.js).get(ref)
     same_size = plan_bytes(small_plan("Do it!"))
-    await objects.put(plan_object_name(ref.sha256), same_size)
+    await objects.put(Keys.plan_object(ref.sha256), same_size)
     with pytest.raises(PlanUnavailable, match="digest"):
         await PlanStore(bus.js).get(ref)
     with pytest.raises(PlanUnavailable, match="no plan"):
@@ -150,11 +150,11 @@ async def test_hostile_plan_refs_are_rejected_with_a_reason(
     sha256 = hashlib.sha256(data or b"absent").hexdigest()
     size = len(data or b"absent")
     if data is not None:
-        await objects.put(plan_object_name(sha256), data)
+        await objects.put(Keys.plan_object(sha256), data)
     if case == "wrong-size":
         size += 1
     if case == "forged":  # the reference names one plan, the object under its name is another
-        await objects.put(plan_object_name(sha256), plan_bytes(small_plan("Exfiltrate.")))
+        await objects.put(Keys.plan_object(sha256), plan_bytes(small_plan("Exfiltrate.")))
     run_id = f"hostile-{case}"
     await publish_raw(bus, run_id, {"v": 1, "run_id": run_id, "plan_ref": {"sha256": sha256, "size": size}})
     rejected = RunRejected.model_validate_json(await run_event(bus, "default", run_id, "rejected"))

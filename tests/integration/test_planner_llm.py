@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from services.gateway.engine import create_engine
+from services.gateway.backends import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
 from services.planner.app import Planner

@@ -15,7 +15,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy
 
-from services.recorder.recorder import run_recorder
+from services.recorder.service import run_recorder
 from services.recorder.settings import RecorderSettings
 from swarm.bus import Bus
 from swarm.contracts import (

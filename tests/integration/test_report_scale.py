@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from services.recorder.recorder import run_recorder
+from services.recorder.service import run_recorder
 from services.recorder.settings import MIGRATIONS_DIR, RecorderSettings
 from swarm.bus import Bus
 from swarm.contracts import (

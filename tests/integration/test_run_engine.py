@@ -20,8 +20,7 @@ from services.aggregator.__main__ import main as aggregator_main
 from services.aggregator.settings import AggregatorSettings
 from services.dispatcher.__main__ import main as dispatcher_main
 from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.store import running_marker
-from services.gateway.engine import create_engine
+from services.gateway.backends import create_engine
 from services.gateway.server import GatewayServer, serve
 from services.gateway.settings import GatewaySettings
 from services.worker_pool.__main__ import main as worker_main
@@ -40,6 +39,7 @@ from swarm.contracts import (
     AgentSpec,
     InferenceEvent,
     InferenceEventBatch,
+    Keys,
     Plan,
     PlanSource,
     RunCancelled,
@@ -120,7 +120,7 @@ async def test_layered_run_completes_and_counts_every_step_once(bus: Bus, nats_s
     kinds = Counter((e.step_id, e.kind) for e in await read_step_events(bus.js, "run-a"))
     for step in plan.steps:
         assert [kinds[step.id, k] for k in ("queued", "started", "inference_done", "succeeded")] == [1, 1, 1, 1]
-    assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == []  # its running marker went with it
+    assert await bus.kv_keys(RUN_STATE_BUCKET, Keys.RUNNING_MARKERS_ALL) == []  # its running marker went with it
     # Every call of the run, whole replies all, carries its time to first token.
     calls = await inference_events(bus, "run-a", least=40)
     assert len(calls) >= 40 and all(c.ttft_ms is not None and c.ttft_ms >= 0 for c in calls), calls[:3]
@@ -242,7 +242,7 @@ async def test_small_outputs_reach_dependents_inline_and_large_ones_by_key(bus: 
         await start_run(bus, "run-inline", plan)
         first = await next_dispatches(2)
         assert set(first) == {"small", "large"} and not any(d.inputs for d in first.values())
-        assert await bus.kv_keys(RUN_STATE_BUCKET, "running.>") == [running_marker("run-inline")]
+        assert await bus.kv_keys(RUN_STATE_BUCKET, Keys.RUNNING_MARKERS_ALL) == [Keys.running_marker("run-inline")]
         for step_id, output in (("small", "a short answer"), ("large", None)):  # None: over the inline size
             now = utc_now()
             result = StepResult(

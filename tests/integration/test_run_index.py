@@ -10,10 +10,11 @@ from typing import TypeVar
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from services.recorder.runindex import RECORD_GOAL_CHARS, RunIndexer
+from services.recorder.runindex import RunIndexer
 from swarm.bus import Bus
 from swarm.client import SwarmClient, index_changes, recent_runs
 from swarm.contracts import (
+    RECORD_GOAL_MAX_CHARS,
     RUN_INDEX_BUCKET,
     AgentSpec,
     Plan,
@@ -83,7 +84,7 @@ async def test_a_runs_status_follows_its_events_and_never_goes_back(bus: Bus, ru
     await publish(bus, first)
     record = await status_of(bus, "r1", RunStatus.RUNNING)
     assert (record.steps_total, record.agents_count, record.submitted_at) == (1, 1, NOW)
-    assert len(record.goal) == RECORD_GOAL_CHARS and record.goal.endswith("...")
+    assert len(record.goal) == RECORD_GOAL_MAX_CHARS and record.goal.endswith("...")
     executed = RunExecuted(
         run_id="r1", tenant="acme", goal="g", sink_step_ids=("s",), summary=summary(), submitted_at=NOW
     )

@@ -20,9 +20,15 @@ import pytest
 
 from loadtest.scenarios import chain_plan
 from loadtest.secured_stack import SecuredStack, secured_stack
-from swarm.bus import MAX_INLINE_BYTES
 from swarm.client import MessageTooLarge, SwarmClient
-from swarm.contracts import PLAN_INLINE_MAX_BYTES, AgentSpec, Plan, RunCompleted, StepSpec
+from swarm.contracts import (
+    MESSAGE_BODY_MAX_BYTES,
+    PLAN_INLINE_MAX_BYTES,
+    AgentSpec,
+    Plan,
+    RunCompleted,
+    StepSpec,
+)
 from swarm.ops.security import ADMIN_USER, tenant_user
 from swarm.settings import NatsSettings
 
@@ -89,7 +95,7 @@ async def test_a_tenants_large_plan_goes_inline_then_by_reference_and_an_oversiz
     user = tenant_user(TENANT)
     settings = NatsSettings(url=stack.server.url, user=user, password=stack.passwords[user])
     plan = chain_plan(30, latency_scale=0.0, instruction_chars=8000).plan
-    assert PLAN_INLINE_MAX_BYTES < len(plan.model_dump_json()) < MAX_INLINE_BYTES
+    assert PLAN_INLINE_MAX_BYTES < len(plan.model_dump_json()) < MESSAGE_BODY_MAX_BYTES
     huge = chain_plan(200, latency_scale=0.0, instruction_chars=8000).plan
     async with await SwarmClient.connect(settings) as client:
         run_id = await client.submit(plan=plan, tenant=TENANT, run_id="secured-big-inline")

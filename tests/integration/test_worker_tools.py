@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 from nats.aio.msg import Msg
 
-from services.gateway.engine import create_engine
+from services.gateway.backends import create_engine
 from services.gateway.server import GatewayServer
 from services.gateway.settings import GatewaySettings
 from services.worker_pool.__main__ import main as worker_main

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from services.dispatcher.state import RetryPolicy, RunState, StepPhase
+from services.gateway.backends import create_engine
 from services.gateway.backends.sim import SimEngine
-from services.gateway.engine import create_engine
 from services.gateway.settings import GatewaySettings
 from services.worker_pool.execution import build_prompt, tool_calls_of
 from services.worker_pool.settings import WorkerSettings
@@ -215,12 +215,11 @@ def test_the_spawn_scenario_grows_into_exactly_its_static_dag() -> None:
     grown, static = spawn_loads(seed=3, latency_scale=1.0)
     assert len(grown.plan.steps) == 2 and len(static.plan.steps) == 4000 and len(static.plan.agents) == 300
     validate_plan(static.plan)
-    from swarm.bus import MAX_INLINE_BYTES
-    from swarm.contracts import TaskSubmission
+    from swarm.contracts import MESSAGE_BODY_MAX_BYTES, TaskSubmission
 
     for load in (grown, static):  # the static DAG in one message; the grown one's scripts by reference
-        assert len(TaskSubmission(run_id="r", plan=load.plan).model_dump_json()) < MAX_INLINE_BYTES
-    assert max(len(data) for data in grown.scripts.values()) < MAX_INLINE_BYTES // 10
+        assert len(TaskSubmission(run_id="r", plan=load.plan).model_dump_json()) < MESSAGE_BODY_MAX_BYTES
+    assert max(len(data) for data in grown.scripts.values()) < MESSAGE_BODY_MAX_BYTES // 10
     planned = RunPlanned(run_id="r", tenant="t", goal="g", plan=grown.plan, source="explicit", submitted_at=utc_now())
     run = RunState(planned, max_in_flight=10**6, retry=NO_BACKOFF)
     run.start()

@@ -9,10 +9,10 @@ import pytest
 from swarm.ops.analytics import (
     StepSpan,
     concurrency,
-    critical_path,
     cut_outputs,
     expand_grafana_macros,
     lower_bound_ms,
+    observed_critical_path,
     stragglers,
 )
 
@@ -66,13 +66,15 @@ def diamond() -> list[StepSpan]:
 
 
 def test_critical_path_walks_back_through_the_dependency_that_finished_last() -> None:
-    assert critical_path(diamond()) == ["scope", "slow", "reduce"]
-    assert critical_path([]) == []
+    assert observed_critical_path(diamond()) == ["scope", "slow", "reduce"]
+    assert observed_critical_path([]) == []
 
 
 def test_lower_bound_is_the_longest_chain_by_running_time() -> None:
     assert lower_bound_ms(diamond()) == pytest.approx(6000.0)
-    assert lower_bound_ms([span("x", 0, 1, ("x",))]) == pytest.approx(1000.0)  # a cycle does not recurse forever
+    assert lower_bound_ms([span("x", 0, 1, ("x",))]) == pytest.approx(1000.0)  # a dependency on itself is ignored
+    assert lower_bound_ms([span("y", 0, 2, ("never-ran",))]) == pytest.approx(2000.0)
+    assert lower_bound_ms([span("a", 0, 1, ("b",)), span("b", 1, 2, ("a",))]) == 0.0  # a forged cycle: no bound
 
 
 def test_stragglers_and_concurrency() -> None:

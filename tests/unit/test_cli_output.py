@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from swarm.client import new_run_id
-from swarm.contracts import RunRecord, RunStatus
+from swarm.contracts import RunRecord, RunStatus, record_goal
 from swarm.ops.cli import runs_table, stats_table, with_rates
 
 
@@ -19,7 +19,7 @@ def rendered(renderable: object, width: int) -> str:
 
 
 def records(n: int, prefix: str = "") -> list[RunRecord]:
-    goal = "Compare solar, wind and hydro power in Germany, Spain and Norway, with\nsources and a table. " * 4
+    goal = record_goal("Compare solar, wind and hydro power in Germany, Spain and Norway, with\nsources and a table. " * 4)
     return [
         RunRecord(
             run_id=f"{prefix}{new_run_id()}{i}"[:64], tenant="default", status=RunStatus.RUNNING, goal=goal,

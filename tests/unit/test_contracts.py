@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -227,3 +228,206 @@ def test_no_stray_subject_or_stream_literals() -> None:
         for line, value in stray_literals(path.read_text(encoding="utf-8"), str(path))
     ]
     assert not violations, "write subjects and stream names only in swarm/contracts.py:\n" + "\n".join(violations)
+
+
+# --------------------------------------------------------------------------- event kinds and keys
+
+
+def test_run_event_kind_names_every_run_event() -> None:
+    members = contracts.RunEvent.__args__[0].__args__
+    kinds = {member.model_fields["kind"].default for member in members}
+    assert kinds == set(contracts.RunEventKind)
+    for member in members:  # the literal is the enum member, so a renamed kind changes both
+        assert member.model_fields["kind"].annotation.__args__[0] is member.model_fields["kind"].default
+
+
+RUN_EVENT_KINDS = frozenset(kind.value for kind in contracts.RunEventKind)
+KIND_CALLS = frozenset({"run_event", "run_kind_all"})
+# Key prefixes Keys builds: running markers, lease members, plans by digest, sim scripts.
+KEY_PREFIXES = ("running.", "member.", "plan-sha256-", "sim.")
+
+
+def _name(node: ast.AST) -> str:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+
+def _names_kind(node: ast.AST) -> bool:
+    name = _name(node).lower()
+    return "kind" in name or "run_event" in name
+
+
+def _strings(node: ast.AST) -> Iterator[ast.Constant]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node
+    elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+        for element in node.elts:
+            yield from _strings(element)
+
+
+def _kind_strings(node: ast.AST) -> Iterator[ast.Constant]:
+    """String constants in a place where they can only mean an event kind."""
+    if isinstance(node, ast.Compare):
+        operands = [node.left, *node.comparators]
+        if any(_names_kind(operand) for operand in operands):
+            for operand in operands:
+                yield from _strings(operand)
+    elif isinstance(node, ast.Call):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in KIND_CALLS:
+            for arg in node.args:
+                yield from _strings(arg)
+        for keyword in node.keywords:
+            if keyword.arg and "kind" in keyword.arg:
+                yield from _strings(keyword.value)
+    elif isinstance(node, ast.For | ast.comprehension) and _names_kind(node.target):
+        yield from _strings(node.iter)
+    elif isinstance(node, ast.Assign):
+        for target in node.targets:
+            if _names_kind(target):
+                yield from _strings(node.value)
+            elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                for name, value in zip(target.elts, node.value.elts, strict=False):
+                    if _names_kind(name):
+                        yield from _strings(value)
+
+
+def _is_key_format(node: ast.JoinedStr) -> bool:
+    """An f-string that builds a KV/object key or a message id: a run id and parts joined by dots, a key prefix,
+    or a run event's id."""
+    parts = node.values
+    texts = [part.value for part in parts if isinstance(part, ast.Constant)]
+    values = [part.value for part in parts if isinstance(part, ast.FormattedValue)]
+    if not values:
+        return False
+    first = parts[0]
+    if isinstance(first, ast.Constant) and first.value.startswith(KEY_PREFIXES):
+        return True
+    for before, part in itertools.pairwise(parts):  # a partition's lease or running markers: 'p<partition>'
+        if isinstance(before, ast.Constant) and before.value.endswith("p") and isinstance(part, ast.FormattedValue):
+            value = part.value.func if isinstance(part.value, ast.Call) else part.value
+            if _name(value) in ("partition", "result_partition"):
+                return True
+    if isinstance(parts[-1], ast.Constant) and parts[-1].value.lstrip(".") in RUN_EVENT_KINDS:
+        return True
+    run_scoped = isinstance(first, ast.FormattedValue) and _name(first.value).endswith("run_id")
+    return run_scoped and all(text.startswith(".") and set(text) <= set(".>*") for text in texts)
+
+
+def stray_kinds_and_keys(source: str, filename: str = "<string>") -> Iterator[tuple[int, str]]:
+    """(line, what) of every bare run event kind, and every KV/object key or message id built by hand."""
+    tree = ast.parse(source, filename)
+    # A sampling seed may read like a key ('<run>.<step>.<attempt>.<n>'): it is hashed, never stored.
+    seeds = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "encode"}
+    for node in ast.walk(tree):
+        for constant in _kind_strings(node):
+            if constant.value in RUN_EVENT_KINDS:
+                yield constant.lineno, f"event kind {constant.value!r}"
+        if isinstance(node, ast.JoinedStr) and id(node) not in seeds and _is_key_format(node):
+            yield node.lineno, f"key format {ast.unparse(node)}"
+
+
+def test_stray_kind_and_key_finder() -> None:
+    source = '''
+if event.kind == "planned": pass
+if kind in ("progress", "executed"): pass
+subject = Subjects.run_event(tenant, run_id, "cancel")
+pattern = Subjects.run_kind_all("cancelled")
+for kind in ("completed", "failed"): pass
+kind, status = "rejected", RunStatus.REJECTED
+INDEXED_RUN_EVENTS = ("planned", *TERMINAL_RUN_EVENTS)
+key = f"{run_id}.{step_id}"
+watch = f"{executed.run_id}.>"
+msg_id = f"{run.run_id}.rejected"
+marker = f"running.p{partition}.{run_id}"
+markers = f"{RUNNING_MARKER_PREFIX}.p{result_partition(run_id)}.*"
+lease = f"p{partition}"
+fine = [status == "failed", f"{event_id}.{seq}", f"{run_id}.{step}.{n}".encode(), f"p{quantile}", "planned"]
+fine_too = Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), f"{self.prefix}.{token}", kind == RunEventKind.FAILED
+'''
+    found = [what for _, what in sorted(stray_kinds_and_keys(source))]
+    assert found == [
+        "event kind 'planned'",
+        "event kind 'executed'",
+        "event kind 'progress'",
+        "event kind 'cancel'",
+        "event kind 'cancelled'",
+        "event kind 'completed'",
+        "event kind 'failed'",
+        "event kind 'rejected'",
+        "event kind 'planned'",
+        "key format f'{run_id}.{step_id}'",
+        "key format f'{executed.run_id}.>'",
+        "key format f'{run.run_id}.rejected'",
+        "key format f'running.p{partition}.{run_id}'",
+        "key format f'{RUNNING_MARKER_PREFIX}.p{result_partition(run_id)}.*'",
+        "key format f'p{partition}'",
+    ]
+
+
+def test_no_bare_event_kinds_or_key_formats() -> None:
+    files = [path for top in ("libs", "services", "loadtest") for path in sorted((REPO / top).rglob("*.py"))]
+    assert CONTRACTS_FILE in files
+    violations = [
+        f"{path.relative_to(REPO)}:{line}: {what}"
+        for path in files
+        if path != CONTRACTS_FILE
+        for line, what in stray_kinds_and_keys(path.read_text(encoding="utf-8"), str(path))
+    ]
+    assert not violations, (
+        "use RunEventKind, Keys and MsgIds from swarm/contracts.py instead of:\n" + "\n".join(violations)
+    )
+
+
+def test_every_message_budget_is_a_share_of_the_one_limit() -> None:
+    body = contracts.MESSAGE_BODY_MAX_BYTES
+    assert contracts.MESSAGE_MAX_BYTES - 64 * 1024 < body < contracts.MESSAGE_MAX_BYTES  # room for headers
+    # What a dispatch may carry inline (inputs, goal, instructions) stays inside one message body.
+    assert contracts.INLINE_INPUTS_MAX_CHARS + 32_000 + 16_000 + 8_000 < body // 2
+    assert 16 * contracts.INLINE_OUTPUT_MAX_CHARS <= contracts.INLINE_INPUTS_MAX_CHARS
+    assert contracts.PLAN_INLINE_MAX_BYTES < body
+
+
+# What the run index and the event log store and index: their free text must be bounded.
+INDEXED_MODELS = (
+    contracts.RunRecord, contracts.StepEvent, contracts.InferenceEvent, contracts.RunRejected, contracts.RunPlanned,
+    contracts.RunExecuted, contracts.RunFailed, contracts.RunCancelRequested, contracts.RunCancelled,
+    contracts.MissingAgent, contracts.StepResult, contracts.InferenceRequest, contracts.InferenceResponse,
+)  # fmt: skip
+UNBOUNDED_ON_PURPOSE = {
+    ("RunCompleted", "answer"), ("InferenceResponse", "content"),  # not indexed: the answer itself
+}
+
+
+def _unbounded_strings(schema: dict[str, object]) -> list[str]:
+    def bounded(prop: dict) -> bool:  # type: ignore[type-arg]
+        options = prop.get("anyOf", [prop])
+        return all(o.get("type") != "string" or "maxLength" in o or "pattern" in o or "enum" in o or "const" in o or "format" in o
+                   for o in options)  # fmt: skip
+
+    return [name for name, prop in schema["properties"].items() if not bounded(prop)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("model", INDEXED_MODELS, ids=lambda m: m.__name__)
+def test_indexed_free_text_is_bounded(model: type[BaseModel]) -> None:
+    unbounded = [
+        name for name in _unbounded_strings(model.model_json_schema())
+        if (model.__name__, name) not in UNBOUNDED_ON_PURPOSE
+    ]  # fmt: skip
+    assert not unbounded, f"{model.__name__}: free text without a max_length: {unbounded}"
+
+
+def test_the_finder_of_unbounded_strings() -> None:
+    schema = {"properties": {"a": {"type": "string"}, "b": {"type": "string", "maxLength": 3},
+                             "c": {"anyOf": [{"type": "string"}, {"type": "null"}]}, "d": {"type": "integer"}}}  # fmt: skip
+    assert _unbounded_strings(schema) == ["a", "c"]
+
+
+def test_cut_marks_what_it_shortens() -> None:
+    assert contracts.cut("short", 10) == "short"
+    assert contracts.cut("x" * 11, 10) == "x" * 7 + "..."
+    goal = contracts.record_goal("g" * 1000)
+    assert len(goal) == contracts.RECORD_GOAL_MAX_CHARS and goal.endswith("...")
+    contracts.RunRecord(run_id="r", tenant="t", status=contracts.RunStatus.RUNNING, goal=goal)
+    with pytest.raises(ValidationError):
+        contracts.RunRecord(run_id="r", tenant="t", status=contracts.RunStatus.RUNNING, goal="g" * 1000)

@@ -12,8 +12,9 @@ from typing import Any
 import jsonschema
 import pytest
 
+from services.gateway.backends import create_engine
 from services.gateway.backends.sim import LatencyModel, SimEngine
-from services.gateway.engine import EngineError, create_engine, estimate_tokens
+from services.gateway.engine import EngineError, estimate_tokens
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import ChatMessage, InferenceRequest
 

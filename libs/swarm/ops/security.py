@@ -76,6 +76,7 @@ from swarm.contracts import (
     TASKS,
     WORKERS_CONSUMER_PREFIX,
     BucketSpec,
+    RunEventKind,
     StreamSpec,
     Subjects,
     is_valid_id,
@@ -231,7 +232,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     planner = (
         _service("planner")
         .durable(TASKS, PLANNER_CONSUMER)
-        .pub(Subjects.run_kind_all("planned"), Subjects.run_kind_all("rejected"), Subjects.INFER, Subjects.INFER_CANCEL)
+        .pub(Subjects.run_kind_all(RunEventKind.PLANNED), Subjects.run_kind_all(RunEventKind.REJECTED), Subjects.INFER, Subjects.INFER_CANCEL)
         .kv_read(RUN_INDEX_BUCKET)  # is a task a repeat? (the recorder writes the index)
         .objects_write(PLANS_STORE)  # plans by reference: read the client's, store the planned run's
     )
@@ -241,7 +242,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     dispatcher.pub(
         *(Subjects.steps(pool) for pool in pools),
         Subjects.step_event("*"), Subjects.step_event_batch("*"),
-        *(Subjects.run_kind_all(kind) for kind in ("progress", "executed", "failed", "cancelled")),
+        *(Subjects.run_kind_all(kind) for kind in (RunEventKind.PROGRESS, RunEventKind.EXECUTED, RunEventKind.FAILED, RunEventKind.CANCELLED)),
     ).kv_write(RUN_STATE_BUCKET).kv_write(DISPATCHER_LEASES_BUCKET).objects_read(
         PLANS_STORE
     )  # fmt: skip
@@ -253,14 +254,14 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         Subjects.INFER_CANCEL,
     ).sub(
         # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
-        Subjects.run_kind_all("cancelled"), Subjects.run_kind_all("failed"),
+        Subjects.run_kind_all(RunEventKind.CANCELLED), Subjects.run_kind_all(RunEventKind.FAILED),
     ).kv_write(OUTPUTS_BUCKET).objects_write(PAYLOADS_STORE).kv_write(SCRATCHPAD_BUCKET).kv_write(MEMORY_BUCKET).kv_read(
         RUN_STATE_BUCKET  # a run's end is believed when its checkpoint confirms it
     )  # fmt: skip
     aggregator = (
         _service("aggregator")
         .durable(RUNS, AGGREGATOR_CONSUMER)
-        .pub(Subjects.run_kind_all("completed"), Subjects.run_kind_all("failed"), Subjects.INFER, Subjects.INFER_CANCEL)
+        .pub(Subjects.run_kind_all(RunEventKind.COMPLETED), Subjects.run_kind_all(RunEventKind.FAILED), Subjects.INFER, Subjects.INFER_CANCEL)
         .kv_read(OUTPUTS_BUCKET)
         .objects_read(PAYLOADS_STORE)
     )
@@ -296,7 +297,7 @@ def tenant_permissions(tenant: str) -> Permissions:
         Grants()
         .pub(
             Subjects.task(tenant),  # imported from SWARM: lands in TASKS, which acks it
-            Subjects.run_event(tenant, "*", "cancel"),  # likewise, into SWARM's RUNS
+            Subjects.run_event(tenant, "*", RunEventKind.CANCEL),  # likewise, into SWARM's RUNS
             # A consumer on its account's own RUNS (sourced from SWARM's), filtered to one run. Not
             # `$JS.SWARM.API.>`: that import exists for the sourcing consumer alone.
             f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.run_all(tenant, '*')}",
@@ -447,7 +448,7 @@ def tenant_exports(tenants: Sequence[str]) -> list[dict[str, object]]:
         only = [tenant_account(tenant)]
         exports += [
             {"service": Subjects.task(tenant), "accounts": only},
-            {"service": Subjects.run_event(tenant, "*", "cancel"), "accounts": only},
+            {"service": Subjects.run_event(tenant, "*", RunEventKind.CANCEL), "accounts": only},
             # The sourcing consumer of the tenant's RUNS: created with a filter inside its subjects only
             # (the filter is the subject's tail, and the server checks the body against it).
             {"service": f"{JS_API}.CONSUMER.CREATE.{RUNS.name}.*.{Subjects.tenant_runs_all(tenant)}", "accounts": only},
@@ -467,7 +468,7 @@ def tenant_imports(tenant: str) -> list[dict[str, object]]:
     create = f"CONSUMER.CREATE.{RUNS.name}.*.{Subjects.tenant_runs_all(tenant)}"
     return [
         {"service": {"account": ACCOUNT, "subject": Subjects.task(tenant)}},
-        {"service": {"account": ACCOUNT, "subject": Subjects.run_event(tenant, "*", "cancel")}},
+        {"service": {"account": ACCOUNT, "subject": Subjects.run_event(tenant, "*", RunEventKind.CANCEL)}},
         {"service": {"account": ACCOUNT, "subject": f"{JS_API}.{create}"}, "to": f"{SWARM_JS_API}.{create}"},
         {"service": {"account": ACCOUNT, "subject": f"$JS.FC.{RUNS.name}.>"}},
         {"stream": {"account": ACCOUNT, "subject": f"{Subjects.tenant_delivery(tenant)}.>"}},

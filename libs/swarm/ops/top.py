@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from swarm.client import RUN_EVENT, SwarmClient
-from swarm.contracts import EVENTS, RECORDER_CONSUMER, RUNS, Subjects
+from swarm.contracts import EVENTS, RECORDER_CONSUMER, RUNS, RunEventKind, Subjects
 from swarm.eventlog import EventLogError
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.runview import RunView
@@ -193,7 +193,7 @@ class Top:
             event = RUN_EVENT.validate_json(msg.data)
         except ValueError:
             return  # not a run event: nothing to show (the followers log these)
-        if event.kind == "cancel":
+        if event.kind == RunEventKind.CANCEL:
             return
         view = self.state.runs.setdefault(event.run_id, RunView(event.run_id))
         view.apply(event)

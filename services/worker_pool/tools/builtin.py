@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from services.worker_pool.settings import SandboxMode, WorkerSettings
 from services.worker_pool.tools.base import Tool, ToolContext, ToolError, ToolOutput
 from services.worker_pool.tools.sandbox import PythonSandbox, SandboxLimits, SandboxUnavailable
-from swarm.contracts import ID_PATTERN, SCRATCHPAD_BUCKET, SpawnRequest, is_valid_id
+from swarm.contracts import ID_PATTERN, SCRATCHPAD_BUCKET, Keys, SpawnRequest, is_valid_id
 
 MAX_CODE_CHARS = 20_000
 MAX_REDIRECTS = 3
@@ -104,7 +104,7 @@ class ScratchpadTool(Tool):
         key = args.get("key", "")
         if not is_valid_id(key):
             raise ToolError(f"'key' must match {ID_PATTERN}")
-        full_key = f"{ctx.run_id}.{key}"
+        full_key = Keys.scratchpad(ctx.run_id, key)
         if op == "get":
             try:
                 entry = await kv.get(full_key)
@@ -144,11 +144,11 @@ class ScratchpadTool(Tool):
     @staticmethod
     async def _keys(kv: Any, run_id: str) -> list[str]:
         # A watch filtered by subject reads only this run's keys (KeyValue.keys lists the whole bucket).
-        watcher = await kv.watch(f"{run_id}.>", meta_only=True, ignore_deletes=True)
+        watcher = await kv.watch(Keys.of_run(run_id), meta_only=True, ignore_deletes=True)
         keys = []
         try:
             while (entry := await watcher.updates(timeout=5.0)) is not None:
-                keys.append(entry.key.removeprefix(f"{run_id}."))
+                keys.append(Keys.within_run(entry.key, run_id))
         finally:
             await watcher.stop()
         return sorted(keys)

@@ -683,6 +683,7 @@ export const RunEventSchema = {
         "role": {
           "default": "",
           "description": "Its role.",
+          "maxLength": 200,
           "title": "Role",
           "type": "string"
         },
@@ -898,6 +899,7 @@ export const RunEventSchema = {
         "reason": {
           "default": "cancelled by client",
           "description": "Why.",
+          "maxLength": 4000,
           "title": "Reason",
           "type": "string"
         },
@@ -949,6 +951,7 @@ export const RunEventSchema = {
         },
         "reason": {
           "description": "Why.",
+          "maxLength": 4000,
           "title": "Reason",
           "type": "string"
         },
@@ -1060,6 +1063,7 @@ export const RunEventSchema = {
         },
         "goal": {
           "description": "The run's goal.",
+          "maxLength": 32000,
           "title": "Goal",
           "type": "string"
         },
@@ -1144,6 +1148,7 @@ export const RunEventSchema = {
         },
         "error": {
           "description": "Why.",
+          "maxLength": 4000,
           "title": "Error",
           "type": "string"
         },
@@ -1257,6 +1262,7 @@ export const RunEventSchema = {
         },
         "goal": {
           "description": "The goal (or a description of the explicit plan).",
+          "maxLength": 32000,
           "title": "Goal",
           "type": "string"
         },
@@ -1287,6 +1293,7 @@ export const RunEventSchema = {
         "note": {
           "default": "",
           "description": "Why a template was used, when it was.",
+          "maxLength": 4000,
           "title": "Note",
           "type": "string"
         },
@@ -1492,7 +1499,8 @@ export const RunEventSchema = {
           "type": "string"
         },
         "error": {
-          "description": "Why, in words: every reason on one line.",
+          "description": "Why, in words: every reason on one line (cut when too long).",
+          "maxLength": 4000,
           "title": "Error",
           "type": "string"
         },

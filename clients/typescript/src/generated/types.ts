@@ -432,7 +432,7 @@ export interface RunRejected {
    */
   at?: string;
   /**
-   * Why, in words: every reason on one line.
+   * Why, in words: every reason on one line (cut when too long).
    */
   error: string;
   /**
@@ -1201,7 +1201,7 @@ export interface StepResult {
    */
   output?: string | null;
   /**
-   * Key of the output in the outputs bucket.
+   * Key of the output in the outputs bucket (Keys.output).
    */
   output_key?: string | null;
   /**

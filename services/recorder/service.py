@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.recorder.events import EventRecorder
 from services.recorder.querying import serve_queries
-from services.recorder.recording import EventRecorder
 from services.recorder.runindex import RunIndexer
 from services.recorder.runs import RunRecorder
 from services.recorder.settings import MIGRATIONS_DIR, RecorderSettings
