@@ -789,6 +789,7 @@ class RunSummary(Contract):
 class RunEventKind(StrEnum):
     """Every kind of run lifecycle event: a RunEvent's `kind` field, and the last token of its subject."""
 
+    ACCEPTED = "accepted"
     REJECTED = "rejected"
     PLANNED = "planned"
     PROGRESS = "progress"
@@ -860,6 +861,14 @@ class RejectionReason(BaseModel):
     )
     code: RejectionCode = Field(description="Which rule it breaks.")
     message: str = Field(max_length=1000, description="The reason in words.")
+
+
+class RunAccepted(RunEventBase):
+    """The planner took the task and is planning it: the run exists (the run index shows it as planning)."""
+
+    kind: Literal[RunEventKind.ACCEPTED] = Field(RunEventKind.ACCEPTED, description="Event kind, also the last subject token.")
+    goal: str = Field(max_length=RECORD_GOAL_MAX_CHARS, description="The task's goal, cut as the run index shows it.")
+    submitted_at: datetime = Field(description="When the task was submitted.")
 
 
 class RunRejected(RunEventBase):
@@ -998,7 +1007,8 @@ class RunCancelled(RunEventBase):
 
 
 RunEvent = Annotated[
-    RunRejected | RunPlanned | RunProgress | RunExecuted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled,
+    RunAccepted | RunRejected | RunPlanned | RunProgress | RunExecuted | RunCompleted | RunFailed | RunCancelRequested
+    | RunCancelled,
     Field(discriminator="kind"),
 ]
 TERMINAL_RUN_EVENTS = (RunEventKind.REJECTED, RunEventKind.COMPLETED, RunEventKind.FAILED, RunEventKind.CANCELLED)

@@ -29,6 +29,7 @@ from swarm.contracts import (
     PlanSource,
     RejectionCode,
     RejectionReason,
+    RunAccepted,
     RunPlanned,
     RunRecord,
     RunRejected,
@@ -36,6 +37,7 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
     cut,
+    record_goal,
 )
 from swarm.controlplane import ControlPlane
 from swarm.dag import PlanError
@@ -106,6 +108,7 @@ class Planner:
             raise Reject(exc.error) from exc
         if await self._already_handled(index, task.run_id):
             return  # a redelivery after the run was planned (or rejected): nothing left to do
+        await self._accept(task)
         try:
             complete = self.complete if self.settings.llm_enabled else None
             outcome = await plan_for_task(task, self.settings, complete, self.gateway_backend)
@@ -161,10 +164,26 @@ class Planner:
         self.counts["skipped"] += 1
         return True
 
+    async def _accept(self, task: TaskSubmission) -> None:
+        """Say the run exists before planning it (minutes, with an LLM): the run index shows it as planning."""
+        event = RunAccepted(
+            run_id=task.run_id,
+            tenant=task.tenant,
+            goal=record_goal(goal_of(task)),
+            submitted_at=task.submitted_at,
+        )
+        await self.bus.publish(
+            Subjects.run_event(task.tenant, task.run_id, event.kind),
+            event,
+            MsgIds.run_event(task.run_id, event.kind),
+        )
+
     async def _reject(self, run_id: str, tenant: str, reasons: tuple[RejectionReason, ...]) -> None:
         error = cut(describe(reasons), ERROR_MAX_CHARS)
         event = RunRejected(run_id=run_id, tenant=tenant, error=error, reasons=reasons)
-        await self.bus.publish(Subjects.run_event(tenant, run_id, event.kind), event, MsgIds.run_event(run_id, event.kind))
+        await self.bus.publish(
+            Subjects.run_event(tenant, run_id, event.kind), event, MsgIds.run_event(run_id, event.kind)
+        )
         self.counts["rejected"] += 1
         log.warning("rejected run %s: %s", run_id, cut(error, 500))
 

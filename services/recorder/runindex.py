@@ -38,7 +38,7 @@ from swarm.contracts import (
 
 log = logging.getLogger(__name__)
 
-INDEXED_RUN_EVENTS = (RunEventKind.PLANNED, RunEventKind.EXECUTED, *TERMINAL_RUN_EVENTS)
+INDEXED_RUN_EVENTS = (RunEventKind.ACCEPTED, RunEventKind.PLANNED, RunEventKind.EXECUTED, *TERMINAL_RUN_EVENTS)
 _RUN_EVENT = TypeAdapter(RunEvent)
 
 

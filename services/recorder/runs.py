@@ -24,6 +24,7 @@ from swarm.contracts import (
     RECORDER_RUNS_CONSUMER,
     RUNS,
     TERMINAL_RUN_EVENTS,
+    RunAccepted,
     RunCancelled,
     RunCompleted,
     RunEvent,
@@ -47,7 +48,7 @@ _RUN_EVENT = TypeAdapter(RunEvent)
 _TERMINAL = {str(s) for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REJECTED)}
 _TIMES = ("submitted_at", "finished_at")
 
-RecordedRunEvent = RunPlanned | RunExecuted | RunCompleted | RunFailed | RunCancelled | RunRejected
+RecordedRunEvent = RunAccepted | RunPlanned | RunExecuted | RunCompleted | RunFailed | RunCancelled | RunRejected
 # A run's status only moves forward: a redelivered 'planned' or 'executed' never takes a later status back.
 _PROGRESS = {str(RunStatus.PLANNING): 0, str(RunStatus.RUNNING): 1, str(RunStatus.SYNTHESIZING): 2}
 
@@ -96,6 +97,10 @@ def apply_run_event(row: dict[str, Any], event: RecordedRunEvent) -> dict[str, A
     """The run's row after `event` (a new dict): the one derivation of a run's status, for the `runs`
     table and the run index alike. A finished run keeps its outcome."""
     row = dict(row)
+    if isinstance(event, RunAccepted):
+        row.update(goal=row["goal"] or event.goal, submitted_at=row["submitted_at"] or event.submitted_at)
+        _advance(row, RunStatus.PLANNING)
+        return row
     if isinstance(event, RunPlanned):
         agents_count = len(event.plan.agents) if event.plan else event.agents_count
         row.update(goal=event.goal, submitted_at=event.submitted_at, agents_count=agents_count)

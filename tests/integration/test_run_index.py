@@ -19,6 +19,7 @@ from swarm.contracts import (
     AgentSpec,
     Plan,
     PlanSource,
+    RunAccepted,
     RunCompleted,
     RunExecuted,
     RunPlanned,
@@ -74,12 +75,15 @@ def summary() -> RunSummary:
     )  # fmt: skip
 
 
-async def publish(bus: Bus, *events: RunPlanned | RunExecuted | RunCompleted | RunRejected) -> None:
+async def publish(bus: Bus, *events: RunAccepted | RunPlanned | RunExecuted | RunCompleted | RunRejected) -> None:
     for event in events:
         await bus.publish(Subjects.run_event(event.tenant, event.run_id, event.kind), event)
 
 
 async def test_a_runs_status_follows_its_events_and_never_goes_back(bus: Bus, run_index: RunIndexer) -> None:
+    accepted = RunAccepted(run_id="r1", tenant="acme", goal="g" * RECORD_GOAL_MAX_CHARS, submitted_at=NOW)
+    await publish(bus, accepted)  # the planner has the task: the run shows as planning until its plan is out
+    assert (await status_of(bus, "r1", RunStatus.PLANNING)).submitted_at == NOW
     first = planned("r1", goal="g" * 500)
     await publish(bus, first)
     record = await status_of(bus, "r1", RunStatus.RUNNING)
@@ -93,11 +97,11 @@ async def test_a_runs_status_follows_its_events_and_never_goes_back(bus: Bus, ru
     await publish(bus, RunCompleted(run_id="r1", tenant="acme", answer="42", summary=summary()))
     await status_of(bus, "r1", RunStatus.COMPLETED)
     # Redelivered or late events of earlier phases do not take a finished run back.
-    await publish(bus, first, executed)
+    await publish(bus, accepted, first, executed)
     await publish(bus, RunRejected(run_id="r2", tenant="acme", error="no goal"))
     rejected = await status_of(bus, "r2", RunStatus.REJECTED)
     assert rejected.error == "no goal"
-    await eventually(lambda: _value(run_index.indexed_count == 6 or None))
+    await eventually(lambda: _value(run_index.indexed_count == 8 or None))
     assert (await status_of(bus, "r1", RunStatus.COMPLETED)).goal.startswith("ggg")
 
 

@@ -227,12 +227,15 @@ def _service(name: str) -> Grants:
     return Grants().sub(f"{inbox_prefix(name)}.>").provision(ALL_STREAMS, ALL_BUCKETS).health(name)
 
 
+PLANNER_RUN_EVENTS = (RunEventKind.ACCEPTED, RunEventKind.PLANNED, RunEventKind.REJECTED)
+
+
 def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Permissions]:
     """Per service user: exactly what the service's code publishes, consumes and reads (see each service)."""
     planner = (
         _service("planner")
         .durable(TASKS, PLANNER_CONSUMER)
-        .pub(Subjects.run_kind_all(RunEventKind.PLANNED), Subjects.run_kind_all(RunEventKind.REJECTED), Subjects.INFER, Subjects.INFER_CANCEL)
+        .pub(*(Subjects.run_kind_all(kind) for kind in PLANNER_RUN_EVENTS), Subjects.INFER, Subjects.INFER_CANCEL)
         .kv_read(RUN_INDEX_BUCKET)  # is a task a repeat? (the recorder writes the index)
         .objects_write(PLANS_STORE)  # plans by reference: read the client's, store the planned run's
     )

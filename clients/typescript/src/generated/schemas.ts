@@ -879,6 +879,66 @@ export const RunEventSchema = {
       "title": "RejectionReason",
       "type": "object"
     },
+    "RunAccepted": {
+      "additionalProperties": false,
+      "description": "The planner took the task and is planning it: the run exists (the run index shows it as planning).",
+      "properties": {
+        "at": {
+          "description": "When it happened (with an offset).",
+          "format": "date-time",
+          "title": "At",
+          "type": "string"
+        },
+        "goal": {
+          "description": "The task's goal, cut as the run index shows it.",
+          "maxLength": 200,
+          "title": "Goal",
+          "type": "string"
+        },
+        "kind": {
+          "const": "accepted",
+          "default": "accepted",
+          "description": "Event kind, also the last subject token.",
+          "title": "Kind",
+          "type": "string"
+        },
+        "run_id": {
+          "description": "The run.",
+          "pattern": "^[A-Za-z0-9_-]{1,64}$",
+          "title": "Run Id",
+          "type": "string"
+        },
+        "submitted_at": {
+          "description": "When the task was submitted.",
+          "format": "date-time",
+          "title": "Submitted At",
+          "type": "string"
+        },
+        "tenant": {
+          "description": "Tenant of the run.",
+          "pattern": "^[A-Za-z0-9_-]{1,64}$",
+          "title": "Tenant",
+          "type": "string"
+        },
+        "v": {
+          "const": 1,
+          "default": 1,
+          "description": "Contract version of this message (CONTRACT_VERSION).",
+          "title": "V",
+          "type": "integer"
+        }
+      },
+      "required": [
+        "run_id",
+        "tenant",
+        "goal",
+        "submitted_at",
+        "v",
+        "kind"
+      ],
+      "title": "RunAccepted",
+      "type": "object"
+    },
     "RunCancelRequested": {
       "additionalProperties": false,
       "description": "A client asks to cancel the run.",
@@ -1825,6 +1885,9 @@ export const RunEventSchema = {
   "$id": "RunEvent.json",
   "$schema": "https://json-schema.org/draft/2020-12/schema",
   "oneOf": [
+    {
+      "$ref": "#/$defs/RunAccepted"
+    },
     {
       "$ref": "#/$defs/RunRejected"
     },

@@ -17,7 +17,15 @@ export type SwarmMessage =
   | StepResult
   | TaskSubmission;
 export type RunEvent =
-  RunRejected | RunPlanned | RunProgress | RunExecuted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled;
+  | RunAccepted
+  | RunRejected
+  | RunPlanned
+  | RunProgress
+  | RunExecuted
+  | RunCompleted
+  | RunFailed
+  | RunCancelRequested
+  | RunCancelled;
 /**
  * Why one part of a task was rejected: the JSON Schema keyword it breaks, or a rule schemas cannot state.
  */
@@ -422,6 +430,39 @@ export interface SimToolCall {
    * Contract version of this message (CONTRACT_VERSION).
    */
   v?: 1;
+}
+/**
+ * The planner took the task and is planning it: the run exists (the run index shows it as planning).
+ */
+export interface RunAccepted {
+  /**
+   * When it happened (with an offset).
+   */
+  at?: string;
+  /**
+   * The task's goal, cut as the run index shows it.
+   */
+  goal: string;
+  /**
+   * Event kind, also the last subject token.
+   */
+  kind: "accepted";
+  /**
+   * The run.
+   */
+  run_id: string;
+  /**
+   * When the task was submitted.
+   */
+  submitted_at: string;
+  /**
+   * Tenant of the run.
+   */
+  tenant: string;
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v: 1;
 }
 /**
  * The task could not be accepted; nothing will run.
