@@ -302,7 +302,7 @@ def _kv_stream_config(bucket: BucketSpec, storage: StorageType, replicas: int) -
     """
     ttl = bucket.ttl_s or None
     return StreamConfig(
-        name=f"KV_{bucket.name}", description=bucket.description, subjects=[f"$KV.{bucket.name}.>"],
+        name=bucket.stream, description=bucket.description, subjects=[bucket.subjects],
         allow_direct=True, allow_rollup_hdrs=False, deny_delete=True, discard=DiscardPolicy.NEW,
         duplicate_window=min(120.0, ttl) if ttl else 120.0, max_age=ttl, max_msgs_per_subject=bucket.history,
         max_consumers=-1, max_msgs=-1, num_replicas=replicas, storage=storage,

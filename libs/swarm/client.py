@@ -345,7 +345,7 @@ async def recent_runs(bus: Bus, limit: int, now: datetime | None = None) -> list
     read, until `limit` runs submitted after it are found or the whole index is read. `swarm runs` costs
     what changed in the look-back, not the size of the index.
     """
-    stream = f"KV_{RUN_INDEX_BUCKET.name}"
+    stream = RUN_INDEX_BUCKET.stream
     try:
         state = (await bus.js.stream_info(stream)).state
     except NotFoundError:
@@ -374,7 +374,7 @@ async def index_changes(
     stream sequence of the first one read, or None when there was none."""
     sub = await bus.nc.subscribe(bus.nc.new_inbox())
     config = ConsumerConfig(
-        name=f"runs-{secrets.token_hex(8)}", filter_subject=f"$KV.{RUN_INDEX_BUCKET.name}.>",
+        name=f"runs-{secrets.token_hex(8)}", filter_subject=RUN_INDEX_BUCKET.subjects,
         deliver_subject=sub.subject, ack_policy=AckPolicy.NONE, flow_control=True,
         idle_heartbeat=WATCH_HEARTBEAT_S, mem_storage=True, num_replicas=1, inactive_threshold=30.0,
         deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since,

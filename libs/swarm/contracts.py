@@ -199,6 +199,20 @@ class BucketSpec(BaseModel):
     kind: Literal["kv", "object"] = "kv"
     ttl_s: float = 0.0
 
+    @property
+    def stream(self) -> str:
+        """The JetStream stream behind it: `KV_<name>` or `OBJ_<name>`."""
+        return f"{'KV' if self.kind == 'kv' else 'OBJ'}_{self.name}"
+
+    @property
+    def subjects(self) -> str:
+        """Every subject of that stream: `$KV.<name>.>` or `$O.<name>.>`."""
+        return f"{'$KV' if self.kind == 'kv' else '$O'}.{self.name}.>"
+
+    def key_subject(self, key: str) -> str:
+        """The subject a KV put under `key` is a publish to."""
+        return f"$KV.{self.name}.{key}"
+
 
 RUN_STATE_BUCKET = BucketSpec(
     name="swarm_run_state", ttl_s=7 * 24 * 3600.0,

@@ -86,7 +86,7 @@ class Payloads:
 
     def kv_subject(self, key: str) -> str:
         """The subject a value under `key` is published to (a KV put is a publish to it)."""
-        return f"$KV.{self.bucket.name}.{key}"
+        return self.bucket.key_subject(key)
 
     async def put(self, key: str, data: bytes) -> bool:
         """Store `data` under `key`; returns whether it went by reference. Small values cost one KV put."""

@@ -132,7 +132,7 @@ async def test_runs_are_listed_newest_first_reading_only_recent_changes(bus: Bus
     assert [r.run_id for r in await recent_runs(bus, 2)] == ["a-newest", "b-newer"]
     # A look-back reads only the records changed inside it, not every key.
     found: dict[str, tuple[int, RunRecord]] = {}
-    await index_changes(bus, f"KV_{RUN_INDEX_BUCKET.name}", boundary, 0, found)
+    await index_changes(bus, RUN_INDEX_BUCKET.stream, boundary, 0, found)
     assert sorted(found) == ["a-newest", "b-newer", "c-new"]
     # Looked at from four hours on, the first hour's look-back holds nothing: it widens to find them.
     later = await recent_runs(bus, 4, now=datetime.now(UTC) + timedelta(hours=3))
