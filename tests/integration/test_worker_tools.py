@@ -34,6 +34,7 @@ from swarm.contracts import (
     WORKERS_CONSUMER_PREFIX,
     AgentSpec,
     InferenceRequest,
+    Keys,
     StepDispatch,
     StepEvent,
     StepEventKind,
@@ -99,7 +100,7 @@ async def step_events(bus: Bus, run_id: str, results: dict[str, StepResult]) -> 
 
 
 async def output_of(bus: Bus, run_id: str, step_id: str) -> str:
-    value = await Payloads(bus).get(f"{run_id}.{step_id}")
+    value = await Payloads(bus).get(Keys.output("t", run_id, step_id))
     assert value is not None
     return value.decode()
 
@@ -130,7 +131,7 @@ async def test_steps_with_the_python_tool_run_through_the_worker(bus: Bus, nats_
 async def test_inputs_come_inline_from_the_dispatch_or_else_from_the_outputs_bucket(
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
-    await (await bus.kv(OUTPUTS_BUCKET)).put("run-inputs.stored", b"from the bucket")
+    await (await bus.kv(OUTPUTS_BUCKET)).put(Keys.output("t", "run-inputs", "stored"), b"from the bucket")
     steps = (
         StepSpec(id="both", agent_id="a1", instruction="merge", depends_on=("inline", "stored")),
         StepSpec(id="nowhere", agent_id="a1", instruction="merge", depends_on=("inline", "absent")),
@@ -182,7 +183,7 @@ async def test_outputs_satisfy_the_step_schema(bus: Bus, nats_settings: NatsSett
 
 async def test_large_outputs_and_inputs_travel_by_reference(bus: Bus, nats_settings: NatsSettings) -> None:
     big_input = "0123456789abcdef" * 196608  # 3 MiB
-    await Payloads(bus).put("run-big.upstream", big_input.encode())
+    await Payloads(bus).put(Keys.output("t", "run-big", "upstream"), big_input.encode())
     prompts: list[str] = []
 
     async def spy(msg: Msg) -> None:  # a plain subscriber sees the requests the gateway's queue group serves
@@ -198,7 +199,7 @@ async def test_large_outputs_and_inputs_travel_by_reference(bus: Bus, nats_setti
     assert any("[upstream] 0123456789abcdef0123" in p for p in prompts)  # the 3 MiB input was resolved
     output = await output_of(bus, "run-big", "reader")
     assert len(output.encode()) > 1024
-    marker = (await (await bus.kv(OUTPUTS_BUCKET)).get("run-big.reader")).value or b""
+    marker = (await (await bus.kv(OUTPUTS_BUCKET)).get(Keys.output("t", "run-big", "reader"))).value or b""
     assert is_ref(marker)
 
 
