@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
 
 from services.gateway.backends import create_engine
 from services.gateway.server import GatewayServer
@@ -254,3 +255,15 @@ async def test_without_bwrap_the_worker_warns_and_the_python_tool_fails_closed(
             await ToolRegistry.for_worker(settings).get("python").call({"code": "print(1)"}, ctx)
     finally:
         unavailable_reason.cache_clear()
+
+
+async def test_a_dedicated_pool_fails_another_tenants_step_at_once(bus: Bus, nats_settings: NatsSettings) -> None:
+    """A step routed to a pool that does not serve its tenant: a clear, final failure, not a denied write."""
+    settings = WorkerSettings(nats=nats_settings, tenants=("acme",))
+    async with worker_and_gateway(bus, settings):
+        results = await run_steps(bus, "run-foreign", StepSpec(id="s", agent_id="a1", instruction="go"))
+    result = results["s"]
+    assert result.status is StepStatus.FAILED and not result.retryable
+    assert result.error == "worker pool default serves tenants acme, not t"
+    with pytest.raises(KeyNotFoundError):
+        await (await bus.kv(OUTPUTS_BUCKET)).get(Keys.output("t", "run-foreign", "s"))
