@@ -63,7 +63,7 @@ def step(step_id: str, agent_id: str, instruction: str, *deps: str, **fields: ob
 
 
 async def output(client: SwarmClient, run_id: str, step_id: str) -> str:
-    data = await Payloads(client.bus).get(f"{run_id}.{step_id}")
+    data = await Payloads(client.bus).get(Keys.output(DEFAULT_TENANT, run_id, step_id))
     assert data is not None, f"no output for {step_id}"
     return data.decode()
 

@@ -117,12 +117,12 @@ def parse_pools(pools: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """Pool -> the tenants it is dedicated to (empty: a shared pool, serving every tenant)."""
     parsed: dict[str, tuple[str, ...]] = {}
     for entry in pools:
-        pool, _, tenants = entry.partition(":")
+        pool, dedicated, tenants = entry.partition(":")
         served = tuple(t for t in tenants.split(POOL_TENANTS_SEPARATOR) if t)
         for name in (pool, *served):
             if not is_valid_id(name):
                 raise ValueError(f"invalid pool or tenant id {name!r} in pool entry {entry!r}")
-        if pool in parsed or (tenants and not served):
+        if pool in parsed or (dedicated and not served):
             raise ValueError(f"pool entry {entry!r}: a pool is named once, with tenants after ':' if dedicated")
         parsed[pool] = served
     return parsed
