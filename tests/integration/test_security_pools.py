@@ -17,6 +17,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig
+from nats.js.errors import KeyNotFoundError
 
 from services.worker_pool.execution import StepExecutor
 from services.worker_pool.settings import WorkerSettings
@@ -27,6 +28,7 @@ from swarm.contracts import (
     MEMORY_BUCKET,
     OUTPUTS_BUCKET,
     PAYLOADS_STORE,
+    RUN_STATE_BUCKET,
     SCRATCHPAD_BUCKET,
     Keys,
     tenant_payloads_store,
@@ -129,6 +131,8 @@ async def test_allowed_a_dedicated_pools_worker_does_its_tenants_work(server: Na
     await pad.call({"op": "append", "key": "log", "value": "x"}, ctx)
     assert await pad.call({"op": "get", "key": "plan"}, ctx) == {"key": "plan", "value": "v1"}
     assert await pad.call({"op": "keys"}, ctx) == {"keys": ["log", "plan"]}
+    with pytest.raises(KeyNotFoundError):  # a run's checkpoint, by its run id (a run's end is confirmed so)
+        await (await worker.kv(RUN_STATE_BUCKET)).get(Keys.run_checkpoint("a1"))
     aggregator = await Bus.connect(settings_of(server, "aggregator"), "aggregator")
     try:
         assert await Payloads(aggregator).resolve(marker) == big  # a dedicated tenant's store: it may read it

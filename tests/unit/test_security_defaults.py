@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from swarm.ops.security import SecuritySettings, main, parse_pools, permission_matrix
+from swarm.ops.security import SecuritySettings, main, parse_pools, permission_matrix, service_permissions
 from swarm.settings import ClickHouseSettings, NatsSettings
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
@@ -142,3 +142,9 @@ def test_pools_are_shared_or_dedicated_and_a_dedicated_pool_gets_its_own_user(mo
         SecuritySettings().passwords()
     monkeypatch.setenv("SWARM_SECURITY_WORKER_ACMEPOOL_PASSWORD", "a-real-secret")
     assert SecuritySettings().passwords()["worker-acmepool"].get_secret_value() == "a-real-secret"  # type: ignore[union-attr]
+
+
+def test_with_only_dedicated_pools_the_shared_worker_user_holds_no_tenants_data() -> None:
+    worker = service_permissions(("acmepool:acme",))["worker"]
+    assert not [s for s in worker.publish if s.startswith(("$KV.", "$O.")) or ".DIRECT.GET." in s]
+    assert "$KV.swarm_outputs.acme.>" in service_permissions(("acmepool:acme",))["worker-acmepool"].publish

@@ -329,15 +329,16 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     worker = _service("worker")
     for pool in shared:
         worker.durable(STEPS, f"{WORKERS_CONSUMER_PREFIX}-{pool}")
-    worker.pub(
-        Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER,
-        Subjects.INFER_CANCEL,
-    ).sub(
-        # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
-        Subjects.run_kind_all(RunEventKind.CANCELLED), Subjects.run_kind_all(RunEventKind.FAILED),
-    ).kv_write(OUTPUTS_BUCKET).objects_write(PAYLOADS_STORE).kv_write(SCRATCHPAD_BUCKET).kv_write(MEMORY_BUCKET).kv_read(
-        RUN_STATE_BUCKET  # a run's end is believed when its checkpoint confirms it
-    )  # fmt: skip
+    if shared:  # else `worker` runs no pool: it holds no tenant's data
+        worker.pub(
+            Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER,
+            Subjects.INFER_CANCEL,
+        ).sub(
+            # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
+            Subjects.run_kind_all(RunEventKind.CANCELLED), Subjects.run_kind_all(RunEventKind.FAILED),
+        ).kv_write(OUTPUTS_BUCKET).objects_write(PAYLOADS_STORE).kv_write(SCRATCHPAD_BUCKET).kv_write(MEMORY_BUCKET).kv_read(
+            RUN_STATE_BUCKET  # a run's end is believed when its checkpoint confirms it
+        )  # fmt: skip
     aggregator = (
         _service("aggregator")
         .durable(RUNS, AGGREGATOR_CONSUMER)
