@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,11 +27,14 @@ from pathlib import Path
 
 import nats
 
+from swarm.contracts import DEFAULT_POOL
 from swarm.ops.natsserver import NatsServer
 from swarm.ops.security import (
     ADMIN_USER,
     SYSTEM_USER,
     inbox_prefix,
+    parse_pools,
+    pool_user,
     provision_tenant,
     provision_user,
     render_nats_auth,
@@ -50,13 +54,20 @@ class SecuredStack:
     workers: int = 2
     service_env: dict[str, str] = field(default_factory=dict)
     tenants: tuple[str, ...] = TENANTS
+    # Worker pools dedicated to tenants, 'pool:tenant+tenant' (swarm.ops.security.parse_pools): one worker
+    # each, under the pool's own user, and the dispatcher routes those tenants' steps there.
+    dedicated_pools: tuple[str, ...] = ()
     server: NatsServer | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def passwords(self) -> dict[str, str]:
         """Clear passwords of every user (a throwaway stack: hashing is proven in test_security)."""
-        return {user: f"pw-{user}" for user in [*user_permissions(self.tenants), SYSTEM_USER]}
+        return {user: f"pw-{user}" for user in [*user_permissions(self.tenants, self.pools), SYSTEM_USER]}
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        return (DEFAULT_POOL, *self.dedicated_pools)
 
     def env_of(self, user: str) -> dict[str, str]:
         """The SWARM_NATS_* settings of a process connecting as `user`."""
@@ -74,23 +85,32 @@ class SecuredStack:
         args: tuple[str, ...] = ()
         if self.secure:
             config = self.home / "auth.conf"
-            config.write_text(render_nats_auth(self.passwords, self.tenants, hashed=False))
+            config.write_text(render_nats_auth(self.passwords, self.tenants, self.pools, hashed=False))
             args = ("-c", str(config))
         self.server = NatsServer(store_dir=self.home / "nats", log_file=self.home / "nats.log", extra_args=args).start()
         common = {**self.service_env, "SWARM_CLICKHOUSE_PATH": str(self.home / "clickhouse"), "SWARM_GATEWAY_BACKEND": "sim"}
+        dedicated = parse_pools(self.dedicated_pools)
+        routes = {tenant: pool for pool, tenants in dedicated.items() for tenant in tenants}
+        common["SWARM_DISPATCHER_TENANT_POOLS"] = json.dumps(routes)
         replicas = {WORKER.name: self.workers, DISPATCHER.name: 1}
         for service in SERVICE_ORDER:
             for replica in range(replicas.get(service.name, 1)):
-                env = {**os.environ, **common, **self.env_of(service.name)}
-                with open(self.home / f"{service.name}-{replica}.log", "ab") as out:
-                    self.processes.append(
-                        subprocess.Popen([sys.executable, "-m", service.module], env=env, stdout=out, stderr=subprocess.STDOUT)
-                    )
+                self._spawn(service.module, f"{service.name}-{replica}", {**common, **self.env_of(service.name)})
+        for pool, tenants in dedicated.items():
+            pool_env = {"SWARM_WORKER_POOL": pool, "SWARM_WORKER_TENANTS": ",".join(tenants)}
+            user = pool_user(pool) if self.secure else WORKER.name
+            self._spawn(WORKER.module, user, {**common, **pool_env, **self.env_of(user)})
         if self.secure:
             asyncio.run(self._provision_tenants())
         for service in SERVICE_ORDER:
             self._wait_healthy(service.name, timeout_s)
         return self
+
+    def _spawn(self, module: str, name: str, env: dict[str, str]) -> None:
+        with open(self.home / f"{name}.log", "ab") as out:
+            self.processes.append(
+                subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+            )
 
     async def _provision_tenants(self) -> None:
         assert self.server is not None

@@ -219,7 +219,7 @@ RUN_STATE_BUCKET = BucketSpec(
     description="Dispatcher checkpoints of run state; a checkpoint not rewritten for 7 days expires.",
 )  # fmt: skip
 RUN_INDEX_BUCKET = BucketSpec(name="swarm_runs", description="One record per run: status, goal, counts.")
-OUTPUTS_BUCKET = BucketSpec(name="swarm_outputs", description="Step outputs, key '<run_id>.<step_id>'.")
+OUTPUTS_BUCKET = BucketSpec(name="swarm_outputs", description="Step outputs, key '<tenant>.<run_id>.<step_id>'.")
 PAYLOADS_STORE = BucketSpec(
     name="swarm_payloads", kind="object", description="Payloads too large for a message, by reference."
 )
@@ -233,17 +233,32 @@ DISPATCHER_LEASES_BUCKET = BucketSpec(
     description="Which dispatcher replica owns which results partition; entries expire unless renewed.",
 )  # fmt: skip
 SCRATCHPAD_BUCKET = BucketSpec(
-    name="swarm_scratchpad", description="The scratchpad tool: values a run's agents share, key '<run_id>.<key>'."
+    name="swarm_scratchpad", description="The scratchpad tool: values a run's agents share, key '<tenant>.<run_id>.<key>'."
 )
 MEMORY_BUCKET = BucketSpec(
     name="swarm_agent_memory", ttl_s=7 * 24 * 3600.0,
-    description="Agents' memory: one entry per turn attempt, key Keys.memory_turn(run, agent, step, attempt).",
+    description="Agents' memory: one entry per turn attempt, key Keys.memory_turn(tenant, run, agent, step, attempt).",
 )  # fmt: skip
 ALL_BUCKETS = (
     RUN_STATE_BUCKET, RUN_INDEX_BUCKET, OUTPUTS_BUCKET, PAYLOADS_STORE, DISPATCHER_LEASES_BUCKET, SCRATCHPAD_BUCKET,
     PLANS_STORE,
     MEMORY_BUCKET,
 )  # fmt: skip
+# Tenant-scoped data that workers hold: a dedicated pool's worker user may touch only its tenants' keys.
+TENANT_KEYED_BUCKETS = (OUTPUTS_BUCKET, SCRATCHPAD_BUCKET, MEMORY_BUCKET)
+
+
+def tenant_payloads_store(tenant: str) -> BucketSpec:
+    """The payloads store of one tenant served by a dedicated worker pool.
+
+    Object chunks are named by random nuids, so no subject permission can scope one store by tenant; and an
+    object's meta is written with a roll-up, which a stream cannot allow for one subject only. A store per
+    tenant makes both harmless: a dedicated pool's worker can at worst damage its own tenants' payloads.
+    """
+    return BucketSpec(
+        name=f"{PAYLOADS_STORE.name}_{tenant}", kind="object",
+        description=f"Payloads of tenant {tenant} (served by a dedicated worker pool), by reference.",
+    )  # fmt: skip
 
 
 class Keys:
@@ -283,29 +298,34 @@ class Keys:
         return f"{Keys.LEASE_MEMBER_PREFIX}{instance_id}"
 
     @staticmethod
-    def output(run_id: str, step_id: str) -> str:
+    def of_tenant(tenant: str) -> str:
+        """Filter matching every key of one tenant in a bucket of TENANT_KEYED_BUCKETS (what grants scope)."""
+        return f"{tenant}.>"
+
+    @staticmethod
+    def output(tenant: str, run_id: str, step_id: str) -> str:
         """A step's output in OUTPUTS_BUCKET."""
-        return f"{run_id}.{step_id}"
+        return f"{tenant}.{run_id}.{step_id}"
 
     @staticmethod
-    def scratchpad(run_id: str, key: str) -> str:
+    def scratchpad(tenant: str, run_id: str, key: str) -> str:
         """One value of a run's scratchpad in SCRATCHPAD_BUCKET."""
-        return f"{run_id}.{key}"
+        return f"{tenant}.{run_id}.{key}"
 
     @staticmethod
-    def of_run(run_id: str) -> str:
+    def of_run(tenant: str, run_id: str) -> str:
         """Filter matching every key of one run in OUTPUTS_BUCKET or SCRATCHPAD_BUCKET."""
-        return f"{run_id}.>"
+        return f"{tenant}.{run_id}.>"
 
     @staticmethod
-    def within_run(key: str, run_id: str) -> str:
+    def within_run(key: str, tenant: str, run_id: str) -> str:
         """What a run's key in OUTPUTS_BUCKET or SCRATCHPAD_BUCKET names within the run: a step id, a scratchpad key."""
-        return key.removeprefix(f"{run_id}.")
+        return key.removeprefix(f"{tenant}.{run_id}.")
 
     @staticmethod
-    def memory_turn(run_id: str, agent_id: str, step_id: str, attempt: int) -> str:
+    def memory_turn(tenant: str, run_id: str, agent_id: str, step_id: str, attempt: int) -> str:
         """One attempt of one agent's turn in MEMORY_BUCKET: written before the result, named once committed."""
-        return f"{run_id}.{agent_id}.{step_id}.{attempt}"
+        return f"{tenant}.{run_id}.{agent_id}.{step_id}.{attempt}"
 
     @staticmethod
     def payload_object(key: str, nonce: str) -> str:

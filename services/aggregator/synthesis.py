@@ -182,7 +182,7 @@ class Aggregator:
         outputs = []
         for step_id in executed.sink_step_ids:
             try:
-                entry = await kv.get(Keys.output(executed.run_id, step_id))
+                entry = await kv.get(Keys.output(executed.tenant, executed.run_id, step_id))
             except KeyNotFoundError:
                 log.warning("run %s: output of %s is missing", executed.run_id, step_id)
                 continue

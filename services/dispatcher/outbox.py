@@ -46,6 +46,7 @@ class Outbox:
         self.bus = bus
         self.progress_interval_s = settings.progress_interval_s
         self.steps_subject = Subjects.steps(settings.pool)
+        self.tenant_steps_subjects = {tenant: Subjects.steps(pool) for tenant, pool in settings.tenant_pools.items()}
         self._events: dict[str, list[StepEvent]] = {}  # per run, published together by `flush`
 
     async def emit(self, live: LiveRun, outcome: Outcome, result: StepResult | None = None) -> None:
@@ -105,7 +106,8 @@ class Outbox:
                 spawn_budget=run.spawn_budget() if "spawn" in step.tools else None,
             )
             msg_id = MsgIds.step_dispatch(run.run_id, step.id, dispatch.attempt)
-            await self.bus.publish_nowait(self.steps_subject, message, msg_id=msg_id)
+            subject = self.tenant_steps_subjects.get(run.tenant, self.steps_subject)
+            await self.bus.publish_nowait(subject, message, msg_id=msg_id)
             live.queued_at[(step.id, dispatch.attempt)] = time.monotonic() + dispatch.delay_s
             # depends_on lets the event log rebuild the DAG (critical path) without the plan.
             attributes = {"depends_on": ",".join(run.depends_on[step.id])}

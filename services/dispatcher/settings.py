@@ -16,6 +16,10 @@ class DispatcherSettings(BaseSettings):
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
     pool: str = Field(DEFAULT_POOL, description="Worker pool that receives the steps.")
+    tenant_pools: dict[str, str] = Field(
+        default_factory=dict,
+        description='Dedicated worker pool per tenant, JSON (e.g. {"acme": "acme"}); other tenants use `pool`.',
+    )
     max_in_flight: int = Field(
         144,
         ge=1,

@@ -9,6 +9,7 @@ from services.worker_pool.execution import StepExecutor, steps_consumer
 from services.worker_pool.settings import WorkerSettings
 from services.worker_pool.tools.sandbox import startup_warning
 from swarm.bus import Bus, consume
+from swarm.contracts import tenant_payloads_store
 from swarm.service import run_service
 
 
@@ -19,6 +20,7 @@ async def main(stop: asyncio.Event, settings: WorkerSettings | None = None) -> N
         logging.getLogger("services.worker_pool").warning(warning)
     bus = await Bus.connect(settings.nats, "worker")
     await bus.provision()
+    await bus.provision((), [tenant_payloads_store(tenant) for tenant in settings.tenants])  # a dedicated pool's
     executor = StepExecutor(bus, settings)
     await executor.watch_ended_runs()
     spec = steps_consumer(settings)

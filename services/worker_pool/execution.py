@@ -30,11 +30,11 @@ from swarm.contracts import (
     INLINE_OUTPUT_MAX_CHARS,
     MEMORY_BUCKET,
     OUTPUTS_BUCKET,
-    PAYLOADS_STORE,
     RESULT_EVENTS_MAX,
     RUN_STATE_BUCKET,
     STEPS,
     WORKERS_CONSUMER_PREFIX,
+    BucketSpec,
     ChatMessage,
     InferenceRequest,
     Keys,
@@ -211,7 +211,7 @@ class StepExecutor:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
         self.tools = ToolRegistry.for_worker(settings)
-        self.payloads = Payloads(bus, inline_limit=settings.inline_payload_bytes)
+        self._payloads: dict[tuple[str, str], Payloads] = {}  # (bucket, tenant): keeps its object store handle
         self._ended_runs: dict[str, None] = {}  # insertion-ordered set, bounded: checked on every step
         self.steps_done = 0
         self._events: dict[tuple[str, str, int], list[StepEvent]] = {}  # per attempt, until flushed
@@ -220,6 +220,16 @@ class StepExecutor:
         self._interrupted: set[tuple[str, str, int]] = set()  # attempts cancelled because their run ended
         self.interrupted_count = 0
         self._confirming: set[asyncio.Task[None]] = set()
+
+    def payloads(self, tenant: str, bucket: BucketSpec = OUTPUTS_BUCKET) -> Payloads:
+        """Values of `bucket` for `tenant`'s runs, large ones in the tenant's payload store (see WorkerSettings)."""
+        key = (bucket.name, tenant)
+        if key not in self._payloads:
+            self._payloads[key] = Payloads(
+                self.bus, inline_limit=self.settings.inline_payload_bytes, bucket=bucket,
+                store=self.settings.payloads_store(tenant),
+            )  # fmt: skip
+        return self._payloads[key]
 
     def health(self) -> dict[str, int]:
         """What the health probe reports: steps done, running now, and the slots to run them."""
@@ -251,7 +261,10 @@ class StepExecutor:
                 task.add_done_callback(self._confirming.discard)
 
         for kind in (RunEventKind.CANCELLED, RunEventKind.FAILED):
-            await self.bus.nc.subscribe(Subjects.run_kind_all(kind), cb=on_end)
+            if not self.settings.tenants:
+                await self.bus.nc.subscribe(Subjects.run_kind_all(kind), cb=on_end)
+            for tenant in self.settings.tenants:  # a dedicated pool: only its tenants' runs (all it may read)
+                await self.bus.nc.subscribe(Subjects.run_event(tenant, "*", kind), cb=on_end)
 
     async def _confirm_ended(self, run_id: str) -> None:
         """Mark the run ended once its checkpoint says so (the dispatcher writes it just after the event)."""
@@ -285,6 +298,14 @@ class StepExecutor:
         """Handle one delivery of a step (settled by `swarm.bus.settle`)."""
         dispatch = StepDispatch.model_validate_json(msg.data)
         if dispatch.run_id in self._ended_runs:
+            return
+        if self.settings.tenants and dispatch.tenant not in self.settings.tenants:
+            # Its NATS user could not store this tenant's output anyway: fail it plainly, not by a denied write.
+            error = f"worker pool {self.settings.pool} serves tenants {', '.join(self.settings.tenants)}, not {dispatch.tenant}"
+            await self.bus.publish(Subjects.result(dispatch.run_id), StepResult(
+                run_id=dispatch.run_id, step_id=dispatch.step.id, attempt=dispatch.attempt, started_at=utc_now(),
+                worker_id=self.worker_id, status=StepStatus.FAILED, error=error, retryable=False, finished_at=utc_now(),
+            ))  # fmt: skip
             return
         if dispatch.not_before is not None:
             wait_s = (dispatch.not_before - utc_now()).total_seconds()
@@ -321,7 +342,7 @@ class StepExecutor:
         if unstored is not None:
             # Stored before the result is sent: whoever the result wakes (a dependent's retry, the
             # aggregator reading the sinks) finds it. Two streams do not keep each other's order.
-            await self.bus.publish_bytes(self.payloads.kv_subject(Keys.output(dispatch.run_id, dispatch.step.id)), unstored)
+            await self.bus.publish_bytes(self.payloads(dispatch.tenant).kv_subject(Keys.output(dispatch.tenant, dispatch.run_id, dispatch.step.id)), unstored)
         await self.bus.publish(Subjects.result(dispatch.run_id), result)
         self.steps_done += 1
 
@@ -349,10 +370,10 @@ class StepExecutor:
             return StepResult(
                 status=StepStatus.FAILED, error=cut(str(exc), ERROR_MAX_CHARS), retryable=retryable, finished_at=utc_now(), **fields
             ), None
-        key = Keys.output(dispatch.run_id, step.id)
+        key = Keys.output(dispatch.tenant, dispatch.run_id, step.id)
         data: bytes | None = output.encode()
-        if not self.payloads.fits_inline(data):
-            await self.payloads.put(key, data)  # by reference, through the object store
+        if not self.payloads(dispatch.tenant).fits_inline(data):
+            await self.payloads(dispatch.tenant).put(key, data)  # by reference, through the object store
             data = None
         return StepResult(
             status=StepStatus.SUCCEEDED, output_key=key, output_preview=output[:400],
@@ -365,10 +386,10 @@ class StepExecutor:
         """The committed earlier turns the dispatch names, oldest first."""
         if not dispatch.memory:
             return []
-        store = Payloads(self.bus, bucket=MEMORY_BUCKET)
+        store = self.payloads(dispatch.tenant, MEMORY_BUCKET)
 
         async def load(step_id: str, attempt: int) -> MemoryTurn:
-            data = await store.get(Keys.memory_turn(dispatch.run_id, dispatch.agent.id, step_id, attempt))
+            data = await store.get(Keys.memory_turn(dispatch.tenant, dispatch.run_id, dispatch.agent.id, step_id, attempt))
             if data is None:
                 raise StepFailed(f"memory of turn {step_id} (attempt {attempt}) not found", retryable=True)
             return MemoryTurn.model_validate_json(data)
@@ -403,8 +424,8 @@ class StepExecutor:
                 raise StepFailed(f"inference failed writing the memory summary: {response.error}", retryable=True)
             turn = turn.model_copy(update={"summary": response.content[: policy.max_chars // 2]})
             tokens = (response.prompt_tokens, response.completion_tokens)
-        key = Keys.memory_turn(dispatch.run_id, dispatch.agent.id, step.id, dispatch.attempt)
-        await Payloads(self.bus, bucket=MEMORY_BUCKET).put(key, turn.model_dump_json().encode())
+        key = Keys.memory_turn(dispatch.tenant, dispatch.run_id, dispatch.agent.id, step.id, dispatch.attempt)
+        await self.payloads(dispatch.tenant, MEMORY_BUCKET).put(key, turn.model_dump_json().encode())
         return tokens
 
     async def _run(
@@ -518,7 +539,9 @@ class StepExecutor:
         if call.arguments_ref is None:
             return call
         try:
-            stored = await (await self.bus.js.object_store(PAYLOADS_STORE.name)).get(call.arguments_ref)
+            stored = await (await self.bus.js.object_store(self.settings.payloads_store(dispatch.tenant).name)).get(
+                call.arguments_ref
+            )
         except nats.js.errors.NotFoundError as exc:
             raise StepFailed(f"sim script {call.arguments_ref} not found", retryable=False) from exc
         return SimToolCall(tool=call.tool, arguments=json.loads(stored.data or b"{}"))
@@ -532,11 +555,11 @@ class StepExecutor:
 
         async def fetch(step_id: str) -> str:
             try:
-                entry = await kv.get(Keys.output(dispatch.run_id, step_id))
+                entry = await kv.get(Keys.output(dispatch.tenant, dispatch.run_id, step_id))
             except KeyNotFoundError as exc:
                 raise StepFailed(f"output of dependency {step_id} not found", retryable=True) from exc
             value = entry.value or b""
-            return (await self.payloads.resolve(value) if is_ref(value) else value).decode()
+            return (await self.payloads(dispatch.tenant).resolve(value) if is_ref(value) else value).decode()
 
         fetched = dict(zip(by_key, await asyncio.gather(*(fetch(d) for d in by_key)), strict=True))
         return {d: dispatch.inputs[d] if d in dispatch.inputs else fetched[d] for d in deps}

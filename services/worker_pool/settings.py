@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from swarm.contracts import DEFAULT_POOL
+from swarm.contracts import DEFAULT_POOL, PAYLOADS_STORE, BucketSpec, tenant_payloads_store
 from swarm.settings import NatsSettings
 
 
@@ -25,6 +26,11 @@ class WorkerSettings(BaseSettings):
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
     pool: str = Field(DEFAULT_POOL, description="Worker pool (STEPS subject) to serve.")
+    tenants: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Tenants a dedicated pool serves, comma separated (its NATS user may touch only their keys "
+        "and their own payload stores); empty: a shared pool serving every tenant, payloads in one store.",
+    )
     concurrency: int = Field(64, ge=1, description="Steps run at once by this process.")
     # Short, with heartbeats 3x as often: a killed worker's steps run again elsewhere within seconds.
     ack_wait_s: float = Field(3.0, gt=0, description="Redeliver a step whose worker went silent this long.")
@@ -78,3 +84,12 @@ class WorkerSettings(BaseSettings):
     )
     http_max_bytes: int = Field(1_000_000, ge=1, description="Largest response body http_fetch reads.")
     log_level: str = Field("INFO", description="Log level.")
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _split_tenants(cls, value: object) -> object:
+        return tuple(t.strip() for t in value.split(",") if t.strip()) if isinstance(value, str) else value
+
+    def payloads_store(self, tenant: str) -> BucketSpec:
+        """Where this worker stores (and looks for) large values of `tenant`'s runs."""
+        return tenant_payloads_store(tenant) if self.tenants else PAYLOADS_STORE

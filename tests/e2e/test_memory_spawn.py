@@ -14,6 +14,7 @@ import pytest
 
 from swarm.client import SwarmClient
 from swarm.contracts import (
+    DEFAULT_TENANT,
     EVENTS,
     MEMORY_BUCKET,
     RECORDER_CONSUMER,
@@ -62,7 +63,7 @@ def step(step_id: str, agent_id: str, instruction: str, *deps: str, **fields: ob
 
 
 async def output(client: SwarmClient, run_id: str, step_id: str) -> str:
-    data = await Payloads(client.bus).get(f"{run_id}.{step_id}")
+    data = await Payloads(client.bus).get(Keys.output(DEFAULT_TENANT, run_id, step_id))
     assert data is not None, f"no output for {step_id}"
     return data.decode()
 
@@ -110,7 +111,7 @@ async def test_a_turn_retried_after_its_worker_is_killed_sees_exactly_the_commit
         stray = {("k2", 2): "FORGED-RETRY", ("k3", 1): "HALF-WRITTEN"}
         for (step_id, attempt), text in stray.items():
             entry = MemoryTurn(step_id=step_id, attempt=attempt, instruction=text, output=text)
-            await store.put(Keys.memory_turn(run_id, "a", step_id, attempt), entry.model_dump_json().encode())
+            await store.put(Keys.memory_turn(DEFAULT_TENANT, run_id, "a", step_id, attempt), entry.model_dump_json().encode())
         await finished(client, run_id, "k2")
         await asyncio.sleep(1.5)  # the only worker has taken k3 and waits on its 6 s model call
         killed = await asyncio.to_thread(stack.kill, "worker", 0)
@@ -121,7 +122,7 @@ async def test_a_turn_retried_after_its_worker_is_killed_sees_exactly_the_commit
         (done,) = [e for e in events if e.step_id == "k3" and e.kind is StepEventKind.SUCCEEDED]
         assert done.worker_id.endswith(f":{respawned}") and killed != respawned
         committed = [
-            MemoryTurn.model_validate_json(await store.get(Keys.memory_turn(run_id, "a", s, 1)) or b"")
+            MemoryTurn.model_validate_json(await store.get(Keys.memory_turn(DEFAULT_TENANT, run_id, "a", s, 1)) or b"")
             for s in ("k1", "k2")
         ]
         k3 = await output(client, run_id, "k3")

@@ -107,7 +107,7 @@ async def run_content(nats_url: str) -> tuple[str, str, dict[str, str]]:
         (run_id,) = [r.run_id for r in await client.runs() if r.goal == GOAL]
         final = await client.wait(run_id, timeout_s=60)
         assert isinstance(final, RunCompleted), final
-        return run_id, final.answer, await read_outputs(client.bus, run_id)
+        return run_id, final.answer, await read_outputs(client.bus, final.tenant, run_id)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make install` installs it as root)")

@@ -62,12 +62,12 @@ async def test_summary_memory_is_written_by_the_model_and_shown_to_the_next_turn
         for i, turn in enumerate(turns):  # what the dispatcher names: the latest committed turn (summary mode)
             result = await run_turn(bus, psub, turn, tuple(refs[-1:]), max(0, len(refs) - 1))
             assert result.status is StepStatus.SUCCEEDED, result.error
-            entry = MemoryTurn.model_validate_json(await store.get(Keys.memory_turn("run-mem", "m1", turn.id, 1)) or b"")
+            entry = MemoryTurn.model_validate_json(await store.get(Keys.memory_turn("t", "run-mem", "m1", turn.id, 1)) or b"")
             assert entry.instruction == f"check page {i}" and entry.summary  # committed before the result came
             refs.append(MemoryRef(step_id=turn.id, attempt=1))
         last = await output_of(bus, "run-mem", "u2")
     prompt = last.split("\nECHO>>", 1)[0]
-    u1 = MemoryTurn.model_validate_json(await store.get(Keys.memory_turn("run-mem", "m1", "u1", 1)) or b"")
+    u1 = MemoryTurn.model_validate_json(await store.get(Keys.memory_turn("t", "run-mem", "m1", "u1", 1)) or b"")
     assert f"Summary of your earlier turns (written by you):\n{u1.summary}" in prompt
     assert "[u1] Instruction: check page 1" in prompt and "[u0]" not in prompt
     assert "(1 earlier turns left out of your memory: they are in the summary above)" in prompt

@@ -25,6 +25,7 @@ from services.recorder.settings import MIGRATIONS_DIR, RecorderSettings
 from swarm.bus import Bus
 from swarm.contracts import (
     InferenceEvent,
+    Keys,
     RunCompleted,
     RunSummary,
     StepEvent,
@@ -140,7 +141,7 @@ async def big_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Big
         payloads = Payloads(bus)
         ids = step_ids()
         for start in range(0, len(ids), 500):
-            await asyncio.gather(*(payloads.put(f"{RUN_ID}.{s}", output_of(s).encode()) for s in ids[start:start + 500]))
+            await asyncio.gather(*(payloads.put(Keys.output(TENANT, RUN_ID, s), output_of(s).encode()) for s in ids[start:start + 500]))
         completed = RunCompleted(run_id=RUN_ID, tenant=TENANT, answer=ANSWER, summary=summary)
         await bus.publish(Subjects.run_event(TENANT, RUN_ID, "completed"), completed, f"{RUN_ID}.completed")
         for _ in range(100):  # until the recorder answers

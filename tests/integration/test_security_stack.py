@@ -35,12 +35,15 @@ from swarm.settings import NatsSettings
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TENANT = "acme"
+DEDICATED_POOL = "acmepool"  # acme's steps run there, under the pool's own user (swarm.ops.security)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
     env = {"SWARM_GATEWAY_SIM_LATENCY_SCALE": "0.02", "SWARM_WORKER_CONCURRENCY": "256", "SWARM_GATEWAY_MAX_QUEUE": "1024"}
-    with secured_stack(tmp_path_factory.mktemp("secured-stack"), service_env=env) as started:
+    with secured_stack(
+        tmp_path_factory.mktemp("secured-stack"), service_env=env, dedicated_pools=(f"{DEDICATED_POOL}:{TENANT}",)
+    ) as started:
         yield started
 
 
@@ -67,6 +70,11 @@ async def test_a_tenant_run_completes_with_every_service_least_privileged(stack:
     assert kinds[0] == "planned" and kinds[-1] == "completed", kinds
     final = events[-1]
     assert isinstance(final, RunCompleted) and final.summary.steps_succeeded == 3
+    # On acme's dedicated pool: its one worker (the stack's last process) ran every step.
+    admin = NatsSettings(url=stack.server.url, user=ADMIN_USER, password=stack.passwords[ADMIN_USER])
+    async with await SwarmClient.connect(admin) as operator:
+        workers = {e.worker_id.rpartition(":")[2] for e in await operator.step_events(run_id) if e.kind == "succeeded"}
+    assert workers == {str(stack.processes[-1].pid)}, workers
     # Every service did all of that without a single refused publish or subscription.
     assert not stack.violations()
 

@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
 
 from services.gateway.backends import create_engine
 from services.gateway.server import GatewayServer
@@ -34,6 +35,7 @@ from swarm.contracts import (
     WORKERS_CONSUMER_PREFIX,
     AgentSpec,
     InferenceRequest,
+    Keys,
     StepDispatch,
     StepEvent,
     StepEventKind,
@@ -99,7 +101,7 @@ async def step_events(bus: Bus, run_id: str, results: dict[str, StepResult]) -> 
 
 
 async def output_of(bus: Bus, run_id: str, step_id: str) -> str:
-    value = await Payloads(bus).get(f"{run_id}.{step_id}")
+    value = await Payloads(bus).get(Keys.output("t", run_id, step_id))
     assert value is not None
     return value.decode()
 
@@ -130,7 +132,7 @@ async def test_steps_with_the_python_tool_run_through_the_worker(bus: Bus, nats_
 async def test_inputs_come_inline_from_the_dispatch_or_else_from_the_outputs_bucket(
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
-    await (await bus.kv(OUTPUTS_BUCKET)).put("run-inputs.stored", b"from the bucket")
+    await (await bus.kv(OUTPUTS_BUCKET)).put(Keys.output("t", "run-inputs", "stored"), b"from the bucket")
     steps = (
         StepSpec(id="both", agent_id="a1", instruction="merge", depends_on=("inline", "stored")),
         StepSpec(id="nowhere", agent_id="a1", instruction="merge", depends_on=("inline", "absent")),
@@ -182,7 +184,7 @@ async def test_outputs_satisfy_the_step_schema(bus: Bus, nats_settings: NatsSett
 
 async def test_large_outputs_and_inputs_travel_by_reference(bus: Bus, nats_settings: NatsSettings) -> None:
     big_input = "0123456789abcdef" * 196608  # 3 MiB
-    await Payloads(bus).put("run-big.upstream", big_input.encode())
+    await Payloads(bus).put(Keys.output("t", "run-big", "upstream"), big_input.encode())
     prompts: list[str] = []
 
     async def spy(msg: Msg) -> None:  # a plain subscriber sees the requests the gateway's queue group serves
@@ -198,7 +200,7 @@ async def test_large_outputs_and_inputs_travel_by_reference(bus: Bus, nats_setti
     assert any("[upstream] 0123456789abcdef0123" in p for p in prompts)  # the 3 MiB input was resolved
     output = await output_of(bus, "run-big", "reader")
     assert len(output.encode()) > 1024
-    marker = (await (await bus.kv(OUTPUTS_BUCKET)).get("run-big.reader")).value or b""
+    marker = (await (await bus.kv(OUTPUTS_BUCKET)).get(Keys.output("t", "run-big", "reader"))).value or b""
     assert is_ref(marker)
 
 
@@ -253,3 +255,15 @@ async def test_without_bwrap_the_worker_warns_and_the_python_tool_fails_closed(
             await ToolRegistry.for_worker(settings).get("python").call({"code": "print(1)"}, ctx)
     finally:
         unavailable_reason.cache_clear()
+
+
+async def test_a_dedicated_pool_fails_another_tenants_step_at_once(bus: Bus, nats_settings: NatsSettings) -> None:
+    """A step routed to a pool that does not serve its tenant: a clear, final failure, not a denied write."""
+    settings = WorkerSettings(nats=nats_settings, tenants=("acme",))
+    async with worker_and_gateway(bus, settings):
+        results = await run_steps(bus, "run-foreign", StepSpec(id="s", agent_id="a1", instruction="go"))
+    result = results["s"]
+    assert result.status is StepStatus.FAILED and not result.retryable
+    assert result.error == "worker pool default serves tenants acme, not t"
+    with pytest.raises(KeyNotFoundError):
+        await (await bus.kv(OUTPUTS_BUCKET)).get(Keys.output("t", "run-foreign", "s"))

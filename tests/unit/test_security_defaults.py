@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from swarm.ops.security import SecuritySettings, main, permission_matrix
+from swarm.ops.security import SecuritySettings, main, parse_pools, permission_matrix, service_permissions
 from swarm.settings import ClickHouseSettings, NatsSettings
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
@@ -129,3 +129,22 @@ def test_permission_matrix_names_each_service_inbox() -> None:
     for service in ("planner", "dispatcher", "worker", "aggregator", "gateway", "recorder"):
         assert f"`_INBOX_{service}.>`" in matrix
     assert "`_INBOX.>`" not in matrix and "STREAM.PURGE" not in matrix
+
+
+def test_pools_are_shared_or_dedicated_and_a_dedicated_pool_gets_its_own_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_pools(("default", "acmepool:acme+initech")) == {"default": (), "acmepool": ("acme", "initech")}
+    for bad in (("acmepool:",), ("a", "a:acme"), ("pool:acme.x",)):
+        with pytest.raises(ValueError):
+            parse_pools(bad)
+    monkeypatch.setenv("SWARM_SECURITY_POOLS", "default,acmepool:acme")
+    monkeypatch.setenv("SWARM_SECURITY_WORKER_ACMEPOOL_PASSWORD", "change-me-pool")
+    with pytest.raises(ValueError, match="placeholder"):
+        SecuritySettings().passwords()
+    monkeypatch.setenv("SWARM_SECURITY_WORKER_ACMEPOOL_PASSWORD", "a-real-secret")
+    assert SecuritySettings().passwords()["worker-acmepool"].get_secret_value() == "a-real-secret"  # type: ignore[union-attr]
+
+
+def test_with_only_dedicated_pools_the_shared_worker_user_holds_no_tenants_data() -> None:
+    worker = service_permissions(("acmepool:acme",))["worker"]
+    assert not [s for s in worker.publish if s.startswith(("$KV.", "$O.")) or ".DIRECT.GET." in s]
+    assert "$KV.swarm_outputs.acme.>" in service_permissions(("acmepool:acme",))["worker-acmepool"].publish

@@ -357,7 +357,7 @@ async def analyze_run(query: Query, run_id: str, bus: Bus | None = None) -> RunA
     if bus is not None:
         tenant = str(run.get("tenant") or "*")
         (analysis.answer, missing), analysis.outputs = await asyncio.gather(
-            read_outcome(bus, tenant, run_id), read_outputs(bus, run_id)
+            read_outcome(bus, tenant, run_id), read_outputs(bus, tenant, run_id)
         )
         analysis.missing_agents = [m.model_dump() for m in missing]
         if analysis.answer is None and run.get("status") == "completed":
@@ -394,13 +394,13 @@ def cut_outputs(outputs: Mapping[str, str], max_chars: int, budget_chars: int) -
     }
 
 
-async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
+async def read_outputs(bus: Bus, tenant: str, run_id: str) -> dict[str, str]:
     """Every step output of a run from the outputs bucket (large ones from the object store), cut to fit a
-    report (`cut_outputs`). One ordered consumer streams the bucket's last values under '<run_id>.*'."""
+    report (`cut_outputs`). One ordered consumer streams the bucket's last values under '<tenant>.<run_id>.>'."""
     kv = await bus.kv(OUTPUTS_BUCKET)
     payloads = Payloads(bus)
     outputs: dict[str, str] = {}
-    watcher = await kv.watch(Keys.of_run(run_id), ignore_deletes=True)
+    watcher = await kv.watch(Keys.of_run(tenant, run_id), ignore_deletes=True)
     try:
         async for entry in watcher:
             if entry is None:  # every current value has been delivered
@@ -409,7 +409,7 @@ async def read_outputs(bus: Bus, run_id: str) -> dict[str, str]:
                 value = await payloads.resolve(entry.value or b"")
             except PayloadMissing as exc:
                 value = f"({exc})".encode()
-            outputs[Keys.within_run(entry.key, run_id)] = value.decode(errors="replace")
+            outputs[Keys.within_run(entry.key, tenant, run_id)] = value.decode(errors="replace")
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
     return cut_outputs(outputs, MAX_OUTPUT_CHARS, OUTPUTS_BUDGET_CHARS)

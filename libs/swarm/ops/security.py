@@ -74,12 +74,15 @@ from swarm.contracts import (
     SCRATCHPAD_BUCKET,
     STEPS,
     TASKS,
+    TENANT_KEYED_BUCKETS,
     WORKERS_CONSUMER_PREFIX,
     BucketSpec,
+    Keys,
     RunEventKind,
     StreamSpec,
     Subjects,
     is_valid_id,
+    tenant_payloads_store,
 )
 from swarm.settings import PLACEHOLDER_PREFIX, NatsSettings, refuse_placeholder
 
@@ -98,6 +101,31 @@ JS_API = "$JS.API"
 # sourcing consumer of the tenant's own RUNS stream alone (no tenant user may publish to it).
 SWARM_JS_API = "$JS.SWARM.API"
 BCRYPT_COST = 11
+
+
+WORKER_USER_PREFIX = "worker-"
+# In SWARM_SECURITY_POOLS: `pool` (shared: every tenant) or `pool:tenant+tenant` (dedicated to those tenants).
+POOL_TENANTS_SEPARATOR = "+"
+
+
+def pool_user(pool: str) -> str:
+    """The NATS user of a dedicated worker pool's workers (a shared pool's workers are `worker`)."""
+    return f"{WORKER_USER_PREFIX}{pool}"
+
+
+def parse_pools(pools: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Pool -> the tenants it is dedicated to (empty: a shared pool, serving every tenant)."""
+    parsed: dict[str, tuple[str, ...]] = {}
+    for entry in pools:
+        pool, dedicated, tenants = entry.partition(":")
+        served = tuple(t for t in tenants.split(POOL_TENANTS_SEPARATOR) if t)
+        for name in (pool, *served):
+            if not is_valid_id(name):
+                raise ValueError(f"invalid pool or tenant id {name!r} in pool entry {entry!r}")
+        if pool in parsed or (dedicated and not served):
+            raise ValueError(f"pool entry {entry!r}: a pool is named once, with tenants after ':' if dedicated")
+        parsed[pool] = served
+    return parsed
 
 
 def tenant_user(tenant: str) -> str:
@@ -154,7 +182,7 @@ class Grants:
 
     def provision(self, streams: Iterable[StreamSpec], buckets: Iterable[BucketSpec]) -> Grants:
         """`Bus.provision`: stream info, and create what is missing (create never alters an existing stream)."""
-        names = [s.name for s in streams] + [_bucket_stream(b) for b in buckets]
+        names = [s.name for s in streams] + [b.stream for b in buckets]
         for name in names:
             self.pub(f"{JS_API}.STREAM.INFO.{name}", f"{JS_API}.STREAM.CREATE.{name}")
         return self
@@ -180,7 +208,7 @@ class Grants:
 
     def kv_read(self, bucket: BucketSpec) -> Grants:
         """get, keys and watch (an ordered consumer on the bucket's stream)."""
-        name = _bucket_stream(bucket)
+        name = bucket.stream
         return self.pub(
             f"{JS_API}.STREAM.INFO.{name}",
             f"{JS_API}.STREAM.MSG.GET.{name}",
@@ -194,7 +222,7 @@ class Grants:
 
     def kv_write(self, bucket: BucketSpec) -> Grants:
         """put, create, update and delete (all of them publishes to `$KV.<bucket>.<key>`)."""
-        return self.kv_read(bucket).pub(f"$KV.{bucket.name}.>")
+        return self.kv_read(bucket).pub(bucket.subjects)
 
     def objects_read(self, store: BucketSpec) -> Grants:
         """Object get: the meta message, then an ordered consumer on the object's chunks (found by stream name lookup)."""
@@ -203,12 +231,29 @@ class Grants:
     def objects_write(self, store: BucketSpec) -> Grants:
         """Object put: chunks and meta. Never `STREAM.PURGE`: its filter travels in the body, so a grant to
         purge one object's chunks is a grant to purge the whole store; objects are written once instead."""
-        return self.objects_read(store).pub(f"$O.{store.name}.>")
+        return self.objects_read(store).pub(store.subjects)
 
     def answer_requests(self) -> Grants:
         """Publish replies to the requests it receives (whatever their reply subject)."""
         self.responses = True
         return self
+
+    def kv_tenant(self, bucket: BucketSpec, tenant: str) -> Grants:
+        """get, put, create, update, delete and filtered listing of one tenant's keys (`Keys.of_tenant`), and
+        nothing of any other tenant's: every grant names the tenant's key prefix in its subject.
+
+        Reads are direct gets in the subject form (`DIRECT.GET.<stream>.<subject>`, what nats-py's `kv.get`
+        sends); listings are consumers named in the create subject with their filter there too (the server
+        checks the body against it); an unnamed consumer's filter travels in the body, so it is never granted.
+        """
+        name, keys = bucket.stream, bucket.key_subject(Keys.of_tenant(tenant))
+        return self.pub(
+            keys,
+            f"{JS_API}.STREAM.INFO.{name}",  # `js.key_value`: the bucket's configuration, no data
+            f"{JS_API}.DIRECT.GET.{name}.{keys}",
+            f"{JS_API}.CONSUMER.CREATE.{name}.*.{keys}",
+            f"{JS_API}.CONSUMER.INFO.{name}.*",
+        )
 
     def health(self, service: str) -> Grants:
         """Answer (and send, for the container health check) `swarm.health.<service>`."""
@@ -217,9 +262,6 @@ class Grants:
     def build(self) -> Permissions:
         return Permissions(tuple(self.publish), tuple(self.subscribe), self.responses)
 
-
-def _bucket_stream(bucket: BucketSpec) -> str:
-    return f"{'KV' if bucket.kind == 'kv' else 'OBJ'}_{bucket.name}"
 
 
 def _service(name: str) -> Grants:
@@ -230,8 +272,43 @@ def _service(name: str) -> Grants:
 PLANNER_RUN_EVENTS = (RunEventKind.ACCEPTED, RunEventKind.PLANNED, RunEventKind.REJECTED)
 
 
+def _dedicated_worker(pool: str, tenants: Sequence[str]) -> Grants:
+    """A dedicated pool's workers: its steps, and the keys and payload stores of its tenants only.
+
+    What it still shares with every worker: publishing results, step events and inference requests (their
+    subjects carry no tenant), and reading a run's checkpoint by its run id (RUN_STATE_BUCKET keys are run
+    ids; it cannot list them).
+    """
+    stores = [tenant_payloads_store(tenant) for tenant in tenants]
+    worker = (
+        Grants().sub(f"{inbox_prefix(pool_user(pool))}.>").provision(ALL_STREAMS, (*ALL_BUCKETS, *stores))
+        .health("worker").durable(STEPS, f"{WORKERS_CONSUMER_PREFIX}-{pool}")
+        .pub(Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER, Subjects.INFER_CANCEL)
+    )  # fmt: skip
+    for tenant in tenants:
+        worker.sub(*(Subjects.run_event(tenant, "*", kind) for kind in (RunEventKind.CANCELLED, RunEventKind.FAILED)))
+        for bucket in TENANT_KEYED_BUCKETS:
+            worker.kv_tenant(bucket, tenant)
+        # Its tenant's store alone: there, even a roll-up that wipes the store reaches no other tenant.
+        worker.objects_write(tenant_payloads_store(tenant))
+    run_state = RUN_STATE_BUCKET.stream
+    # One token: a checkpoint (`Keys.run_checkpoint`), never a running marker (`running.p<n>.<run>`).
+    return worker.pub(
+        f"{JS_API}.STREAM.INFO.{run_state}", f"{JS_API}.DIRECT.GET.{run_state}.{RUN_STATE_BUCKET.key_subject('*')}"
+    )
+
+
 def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Permissions]:
-    """Per service user: exactly what the service's code publishes, consumes and reads (see each service)."""
+    """Per service user: exactly what the service's code publishes, consumes and reads (see each service).
+
+    `pools` as in `parse_pools`: the shared pools' workers are the user `worker`, which may touch every
+    tenant's outputs, scratchpad, memory and payloads (the trust boundary of a shared pool); each dedicated
+    pool's workers are `worker-<pool>`, which may touch only its tenants' (`_dedicated_worker`).
+    """
+    served = parse_pools(pools)
+    shared = [pool for pool, tenants in served.items() if not tenants]
+    dedicated = {pool: tenants for pool, tenants in served.items() if tenants}
+    dedicated_stores = [tenant_payloads_store(t) for tenants in dedicated.values() for t in tenants]
     planner = (
         _service("planner")
         .durable(TASKS, PLANNER_CONSUMER)
@@ -243,24 +320,25 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     for partition in range(RESULT_PARTITIONS):
         dispatcher.durable(RESULTS, f"{DISPATCHER_RESULTS_CONSUMER}-{partition}")
     dispatcher.pub(
-        *(Subjects.steps(pool) for pool in pools),
+        *(Subjects.steps(pool) for pool in served),
         Subjects.step_event("*"), Subjects.step_event_batch("*"),
         *(Subjects.run_kind_all(kind) for kind in (RunEventKind.PROGRESS, RunEventKind.EXECUTED, RunEventKind.FAILED, RunEventKind.CANCELLED)),
     ).kv_write(RUN_STATE_BUCKET).kv_write(DISPATCHER_LEASES_BUCKET).objects_read(
         PLANS_STORE
     )  # fmt: skip
     worker = _service("worker")
-    for pool in pools:
+    for pool in shared:
         worker.durable(STEPS, f"{WORKERS_CONSUMER_PREFIX}-{pool}")
-    worker.pub(
-        Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER,
-        Subjects.INFER_CANCEL,
-    ).sub(
-        # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
-        Subjects.run_kind_all(RunEventKind.CANCELLED), Subjects.run_kind_all(RunEventKind.FAILED),
-    ).kv_write(OUTPUTS_BUCKET).objects_write(PAYLOADS_STORE).kv_write(SCRATCHPAD_BUCKET).kv_write(MEMORY_BUCKET).kv_read(
-        RUN_STATE_BUCKET  # a run's end is believed when its checkpoint confirms it
-    )  # fmt: skip
+    if shared:  # else `worker` runs no pool: it holds no tenant's data
+        worker.pub(
+            Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER,
+            Subjects.INFER_CANCEL,
+        ).sub(
+            # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
+            Subjects.run_kind_all(RunEventKind.CANCELLED), Subjects.run_kind_all(RunEventKind.FAILED),
+        ).kv_write(OUTPUTS_BUCKET).objects_write(PAYLOADS_STORE).kv_write(SCRATCHPAD_BUCKET).kv_write(MEMORY_BUCKET).kv_read(
+            RUN_STATE_BUCKET  # a run's end is believed when its checkpoint confirms it
+        )  # fmt: skip
     aggregator = (
         _service("aggregator")
         .durable(RUNS, AGGREGATOR_CONSUMER)
@@ -268,6 +346,8 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         .kv_read(OUTPUTS_BUCKET)
         .objects_read(PAYLOADS_STORE)
     )
+    for store in dedicated_stores:  # the sinks' large outputs of the dedicated pools' tenants
+        aggregator.objects_read(store)
     # The gateway serves core request/reply: it answers on the requester's inbox (responses), never JetStream.
     gateway = _service("gateway").sub(f"{Subjects.INFER} {GATEWAY_QUEUE_GROUP}")  # only in its queue group
     gateway.sub(Subjects.INFER_CANCEL)  # every replica: the one holding the call stops it
@@ -287,6 +367,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
     grants = {
         "planner": planner, "dispatcher": dispatcher, "worker": worker,
         "aggregator": aggregator, "gateway": gateway, "recorder": recorder,
+        **{pool_user(pool): _dedicated_worker(pool, tenants) for pool, tenants in dedicated.items()},
     }  # fmt: skip
     return {name: g.build() for name, g in grants.items()}
 
@@ -308,7 +389,7 @@ def tenant_permissions(tenant: str) -> Permissions:
         # No plans store: it lives in SWARM, out of a tenant account's reach; a tenant's plan travels inline
         # (up to one message) and the planner stores it by reference for the run. The SDK's one look for the
         # store is answered "not found" by the tenant's own account (where no such stream can exist).
-        .pub(f"{JS_API}.STREAM.INFO.{_bucket_stream(PLANS_STORE)}")
+        .pub(f"{JS_API}.STREAM.INFO.{PLANS_STORE.stream}")
         .sub(f"{inbox_prefix(user)}.>")
         # Flow-control requests of its consumer arrive with a reply subject it must answer.
         .answer_requests()
@@ -367,7 +448,9 @@ class SecuritySettings(BaseSettings):
     )
     pools: Annotated[tuple[str, ...], NoDecode] = Field(
         (DEFAULT_POOL,),
-        description="Worker pools (STEPS subjects) the dispatcher and workers may use, comma separated.",
+        description="Worker pools (STEPS subjects) the dispatcher and workers may use, comma separated, each "
+        "'pool' (shared by every tenant, user 'worker') or 'pool:tenant+tenant' (dedicated, user 'worker-<pool>', "
+        "password SWARM_SECURITY_WORKER_<POOL>_PASSWORD).",
     )
     plaintext: bool = Field(
         False, description="Write passwords in clear instead of bcrypt hashes (tests only)."
@@ -377,6 +460,12 @@ class SecuritySettings(BaseSettings):
     _real_passwords = field_validator(
         *(f"{user}_password" for user in (*SERVICE_USERS, ADMIN_USER, SYSTEM_USER, PROVISION))
     )(refuse_placeholder)
+
+    @field_validator("pools")
+    @classmethod
+    def _valid_pools(cls, pools: tuple[str, ...]) -> tuple[str, ...]:
+        parse_pools(pools)
+        return pools
 
     @field_validator("tenants")
     @classmethod
@@ -395,6 +484,10 @@ class SecuritySettings(BaseSettings):
             found[tenant_user(tenant)] = SecretStr(password) if password else None
         if self.tenants:
             found[PROVISION] = self.provision_password
+        for pool, tenants in parse_pools(self.pools).items():
+            if tenants:
+                password = os.environ.get(_env_name(pool_user(pool)))
+                found[pool_user(pool)] = refuse_placeholder(SecretStr(password)) if password else None
         return found
 
     def limits(self) -> TenantLimits:
@@ -503,7 +596,7 @@ def render_nats_auth(
     accounts: dict[str, object] = {
         ACCOUNT: {
             "jetstream": "enabled",
-            "users": [user(name) for name in (*SERVICE_USERS, ADMIN_USER)],
+            "users": [user(name) for name in permissions if not _in_tenant_account(name)],
             "exports": tenant_exports(tenants),
         },
     }
@@ -584,10 +677,14 @@ async def provision_tenants(settings: SecuritySettings, nats_settings: NatsSetti
     return created
 
 
+def _in_tenant_account(user: str) -> bool:
+    return user.startswith((TENANT_USER_PREFIX, PROVISION_USER_PREFIX))
+
+
 def _env_name(user: str) -> str:
     if user.startswith(TENANT_USER_PREFIX):
         return "SWARM_SECURITY_TENANTS"
-    return f"SWARM_SECURITY_{user.upper()}_PASSWORD"
+    return f"SWARM_SECURITY_{user.upper().replace('-', '_')}_PASSWORD"
 
 
 def permission_matrix(tenant: str = "<tenant>", pools: Sequence[str] = (DEFAULT_POOL,)) -> str:

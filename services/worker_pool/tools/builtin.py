@@ -11,12 +11,14 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import ValidationError
 
 from services.worker_pool.settings import SandboxMode, WorkerSettings
 from services.worker_pool.tools.base import Tool, ToolContext, ToolError, ToolOutput
 from services.worker_pool.tools.sandbox import PythonSandbox, SandboxLimits, SandboxUnavailable
+from swarm.bus import Bus
 from swarm.contracts import ID_PATTERN, SCRATCHPAD_BUCKET, Keys, SpawnRequest, is_valid_id
 
 MAX_CODE_CHARS = 20_000
@@ -100,11 +102,11 @@ class ScratchpadTool(Tool):
         kv = await ctx.bus.kv(SCRATCHPAD_BUCKET)
         op = args["op"]
         if op == "keys":
-            return {"keys": await self._keys(kv, ctx.run_id)}
+            return {"keys": await self._keys(ctx.bus, ctx.tenant, ctx.run_id)}
         key = args.get("key", "")
         if not is_valid_id(key):
             raise ToolError(f"'key' must match {ID_PATTERN}")
-        full_key = Keys.scratchpad(ctx.run_id, key)
+        full_key = Keys.scratchpad(ctx.tenant, ctx.run_id, key)
         if op == "get":
             try:
                 entry = await kv.get(full_key)
@@ -142,15 +144,33 @@ class ScratchpadTool(Tool):
         raise ToolError(f"append to {key!r} kept conflicting with other writers; try again")
 
     @staticmethod
-    async def _keys(kv: Any, run_id: str) -> list[str]:
-        # A watch filtered by subject reads only this run's keys (KeyValue.keys lists the whole bucket).
-        watcher = await kv.watch(Keys.of_run(run_id), meta_only=True, ignore_deletes=True)
+    async def _keys(bus: Bus, tenant: str, run_id: str) -> list[str]:
+        """This run's keys: the last entry of each, headers only, from a consumer filtered to the run.
+
+        Not `KeyValue.watch`: its consumer is unnamed, created by `CONSUMER.CREATE.<stream>` with the filter
+        in the body, which no grant can scope; a named one carries its filter in the subject, the form a
+        dedicated pool's worker may use for its tenants' keys only (swarm.ops.security).
+        """
+        prefix = f"$KV.{SCRATCHPAD_BUCKET.name}."
+        config = ConsumerConfig(
+            name=bus.nc.new_inbox().rpartition(".")[2], deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            headers_only=True, inactive_threshold=30.0,
+        )  # fmt: skip
+        sub = await bus.js.subscribe(
+            prefix + Keys.of_run(tenant, run_id), stream=f"KV_{SCRATCHPAD_BUCKET.name}", ordered_consumer=True, config=config
+        )
         keys = []
         try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:
-                keys.append(Keys.within_run(entry.key, run_id))
+            info = await sub.consumer_info()
+            # Nothing delivered yet and nothing pending: no keys (else each message says how many follow it).
+            pending = info.num_pending + info.delivered.consumer_seq
+            while pending:
+                msg = await sub.next_msg(timeout=5.0)
+                pending = msg.metadata.num_pending
+                if (msg.headers or {}).get("KV-Operation") in (None, "PUT"):
+                    keys.append(Keys.within_run(msg.subject.removeprefix(prefix), tenant, run_id))
         finally:
-            await watcher.stop()
+            await sub.unsubscribe()
         return sorted(keys)
 
     @staticmethod
