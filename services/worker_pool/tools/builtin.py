@@ -151,13 +151,13 @@ class ScratchpadTool(Tool):
         in the body, which no grant can scope; a named one carries its filter in the subject, the form a
         dedicated pool's worker may use for its tenants' keys only (swarm.ops.security).
         """
-        prefix = f"$KV.{SCRATCHPAD_BUCKET.name}."
+        prefix = SCRATCHPAD_BUCKET.key_subject("")
         config = ConsumerConfig(
             name=bus.nc.new_inbox().rpartition(".")[2], deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             headers_only=True, inactive_threshold=30.0,
         )  # fmt: skip
         sub = await bus.js.subscribe(
-            prefix + Keys.of_run(tenant, run_id), stream=f"KV_{SCRATCHPAD_BUCKET.name}", ordered_consumer=True, config=config
+            prefix + Keys.of_run(tenant, run_id), stream=SCRATCHPAD_BUCKET.stream, ordered_consumer=True, config=config
         )
         keys = []
         try:
