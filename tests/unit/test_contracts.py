@@ -243,8 +243,9 @@ def test_run_event_kind_names_every_run_event() -> None:
 
 RUN_EVENT_KINDS = frozenset(kind.value for kind in contracts.RunEventKind)
 KIND_CALLS = frozenset({"run_event", "run_kind_all"})
-# Key prefixes Keys builds: running markers, lease members, plans by digest, sim scripts.
-KEY_PREFIXES = ("running.", "member.", "plan-sha256-", "sim.")
+# Key prefixes Keys builds: running markers, lease members, plans by digest, sim scripts; and the streams and
+# subjects of buckets, which BucketSpec builds.
+KEY_PREFIXES = ("running.", "member.", "plan-sha256-", "sim.", "KV_", "OBJ_", "$KV.", "$O.")
 
 
 def _name(node: ast.AST) -> str:
@@ -342,6 +343,8 @@ msg_id = f"{run.run_id}.rejected"
 marker = f"running.p{partition}.{run_id}"
 markers = f"{RUNNING_MARKER_PREFIX}.p{result_partition(run_id)}.*"
 lease = f"p{partition}"
+stream = f"KV_{bucket.name}"
+subject = f"$KV.{SCRATCHPAD_BUCKET.name}.{key}"
 fine = [status == "failed", f"{event_id}.{seq}", f"{run_id}.{step}.{n}".encode(), f"p{quantile}", "planned"]
 fine_too = Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), f"{self.prefix}.{token}", kind == RunEventKind.FAILED
 '''
@@ -362,6 +365,8 @@ fine_too = Subjects.run_event(tenant, run_id, RunEventKind.CANCEL), f"{self.pref
         "key format f'running.p{partition}.{run_id}'",
         "key format f'{RUNNING_MARKER_PREFIX}.p{result_partition(run_id)}.*'",
         "key format f'p{partition}'",
+        "key format f'KV_{bucket.name}'",
+        "key format f'$KV.{SCRATCHPAD_BUCKET.name}.{key}'",
     ]
 
 
