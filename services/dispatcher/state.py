@@ -134,9 +134,9 @@ class RunState:
     ) -> None:
         self.limits = limits or PlanLimits()
         assert planned.plan is not None, "a plan by reference is resolved (swarm.payloads.PlanStore) first"
-        # Re-validated here: a RunPlanned is a message like any other, and a bad one must not wedge us.
+        # Re-validated here (cycles included): a RunPlanned is a message like any other, and a bad one must
+        # not wedge us.
         validate_plan(planned.plan, self.limits)
-        topological_order({s.id: s.depends_on for s in planned.plan.steps})
         self.planned = planned
         self.submitted_at = trusted_submitted_at(planned)
         self.run_id = planned.run_id
