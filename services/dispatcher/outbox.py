@@ -65,10 +65,19 @@ class Outbox:
         self.steps_subject = Subjects.steps(settings.pool)
         # Per run, published together by `flush`: our own events as their fields, a worker's as it sent them.
         self._events: dict[str, list[StepEvent | dict[str, object]]] = {}
+        # Runs whose transitions were published since the last `flush`: until it returns, their state in
+        # memory may be ahead of what the streams hold.
+        self.unflushed: dict[str, LiveRun] = {}
+
+    @property
+    def clean(self) -> bool:
+        """Nothing published or buffered since the last `flush` that a checkpoint could depend on."""
+        return not self.unflushed and not self._events
 
     async def emit(self, live: LiveRun, outcome: Outcome, result: StepResult | None = None) -> None:
         """Publish what a transition produced (without waiting; the caller flushes)."""
         run = live.state
+        self.unflushed[live.run_id] = live
         for step_id in outcome.succeeded:  # held before any dependent is dispatched
             if result is not None and result.output is not None and run.children[step_id]:
                 live.outputs[step_id] = HeldOutput(result.output, len(run.children[step_id]))
@@ -101,6 +110,7 @@ class Outbox:
     async def dispatch(self, live: LiveRun, dispatches: list[Dispatch]) -> None:
         """Publish steps to the pool's work queue (without waiting; the caller flushes)."""
         run = live.state
+        self.unflushed[live.run_id] = live
         now = utc_now()
         for dispatch in dispatches:
             step = run.steps[dispatch.step_id].spec
@@ -182,8 +192,12 @@ class Outbox:
         self._events.pop(run_id, None)
 
     async def flush(self) -> None:
-        """Publish buffered events, then wait until the streams acknowledged everything published."""
+        """Publish buffered events, then wait until the streams acknowledged everything published.
+
+        Callers go through `LiveRuns.flush`, which rewinds the runs whose publishes were lost.
+        """
         events, self._events = self._events, {}
+        self.unflushed = {}
         for run_id, run_events in events.items():
             for i in range(0, len(run_events), EVENTS_PER_BATCH):
                 batch = _event_batch(run_id, run_events[i : i + EVENTS_PER_BATCH])
