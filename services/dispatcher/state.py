@@ -32,6 +32,8 @@ from swarm.contracts import (
 )
 from swarm.dag import PlanError, PlanLimits, children_of, sinks, topological_order, validate_plan
 
+# One encoder: `json.dumps` with separators builds a new one on every call.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 CLOCK_SKEW = timedelta(seconds=5)
 OLDEST_SUBMISSION = timedelta(days=7)  # RUNS retention: a plan cannot outlive its task by more
 
@@ -455,7 +457,7 @@ class RunState:
             row = encoded.get(step_id)
             if row is None:  # a phase is a StrEnum: it encodes as its value
                 fields = [s.phase, s.attempt, s.prompt_tokens, s.completion_tokens, s.error]
-                row = f"{json.dumps(step_id)}:{json.dumps(fields, separators=(',', ':'))}"
+                row = f"{json.dumps(step_id)}:{_compact_json(fields)}"
                 if s.phase in FINISHED:
                     encoded[step_id] = row
             rows.append(row)
