@@ -72,11 +72,17 @@ class Results:
         )  # fmt: skip
 
     async def _idle(self, partition: int) -> None:
-        """A partition with no results for a while: publish its runs' latest counts, checkpoint what waits."""
+        """A partition with no results for a while: publish its runs' latest counts, checkpoint what waits.
+
+        What was published since the last flush is flushed too: a publish's ack is not waited for longer
+        than a fetch timeout (the bus gives up on acks older than its request timeout).
+        """
         async with self.runs.lock:
             runs = self.runs.in_partitions({partition})
             for live in runs:
                 await self.runs.outbox.progress(live)
+            if not self.runs.outbox.clean:
+                await self._flush_or_rewind()
             await self.runs.checkpoint_due([live for live in runs if live.unacked], force=True)
 
     async def _apply_batch(self, msgs: list[Msg]) -> None:
