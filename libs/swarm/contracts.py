@@ -10,15 +10,13 @@ import re
 import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
     model_validator,
 )
 
@@ -96,36 +94,6 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = Field(1, description="Contract version of this message (CONTRACT_VERSION).")
-
-
-class OmitsUnusedOptions:
-    """A model whose fields in `OMIT_AT_DEFAULT` are left out of its serialization while at their default.
-
-    A 4,000-step plan travels in one message: options most steps never use must not cost every step bytes.
-    """
-
-    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):
-            for name in self.OMIT_AT_DEFAULT:
-                if name in data and getattr(self, name) == _default_of(type(self), name):
-                    del data[name]
-        return data
-
-
-_DEFAULTS: dict[tuple[type, str], Any] = {}
-
-
-def _default_of(model: type, name: str) -> Any:
-    """A field's default, made once: pydantic's get_default inspects the factory's signature on every call,
-    and every dispatched step's serialization asks (defaults of frozen models are never mutated)."""
-    key = (model, name)
-    if key not in _DEFAULTS:
-        _DEFAULTS[key] = model.model_fields[name].get_default(call_default_factory=True)  # type: ignore[attr-defined]
-    return _DEFAULTS[key]
 
 
 # --------------------------------------------------------------------------- streams
@@ -508,10 +476,13 @@ class MemoryPolicy(Contract):
     )  # fmt: skip
 
 
-class AgentSpec(OmitsUnusedOptions, Contract):
-    """A sub-agent: an identity whose turns are steps."""
+# Options most steps and agents never use are left out of their serialization while at their default
+# (`exclude_if`): a 4,000-step plan travels in one message, and each step again in its dispatch.
+NO_MEMORY = MemoryPolicy()
 
-    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("memory",)
+
+class AgentSpec(Contract):
+    """A sub-agent: an identity whose turns are steps."""
 
     id: Id = Field(description="Agent id, unique within the run.")
     role: str = Field(min_length=1, max_length=200, description="Short role name, e.g. 'researcher'.")
@@ -519,8 +490,9 @@ class AgentSpec(OmitsUnusedOptions, Contract):
         default="", max_length=8000, description="System instructions given to the agent on every step."
     )
     memory: MemoryPolicy = Field(
-        default_factory=MemoryPolicy, description="What of its earlier turns each turn sees (default: none)."
-    )
+        default_factory=MemoryPolicy, exclude_if=lambda memory: memory == NO_MEMORY,
+        description="What of its earlier turns each turn sees (default: none).",
+    )  # fmt: skip
 
 
 class SimToolCall(Contract):
@@ -534,10 +506,8 @@ class SimToolCall(Contract):
     )  # fmt: skip
 
 
-class StepSpec(OmitsUnusedOptions, Contract):
+class StepSpec(Contract):
     """One turn of one agent, a node of the run's DAG."""
-
-    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("sim_tool_calls", "sim_echo")
 
     id: Id = Field(description="Step id, unique within the run.")
     agent_id: Id = Field(description="The agent that takes this turn.")
@@ -568,13 +538,14 @@ class StepSpec(OmitsUnusedOptions, Contract):
         default=(), description="Tools the agent may call in this step, by registry name (e.g. 'python', 'spawn')."
     )
     sim_tool_calls: tuple[SimToolCall, ...] = Field(
-        default=(), max_length=20,
+        default=(), max_length=20, exclude_if=lambda calls: not calls,
         description="For the 'sim' backend only: the simulated model makes these tool calls in order, then answers. "
         "Ignored by every other backend.",
     )  # fmt: skip
     sim_echo: bool = Field(
-        default=False, description="For the 'sim' backend only: the answer starts with the prompt the model received."
-    )
+        default=False, exclude_if=lambda echo: not echo,
+        description="For the 'sim' backend only: the answer starts with the prompt the model received.",
+    )  # fmt: skip
     output_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the step's output must satisfy; a failing output gets a repair retry."
     )

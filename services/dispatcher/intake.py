@@ -66,7 +66,7 @@ class Intake:
         await store.mark_running(run.run_id)  # before its checkpoint
         run.start()
         await runs.schedule()
-        await runs.outbox.flush()
+        await runs.flush()
         await runs.checkpoint(live)
         log.info("run %s started: %d agents, %d steps", run.run_id, len(run.agents), len(run.steps))
         if not self.owns(run.run_id):  # its partition's owner takes it from the checkpoint
@@ -79,5 +79,5 @@ class Intake:
         outcome = live.state.cancel(request.reason)
         await self.runs.outbox.emit(live, outcome)
         await self.runs.schedule()
-        await self.runs.outbox.flush()
+        await self.runs.flush()
         await self.runs.checkpoint(live)

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from services.dispatcher.scheduling import Scheduler
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.state import RunPhase, RunState
+from swarm.bus import PublishNotAcknowledged
 from swarm.contracts import result_partition
 
 if TYPE_CHECKING:
@@ -56,6 +57,14 @@ class LiveRun:
     def run_id(self) -> str:
         """The run's id."""
         return self.state.run_id
+
+
+class RunsRewound(PublishNotAcknowledged):
+    """Publishes were not acknowledged, and these runs were rewound to their checkpoints (see `LiveRuns.flush`)."""
+
+    def __init__(self, reason: str, run_ids: list[str]) -> None:
+        super().__init__(reason)
+        self.run_ids = run_ids
 
 
 async def settle_quietly(settling: Awaitable[None]) -> None:
@@ -120,12 +129,36 @@ class LiveRuns:
             runs.append(live)
         return runs
 
+    async def flush(self) -> None:
+        """Publish the buffered events and wait for every publish's ack.
+
+        When one is not acknowledged (its NATS node went away), the runs changed since the last flush are
+        ahead of what their streams hold (a step marked dispatched may never have been stored, and would
+        wait for the lost-step sweeper): they are rewound to their last checkpoint, i.e. dropped from
+        memory, and the results applied since are nak'd. They come back, and re-applying them publishes
+        again (deduplicated by message id). `RunsRewound` says which runs.
+        """
+        changed = dict(self.outbox.unflushed)
+        try:
+            await self.outbox.flush()
+        except PublishNotAcknowledged as exc:
+            for run_id, live in changed.items():
+                for msg in live.unacked:
+                    await settle_quietly(msg.nak())
+                self.forget(run_id)
+                self.outbox.drop_events(run_id)
+            log.warning("publishes not acknowledged: %d runs rewound to their checkpoints", len(changed))
+            raise RunsRewound(str(exc), list(changed)) from exc
+
     async def checkpoint(self, live: LiveRun) -> bool:
         """Checkpoint the run (compare-and-set) and settle the results it covers; a finished run is forgotten.
 
-        False when superseded (a lease moved, a cancel by another replica): we drop the run from memory
-        and it is re-read from the newer checkpoint when needed.
+        What was published before is acknowledged first: a checkpoint never names a dispatch the work
+        queue may not hold. False when superseded (a lease moved, a cancel by another replica): we drop
+        the run from memory and it is re-read from the newer checkpoint when needed.
         """
+        if not self.outbox.clean:
+            await self.flush()
         covered, live.unacked = live.unacked, []
         if not await self.store.save(live):
             log.info("run %s was changed by another replica; re-reading it", live.run_id)
@@ -141,17 +174,22 @@ class LiveRuns:
             await self.store.mark_over(live.run_id)
         return True
 
+    def due(self, runs: Iterable[LiveRun]) -> list[LiveRun]:
+        """The runs whose last checkpoint is older than the interval, and finished ones."""
+        now, interval = time.monotonic(), self.settings.checkpoint_interval_s
+        return [
+            live for live in runs
+            if now - live.checkpointed_at >= interval or live.state.phase is not RunPhase.RUNNING
+        ]  # fmt: skip
+
     async def checkpoint_due(self, runs: Iterable[LiveRun], force: bool = False) -> None:
         """Checkpoint runs whose last checkpoint is older than the interval (or finished ones).
 
         Coalescing checkpoints keeps a 4,000-step run from rewriting its state for every trickle of
         results; the results they cover stay unacknowledged until then, so a crash replays them.
         """
-        now = time.monotonic()
-        for live in list(runs):
-            due = now - live.checkpointed_at >= self.settings.checkpoint_interval_s
-            if force or due or live.state.phase is not RunPhase.RUNNING:
-                await self.checkpoint(live)
+        for live in list(runs) if force else self.due(runs):
+            await self.checkpoint(live)
 
     def in_partitions(self, partitions: set[int]) -> list[LiveRun]:
         """The runs whose results come on these partitions."""
@@ -176,4 +214,4 @@ class LiveRuns:
                 if not self.known(run_id):
                     await self.load(run_id)
             await self.schedule()  # steps a checkpoint left ready (over a concurrency cap) go out now
-            await self.outbox.flush()
+            await self.flush()

@@ -1,8 +1,9 @@
 """Step results from the workers, one results partition at a time, in batches.
 
-Ordering per batch of results: apply → publish (steps, events) → wait for the streams' acks →
-checkpoint → ack the results. A crash anywhere in between replays results onto the last checkpoint;
-re-published steps carry the same message id and are de-duplicated by the stream.
+Ordering: a batch of results is applied and its steps published at once; once per checkpoint interval
+of a run: publish the buffered step events → wait for the streams' acks → checkpoint → ack the results it
+covers. A crash anywhere in between replays results onto the last checkpoint; re-published steps carry the
+same message id and are de-duplicated by the stream.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import Callable
 import nats.errors
 from nats.aio.msg import Msg
 
-from services.dispatcher.live import LiveRun, LiveRuns, settle_quietly
+from services.dispatcher.live import LiveRun, LiveRuns, RunsRewound, settle_quietly
 from services.dispatcher.settings import DispatcherSettings
-from swarm.bus import Bus, ConsumerSpec, PublishNotAcknowledged, Reject, Retry, consume_batches, fail
+from swarm.bus import Bus, ConsumerSpec, Reject, Retry, consume_batches, fail
 from swarm.contracts import (
     DISPATCHER_RESULTS_CONSUMER,
     RESULTS,
@@ -71,11 +72,17 @@ class Results:
         )  # fmt: skip
 
     async def _idle(self, partition: int) -> None:
-        """A partition with no results for a while: publish its runs' latest counts, checkpoint what waits."""
+        """A partition with no results for a while: publish its runs' latest counts, checkpoint what waits.
+
+        What was published since the last flush is flushed too: a publish's ack is not waited for longer
+        than a fetch timeout (the bus gives up on acks older than its request timeout).
+        """
         async with self.runs.lock:
             runs = self.runs.in_partitions({partition})
             for live in runs:
                 await self.runs.outbox.progress(live)
+            if not self.runs.outbox.clean:
+                await self._flush_or_rewind()
             await self.runs.checkpoint_due([live for live in runs if live.unacked], force=True)
 
     async def _apply_batch(self, msgs: list[Msg]) -> None:
@@ -89,30 +96,29 @@ class Results:
                 continue
             to_ack.append((live, msg))
         touched.update({live.run_id: live for live in await self.runs.schedule()})
-        await self._flush_or_rewind(touched)
+        # The steps are out (published without waiting). Their acks are waited for only before a
+        # checkpoint, which is due once per interval per run: a batch between checkpoints does not wait
+        # for a round trip to the streams, and the next results are applied sooner.
+        due = self.runs.due(touched.values())
+        over = [msg for live, msg in to_ack if live is None]
         for live, msg in to_ack:
             if live is not None:
                 live.unacked.append(msg)
-            else:
-                await settle_quietly(msg.ack())
-        await self.runs.checkpoint_due(touched.values())
+        if not due and not over:
+            return
+        await self._flush_or_rewind()
+        for msg in over:  # their worker events are stored now
+            await settle_quietly(msg.ack())
+        for live in due:
+            await self.runs.checkpoint(live)
 
-    async def _flush_or_rewind(self, touched: dict[str, LiveRun]) -> None:
-        """Flush the outbox; when a publish is not acknowledged (its NATS node went away), the touched runs in
-        memory are ahead of what their streams hold (a step marked dispatched may never have been stored, and
-        would wait for the lost-step sweeper): rewind them to their last checkpoint. The results applied
-        since are nak'd and come back, and re-applying them publishes again (deduplicated by message id)."""
+    async def _flush_or_rewind(self) -> None:
+        """Flush; the runs rewound (see `LiveRuns.flush`) are read back from their checkpoints if ours."""
         try:
-            await self.runs.outbox.flush()
-        except PublishNotAcknowledged:
-            for run_id, live in touched.items():
-                for msg in live.unacked:
-                    await settle_quietly(msg.nak())
-                self.runs.forget(run_id)
-                self.runs.outbox.drop_events(run_id)
-            log.warning("publishes not acknowledged: %d runs rewound to their checkpoints", len(touched))
+            await self.runs.flush()
+        except RunsRewound as exc:
             with contextlib.suppress(nats.errors.Error, TimeoutError):  # else their next result loads them
-                for run_id in touched:
+                for run_id in exc.run_ids:
                     if self.owns(run_id):
                         await self.runs.load(run_id)
             raise

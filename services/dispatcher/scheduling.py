@@ -61,12 +61,15 @@ class Scheduler:
             if not candidates:
                 break
             tenant = min(candidates, key=lambda t: (per_tenant[t] / self.tenant_weights.get(t, 1.0), order[t]))
-            run = min((r for r in by_tenant[tenant] if r.ready), key=lambda r: (-r.priority, r.in_flight))
-            dispatches = run.take(1)
+            ready = [r for r in by_tenant[tenant] if r.ready]
+            run = min(ready, key=lambda r: (-r.priority, r.in_flight))
+            # One tenant with one ready run would get every slot one at a time: give them at once.
+            alone = len(candidates) == 1 and len(ready) == 1
+            dispatches = run.take(min(total_cap - total, tenant_cap - per_tenant[tenant]) if alone else 1)
             if not dispatches:  # the run's own cap: let its tenant's other runs have the slot
                 by_tenant[tenant] = [r for r in by_tenant[tenant] if r is not run]
                 continue
             taken.setdefault(run.run_id, (run, []))[1].extend(dispatches)
-            total += 1
-            per_tenant[tenant] += 1
+            total += len(dispatches)
+            per_tenant[tenant] += len(dispatches)
         return list(taken.values())

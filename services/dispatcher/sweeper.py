@@ -68,6 +68,6 @@ class LostStepSweeper:
             live.queued_at = {k: v for k, v in {**live.queued_at, **seen}.items() if k in seen or v > now}
         if touched:
             touched.update({live.run_id: live for live in await self.runs.schedule()})
-            await self.runs.outbox.flush()
+            await self.runs.flush()
             for live in touched.values():
                 await self.runs.checkpoint(live)
