@@ -91,7 +91,7 @@ async def measure(nats_url: str, run_id: str) -> dict[str, list[float]]:
     """Read the run's events from EVENTS and compute its hops."""
     client = await SwarmClient.connect(NatsSettings(url=nats_url))
     try:
-        steps = [e for d in await _read(client, Subjects.step_event_batch(run_id))
+        steps = [e for d in await _read(client, Subjects.step_event_batch("*", run_id))
                  for e in StepEventBatch.model_validate_json(d).events]  # fmt: skip
         calls = [e for d in await _read(client, Subjects.inference_event_batch())
                  for e in InferenceEventBatch.model_validate_json(d).events if e.run_id == run_id]  # fmt: skip

@@ -54,7 +54,7 @@ def sample_events(n_events: int, steps_per_run: int = 4000) -> list[tuple[str, b
                 agent_id=f"a{i % 300}", kind=kind, at=at, worker_id="w-1", duration_ms=12.5,
                 prompt_tokens=120, completion_tokens=40, attributes={"pool": "default"},
             )  # fmt: skip
-            out.append((Subjects.step_event(run_id), event.model_dump_json().encode(), event.event_id))
+            out.append((Subjects.step_event("bench", run_id), event.model_dump_json().encode(), event.event_id))
         call = InferenceEvent(event_id=f"{run_id}.{step_id}.call", run_id=run_id, step_id=step_id, caller="worker",
                               model="sim", backend="sim", ok=True, prompt_tokens=120, completion_tokens=40,
                               queue_ms=1.0, duration_ms=11.5, at=at)  # fmt: skip

@@ -57,9 +57,13 @@ class MessageTooLarge(ValueError):
     """A message over what NATS carries, even with its plan sent by reference (e.g. a huge goal or labels)."""
 
 
-async def read_step_events(js: JetStreamContext, run_id: str, idle_s: float = 1.0) -> list[StepEvent]:
-    """The run's step events from the EVENTS stream (an ordered consumer read to its end)."""
-    sub = await js.subscribe(Subjects.run_step_events(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+async def read_step_events(
+    js: JetStreamContext, run_id: str, idle_s: float = 1.0, tenant: str = "*"
+) -> list[StepEvent]:
+    """The run's step events from the EVENTS stream (an ordered consumer read to its end); its tenant, when
+    given, narrows the subject to what a tenant-scoped reader may read."""
+    subject = Subjects.run_step_events(tenant, run_id)
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     events: list[StepEvent] = []
     try:
         while True:
@@ -67,7 +71,7 @@ async def read_step_events(js: JetStreamContext, run_id: str, idle_s: float = 1.
                 msg = await sub.next_msg(timeout=idle_s)
             except (TimeoutError, nats.errors.TimeoutError):
                 return events
-            if msg.subject == Subjects.step_event_batch(run_id):
+            if msg.subject == Subjects.step_event_batch(*Subjects.scope_of(msg.subject)):
                 events.extend(StepEventBatch.model_validate_json(msg.data).events)
             else:
                 events.append(StepEvent.model_validate_json(msg.data))

@@ -135,7 +135,7 @@ RESULTS = StreamSpec(
     name="RESULTS",
     # One subject per partition, not `swarm.results.>`: a result on a partition nobody reads would
     # stay in this work queue forever; here its publish fails at once instead.
-    subjects=tuple(f"swarm.results.{partition}.*" for partition in range(RESULT_PARTITIONS)),
+    subjects=tuple(f"swarm.results.{partition}.*.*" for partition in range(RESULT_PARTITIONS)),
     retention=Retention.WORK_QUEUE,
     description="Step results back to the dispatcher.",
 )
@@ -369,14 +369,25 @@ class Subjects:
         return f"swarm.steps.{pool}"
 
     @staticmethod
-    def result(run_id: str) -> str:
-        """Where workers report the results of a run's steps (in the run's partition)."""
-        return f"swarm.results.{result_partition(run_id)}.{run_id}"
+    def result(tenant: str, run_id: str) -> str:
+        """Where workers report the results of a run's steps (in the run's partition, under its tenant)."""
+        return f"swarm.results.{result_partition(run_id)}.{tenant}.{run_id}"
+
+    @staticmethod
+    def tenant_results(tenant: str) -> str:
+        """Every result of one tenant's runs (what a dedicated pool's workers may publish)."""
+        return f"swarm.results.*.{tenant}.*"
+
+    @staticmethod
+    def scope_of(subject: str) -> tuple[str, str]:
+        """The (tenant, run_id) a result's or step events' subject names: its last two tokens."""
+        *_, tenant, run_id = subject.split(".")
+        return tenant, run_id
 
     @staticmethod
     def results_partition(partition: int | str) -> str:
         """Every result of one partition."""
-        return f"swarm.results.{partition}.*"
+        return f"swarm.results.{partition}.*.*"
 
     @staticmethod
     def run_event(tenant: str, run_id: str, kind: RunEventKind) -> str:
@@ -404,19 +415,19 @@ class Subjects:
         return f"swarm.run.*.*.{kind}"
 
     @staticmethod
-    def step_event(run_id: str) -> str:
+    def step_event(tenant: str, run_id: str) -> str:
         """Step events of one run, for the recorder."""
-        return f"swarm.events.step.{run_id}"
+        return f"swarm.events.step.{tenant}.{run_id}"
 
     @staticmethod
-    def run_step_events(run_id: str) -> str:
+    def run_step_events(tenant: str, run_id: str) -> str:
         """Every step event of one run, single or batched (what a reader subscribes to)."""
-        return f"swarm.events.*.{run_id}"
+        return f"swarm.events.*.{tenant}.{run_id}"
 
     @staticmethod
-    def step_event_batch(run_id: str) -> str:
+    def step_event_batch(tenant: str, run_id: str) -> str:
         """Several step events of one run in one message (a StepEventBatch), for the recorder."""
-        return f"swarm.events.stepbatch.{run_id}"
+        return f"swarm.events.stepbatch.{tenant}.{run_id}"
 
     @staticmethod
     def inference_event() -> str:
@@ -1270,13 +1281,13 @@ CHANNELS: tuple[Channel, ...] = (
             description="Submit a task (set the Nats-Msg-Id header to the run_id)."),
     Channel(address=Subjects.steps("{pool}"), stream=STEPS.name, message=StepDispatch,
             description="Ready steps for a worker pool."),
-    Channel(address="swarm.results.{partition}.{run_id}", stream=RESULTS.name, message=StepResult,
+    Channel(address="swarm.results.{partition}.{tenant}.{run_id}", stream=RESULTS.name, message=StepResult,
             description="Step results for the dispatcher."),
     Channel(address="swarm.run.{tenant}.{run_id}.{kind}", stream=RUNS.name, message=RunEvent,
             description="Run lifecycle events; the last token is the event's 'kind' field."),
-    Channel(address=Subjects.step_event("{run_id}"), stream=EVENTS.name, message=StepEvent,
+    Channel(address=Subjects.step_event("{tenant}", "{run_id}"), stream=EVENTS.name, message=StepEvent,
             description="Step transitions for the event log."),
-    Channel(address=Subjects.step_event_batch("{run_id}"), stream=EVENTS.name, message=StepEventBatch,
+    Channel(address=Subjects.step_event_batch("{tenant}", "{run_id}"), stream=EVENTS.name, message=StepEventBatch,
             description="Several step transitions of one run in one message, for the event log."),
     Channel(address=Subjects.inference_event(), stream=EVENTS.name, message=InferenceEvent,
             description="Inference calls for the event log."),

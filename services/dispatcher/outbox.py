@@ -205,8 +205,8 @@ class Outbox:
         for run_id, run_events in events.items():
             for i in range(0, len(run_events), EVENTS_PER_BATCH):
                 batch = _event_batch(run_id, run_events[i : i + EVENTS_PER_BATCH])
-                if batch is not None:
-                    await self.bus.publish_nowait(Subjects.step_event_batch(run_id), batch)
+                if batch is not None:  # a run's events are all of its tenant (results are checked for it)
+                    await self.bus.publish_nowait(Subjects.step_event_batch(batch.events[0].tenant, run_id), batch)
         await self.bus.flush_publishes()
 
     async def progress(self, live: LiveRun) -> None:

@@ -130,16 +130,19 @@ class Results:
         rejected (terminated, logged) or, where it may still become valid, retried a bounded number of times.
         """
         result = StepResult.model_validate_json(msg.data)
-        if msg.subject != Subjects.result(result.run_id):
+        tenant, _ = Subjects.scope_of(msg.subject)
+        if msg.subject != Subjects.result(tenant, result.run_id):
             raise Reject(f"result for run {result.run_id} arrived on {msg.subject}")
         live = await self.runs.get_or_load(result.run_id)
         if live is None:
             if self.runs.store.is_over(result.run_id):
-                self._worker_events(result)
+                self._worker_events(result, tenant)  # the subject's tenant: what the worker may publish for
                 return None
             # Its plan may not be processed (or checkpointed) yet; a run that never appears gives up.
             raise Retry(f"result for unknown run {result.run_id}", delay_s=1.0, bounded=True)
         run = live.state
+        if tenant != run.tenant:  # a worker may publish results for its tenants' runs only (their subjects)
+            raise Reject(f"result for run {result.run_id} of tenant {run.tenant} arrived on {msg.subject}")
         state = run.steps.get(result.step_id)
         if state is None:
             raise Reject(f"result for step {result.step_id}, which run {result.run_id} does not have")
@@ -148,23 +151,23 @@ class Results:
             # A replica that crashed got further than its last checkpoint; bounded: a forged attempt ends.
             raise Retry(f"result for attempt {result.attempt} of {result.step_id} ahead of {state.attempt}",
                         delay_s=1.0, bounded=True)  # fmt: skip
-        self._worker_events(result)
+        self._worker_events(result, run.tenant)
         if outcome.changed:
             await self.runs.outbox.emit(live, outcome, result)
             touched[live.run_id] = live
         return live
 
-    def _worker_events(self, result: StepResult) -> None:
+    def _worker_events(self, result: StepResult, tenant: str) -> None:
         """The events a worker sent along with its result go out with ours (duplicates share event ids).
 
         Only events of the result's own attempt, of the kinds a worker reports, with their derived ids:
-        a result cannot write another step's history.
+        a result cannot write another step's (or another tenant's) history.
         """
         if not result.events:
             return
         kept = [
             e for e in result.events
-            if (e.run_id, e.step_id, e.attempt) == (result.run_id, result.step_id, result.attempt)
+            if (e.tenant, e.run_id, e.step_id, e.attempt) == (tenant, result.run_id, result.step_id, result.attempt)
             and e.kind in WORKER_EVENT_KINDS and is_step_event_id(e)
         ]  # fmt: skip
         if len(kept) < len(result.events):

@@ -13,7 +13,7 @@
   engine refuses, is logged, counted and dropped: it never blocks the stream or comes back.
 - A redelivered event is stored again but collapses by event_id (ReplacingMergeTree, FINAL), and
   a re-inserted identical batch is dropped whole by its insert_deduplication_token.
-- Producers may bundle step events: a StepEventBatch on Subjects.step_event_batch(run_id).
+- Producers may bundle step events: a StepEventBatch on Subjects.step_event_batch(tenant, run_id).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from swarm.eventlog import EventLog
 
 log = logging.getLogger(__name__)
 
-STEP_EVENT_PREFIX = Subjects.step_event("")
-STEP_EVENT_BATCH_PREFIX = Subjects.step_event_batch("")
+STEP_EVENT_PREFIX = Subjects.step_event("*", "*").removesuffix("*.*")
+STEP_EVENT_BATCH_PREFIX = Subjects.step_event_batch("*", "*").removesuffix("*.*")
 INFERENCE_EVENT_SUBJECT = Subjects.inference_event()
 INFERENCE_EVENT_BATCH_SUBJECT = Subjects.inference_event_batch()
 
@@ -185,12 +185,14 @@ class EventRecorder:
             self.rejected_count += 1
             await fail(msg, Reject(str(exc)))
             return
-        forged = [e for e in step_events if not is_step_event_id(e)]
+        scope = Subjects.scope_of(msg.subject) if step_events else None
+        forged = [e for e in step_events if not is_step_event_id(e) or (e.tenant, e.run_id) != scope]
         if forged:
             self.rejected_count += len(forged)
-            log.warning("%d step events on %s dropped: their ids are not the ones their fields derive (e.g. %s)",
-                        len(forged), msg.subject, forged[0].event_id[:200])  # fmt: skip
-            step_events = [e for e in step_events if is_step_event_id(e)]
+            log.warning("%d step events on %s dropped: their ids are not the ones their fields derive, or their run "
+                        "is not the one their subject names (e.g. %s)", len(forged), msg.subject,
+                        forged[0].event_id[:200])  # fmt: skip
+            step_events = [e for e in step_events if e not in forged]
         if not batch:
             batch.started_at = time.monotonic()
         batch.step_events.extend(step_events)

@@ -302,7 +302,7 @@ class StepExecutor:
         if self.settings.tenants and dispatch.tenant not in self.settings.tenants:
             # Its NATS user could not store this tenant's output anyway: fail it plainly, not by a denied write.
             error = f"worker pool {self.settings.pool} serves tenants {', '.join(self.settings.tenants)}, not {dispatch.tenant}"
-            await self.bus.publish(Subjects.result(dispatch.run_id), StepResult(
+            await self.bus.publish(Subjects.result(dispatch.tenant, dispatch.run_id), StepResult(
                 run_id=dispatch.run_id, step_id=dispatch.step.id, attempt=dispatch.attempt, started_at=utc_now(),
                 worker_id=self.worker_id, status=StepStatus.FAILED, error=error, retryable=False, finished_at=utc_now(),
             ))  # fmt: skip
@@ -343,7 +343,7 @@ class StepExecutor:
             # Stored before the result is sent: whoever the result wakes (a dependent's retry, the
             # aggregator reading the sinks) finds it. Two streams do not keep each other's order.
             await self.bus.publish_bytes(self.payloads(dispatch.tenant).kv_subject(Keys.output(dispatch.tenant, dispatch.run_id, dispatch.step.id)), unstored)
-        await self.bus.publish(Subjects.result(dispatch.run_id), result)
+        await self.bus.publish(Subjects.result(dispatch.tenant, dispatch.run_id), result)
         self.steps_done += 1
 
     async def _attempt(self, dispatch: StepDispatch, started_at: datetime) -> tuple[StepResult, bytes | None]:
@@ -589,7 +589,7 @@ class StepExecutor:
         """Publish the attempt's buffered events as one StepEventBatch (one message per step, not per event)."""
         events = self._events.pop(self._attempt_key(dispatch), None)
         if events:
-            await self.bus.publish_nowait(Subjects.step_event_batch(dispatch.run_id), StepEventBatch(events=tuple(events)))
+            await self.bus.publish_nowait(Subjects.step_event_batch(dispatch.tenant, dispatch.run_id), StepEventBatch(events=tuple(events)))
 
     async def _event(
         self, dispatch: StepDispatch, kind: StepEventKind, seq: int | None = None, **fields: object

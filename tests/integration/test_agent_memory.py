@@ -57,7 +57,7 @@ async def test_summary_memory_is_written_by_the_model_and_shown_to_the_next_turn
     store = Payloads(bus, bucket=MEMORY_BUCKET)
     turns = [StepSpec(id=f"u{i}", agent_id="m1", instruction=f"check page {i}", sim_echo=i == 2) for i in range(3)]
     refs: list[MemoryRef] = []
-    psub = await bus.js.pull_subscribe(Subjects.result("run-mem"), durable="t-run-mem", stream=RESULTS.name)
+    psub = await bus.js.pull_subscribe(Subjects.result("t", "run-mem"), durable="t-run-mem", stream=RESULTS.name)
     async with worker_and_gateway(bus, WorkerSettings(nats=nats_settings)):
         for i, turn in enumerate(turns):  # what the dispatcher names: the latest committed turn (summary mode)
             result = await run_turn(bus, psub, turn, tuple(refs[-1:]), max(0, len(refs) - 1))

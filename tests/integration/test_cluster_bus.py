@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 # Far longer than any wait below: a reader that waits its request out fails the test.
 LONG_REQUEST_S = 60.0
-CONSUMER = ConsumerSpec(stream=RESULTS, durable="cluster-test", filter_subjects=(Subjects.result("run-1"),))
+CONSUMER = ConsumerSpec(stream=RESULTS, durable="cluster-test", filter_subjects=(Subjects.result("t", "run-1"),))
 
 
 def settings_for(*servers: NatsServer) -> NatsSettings:
@@ -79,7 +79,7 @@ async def test_pull_request_survives_its_consumer_leader_and_reader_node_dying(n
                           kind="succeeded")  # fmt: skip
         for _ in range(100):  # until the stream has a new leader
             try:
-                await publisher.publish(Subjects.result("run-1"), event)
+                await publisher.publish(Subjects.result("t", "run-1"), event)
                 break
             except (PublishNotAcknowledged, nats.errors.Error):  # no leader yet: no responders or no ack
                 await asyncio.sleep(0.2)

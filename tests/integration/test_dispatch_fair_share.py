@@ -92,6 +92,6 @@ async def test_freed_slots_go_to_the_late_tenant_before_the_big_runs_rest(bus: B
                 run_id="big-run", step_id=step.step.id, attempt=1, status=StepStatus.SUCCEEDED, output="ok",
                 started_at=now, finished_at=now + timedelta(milliseconds=1), worker_id="w",
             )  # fmt: skip
-            await bus.publish(Subjects.result("big-run"), result)
+            await bus.publish(Subjects.result("big", "big-run"), result)
         after = (await settled(bus))[10:]
     assert sorted(s.run_id for s in after) == ["big-run"] + ["small-run"] * 5, [s.run_id for s in after]

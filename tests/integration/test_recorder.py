@@ -111,15 +111,15 @@ async def count_step_events(bus: Bus, run_id: str) -> dict[str, int]:
 async def test_events_are_recorded_once_and_malformed_ones_do_not_block(bus: Bus, recorder: asyncio.Event) -> None:
     events = [step_event("r1", i) for i in range(50)]
     for event in events:
-        await bus.publish_nowait(Subjects.step_event("r1"), event)
-    await bus.publish_nowait(Subjects.step_event("r1"), events[7])  # a duplicate: a retried publish
-    await bus.js.publish(Subjects.step_event("r1"), b"{not json")
+        await bus.publish_nowait(Subjects.step_event("acme", "r1"), event)
+    await bus.publish_nowait(Subjects.step_event("acme", "r1"), events[7])  # a duplicate: a retried publish
+    await bus.js.publish(Subjects.step_event("acme", "r1"), b"{not json")
     await bus.js.publish(Subjects.inference_event(), b'{"v": 1}')
     call = InferenceEvent(event_id="q1", run_id="r1", model="m", backend="sim", ok=True, prompt_tokens=5)
     await bus.publish_nowait(Subjects.inference_event(), call)
     batched = tuple(call.model_copy(update={"event_id": f"q{i}", "prompt_tokens": i}) for i in (2, 3))
     await bus.publish_nowait(Subjects.inference_event_batch(), InferenceEventBatch(events=batched))
-    await bus.publish_nowait(Subjects.step_event("r1"), step_event("r1", 50))  # after the malformed ones
+    await bus.publish_nowait(Subjects.step_event("acme", "r1"), step_event("r1", 50))  # after the malformed ones
     await bus.flush_publishes()
 
     assert await eventually(lambda: _has(count_step_events(bus, "r1"), n=51)) == {"n": 51, "unique_n": 51}
@@ -186,7 +186,7 @@ async def test_events_wait_in_jetstream_while_the_table_is_away(
         eventlog.query("DETACH TABLE step_events")
         try:
             for i in range(20):
-                await bus.publish_nowait(Subjects.step_event("r2"), step_event("r2", i))
+                await bus.publish_nowait(Subjects.step_event("acme", "r2"), step_event("r2", i))
             await bus.flush_publishes()
             await eventually(lambda: _failed_inserts(bus))
             info = await bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
@@ -204,7 +204,7 @@ async def test_shutdown_inserts_the_pending_batch(bus: Bus, recorder_settings: R
     settings = recorder_settings.model_copy(update={"batch_max_ms": 600_000.0, "batch_max_events": 10_000})
     async with running_recorder(bus, settings):
         for i in range(30):
-            await bus.publish_nowait(Subjects.step_event("r3"), step_event("r3", i))
+            await bus.publish_nowait(Subjects.step_event("acme", "r3"), step_event("r3", i))
         await bus.flush_publishes()
         await eventually(lambda: _pending(bus, 30))
     with EventLog(settings.clickhouse) as eventlog:
@@ -226,7 +226,7 @@ async def test_clickhouse_away_mid_run_every_event_arrives_exactly_once(
 
     async def produce() -> None:
         for i in range(n_events):
-            await bus.publish_nowait(Subjects.step_event("r5"), step_event("r5", i), msg_id=f"r5.{i}")
+            await bus.publish_nowait(Subjects.step_event("acme", "r5"), step_event("r5", i), msg_id=f"r5.{i}")
             if i % 100 == 99:
                 await asyncio.sleep(0.02)  # a steady stream over ~0.6 s, so the outage lands mid-run
         await bus.flush_publishes()
@@ -261,8 +261,8 @@ async def _stored_at_least(bus: Bus, run_id: str, n: int) -> bool:
 
 async def test_bundled_step_events_are_recorded_one_row_each(bus: Bus, recorder: asyncio.Event) -> None:
     events = tuple(step_event("r6", i) for i in range(40))
-    await bus.publish(Subjects.step_event_batch("r6"), StepEventBatch(events=events[:25]))
-    await bus.publish(Subjects.step_event_batch("r6"), StepEventBatch(events=events[20:]))  # 5 overlap: a retry
+    await bus.publish(Subjects.step_event_batch("acme", "r6"), StepEventBatch(events=events[:25]))
+    await bus.publish(Subjects.step_event_batch("acme", "r6"), StepEventBatch(events=events[20:]))  # 5 overlap: a retry
     assert await eventually(lambda: _has(count_step_events(bus, "r6"), n=40)) == {"n": 40, "unique_n": 40}
 
 
@@ -292,12 +292,14 @@ async def test_forged_and_out_of_range_events_are_rejected_not_recorded(bus: Bus
     forged = step_event("r7", 0).model_copy(update={"event_id": "r7.extra-success"})
     too_wide = json.loads(step_event("r7", 9).model_dump_json())
     too_wide.update(attempt=70_000, event_id=step_event_id("r7", "s9", 70_000, StepEventKind.SUCCEEDED))
-    await bus.publish(Subjects.step_event_batch("r7"), StepEventBatch(events=(*genuine, forged)))
-    await bus.js.publish(Subjects.step_event("r7"), json.dumps(too_wide).encode())
-    await bus.publish(Subjects.step_event("r7"), step_event("r7", 3))
+    await bus.publish(Subjects.step_event_batch("acme", "r7"), StepEventBatch(events=(*genuine, forged)))
+    await bus.js.publish(Subjects.step_event("acme", "r7"), json.dumps(too_wide).encode())
+    # Acme's event on another tenant's subject (what a worker dedicated to that tenant may publish to).
+    await bus.publish(Subjects.step_event("intruder", "r7"), step_event("r7", 4))
+    await bus.publish(Subjects.step_event("acme", "r7"), step_event("r7", 3))
     assert await eventually(lambda: _has(count_step_events(bus, "r7"), n=4)) == {"n": 4, "unique_n": 4}
-    details = await eventually(lambda: _rejected_at_least(bus, 2))
-    assert details["events_rejected"] == 2
+    details = await eventually(lambda: _rejected_at_least(bus, 3))
+    assert details["events_rejected"] == 3
     rows = await query_via_recorder(bus.nc, "SELECT max(attempt) AS a FROM step_events FINAL WHERE run_id = 'r7'")
     assert rows == [{"a": 1}]
 
@@ -329,7 +331,7 @@ async def test_a_redelivered_batch_collapses_by_event_id(
     monkeypatch.setattr(Msg, "ack", first_ack_lost)
     async with running_recorder(bus, recorder_settings.model_copy(update={"ack_wait_s": 1.0})):
         for i in range(n_events):
-            await bus.publish_nowait(Subjects.step_event("r6"), step_event("r6", i), msg_id=f"r6.{i}")
+            await bus.publish_nowait(Subjects.step_event("acme", "r6"), step_event("r6", i), msg_id=f"r6.{i}")
         await bus.flush_publishes()
 
         redelivered = []

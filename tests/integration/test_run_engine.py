@@ -249,7 +249,7 @@ async def test_small_outputs_reach_dependents_inline_and_large_ones_by_key(bus: 
                 run_id="run-inline", step_id=step_id, attempt=1, status=StepStatus.SUCCEEDED, output=output,
                 output_key=f"run-inline.{step_id}", started_at=now, finished_at=now, worker_id="test",
             )  # fmt: skip
-            await bus.publish(Subjects.result("run-inline"), result)
+            await bus.publish(Subjects.result("t", "run-inline"), result)
         merge = (await next_dispatches(1))["merge"]
     assert merge.inputs == {"small": "a short answer"}  # the worker reads "large" from the bucket
 
@@ -362,15 +362,25 @@ async def test_results_for_unknown_runs_and_steps_are_given_up(bus: Bus, nats_se
         service(worker_main, WorkerSettings(nats=nats_settings)),
         service(aggregator_main, AggregatorSettings(nats=nats_settings)),
     ):
-        await bus.publish(Subjects.result("run-ghost"), ghost)
+        await bus.publish(Subjects.result("t", "run-ghost"), ghost)
         run_id = same_partition_run_ids("run-real", 1)[0]
-        await start_run(bus, run_id, layered_plan(layers=1, width=2, sim_latency_ms=300))
+        await start_run(bus, run_id, layered_plan(layers=1, width=2, sim_latency_ms=1500))
         for forged in (
             ghost.model_copy(update={"run_id": run_id, "step_id": "no-such-step"}),  # a step the run lacks
             ghost.model_copy(update={"run_id": run_id, "step_id": "s0_0", "attempt": 999}),  # an attempt never made
         ):
-            await bus.publish(Subjects.result(run_id), forged)
-        await completed_event(bus, run_id)
+            await bus.publish(Subjects.result("t", run_id), forged)
+        # A genuine-looking final failure of a real attempt, on another tenant's subject (what a worker
+        # dedicated to that tenant may publish): applied, it would fail the run before its worker finishes.
+        fatal = ghost.model_copy(update={
+            "run_id": run_id, "step_id": "s0_0", "status": StepStatus.FAILED, "retryable": False, "error": "forged",
+        })  # fmt: skip
+        for _ in range(100):  # while its attempt runs: applied now, it would end the step and fail the run
+            if any(e.step_id == "s0_0" and e.kind == "queued" for e in await read_step_events(bus.js, run_id, 0.1)):
+                break
+            await asyncio.sleep(0.05)
+        await bus.publish(Subjects.result("intruder", run_id), fatal)
+        await completed_event(bus, run_id, timeout_s=30)
         for partition in {result_partition("run-ghost"), result_partition(run_id)}:
             assert await consumer_settled(bus, RESULTS.name, f"{DISPATCHER_RESULTS_CONSUMER}-{partition}")
     assert (await bus.js.stream_info(RESULTS.name)).state.messages == 0

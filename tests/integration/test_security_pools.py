@@ -31,6 +31,7 @@ from swarm.contracts import (
     RUN_STATE_BUCKET,
     SCRATCHPAD_BUCKET,
     Keys,
+    Subjects,
     tenant_payloads_store,
 )
 from swarm.ops.natsserver import NatsServer
@@ -181,6 +182,10 @@ async def test_denied_a_dedicated_pools_worker_cannot_overwrite_purge_or_delete_
             *(f"$JS.API.STREAM.PURGE.KV_{bucket.name}" for bucket in GLOBEX_KEYS),
             *(f"$JS.API.STREAM.DELETE.KV_{bucket.name}" for bucket in GLOBEX_KEYS),
             f"$JS.API.STREAM.CREATE.OBJ_{GLOBEX_STORE.name}",  # nor another tenant's store
+            # Nor a result or step events of another tenant's run: those subjects name the tenant.
+            Subjects.result("globex", "run-g"),
+            Subjects.step_event("globex", "run-g"),
+            Subjects.step_event_batch("globex", "run-g"),
         ]
         for subject in subjects:
             await nc.publish(subject, b"overwritten", headers={"Nats-Rollup": "all"}, reply=nc.new_inbox())

@@ -60,7 +60,7 @@ async def scripted_gateway(bus: Bus) -> AsyncIterator[tuple[list[InferenceReques
 async def run_one_step(bus: Bus, nats_settings: NatsSettings, run_id: str) -> StepResult:
     stop = asyncio.Event()
     worker = asyncio.create_task(worker_main(stop, WorkerSettings(nats=nats_settings, resample_max=2)))
-    psub = await bus.js.pull_subscribe(Subjects.result(run_id), durable=f"test-{run_id}", stream=RESULTS.name)
+    psub = await bus.js.pull_subscribe(Subjects.result("t", run_id), durable=f"test-{run_id}", stream=RESULTS.name)
     step = StepSpec(id="s1", agent_id="a1", instruction="Compare the power sources.")
     dispatch = StepDispatch(
         run_id=run_id, tenant="t", goal="energy", agent=AgentSpec(id="a1", role="analyst"), step=step, attempt=1

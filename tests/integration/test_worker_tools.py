@@ -75,7 +75,7 @@ async def run_steps(
     bus: Bus, run_id: str, *steps: StepSpec, timeout_s: float = 60, inputs: dict[str, str] | None = None
 ) -> dict[str, StepResult]:
     """Queue the steps (with `inputs` inline), wait for one result of each."""
-    psub = await bus.js.pull_subscribe(Subjects.result(run_id), durable=f"test-{run_id}", stream=RESULTS.name)
+    psub = await bus.js.pull_subscribe(Subjects.result("t", run_id), durable=f"test-{run_id}", stream=RESULTS.name)
     for step in steps:
         dispatch = StepDispatch(
             run_id=run_id, tenant="t", goal="check the numbers", agent=AGENT, step=step, attempt=1, inputs=inputs or {}

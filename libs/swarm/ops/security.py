@@ -275,17 +275,19 @@ PLANNER_RUN_EVENTS = (RunEventKind.ACCEPTED, RunEventKind.PLANNED, RunEventKind.
 def _dedicated_worker(pool: str, tenants: Sequence[str]) -> Grants:
     """A dedicated pool's workers: its steps, and the keys and payload stores of its tenants only.
 
-    What it still shares with every worker: publishing results, step events and inference requests (their
-    subjects carry no tenant), and reading a run's checkpoint by its run id (RUN_STATE_BUCKET keys are run
-    ids; it cannot list them).
+    Results and step events are published under its tenants' subjects only (the dispatcher and the recorder
+    check that a subject's tenant is the run's). What it still shares with every worker: inference requests
+    (their subject carries no tenant), and reading a run's checkpoint by its run id (RUN_STATE_BUCKET keys are
+    run ids; it cannot list them).
     """
     stores = [tenant_payloads_store(tenant) for tenant in tenants]
     worker = (
         Grants().sub(f"{inbox_prefix(pool_user(pool))}.>").provision(ALL_STREAMS, (*ALL_BUCKETS, *stores))
         .health("worker").durable(STEPS, f"{WORKERS_CONSUMER_PREFIX}-{pool}")
-        .pub(Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER, Subjects.INFER_CANCEL)
+        .pub(Subjects.INFER, Subjects.INFER_CANCEL)
     )  # fmt: skip
     for tenant in tenants:
+        worker.pub(Subjects.tenant_results(tenant), Subjects.step_event(tenant, "*"), Subjects.step_event_batch(tenant, "*"))
         worker.sub(*(Subjects.run_event(tenant, "*", kind) for kind in (RunEventKind.CANCELLED, RunEventKind.FAILED)))
         for bucket in TENANT_KEYED_BUCKETS:
             worker.kv_tenant(bucket, tenant)
@@ -321,7 +323,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         dispatcher.durable(RESULTS, f"{DISPATCHER_RESULTS_CONSUMER}-{partition}")
     dispatcher.pub(
         *(Subjects.steps(pool) for pool in served),
-        Subjects.step_event("*"), Subjects.step_event_batch("*"),
+        Subjects.step_event("*", "*"), Subjects.step_event_batch("*", "*"),
         *(Subjects.run_kind_all(kind) for kind in (RunEventKind.PROGRESS, RunEventKind.EXECUTED, RunEventKind.FAILED, RunEventKind.CANCELLED)),
     ).kv_write(RUN_STATE_BUCKET).kv_write(DISPATCHER_LEASES_BUCKET).objects_read(
         PLANS_STORE
@@ -331,7 +333,7 @@ def service_permissions(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[str, Per
         worker.durable(STEPS, f"{WORKERS_CONSUMER_PREFIX}-{pool}")
     if shared:  # else `worker` runs no pool: it holds no tenant's data
         worker.pub(
-            Subjects.RESULTS_ALL, Subjects.step_event("*"), Subjects.step_event_batch("*"), Subjects.INFER,
+            Subjects.RESULTS_ALL, Subjects.step_event("*", "*"), Subjects.step_event_batch("*", "*"), Subjects.INFER,
             Subjects.INFER_CANCEL,
         ).sub(
             # Core subscriptions (no JetStream) to skip queued steps of runs that ended meanwhile.
