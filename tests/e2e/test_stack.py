@@ -65,7 +65,7 @@ async def test_explicit_plan_runs_to_an_answer_and_every_step_is_recorded(stack:
         kinds = []
         async for event in client.events(run_id):
             kinds.append(event.kind)
-        assert kinds[0] == "planned" and kinds[-1] == "completed", kinds
+        assert kinds[:2] == ["accepted", "planned"] and kinds[-1] == "completed", kinds
         final = await client.wait(run_id, timeout_s=5)
         assert isinstance(final, RunCompleted)
         assert final.answer.strip()

@@ -67,7 +67,7 @@ async def test_a_tenant_run_completes_with_every_service_least_privileged(stack:
         run_id = await client.submit(plan=Plan(agents=agents, steps=steps), tenant=TENANT, run_id="secured-1")
         events = [event async for event in client.events(run_id, TENANT)]
     kinds = [event.kind for event in events]
-    assert kinds[0] == "planned" and kinds[-1] == "completed", kinds
+    assert kinds[:2] == ["accepted", "planned"] and kinds[-1] == "completed", kinds
     final = events[-1]
     assert isinstance(final, RunCompleted) and final.summary.steps_succeeded == 3
     # On acme's dedicated pool: its one worker (the stack's last process) ran every step.
@@ -110,7 +110,7 @@ async def test_a_tenants_large_plan_goes_inline_then_by_reference_and_an_oversiz
         events = [event async for event in client.events(run_id, TENANT)]
         with pytest.raises(MessageTooLarge, match="out of this identity's reach"):
             await client.submit(plan=huge, tenant=TENANT, run_id="secured-too-big")
-    planned = events[0]
+    planned = events[1]  # after 'accepted'
     assert planned.kind == "planned" and planned.plan_ref is not None  # type: ignore[union-attr]  # stored by the planner
     assert isinstance(events[-1], RunCompleted) and events[-1].summary.steps_succeeded == 30
     assert not stack.violations()
