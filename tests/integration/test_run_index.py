@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
-from nats.js.errors import KeyNotFoundError
 
 from services.recorder.runindex import RunIndexer
 from swarm.bus import Bus
@@ -30,6 +29,7 @@ from swarm.contracts import (
     StepSpec,
     Subjects,
 )
+from tests.integration.test_planner_service import run_record
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +47,6 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float 
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met")
         await asyncio.sleep(0.05)
-
-
-async def status_of(bus: Bus, run_id: str, status: RunStatus) -> RunRecord:
-    index = await bus.kv(RUN_INDEX_BUCKET)
-
-    async def probe() -> RunRecord | None:
-        try:
-            record = RunRecord.model_validate_json((await index.get(run_id)).value or b"")
-        except KeyNotFoundError:
-            return None
-        return record if record.status is status else None
-
-    return await eventually(probe)
 
 
 def planned(run_id: str, goal: str = "Explain tides", submitted_at: datetime = NOW) -> RunPlanned:
@@ -83,26 +70,26 @@ async def publish(bus: Bus, *events: RunAccepted | RunPlanned | RunExecuted | Ru
 async def test_a_runs_status_follows_its_events_and_never_goes_back(bus: Bus, run_index: RunIndexer) -> None:
     accepted = RunAccepted(run_id="r1", tenant="acme", goal="g" * RECORD_GOAL_MAX_CHARS, submitted_at=NOW)
     await publish(bus, accepted)  # the planner has the task: the run shows as planning until its plan is out
-    assert (await status_of(bus, "r1", RunStatus.PLANNING)).submitted_at == NOW
+    assert (await run_record(bus, "r1", RunStatus.PLANNING)).submitted_at == NOW
     first = planned("r1", goal="g" * 500)
     await publish(bus, first)
-    record = await status_of(bus, "r1", RunStatus.RUNNING)
+    record = await run_record(bus, "r1", RunStatus.RUNNING)
     assert (record.steps_total, record.agents_count, record.submitted_at) == (1, 1, NOW)
     assert len(record.goal) == RECORD_GOAL_MAX_CHARS and record.goal.endswith("...")
     executed = RunExecuted(
         run_id="r1", tenant="acme", goal="g", sink_step_ids=("s",), summary=summary(), submitted_at=NOW
     )
     await publish(bus, executed)
-    await status_of(bus, "r1", RunStatus.SYNTHESIZING)
+    await run_record(bus, "r1", RunStatus.SYNTHESIZING)
     await publish(bus, RunCompleted(run_id="r1", tenant="acme", answer="42", summary=summary()))
-    await status_of(bus, "r1", RunStatus.COMPLETED)
+    await run_record(bus, "r1", RunStatus.COMPLETED)
     # Redelivered or late events of earlier phases do not take a finished run back.
     await publish(bus, accepted, first, executed)
     await publish(bus, RunRejected(run_id="r2", tenant="acme", error="no goal"))
-    rejected = await status_of(bus, "r2", RunStatus.REJECTED)
+    rejected = await run_record(bus, "r2", RunStatus.REJECTED)
     assert rejected.error == "no goal"
     await eventually(lambda: _value(run_index.indexed_count == 8 or None))
-    assert (await status_of(bus, "r1", RunStatus.COMPLETED)).goal.startswith("ggg")
+    assert (await run_record(bus, "r1", RunStatus.COMPLETED)).goal.startswith("ggg")
 
 
 async def _value(value: T) -> T:
