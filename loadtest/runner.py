@@ -45,7 +45,6 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -65,9 +64,7 @@ from loadtest.scenarios import DEFAULT_INSTRUCTION_CHARS, PlanLoad, Scenario, lo
 from swarm.client import RUN_EVENT, MessageTooLarge, SwarmClient
 from swarm.contracts import (
     DEFAULT_TENANT,
-    EVENTS,
     PAYLOADS_STORE,
-    RECORDER_CONSUMER,
     TERMINAL_RUN_EVENTS,
     RunCompleted,
     RunEventKind,
@@ -571,12 +568,8 @@ async def wait_until_quiet(client: SwarmClient, progress: Progress, timeout_s: f
     started = time.perf_counter()
     bar = None
     while time.perf_counter() - started < timeout_s:
-        try:
-            info = await client.bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
-        except NotFoundError:
-            break
-        backlog = info.num_pending + info.num_ack_pending
-        if backlog == 0:
+        backlog = await client.recorder_backlog()
+        if not backlog:
             break
         if bar is None:
             bar = progress.add_task("waiting for the recorder to catch up", total=backlog)

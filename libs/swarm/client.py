@@ -20,8 +20,10 @@ from pydantic import TypeAdapter, ValidationError
 from swarm.bus import Bus, identity_options
 from swarm.contracts import (
     DEFAULT_TENANT,
+    EVENTS,
     MESSAGE_BODY_MAX_BYTES,
     PLAN_INLINE_MAX_BYTES,
+    RECORDER_CONSUMER,
     RUN_INDEX_BUCKET,
     RUNS,
     TERMINAL_RUN_EVENTS,
@@ -324,6 +326,22 @@ class SwarmClient:
     async def step_events(self, run_id: str, idle_s: float = 1.0) -> list[StepEvent]:
         """Every step event of the run stored in the EVENTS stream so far, single or batched, in order."""
         return await read_step_events(self.bus.js, run_id, idle_s)
+
+    async def recorder_backlog(self, timeout_s: float = 5.0) -> int | None:
+        """Events in EVENTS the recorder has not yet stored (pending or unacked); None without a recorder consumer."""
+        try:
+            info = await self.bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER, timeout=timeout_s)
+        except NotFoundError:
+            return None
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def wait_recorded(self, timeout_s: float = 120.0, poll_s: float = 0.5) -> None:
+        """Until the recorder has stored every event published so far (its backlog is empty, or it has none)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while backlog := await self.recorder_backlog():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"the recorder is still {backlog} events behind after {timeout_s:g}s")
+            await asyncio.sleep(poll_s)
 
     async def cancel(self, run_id: str, tenant: str = DEFAULT_TENANT, reason: str = "cancelled by client") -> None:
         """Ask the dispatcher to cancel the run."""

@@ -17,8 +17,6 @@ from loadtest.scenarios import build_swarm, fanout_plan
 from swarm.client import SwarmClient
 from swarm.contracts import (
     ALL_STREAMS,
-    EVENTS,
-    RECORDER_CONSUMER,
     RESULTS,
     TERMINAL_RUN_EVENTS,
     Plan,
@@ -98,13 +96,7 @@ async def succeeded_in_stream(client: SwarmClient, run_id: str) -> Counter[str]:
 
 async def succeeded_in_clickhouse(client: SwarmClient, run_id: str, timeout_s: float = 120) -> Counter[str]:
     """'succeeded' rows per step in the event log, once the recorder has stored everything in EVENTS."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        info = await client.bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            break
-        assert asyncio.get_running_loop().time() < deadline, f"recorder still behind: {info}"
-        await asyncio.sleep(0.5)
+    await client.wait_recorded(timeout_s)  # then the rows are final
     rows = await query_via_recorder(
         client.bus.nc,
         "SELECT step_id, count() AS n FROM step_events FINAL WHERE run_id = {run:String} AND kind = 'succeeded' "

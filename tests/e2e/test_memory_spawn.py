@@ -15,9 +15,7 @@ import pytest
 from swarm.client import SwarmClient
 from swarm.contracts import (
     DEFAULT_TENANT,
-    EVENTS,
     MEMORY_BUCKET,
-    RECORDER_CONSUMER,
     AgentSpec,
     Keys,
     MemoryMode,
@@ -183,13 +181,7 @@ async def finished(client: SwarmClient, run_id: str, step_id: str) -> None:
 
 async def recorded_spawns(client: SwarmClient, run_id: str, timeout_s: float = 60) -> list[dict[str, str]]:
     """The spawned_by column of the run's steps in ClickHouse, once the recorder has caught up."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        info = await client.bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            break
-        assert asyncio.get_running_loop().time() < deadline, f"recorder still behind: {info}"
-        await asyncio.sleep(0.5)
+    await client.wait_recorded(timeout_s)  # then the rows are final
     return await query_via_recorder(
         client.bus.nc,
         "SELECT step_id, any(spawned_by) AS parent FROM step_events FINAL WHERE run_id = {run:String} "

@@ -20,8 +20,6 @@ from loadtest.scenarios import swarm_plan
 from swarm.client import SwarmClient
 from swarm.contracts import (
     DISPATCHER_LEASES_BUCKET,
-    EVENTS,
-    RECORDER_CONSUMER,
     AgentSpec,
     Plan,
     RunCompleted,
@@ -164,13 +162,7 @@ async def recorder_holding_events(stack: Stack, timeout_s: float = 30) -> int:
 async def assert_event_log_matches_stream(client: SwarmClient, run_id: str, timeout_s: float = 60) -> None:
     """ClickHouse holds exactly one row (after FINAL) per step event in EVENTS: none missing, none doubled."""
     in_stream = {e.event_id for e in await client.step_events(run_id)}
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:  # the recorder catches up: its consumer holds nothing, then the rows are final
-        info = await client.bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            break
-        assert asyncio.get_running_loop().time() < deadline, f"recorder still behind: {info}"
-        await asyncio.sleep(0.5)
+    await client.wait_recorded(timeout_s)  # then the rows are final
     stored = await query_via_recorder(
         client.bus.nc,
         "SELECT count() AS rows_n, uniqExact(event_id) AS unique_n, countIf(event_id IN {ids:Array(String)}) AS "

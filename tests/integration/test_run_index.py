@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -29,24 +28,13 @@ from swarm.contracts import (
     StepSpec,
     Subjects,
 )
-from tests.integration.test_planner_service import run_record
+from tests.integration.test_planner_service import eventually, run_record
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 NOW = datetime.now(UTC)
 PLAN = Plan(agents=(AgentSpec(id="a", role="r"),), steps=(StepSpec(id="s", agent_id="a", instruction="i"),))
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float = 10.0) -> T:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.05)
 
 
 def planned(run_id: str, goal: str = "Explain tides", submitted_at: datetime = NOW) -> RunPlanned:

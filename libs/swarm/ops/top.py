@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from swarm.client import RUN_EVENT, SwarmClient
-from swarm.contracts import EVENTS, RECORDER_CONSUMER, RUNS, RunEventKind, Subjects
+from swarm.contracts import RUNS, RunEventKind, Subjects
 from swarm.eventlog import EventLogError
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.runview import RunView
@@ -236,9 +236,11 @@ class Top:
     async def read_recorder(self) -> None:
         """The recorder's lag behind EVENTS (its consumer's pending count)."""
         try:
-            info = await self.client.bus.js.consumer_info(EVENTS.name, RECORDER_CONSUMER, timeout=1.0)
-            self.state.recorder_lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-            self.state.errors.pop("recorder", None)
+            self.state.recorder_lag = await self.client.recorder_backlog(timeout_s=1.0)
+            if self.state.recorder_lag is None:
+                self.state.errors["recorder"] = "recorder consumer: NotFoundError"
+            else:
+                self.state.errors.pop("recorder", None)
         except (nats.errors.Error, TimeoutError) as exc:
             self.state.recorder_lag = None
             self.state.errors["recorder"] = f"recorder consumer: {type(exc).__name__}"
