@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -122,8 +123,11 @@ def test_the_html_report_of_a_make_run_run_shows_the_answer_and_the_outputs(stac
         reported = cli("report", run_id, "--html", str(html_file), "--nats-url", stack.nats_url)
         assert reported.returncode == 0, reported.stdout + reported.stderr
         done = f"{len(outputs)} succeeded of {len(outputs)}" in reported.stdout and "completed" in reported.stdout
-        if done and "synthesis" in reported.stdout:  # the gateway's inference events come in batches too
+        # The gateway's inference events come in batches too: wait for the aggregator's row in the token table
+        # (the console's text names "synthesis" before any synthesis call is recorded).
+        if done and "<td>synthesis</td><td>aggregator</td>" in html_file.read_text():
             break
+        time.sleep(0.2)
     else:
         raise AssertionError(reported.stdout)
 
