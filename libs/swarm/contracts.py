@@ -16,7 +16,10 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    TypeAdapter,
     model_validator,
 )
 
@@ -50,6 +53,8 @@ INLINE_INPUTS_MAX_CHARS = MESSAGE_MAX_BYTES // 4
 # One output inline in a StepResult, and so in each dependent's dispatch: 1/64, so that sixteen of them fit
 # the inputs' quarter of a dispatch.
 INLINE_OUTPUT_MAX_CHARS = MESSAGE_MAX_BYTES // 64
+# The results a worker sends in one StepResultBatch: half a body (a single larger result goes alone).
+RESULT_BATCH_MAX_BYTES = MESSAGE_BODY_MAX_BYTES // 2
 
 
 # Free text that is indexed (the run index, the event log's columns) is bounded; `cut` is the one way a
@@ -782,6 +787,32 @@ class StepResult(Contract):
     )
 
 
+class StepResultBatch(Contract):
+    """Several results of one run in one message: what a worker's attempts finished while its last batch
+    was being stored. Each result is applied as if it came alone; a single StepResult is accepted too."""
+
+    results: tuple[StepResult, ...] = Field(min_length=1, max_length=4096, description="The results.")
+
+
+def _result_message_kind(value: object) -> str:
+    return "batch" if isinstance(value, dict) and "results" in value else "single"
+
+
+# What arrives on a results subject: a batch (what workers send) or one result (older workers, other clients).
+ResultMessage = TypeAdapter(
+    Annotated[
+        Annotated[StepResultBatch, Tag("batch")] | Annotated[StepResult, Tag("single")],
+        Discriminator(_result_message_kind),
+    ]
+)
+
+
+def results_of(data: bytes) -> tuple[StepResult, ...]:
+    """The results a message on a results subject carries (raises ValidationError when it is malformed)."""
+    message = ResultMessage.validate_json(data)
+    return message.results if isinstance(message, StepResultBatch) else (message,)
+
+
 # --------------------------------------------------------------------------- run lifecycle
 
 
@@ -1281,8 +1312,8 @@ CHANNELS: tuple[Channel, ...] = (
             description="Submit a task (set the Nats-Msg-Id header to the run_id)."),
     Channel(address=Subjects.steps("{pool}"), stream=STEPS.name, message=StepDispatch,
             description="Ready steps for a worker pool."),
-    Channel(address="swarm.results.{partition}.{tenant}.{run_id}", stream=RESULTS.name, message=StepResult,
-            description="Step results for the dispatcher."),
+    Channel(address="swarm.results.{partition}.{tenant}.{run_id}", stream=RESULTS.name, message=StepResultBatch,
+            description="Step results of one run for the dispatcher, in batches (a single StepResult is accepted too)."),
     Channel(address="swarm.run.{tenant}.{run_id}.{kind}", stream=RUNS.name, message=RunEvent,
             description="Run lifecycle events; the last token is the event's 'kind' field."),
     Channel(address=Subjects.step_event("{tenant}", "{run_id}"), stream=EVENTS.name, message=StepEvent,

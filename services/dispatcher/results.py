@@ -26,6 +26,7 @@ from swarm.contracts import (
     StepResult,
     Subjects,
     is_step_event_id,
+    results_of,
 )
 
 log = logging.getLogger(__name__)
@@ -124,37 +125,52 @@ class Results:
             raise
 
     async def _apply(self, msg: Msg, touched: dict[str, LiveRun]) -> LiveRun | None:
-        """Apply one result message; the run it changed (None: nothing to wait for before its ack).
+        """Apply one results message (a batch, or a single result); the run it changed (None: nothing to wait
+        for before its ack).
 
-        A result must match a dispatched attempt of a known step of a known run; anything else is
-        rejected (terminated, logged) or, where it may still become valid, retried a bounded number of times.
+        A result must match a dispatched attempt of a known step of a known run on its own subject; one that
+        cannot is dropped and logged, not its batch-mates. A message that may still become valid is retried a
+        bounded number of times (re-applying its other results changes nothing: RunState is idempotent).
         """
-        result = StepResult.model_validate_json(msg.data)
-        tenant, _ = Subjects.scope_of(msg.subject)
-        if msg.subject != Subjects.result(tenant, result.run_id):
-            raise Reject(f"result for run {result.run_id} arrived on {msg.subject}")
-        live = await self.runs.get_or_load(result.run_id)
+        results = results_of(msg.data)
+        tenant, run_id = Subjects.scope_of(msg.subject)
+        if msg.subject != Subjects.result(tenant, run_id):
+            raise Reject(f"results on {msg.subject}, not a results subject")
+        foreign = [r for r in results if r.run_id != run_id]
+        if foreign:
+            log.warning("%d results of other runs than %s on %s: dropped", len(foreign), run_id, msg.subject)
+            results = tuple(r for r in results if r.run_id == run_id)
+            if not results:
+                raise Reject(f"results for run {foreign[0].run_id} arrived on {msg.subject}")
+        live = await self.runs.get_or_load(run_id)
         if live is None:
-            if self.runs.store.is_over(result.run_id):
-                self._worker_events(result, tenant)  # the subject's tenant: what the worker may publish for
+            if self.runs.store.is_over(run_id):
+                for result in results:  # the subject's tenant: what the worker may publish for
+                    self._worker_events(result, tenant)
                 return None
             # Its plan may not be processed (or checkpointed) yet; a run that never appears gives up.
-            raise Retry(f"result for unknown run {result.run_id}", delay_s=1.0, bounded=True)
+            raise Retry(f"results for unknown run {run_id}", delay_s=1.0, bounded=True)
         run = live.state
         if tenant != run.tenant:  # a worker may publish results for its tenants' runs only (their subjects)
-            raise Reject(f"result for run {result.run_id} of tenant {run.tenant} arrived on {msg.subject}")
-        state = run.steps.get(result.step_id)
-        if state is None:
-            raise Reject(f"result for step {result.step_id}, which run {result.run_id} does not have")
-        outcome = run.apply(result)
-        if outcome.early:
-            # A replica that crashed got further than its last checkpoint; bounded: a forged attempt ends.
-            raise Retry(f"result for attempt {result.attempt} of {result.step_id} ahead of {state.attempt}",
-                        delay_s=1.0, bounded=True)  # fmt: skip
-        self._worker_events(result, run.tenant)
-        if outcome.changed:
-            await self.runs.outbox.emit(live, outcome, result)
-            touched[live.run_id] = live
+            raise Reject(f"results for run {run_id} of tenant {run.tenant} arrived on {msg.subject}")
+        early: Retry | None = None
+        for result in results:
+            state = run.steps.get(result.step_id)
+            if state is None:
+                log.warning("result for step %s, which run %s does not have: dropped", result.step_id, run_id)
+                continue
+            outcome = run.apply(result)
+            if outcome.early:
+                # A replica that crashed got further than its last checkpoint; bounded: a forged attempt ends.
+                early = Retry(f"result for attempt {result.attempt} of {result.step_id} ahead of {state.attempt}",
+                              delay_s=1.0, bounded=True)  # fmt: skip
+                continue
+            self._worker_events(result, run.tenant)
+            if outcome.changed:
+                await self.runs.outbox.emit(live, outcome, result)
+                touched[live.run_id] = live
+        if early is not None:
+            raise early
         return live
 
     def _worker_events(self, result: StepResult, tenant: str) -> None:

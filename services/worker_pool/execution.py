@@ -20,6 +20,7 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import TypeAdapter, ValidationError
 
 from services.worker_pool.errors import StepFailed
+from services.worker_pool.reporting import ResultSender
 from services.worker_pool.settings import WorkerSettings
 from services.worker_pool.toolloop import RESULT_PREFIX, ToolCall, ToolLoop
 from services.worker_pool.tools import ToolContext, ToolRegistry, UnknownTool
@@ -210,6 +211,7 @@ class StepExecutor:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.inference = InferenceClient(bus.nc, bus.wait_reconnected)
+        self.results = ResultSender(bus)
         self.tools = ToolRegistry.for_worker(settings)
         self._payloads: dict[tuple[str, str], Payloads] = {}  # (bucket, tenant): keeps its object store handle
         self._ended_runs: dict[str, None] = {}  # insertion-ordered set, bounded: checked on every step
@@ -302,7 +304,7 @@ class StepExecutor:
         if self.settings.tenants and dispatch.tenant not in self.settings.tenants:
             # Its NATS user could not store this tenant's output anyway: fail it plainly, not by a denied write.
             error = f"worker pool {self.settings.pool} serves tenants {', '.join(self.settings.tenants)}, not {dispatch.tenant}"
-            await self.bus.publish(Subjects.result(dispatch.tenant, dispatch.run_id), StepResult(
+            await self.results.send(dispatch.tenant, StepResult(
                 run_id=dispatch.run_id, step_id=dispatch.step.id, attempt=dispatch.attempt, started_at=utc_now(),
                 worker_id=self.worker_id, status=StepStatus.FAILED, error=error, retryable=False, finished_at=utc_now(),
             ))  # fmt: skip
@@ -343,7 +345,7 @@ class StepExecutor:
             # Stored before the result is sent: whoever the result wakes (a dependent's retry, the
             # aggregator reading the sinks) finds it. Two streams do not keep each other's order.
             await self.bus.publish_bytes(self.payloads(dispatch.tenant).kv_subject(Keys.output(dispatch.tenant, dispatch.run_id, dispatch.step.id)), unstored)
-        await self.bus.publish(Subjects.result(dispatch.tenant, dispatch.run_id), result)
+        await self.results.send(dispatch.tenant, result)
         self.steps_done += 1
 
     async def _attempt(self, dispatch: StepDispatch, started_at: datetime) -> tuple[StepResult, bytes | None]:

@@ -24,6 +24,7 @@ from swarm.contracts import (
     StepSpec,
     StepStatus,
     Subjects,
+    results_of,
 )
 from swarm.payloads import Payloads
 from swarm.settings import NatsSettings
@@ -46,9 +47,9 @@ async def run_turn(bus: Bus, psub: Any, step: StepSpec, memory: tuple[MemoryRef,
             except TimeoutError:
                 continue
             await msg.ack()
-            result = StepResult.model_validate_json(msg.data)
-            if result.step_id == step.id:
-                return result
+            for result in results_of(msg.data):
+                if result.step_id == step.id:
+                    return result
 
 
 async def test_summary_memory_is_written_by_the_model_and_shown_to_the_next_turn(

@@ -49,6 +49,7 @@ from swarm.contracts import (
     RunPolicy,
     StepDispatch,
     StepResult,
+    StepResultBatch,
     StepSpec,
     StepStatus,
     Subjects,
@@ -370,6 +371,12 @@ async def test_results_for_unknown_runs_and_steps_are_given_up(bus: Bus, nats_se
             ghost.model_copy(update={"run_id": run_id, "step_id": "s0_0", "attempt": 999}),  # an attempt never made
         ):
             await bus.publish(Subjects.result("t", run_id), forged)
+        # Batches: another run's result beside one the run lacks (each dropped alone), and one holding only
+        # another run's result (the message is refused).
+        elsewhere = ghost.model_copy(update={"step_id": "s0_0", "status": StepStatus.FAILED, "retryable": False})
+        for forged_batch in ((elsewhere, ghost.model_copy(update={"run_id": run_id, "step_id": "no-such-step"})),
+                             (elsewhere,)):  # fmt: skip
+            await bus.publish(Subjects.result("t", run_id), StepResultBatch(results=forged_batch))
         # A genuine-looking final failure of a real attempt, on another tenant's subject (what a worker
         # dedicated to that tenant may publish): applied, it would fail the run before its worker finishes.
         fatal = ghost.model_copy(update={
@@ -380,6 +387,7 @@ async def test_results_for_unknown_runs_and_steps_are_given_up(bus: Bus, nats_se
                 break
             await asyncio.sleep(0.05)
         await bus.publish(Subjects.result("intruder", run_id), fatal)
+        await bus.publish(Subjects.result("intruder", run_id), StepResultBatch(results=(fatal,)))
         await completed_event(bus, run_id, timeout_s=30)
         for partition in {result_partition("run-ghost"), result_partition(run_id)}:
             assert await consumer_settled(bus, RESULTS.name, f"{DISPATCHER_RESULTS_CONSUMER}-{partition}")

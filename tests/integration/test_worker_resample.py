@@ -28,6 +28,7 @@ from swarm.contracts import (
     StepSpec,
     StepStatus,
     Subjects,
+    results_of,
 )
 from swarm.settings import NatsSettings
 
@@ -69,7 +70,8 @@ async def run_one_step(bus: Bus, nats_settings: NatsSettings, run_id: str) -> St
     try:
         msg = (await psub.fetch(1, timeout=30))[0]
         await msg.ack()
-        return StepResult.model_validate_json(msg.data)
+        (result,) = results_of(msg.data)
+        return result
     finally:
         stop.set()
         await asyncio.wait_for(worker, 20)

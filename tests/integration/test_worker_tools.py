@@ -43,6 +43,7 @@ from swarm.contracts import (
     StepSpec,
     StepStatus,
     Subjects,
+    results_of,
 )
 from swarm.payloads import Payloads, is_ref
 from swarm.settings import NatsSettings
@@ -89,8 +90,7 @@ async def run_steps(
             except TimeoutError:
                 continue
             for msg in msgs:
-                result = StepResult.model_validate_json(msg.data)
-                results[result.step_id] = result
+                results.update((result.step_id, result) for result in results_of(msg.data))
                 await msg.ack()
     return results
 

@@ -52,12 +52,12 @@ def test_check_reports_drift(generated: Path, tmp_path: Path, capsys: pytest.Cap
     protogen.write(tmp_path)
     assert protogen.main(["--check", "--out", str(tmp_path)]) == 0
     (tmp_path / "schemas" / "TaskSubmission.json").write_text("{}\n")
-    (tmp_path / "schemas" / "StepResult.json").unlink()
+    (tmp_path / "schemas" / "StepResultBatch.json").unlink()
     (tmp_path / "stale.json").write_text("{}\n")
     assert protogen.main(["--check", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "differs schemas/TaskSubmission.json" in err
-    assert "missing schemas/StepResult.json" in err
+    assert "missing schemas/StepResultBatch.json" in err
     assert "extra stale.json" in err
     protogen.write(tmp_path)
     assert protogen.drift(tmp_path) == []
@@ -138,7 +138,7 @@ def test_operations_use_their_channels_messages(doc: dict[str, Any]) -> None:
     assert actions["InferenceRequest"] == "send"
     assert actions["RunCancelRequested"] == "send"
     assert actions["RunCompleted"] == "receive"
-    assert actions["StepResult"] == "receive"
+    assert actions["StepResultBatch"] == "receive"
 
 
 def test_messages_reference_component_schemas(doc: dict[str, Any]) -> None:

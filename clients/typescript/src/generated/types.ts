@@ -14,7 +14,7 @@ export type SwarmMessage =
   | StepDispatch
   | StepEvent
   | StepEventBatch
-  | StepResult
+  | StepResultBatch
   | TaskSubmission;
 export type RunEvent =
   | RunAccepted
@@ -1212,6 +1212,23 @@ export interface StepEventBatch {
   v: 1;
 }
 /**
+ * Several results of one run in one message: what a worker's attempts finished while its last batch
+ * was being stored. Each result is applied as if it came alone; a single StepResult is accepted too.
+ */
+export interface StepResultBatch {
+  /**
+   * The results.
+   *
+   * @minItems 1
+   * @maxItems 4096
+   */
+  results: StepResult[];
+  /**
+   * Contract version of this message (CONTRACT_VERSION).
+   */
+  v: 1;
+}
+/**
  * A worker's report on one attempt of one step.
  */
 export interface StepResult {
@@ -1277,7 +1294,7 @@ export interface StepResult {
   /**
    * Contract version of this message (CONTRACT_VERSION).
    */
-  v: 1;
+  v?: 1;
   /**
    * Which worker ran it.
    */
