@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,11 @@ from collections.abc import Awaitable, Callable
 import uvloop
 
 ServiceMain = Callable[[asyncio.Event], Awaitable[None]]
+
+# Every message allocates dozens of short-lived containers, and CPython runs its cycle collector every 700
+# allocations by default: a tenth of a busy service's CPU went to collections that found almost nothing
+# (refcounting frees that garbage). Collect young objects 30x less often, old ones rarely.
+GC_THRESHOLDS = (20_000, 20, 50)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -20,6 +26,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 def run_service(service: str, main: ServiceMain, log_level: str = "INFO") -> None:
     """Run `main(stop)` on uvloop until SIGTERM/SIGINT sets `stop`; `main` drains and returns."""
     configure_logging(service, log_level)
+    # What start-up loaded (modules, pydantic schemas) lives as long as the process: kept out of every
+    # collection, which would otherwise walk all of it again each time.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def runner() -> None:
         stop = asyncio.Event()
