@@ -61,6 +61,7 @@ class StepAccounting:
     faulted: set[str] = field(default_factory=set)  # steps with a failed attempt (retried or dead-lettered)
     retried: int = 0
     events: int = 0
+    event_ids: set[str] = field(default_factory=set)  # distinct: what the event log must hold, once each
     spawned_by: dict[str, str] = field(default_factory=dict)  # spawned step -> its parent
     spawned_ready: set[str] = field(default_factory=set)  # spawned steps that needed nothing but their parent
     first_queued_at: dict[str, datetime] = field(default_factory=dict)
@@ -70,6 +71,7 @@ class StepAccounting:
     def add(self, event: StepEvent) -> None:
         """Take one step event into account (duplicates by event id count once)."""
         self.events += 1
+        self.event_ids.add(event.event_id)
         if event.kind is StepEventKind.QUEUED:
             if event.attempt == 1:
                 self.first_queued_at[event.step_id] = event.at
@@ -135,10 +137,11 @@ def combine_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     first = runs[0]
     combined: dict[str, Any] = {}
     summed = ("steps_total", "steps_succeeded", "steps_failed", "steps_cancelled", "steps_lost", "retries_count",
-              "faults_injected")  # fmt: skip
+              "faults_injected", "events_recorded", "events_not_recorded", "step_ends_recorded_twice")  # fmt: skip
     for key, value in first.items():
-        if key in summed:
-            combined[key] = sum(int(r.get(key) or 0) for r in runs)
+        if key in summed:  # None in every run: not measured (not 0)
+            values = [r.get(key) for r in runs]
+            combined[key] = None if all(v is None for v in values) else sum(int(v or 0) for v in values)
         elif isinstance(value, dict) and all(v is None or isinstance(v, int | float) for v in value.values()):
             combined[key] = {k: median_or_none((r.get(key) or {}).get(k) for r in runs) for k in value}
         elif isinstance(value, bool) or not isinstance(value, int | float) or value is None:

@@ -75,6 +75,7 @@ from swarm.contracts import (
     TaskSubmission,
 )
 from swarm.ops.natsserver import free_port_block
+from swarm.ops.queries import RecorderNotRunning, query_via_recorder
 from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
 
@@ -344,7 +345,35 @@ async def run_plan(
     ctx.progress.update(bar, description=f"{task.run_id}: {trace.final_kind}")
     figures = run_figures(ctx, task.run_id, load, trace, accounting, started_at)
     figures["service_cpu_s"] = dict(sorted(cpu_used.items(), key=lambda item: -item[1]))
+    ctx.progress.update(bar, description=f"{task.run_id}: checking the event log")
+    figures.update(await recorded_figures(client, task.run_id, accounting))
+    ctx.progress.update(bar, description=f"{task.run_id}: {trace.final_kind}")
     return figures
+
+
+async def recorded_figures(client: SwarmClient, run_id: str, accounting: metrics.StepAccounting) -> dict[str, Any]:
+    """Whether ClickHouse holds the run's step events as EVENTS does: each event once, each step's end once.
+
+    Waits until the recorder has stored everything published; reads through the recorder (its engine may be
+    the in-process chdb). Without a recorder the figures say so, and nothing is checked.
+    """
+    terminal = ", ".join(f"'{kind.value}'" for kind in metrics.TERMINAL_STEP_KINDS)
+    sql = (
+        f"SELECT uniqExact(event_id) AS events, uniqExactIf(event_id, kind IN ({terminal})) AS ends, "
+        f"uniqExactIf(step_id, kind IN ({terminal})) AS ended_steps FROM step_events WHERE run_id = {{run_id:String}}"
+    )
+    try:
+        await client.wait_recorded(timeout_s=120.0, poll_s=0.2)
+        (row,) = await query_via_recorder(client.bus.nc, sql, {"run_id": run_id}, timeout_s=30.0)
+    except (RecorderNotRunning, TimeoutError) as exc:
+        return {"events_recorded": None, "events_not_recorded": None, "step_ends_recorded_twice": None,
+                "recorded_check": f"not checked: {exc}"}  # fmt: skip
+    return {
+        "events_recorded": int(row["events"]),
+        "events_not_recorded": len(accounting.event_ids) - int(row["events"]),
+        "step_ends_recorded_twice": int(row["ends"]) - int(row["ended_steps"]),
+        "recorded_check": "every step event of EVENTS in ClickHouse, each step's end once",
+    }
 
 
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
@@ -642,6 +671,10 @@ def failed_targets(report: dict[str, Any], targets: Targets | None = None) -> li
         problems.append(f"gateway added latency p50 {added_p50:g} ms above its target {targets.added_latency_p50_ms:g} ms")
     if report.get("events_lost"):
         problems.append(f"{report['events_lost']} events lost by the recorder")
+    if report.get("events_not_recorded"):
+        problems.append(f"{report['events_not_recorded']} step events of EVENTS missing in ClickHouse")
+    if report.get("step_ends_recorded_twice"):
+        problems.append(f"{report['step_ends_recorded_twice']} step ends recorded twice in ClickHouse")
     errors = report.get("errors")
     if isinstance(errors, dict) and errors:
         problems.append(f"gateway calls failed: {', '.join(f'{n} {reason}' for reason, n in errors.items())}")
@@ -656,6 +689,8 @@ TABLE_ROWS = (
     ("step_latency_ms.p99", "step latency p99 (ms)"), ("clean_floor_steps_per_s", "clean floor (steps/s)"),
     ("deployment_floor_steps_per_s", "deployment floor (steps/s)"), ("floor_ratio", "floor ratio (clean floor)"),
     ("deployment_floor_ratio", "floor ratio (deployment floor)"), ("wall_s", "submit → completed (s)"),
+    ("events_not_recorded", "step events missing in ClickHouse"),
+    ("step_ends_recorded_twice", "step ends twice in ClickHouse"),
 )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ COLUMNS = (  # (report key, header)
     ("steps_per_s", "steps/s"), ("efficiency", "efficiency"), ("clean_floor_steps_per_s", "clean floor"),
     ("deployment_floor_steps_per_s", "deployment floor"), ("floor_ratio", "ratio to clean floor"),
     ("deployment_floor_ratio", "ratio to deployment floor"), ("steps_lost", "lost"),
+    ("events_not_recorded", "events not in ClickHouse"), ("step_ends_recorded_twice", "ends twice in ClickHouse"),
 )  # fmt: skip
 
 

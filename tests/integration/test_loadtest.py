@@ -41,6 +41,9 @@ def test_loadtest_runs_a_small_fanout_and_exits_1_on_an_impossible_target(tmp_pa
     assert REQUIRED_KEYS <= set(report)
     assert report["steps_total"] == 31 and report["steps_succeeded"] == 31 and report["steps_lost"] == 0
     assert report["critical_path_s"] == 0 and report["efficiency"] is None  # no latency, no bound
+    # ClickHouse holds every step event EVENTS holds (queued, started, inference done, succeeded), each end once.
+    assert report["events_recorded"] >= 4 * 31 and report["events_not_recorded"] == 0
+    assert report["step_ends_recorded_twice"] == 0 and "step events missing in ClickHouse" in done.stdout
     assert report["steps_per_s"] > 0 and report["clean_floor_steps_per_s"] > 0 and report["deployment_floor_steps_per_s"] > 0
     # floor_ratio is over the clean floor (a fresh server like the deployment's), and the report says so.
     assert report["floor_ratio"] == round(report["steps_per_s"] / report["clean_floor_steps_per_s"], 4)
