@@ -128,7 +128,7 @@ def _number(value: Any) -> str:
 
 
 def problems(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Steps lost and runs that did not complete, by engine and setting."""
+    """Steps lost, runs that did not complete and (Swarm) step events the event log lacks, by engine and setting."""
     found = []
     for engine, by_setting in results.items():
         for setting, figures in by_setting.items():
@@ -137,6 +137,9 @@ def problems(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                     found.append(f"{engine} {setting}: {run.get('status')} {run.get('error', '')}".rstrip())
             if figures.get("steps_lost"):
                 found.append(f"{engine} {setting}: {figures['steps_lost']} steps lost")
+            if figures.get("events_not_recorded") or figures.get("step_ends_recorded_twice"):  # Swarm's event log
+                found.append(f"{engine} {setting}: {figures.get('events_not_recorded')} step events not in "
+                             f"ClickHouse, {figures.get('step_ends_recorded_twice')} step ends there twice")  # fmt: skip
     return found
 
 
