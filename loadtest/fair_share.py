@@ -14,6 +14,7 @@ from typing import Any
 
 from loadtest.runner import ScenarioContext, wait_until_quiet
 from loadtest.scenarios import fanout_plan, scenario, wide_plan
+from swarm.contracts import RunEventKind
 
 BIG_TENANT = "tenant-big"
 SMALL_TENANT = "tenant-small"
@@ -63,8 +64,8 @@ async def fair_share(ctx: ScenarioContext) -> dict[str, Any]:
     runs = {"small_alone": small_alone, "big_alone": big_alone, "big_shared": big_shared, "small_shared": small_shared}
     return {
         "run_id": big_shared["run_id"],
-        "status": next((r["status"] for r in runs.values() if r["status"] != "completed"), "completed"),
-        "error": next((f"{name}: {r['error']}" for name, r in runs.items() if r["status"] != "completed"), ""),
+        "status": next((r["status"] for r in runs.values() if r["status"] != RunEventKind.COMPLETED), RunEventKind.COMPLETED),
+        "error": next((f"{name}: {r['error']}" for name, r in runs.items() if r["status"] != RunEventKind.COMPLETED), ""),
         "steps_total": sum(r["steps_total"] for r in runs.values()),
         "steps_succeeded": sum(r["steps_succeeded"] for r in runs.values()),
         "steps_failed": sum(r["steps_failed"] for r in runs.values()),

@@ -649,7 +649,7 @@ def failed_targets(report: dict[str, Any], targets: Targets | None = None) -> li
     if report.get("steps_lost"):
         problems.append(f"{report['steps_lost']} steps lost")
     for run in report.get("runs", [report]):
-        if run.get("status") not in (None, "completed"):
+        if run.get("status") not in (None, RunEventKind.COMPLETED):
             problems.append(f"run {run.get('run_id', '')} {run['status']}: {run.get('error', '')}".rstrip(": "))
     if targets is None:
         return problems

@@ -14,7 +14,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from swarm.contracts import TERMINAL_RUN_EVENTS, RunEvent, RunEventKind, RunPlanned, RunProgress, StepSpec
+from swarm.contracts import (
+    TERMINAL_RUN_EVENTS,
+    RunEvent,
+    RunEventKind,
+    RunPlanned,
+    RunProgress,
+    RunStatus,
+    StepSpec,
+)
 
 SPAWNED_AGENT = "(spawned)"  # steps added by dynamic spawn are not in the plan: their agent is unknown here
 
@@ -41,7 +49,7 @@ class RunView:
     """Everything a follower knows about one run, updated event by event."""
 
     run_id: str
-    status: str = "planning"
+    status: RunStatus = RunStatus.PLANNING
     goal: str = ""
     steps_total: int = 0
     steps_succeeded: int = 0
@@ -63,16 +71,16 @@ class RunView:
         elif isinstance(event, RunProgress):
             self._progress(event, now)
         elif event.kind == RunEventKind.EXECUTED:
-            self.status = "synthesizing"
+            self.status = RunStatus.SYNTHESIZING
             self.finished.update(self.steps)  # every step is over (the last ones were never in a progress event)
             self._counts(event.summary.steps_succeeded, event.summary.steps_failed, now)  # type: ignore[union-attr]
             self.steps_queued = 0
         elif event.kind in TERMINAL_RUN_EVENTS:
-            self.status = event.kind
+            self.status = RunStatus(event.kind.value)  # the terminal events are named as the statuses
             self.steps_queued = 0
 
     def _plan(self, event: RunPlanned, now: float) -> None:
-        self.status, self.goal = "running", event.goal
+        self.status, self.goal = RunStatus.RUNNING, event.goal
         if event.plan is None:  # by reference, and not resolved (SwarmClient.events resolves it): counts only
             self.steps_total = max(self.steps_total, event.steps_count)
             return
@@ -82,8 +90,8 @@ class RunView:
         self._mark_ready(now)
 
     def _progress(self, event: RunProgress, now: float) -> None:
-        if self.status == "planning":
-            self.status = "running"
+        if self.status is RunStatus.PLANNING:
+            self.status = RunStatus.RUNNING
         self.steps_total, self.steps_queued, self.retries_count = event.steps_total, event.steps_queued, event.retries_count
         self.finished.update(event.finished_step_ids)
         self._counts(event.steps_succeeded, event.steps_failed, now)
@@ -123,7 +131,7 @@ class RunView:
             line.steps_total += 1
             if step_id in self.finished:
                 line.steps_done += 1
-            elif step_id in self.ready_at and line.current_step is None and self.status == "running":
+            elif step_id in self.ready_at and line.current_step is None and self.status is RunStatus.RUNNING:
                 line.current_step, line.current_since = step_id, self.ready_at[step_id]
         spawned_done = len(self.finished - self.steps.keys())
         spawned_total = max(0, self.steps_total - len(self.steps))

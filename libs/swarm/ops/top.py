@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from swarm.client import RUN_EVENT, SwarmClient
-from swarm.contracts import RUNS, RunEventKind, Subjects
+from swarm.contracts import RUNS, RunEventKind, RunStatus, Subjects
 from swarm.eventlog import EventLogError
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.runview import RunView
@@ -134,7 +134,7 @@ class TopState:
         self.selected = ids[max(0, min(len(ids) - 1, index + delta))]
 
 
-IN_FLIGHT = ("planning", "running", "synthesizing")
+IN_FLIGHT = (RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.SYNTHESIZING)
 
 
 class Top:
