@@ -6,14 +6,11 @@ import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 
+import { PLAN_INLINE_MAX_BYTES, PLANS_STORE } from "./generated/channels.js";
 import type { Plan, PlanRef, RunPlanned } from "./generated/types.js";
 import { planReasons } from "./validation.js";
 
-/** The object store of plans by reference (contracts.PLANS_STORE; not in the generated files: no schema names it). */
-export const PLANS_STORE = "swarm_plans";
-
-/** A plan whose JSON is larger goes by reference (contracts.PLAN_INLINE_MAX_BYTES): 256 KiB. */
-export const PLAN_INLINE_MAX_BYTES = 256 * 1024;
+export { PLAN_INLINE_MAX_BYTES, PLANS_STORE }; // generated from proto/ (asyncapi.json's info)
 
 /** The name of a plan's object: its content digest, so a reference cannot be ambiguous. */
 export function planObjectName(sha256: string): string {

@@ -197,6 +197,13 @@ def asyncapi(channels: Iterable[Channel] = CHANNELS) -> dict[str, Any]:
             "version": str(CONTRACT_VERSION),
             "description": "The wire contract of Swarm over NATS JetStream: subjects, streams and "
             "JSON message schemas. Generated from swarm.contracts by `python -m swarm.ops.protogen`.",
+            # The byte budgets a client must know (the TypeScript client's are generated from these).
+            "x-limits": {
+                "message_max_bytes": contracts.MESSAGE_MAX_BYTES,
+                "plan_inline_max_bytes": contracts.PLAN_INLINE_MAX_BYTES,
+                "plan_ref_max_bytes": contracts.PLAN_REF_MAX_BYTES,
+            },
+            "x-plans-store": contracts.PLANS_STORE.name,  # the object store of plans by reference
         },
         "defaultContentType": "application/json",
         "servers": {

@@ -3,6 +3,15 @@
 /** Contract version every message carries as `v`. */
 export const CONTRACT_VERSION = 1 as const;
 
+/** NATS' max_payload, the limit of every message (contracts.MESSAGE_MAX_BYTES). */
+export const MESSAGE_MAX_BYTES = 1048576;
+/** A plan whose JSON is larger goes by reference (contracts.PLAN_INLINE_MAX_BYTES). */
+export const PLAN_INLINE_MAX_BYTES = 262144;
+/** The most a plan stored by reference may weigh (contracts.PLAN_REF_MAX_BYTES). */
+export const PLAN_REF_MAX_BYTES = 67108864;
+/** The object store of plans by reference (contracts.PLANS_STORE). */
+export const PLANS_STORE = "swarm_plans";
+
 /** Every channel: its subject pattern ({placeholders} filled by the sender) and its JetStream stream. */
 export const CHANNELS = {
   eventsInference: { address: "swarm.events.inference", stream: "EVENTS" },
