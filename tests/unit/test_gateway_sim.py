@@ -114,10 +114,13 @@ def test_plausible_text_is_a_function_of_prompt_length_and_seed() -> None:
     assert {"solar", "wind", "norway"} & set(text.lower().replace(".", "").split())
 
 
-def test_a_text_longer_than_its_first_draw_draws_more_of_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    text = sim_backend.plausible_text("wind and solar", 500, 3)
-    monkeypatch.setattr(sim_backend, "_MIN_STOCK_CHARS", 400)  # a first draw far too short for the text
-    assert sim_backend.plausible_text("wind and solar", 500, 3) == text
+@pytest.mark.parametrize("prompt", ["", "able bake cane dark each", "Compare solar, wind and hydro power."])
+def test_plausible_text_fills_its_length_with_sentences(prompt: str) -> None:
+    for seed in range(30):
+        text = sim_backend.plausible_text(prompt, 50, seed)
+        assert len(text) in (199, 200)  # cut at 4 characters per token (a space at the cut is stripped)
+        sentences = [s.strip() for s in text.split(".")[:-1]]
+        assert sentences and all(s[0].isupper() and 6 <= len(s.split()) <= 18 for s in sentences)
 
 
 def test_completion_lengths_are_log_normal_around_the_mean() -> None:

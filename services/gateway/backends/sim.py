@@ -21,6 +21,7 @@ from swarm.contracts import InferenceRequest
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers of a chat template, per message
 PROMPT_TAIL_CHARS = 4000  # the text draws its words from this much of the prompt's end
 HYPHEN = ord("-")
+PROMPT_WORD_MIN_CHARS = 4
 SENTENCE_MIN_WORDS, SENTENCE_MAX_WORDS = 6, 18
 ECHO_MAX_CHARS = 8000
 
@@ -68,7 +69,7 @@ def _word_bytes() -> bytes:
 
 _WORD_BYTES = _word_bytes()
 _STOCK_WORDS = tuple(w.encode() for w in WORDS)
-_MIN_STOCK_CHARS = min(len(w) for w in WORDS)
+_MIN_WORD_CHARS = min(PROMPT_WORD_MIN_CHARS, *(len(w) for w in WORDS))
 
 
 def prompt_words(prompt: str) -> list[bytes]:
@@ -77,14 +78,11 @@ def prompt_words(prompt: str) -> list[bytes]:
     # One translate and one split, in C, instead of a regex scan: this runs on every sim call. Bytes, not
     # str: the text is assembled from these and decoded once.
     tokens = dict.fromkeys(prompt[-PROMPT_TAIL_CHARS:].encode().translate(_WORD_BYTES).split())
-    return [w for w in tokens if len(w) > 3 and w[0] != HYPHEN]
+    return [w for w in tokens if len(w) >= PROMPT_WORD_MIN_CHARS and w[0] != HYPHEN]
 
 
 def _draws(seed: int, label: bytes, count: int) -> array[int]:
-    """`count` pseudo-random 16-bit values, a function of (seed, label, count) only.
-
-    SHAKE is an extendable-output hash: a longer draw starts with the values of a shorter one.
-    """
+    """`count` pseudo-random 16-bit values, a function of (seed, label, count) only."""
     return array("H", hashlib.shake_128(b"%d:%s" % (seed, label)).digest(2 * count))
 
 
@@ -99,7 +97,8 @@ def plausible_text(prompt: str, n_tokens: int, seed: int) -> str:
     """Sentences mixing the prompt's words with a fixed vocabulary, about `n_tokens` tokens long.
 
     A function of (prompt, n_tokens, seed). The sim stands in for a model: its own cost is not the system's,
-    so the words are drawn from one hash output (no random.Random to seed per call) and joined as bytes.
+    so the words come from one hash output (no random.Random seeded per call), are picked in one pass and
+    joined once, as bytes.
     """
     # Each prompt word once (twice the weight of a stock word): a prompt that repeats one word must not make
     # the answer a loop of it, which the worker would reject as degenerate.
@@ -107,23 +106,19 @@ def plausible_text(prompt: str, n_tokens: int, seed: int) -> str:
     vocabulary = [*_STOCK_WORDS, *words, *words]
     size_v = len(vocabulary)
     target_chars = n_tokens * CHARS_PER_TOKEN
-    # Enough values for the whole text: every word takes at least _MIN_STOCK_CHARS + 1 characters and every
-    # sentence one more value for its length; drawn again, longer, should a text need more.
-    wanted = target_chars // _MIN_STOCK_CHARS + SENTENCE_MAX_WORDS + 1
-    draws = _draws(seed, b"text", wanted)
-    sentences: list[bytes] = []
-    size = at = 0
-    while size < target_chars:
-        if at + SENTENCE_MAX_WORDS + 1 > len(draws):
-            wanted *= 2
-            draws = _draws(seed, b"text", wanted)
-        n_words = SENTENCE_MIN_WORDS + draws[at] % (SENTENCE_MAX_WORDS - SENTENCE_MIN_WORDS + 1)
-        picks = draws[at + 1 : at + 1 + n_words]
-        at += 1 + n_words
-        sentence = b" ".join([vocabulary[x * size_v >> 16] for x in picks]).capitalize() + b"."
-        sentences.append(sentence)
-        size += len(sentence) + 1
-    return b" ".join(sentences)[:target_chars].rstrip().decode()
+    # Just enough words to fill the text (each takes at least _MIN_WORD_CHARS and a space), which is cut at
+    # target_chars; then one sentence length per SENTENCE_MIN_WORDS words, more than the words need.
+    n_words = target_chars // (_MIN_WORD_CHARS + 1) + 1
+    draws = _draws(seed, b"text", n_words + n_words // SENTENCE_MIN_WORDS + 1)
+    text = [vocabulary[x * size_v >> 16] for x in draws[:n_words]]
+    at = 0
+    for x in draws[n_words:]:
+        if at >= n_words:
+            break
+        text[at] = text[at].capitalize()
+        at += SENTENCE_MIN_WORDS + x % (SENTENCE_MAX_WORDS - SENTENCE_MIN_WORDS + 1)
+        text[min(at, n_words) - 1] += b"."
+    return b" ".join(text)[:target_chars].rstrip().decode()
 
 
 def echo(request: InferenceRequest) -> str:
