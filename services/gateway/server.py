@@ -126,7 +126,8 @@ class GatewayServer:
         self._cancel_subscription: Subscription | None = None
         # The calls a cancel can name: queued ones by their entry, running ones by their task.
         self._calls: dict[str, Admitted | asyncio.Task[Any]] = {}
-        self._aborted: set[str] = set()  # running calls cancelled by their caller (not by a stop)
+        # Running calls cancelled on purpose (by their caller or their deadline, not by a stop), and why.
+        self._aborted: dict[str, str] = {}
         self.cancelled_count = 0
         self._events: list[InferenceEvent] = []
         self._events_flusher: asyncio.Task[None] | None = None
@@ -253,8 +254,10 @@ class GatewayServer:
                 self._finish_queued(call, CANCELLED_BY_CALLER)
         elif call is not None and not call.done():
             self.cancelled_count += 1
-            self._aborted.add(request_id)
-            call.cancel()
+            # Once: when its deadline cancelled it already, the caller's reason still wins.
+            if request_id not in self._aborted:
+                call.cancel()
+            self._aborted[request_id] = CANCELLED_BY_CALLER
 
     def _input_error(self, request: InferenceRequest) -> str:
         """Why the request cannot be served by this gateway at all, or ''."""
@@ -287,6 +290,13 @@ class GatewayServer:
                 entry.expiry.cancel()
             self._start(entry.msg, entry.request, entry.received_at, entry.deadline_at)
 
+    def _deadline_passed(self, request_id: str, task: asyncio.Task[Any]) -> None:
+        """A running request's deadline ran out: cancel it (the engine stops generating); it is answered
+        'deadline exceeded'."""
+        if request_id not in self._aborted and not task.done():
+            self._aborted[request_id] = DEADLINE_EXCEEDED
+            task.cancel()
+
     def _release(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
@@ -318,24 +328,25 @@ class GatewayServer:
         index = 0
         task = asyncio.current_task()
         assert task is not None
-        self._calls[request.request_id] = task
+        request_id = request.request_id
+        self._calls[request_id] = task
+        # The deadline is one timer that cancels this task, as asyncio.timeout does, without a context manager
+        # and its task lookups around every call (this runs per request; the deadline is rarely reached).
+        expiry = None
+        if deadline_at is not None:
+            delay_s = max(0.0, deadline_at - started_at)
+            expiry = asyncio.get_running_loop().call_later(delay_s, self._deadline_passed, request_id, task)
         try:
-            remaining_s = None if deadline_at is None else max(0.0, deadline_at - started_at)
             try:
-                async with asyncio.timeout(remaining_s):
-                    if stream_to:
-                        completion, first_token_at, index = await self._stream(request, stream_to)
-                    else:
-                        completion = await self.engine.generate(request)
-                        first_token_at = completion.first_token_at
-            except TimeoutError:
-                if deadline_at is None or time.perf_counter() < deadline_at:
-                    raise  # the engine's own timeout, not the request's deadline
-                elapsed_ms = (time.perf_counter() - received_at) * 1000.0
-                error = f"{DEADLINE_EXCEEDED}: cancelled while running after {elapsed_ms:.0f} ms"
-                response, event = self._failure(request.request_id, request, error)
-            else:
-                response, event = self._success(request, completion, received_at, started_at, first_token_at)
+                if stream_to:
+                    completion, first_token_at, index = await self._stream(request, stream_to)
+                else:
+                    completion = await self.engine.generate(request)
+                    first_token_at = completion.first_token_at
+            finally:
+                if expiry is not None:
+                    expiry.cancel()  # before any other await: the timer cannot cancel the reply
+            response, event = self._success(request, completion, received_at, started_at, first_token_at)
         except EngineError as exc:
             response, event = self._failure(request.request_id, request, str(exc)[:MAX_ERROR_CHARS])
         except Exception as exc:
@@ -344,13 +355,17 @@ class GatewayServer:
             error = f"engine error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
             response, event = self._failure(request.request_id, request, error)
         except asyncio.CancelledError:
-            if request.request_id not in self._aborted:
+            reason = self._aborted.get(request_id)
+            if reason is None:
                 raise  # the gateway is stopping
-            task.uncancel()  # the caller's cancel, handled here: the engine has stopped generating
-            response, event = self._failure(request.request_id, request, CANCELLED_BY_CALLER)
+            task.uncancel()  # the caller's cancel or the deadline, handled here: the engine stopped generating
+            if reason == DEADLINE_EXCEEDED:
+                elapsed_ms = (time.perf_counter() - received_at) * 1000.0
+                reason = f"{DEADLINE_EXCEEDED}: cancelled while running after {elapsed_ms:.0f} ms"
+            response, event = self._failure(request_id, request, reason)
         finally:
-            self._calls.pop(request.request_id, None)
-            self._aborted.discard(request.request_id)
+            self._calls.pop(request_id, None)
+            self._aborted.pop(request_id, None)
             self.running -= 1
             self._release()
             self._next()

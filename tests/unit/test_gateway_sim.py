@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import statistics
 import time
@@ -13,6 +14,7 @@ import jsonschema
 import pytest
 
 from services.gateway.backends import create_engine
+from services.gateway.backends import sim as sim_backend
 from services.gateway.backends.sim import LatencyModel, SimEngine
 from services.gateway.engine import EngineError, estimate_tokens
 from services.gateway.settings import GatewaySettings
@@ -96,3 +98,33 @@ async def test_unsatisfiable_schema_is_an_engine_error() -> None:
         await sim(sim_latency_scale=0).generate(
             request(json_schema={"type": "integer", "minimum": 5, "maximum": 1})
         )
+
+
+def test_prompt_words_are_the_distinct_longer_words_lower_cased_in_order() -> None:
+    words = sim_backend.prompt_words("Compare wind-power COSTS: wind, solar (2024), and the Zürich grid; wind.")
+    assert words == [b"compare", b"wind-power", b"costs", b"wind", b"solar", b"rich", b"grid"]
+    assert sim_backend.prompt_words("x" * 10 + " early " + "y" * sim_backend.PROMPT_TAIL_CHARS) == [b"y" * 4000]
+
+
+def test_plausible_text_is_a_function_of_prompt_length_and_seed() -> None:
+    prompt = "Compare solar, wind and hydro power in Germany, Spain and Norway."
+    text = sim_backend.plausible_text(prompt, 64, 7)
+    assert text == sim_backend.plausible_text(prompt, 64, 7) != sim_backend.plausible_text(prompt, 64, 8)
+    assert 64 * 4 - 20 < len(text) <= 64 * 4 and text[0].isupper()
+    assert {"solar", "wind", "norway"} & set(text.lower().replace(".", "").split())
+
+
+@pytest.mark.parametrize("prompt", ["", "able bake cane dark each", "Compare solar, wind and hydro power."])
+def test_plausible_text_fills_its_length_with_sentences(prompt: str) -> None:
+    for seed in range(30):
+        text = sim_backend.plausible_text(prompt, 50, seed)
+        assert len(text) in (199, 200)  # cut at 4 characters per token (a space at the cut is stripped)
+        sentences = [s.strip() for s in text.split(".")[:-1]]
+        assert sentences and all(s[0].isupper() and 6 <= len(s.split()) <= 18 for s in sentences)
+
+
+def test_completion_lengths_are_log_normal_around_the_mean() -> None:
+    lengths = [sim_backend.lognormal_tokens(64, seed) for seed in range(4000)]
+    assert lengths[:50] == [sim_backend.lognormal_tokens(64, seed) for seed in range(50)]
+    assert statistics.median(lengths) == pytest.approx(64, rel=0.05)
+    assert statistics.pstdev([math.log(n) for n in lengths]) == pytest.approx(0.5, rel=0.1)

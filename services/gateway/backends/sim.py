@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import random
-import re
 import time
 import zlib
+from array import array
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,8 +19,10 @@ from services.gateway.settings import GatewaySettings
 from swarm.contracts import InferenceRequest
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers of a chat template, per message
-_PROMPT_WORD = re.compile(r"[A-Za-z][A-Za-z-]{3,}")
-SENTENCE_WORDS = 12
+PROMPT_TAIL_CHARS = 4000  # the text draws its words from this much of the prompt's end
+HYPHEN = ord("-")
+PROMPT_WORD_MIN_CHARS = 4
+SENTENCE_MIN_WORDS, SENTENCE_MAX_WORDS = 6, 18
 ECHO_MAX_CHARS = 8000
 
 
@@ -55,22 +58,67 @@ def prompt_text(request: InferenceRequest) -> str:
     return "\n".join(m.content for m in request.messages)
 
 
-def plausible_text(prompt: str, n_tokens: int, rng: random.Random) -> str:
-    """Sentences mixing the prompt's words with a fixed vocabulary, about `n_tokens` tokens long."""
+def _word_bytes() -> bytes:
+    """A bytes.translate table: ASCII letters lower-cased, '-' kept, every other byte a word separator."""
+    table = bytearray(b" " * 256)
+    for c in b"abcdefghijklmnopqrstuvwxyz":
+        table[c] = table[c - 32] = c
+    table[ord("-")] = ord("-")
+    return bytes(table)
+
+
+_WORD_BYTES = _word_bytes()
+_STOCK_WORDS = tuple(w.encode() for w in WORDS)
+_MIN_WORD_CHARS = min(PROMPT_WORD_MIN_CHARS, *(len(w) for w in WORDS))
+
+
+def prompt_words(prompt: str) -> list[bytes]:
+    """The distinct words (ASCII letters and hyphens, 4 or more, starting with a letter) of the prompt's end,
+    lower-cased, in order of first use."""
+    # One translate and one split, in C, instead of a regex scan: this runs on every sim call. Bytes, not
+    # str: the text is assembled from these and decoded once.
+    tokens = dict.fromkeys(prompt[-PROMPT_TAIL_CHARS:].encode().translate(_WORD_BYTES).split())
+    return [w for w in tokens if len(w) >= PROMPT_WORD_MIN_CHARS and w[0] != HYPHEN]
+
+
+def _draws(seed: int, label: bytes, count: int) -> array[int]:
+    """`count` pseudo-random 16-bit values, a function of (seed, label, count) only."""
+    return array("H", hashlib.shake_128(b"%d:%s" % (seed, label)).digest(2 * count))
+
+
+def lognormal_tokens(mean_tokens: int, seed: int) -> int:
+    """A completion length with median `mean_tokens` and a log-normal spread (sigma 0.5), drawn from `seed`."""
+    u1, u2 = _draws(seed, b"length", 2)
+    z = math.sqrt(-2.0 * math.log((u1 + 1) / 65536)) * math.cos(2 * math.pi * u2 / 65536)  # Box-Muller
+    return round(mean_tokens * math.exp(0.5 * z))
+
+
+def plausible_text(prompt: str, n_tokens: int, seed: int) -> str:
+    """Sentences mixing the prompt's words with a fixed vocabulary, about `n_tokens` tokens long.
+
+    A function of (prompt, n_tokens, seed). The sim stands in for a model: its own cost is not the system's,
+    so the words come from one hash output (no random.Random seeded per call), are picked in one pass and
+    joined once, as bytes.
+    """
     # Each prompt word once (twice the weight of a stock word): a prompt that repeats one word must not make
     # the answer a loop of it, which the worker would reject as degenerate.
-    # Lower-cased before matching: one pass in C rather than a call per word (this runs on every sim call).
-    prompt_words = list(dict.fromkeys(_PROMPT_WORD.findall(prompt[-4000:].lower())))
-    vocabulary = [*WORDS, *prompt_words, *prompt_words]
-    target_chars = n_tokens * 4
-    sentences: list[str] = []
-    size = 0
-    choices, randint = rng.choices, rng.randint
-    while size < target_chars:
-        sentence = " ".join(choices(vocabulary, k=randint(SENTENCE_WORDS // 2, SENTENCE_WORDS * 3 // 2))).capitalize() + "."
-        sentences.append(sentence)
-        size += len(sentence) + 1
-    return " ".join(sentences)[:target_chars].rstrip()
+    words = prompt_words(prompt)
+    vocabulary = [*_STOCK_WORDS, *words, *words]
+    size_v = len(vocabulary)
+    target_chars = n_tokens * CHARS_PER_TOKEN
+    # Just enough words to fill the text (each takes at least _MIN_WORD_CHARS and a space), which is cut at
+    # target_chars; then one sentence length per SENTENCE_MIN_WORDS words, more than the words need.
+    n_words = target_chars // (_MIN_WORD_CHARS + 1) + 1
+    draws = _draws(seed, b"text", n_words + n_words // SENTENCE_MIN_WORDS + 1)
+    text = [vocabulary[x * size_v >> 16] for x in draws[:n_words]]
+    at = 0
+    for x in draws[n_words:]:
+        if at >= n_words:
+            break
+        text[at] = text[at].capitalize()
+        at += SENTENCE_MIN_WORDS + x % (SENTENCE_MAX_WORDS - SENTENCE_MIN_WORDS + 1)
+        text[min(at, n_words) - 1] += b"."
+    return b" ".join(text)[:target_chars].rstrip().decode()
 
 
 def echo(request: InferenceRequest) -> str:
@@ -130,21 +178,21 @@ class SimEngine:
                 f"prompt too long: {prompt_tokens} tokens, the context window is {self.context_tokens}"
             )
         # A request's seed draws another completion for the same prompt (a resample), as a real engine would.
-        rng = random.Random(self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()) ^ (request.seed or 0))
+        seed = self.seed * 1_000_003 ^ zlib.crc32(prompt.encode()) ^ (request.seed or 0)
         if request.sim_tool_call is not None:  # a scripted tool-loop decision
             call = request.sim_tool_call
             content = json.dumps(
                 {"action": "tool", "tool": call.tool, "arguments": call.arguments, "answer": f"calling {call.tool}"}
             )
         elif request.sim_final:
-            content = json.dumps({"action": "final", "answer": echo(request) + self._text(prompt, request, rng)})
+            content = json.dumps({"action": "final", "answer": echo(request) + self._text(prompt, request, seed)})
         elif request.json_schema is not None:
             try:
-                content = json.dumps(generate_document(request.json_schema, rng))
+                content = json.dumps(generate_document(request.json_schema, random.Random(seed)))
             except SchemaUnsupported as exc:
                 raise EngineError(f"json_schema: {exc}") from exc
         else:
-            content = echo(request) + self._text(prompt, request, rng)
+            content = echo(request) + self._text(prompt, request, seed)
         if request.sim_fault == "garbage":
             content = GARBAGE
         completion_tokens = estimate_tokens(content)
@@ -155,9 +203,9 @@ class SimEngine:
             ttft_ms = delay_ms * self.latency.ttft_ms / max(1e-9, self.latency.mean_ms(completion_tokens))
         return SimPlan(content, prompt_tokens, completion_tokens, delay_ms, ttft_ms)
 
-    def _text(self, prompt: str, request: InferenceRequest, rng: random.Random) -> str:
-        wanted = round(rng.lognormvariate(math.log(self.mean_completion_tokens), 0.5))
-        return plausible_text(prompt, max(1, min(request.max_tokens, wanted)), rng)
+    def _text(self, prompt: str, request: InferenceRequest, seed: int) -> str:
+        wanted = lognormal_tokens(self.mean_completion_tokens, seed)
+        return plausible_text(prompt, max(1, min(request.max_tokens, wanted)), seed)
 
     async def generate(self, request: InferenceRequest) -> Completion:
         """The planned completion, after the planned latency; its first token after the planned TTFT."""
