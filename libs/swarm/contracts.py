@@ -53,6 +53,8 @@ INLINE_INPUTS_MAX_CHARS = MESSAGE_MAX_BYTES // 4
 # One output inline in a StepResult, and so in each dependent's dispatch: 1/64, so that sixteen of them fit
 # the inputs' quarter of a dispatch.
 INLINE_OUTPUT_MAX_CHARS = MESSAGE_MAX_BYTES // 64
+# One step event attribute's value: a quarter (a step's 500 dependencies, a spawn's 4,000 new step ids fit).
+EVENT_ATTRIBUTE_MAX_CHARS = MESSAGE_MAX_BYTES // 4
 # The results a worker sends in one StepResultBatch: half a body (a single larger result goes alone).
 RESULT_BATCH_MAX_BYTES = MESSAGE_BODY_MAX_BYTES // 2
 
@@ -1238,7 +1240,9 @@ class StepEvent(Contract):
     completion_tokens: int = Field(default=0, ge=0, le=UINT32_MAX, description="Completion tokens of what ended here.")
     worker_id: str = Field(default="", max_length=NAME_MAX_CHARS, description="Which worker, if any.")
     error: str = Field(default="", max_length=ERROR_MAX_CHARS, description="Error text for failures.")
-    attributes: dict[str, str] = Field(default_factory=dict, description="Free-form attributes.")
+    attributes: dict[Annotated[str, Field(max_length=NAME_MAX_CHARS)], Annotated[str, Field(max_length=EVENT_ATTRIBUTE_MAX_CHARS)]] = Field(
+        default_factory=dict, max_length=32, description="Free-form attributes (depends_on, spawned, tool, outcome, ...)."
+    )
 
 
 class StepEventBatch(Contract):

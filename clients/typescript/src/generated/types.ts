@@ -1148,7 +1148,7 @@ export interface StepEvent {
    */
   attempt?: number;
   /**
-   * Free-form attributes.
+   * Free-form attributes (depends_on, spawned, tool, outcome, ...).
    */
   attributes?: {
     [k: string]: string | undefined;
