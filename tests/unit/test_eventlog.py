@@ -7,10 +7,11 @@ does), and the locked-directory case runs its second opener in a subprocess.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,15 @@ from pydantic import ValidationError
 
 from services.recorder.settings import MIGRATIONS_DIR
 from swarm.contracts import UINT16_MAX, UINT32_MAX, InferenceEvent, StepEvent, StepEventKind, step_event_id
-from swarm.eventlog import EventLog, EventLogError, EventLogLocked, find_migrations, open_client
+from swarm.eventlog import (
+    EventLog,
+    EventLogError,
+    EventLogLocked,
+    _dedup_token,
+    datetime64_ticks,
+    find_migrations,
+    open_client,
+)
 from swarm.settings import ClickHouseSettings
 
 
@@ -97,6 +106,26 @@ def test_step_events_insert_and_dedupe(eventlog: EventLog) -> None:
     assert row["tenant"] == "acme"
     assert row["attributes"] == {"pool": "default"}
     assert row["at"].replace(tzinfo=UTC) == at + timedelta(seconds=3)
+
+
+def test_datetime64_ticks_are_exact_microseconds_in_utc() -> None:
+    at = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    assert datetime64_ticks(at) == 1740830400_123456
+    assert datetime64_ticks(at.astimezone(timezone(timedelta(hours=-5)))) == 1740830400_123456
+    assert datetime64_ticks(at.replace(tzinfo=None)) == 1740830400_123456  # naive: the column's zone, UTC
+    assert datetime64_ticks(datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == -1
+
+
+def test_dedup_token_is_the_same_for_the_same_ids_in_the_same_order() -> None:
+    ids = ["r1.s1.1.queued", "r1.s1.1.started", "r1.s1.1.succeeded"]
+    # The token of earlier versions (one digest update per id): a batch inserted before an upgrade and
+    # redelivered after it still carries the same token, so the engine drops the repeat.
+    digest = hashlib.sha256(b"step_events")
+    for event_id in ids:
+        digest.update(b"\0" + event_id.encode())
+    assert _dedup_token("step_events", ids) == digest.hexdigest()
+    assert _dedup_token("step_events", ids[::-1]) != digest.hexdigest()
+    assert _dedup_token("inference_calls", ids) != digest.hexdigest()
 
 
 def test_inference_calls_insert(eventlog: EventLog) -> None:
