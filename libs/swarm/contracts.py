@@ -55,8 +55,10 @@ INLINE_INPUTS_MAX_CHARS = MESSAGE_MAX_BYTES // 4
 INLINE_OUTPUT_MAX_CHARS = MESSAGE_MAX_BYTES // 64
 # One step event attribute's value: a quarter (a step's 500 dependencies, a spawn's 4,000 new step ids fit).
 EVENT_ATTRIBUTE_MAX_CHARS = MESSAGE_MAX_BYTES // 4
-# The results a worker sends in one StepResultBatch: half a body (a single larger result goes alone).
+# The results a worker sends in one StepResultBatch: half a body (a single larger result goes alone), and
+# at most this many of them.
 RESULT_BATCH_MAX_BYTES = MESSAGE_BODY_MAX_BYTES // 2
+RESULT_BATCH_MAX_RESULTS = 4096
 
 
 # Free text that is indexed (the run index, the event log's columns) is bounded; `cut` is the one way a
@@ -793,7 +795,7 @@ class StepResultBatch(Contract):
     """Several results of one run in one message: what a worker's attempts finished while its last batch
     was being stored. Each result is applied as if it came alone; a single StepResult is accepted too."""
 
-    results: tuple[StepResult, ...] = Field(min_length=1, max_length=4096, description="The results.")
+    results: tuple[StepResult, ...] = Field(min_length=1, max_length=RESULT_BATCH_MAX_RESULTS, description="The results.")
 
 
 def _result_message_kind(value: object) -> str:

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterator
 
 from swarm.bus import Bus
-from swarm.contracts import RESULT_BATCH_MAX_BYTES, StepResult, Subjects
+from swarm.contracts import RESULT_BATCH_MAX_BYTES, RESULT_BATCH_MAX_RESULTS, StepResult, Subjects
 
 # A StepResultBatch's JSON around its results: the results are encoded once each (to size the batch) and
 # joined, not encoded again as part of a model (tests/unit/test_result_batches.py keeps the two equal).
@@ -25,11 +25,14 @@ def batch_json(encoded: list[bytes]) -> bytes:
     return _BATCH_HEAD + b",".join(encoded) + _BATCH_TAIL
 
 
-def chunks(encoded: list[bytes], max_bytes: int = RESULT_BATCH_MAX_BYTES) -> Iterator[tuple[int, int]]:
-    """(start, end) slices of `encoded` whose batches stay within `max_bytes` (a larger result goes alone)."""
+def chunks(
+    encoded: list[bytes], max_bytes: int = RESULT_BATCH_MAX_BYTES, max_results: int = RESULT_BATCH_MAX_RESULTS
+) -> Iterator[tuple[int, int]]:
+    """(start, end) slices of `encoded` whose batches stay within `max_bytes` (a larger result goes alone) and
+    `max_results`."""
     start, size = 0, len(_BATCH_HEAD) + len(_BATCH_TAIL)
     for i, data in enumerate(encoded):
-        if i > start and size + len(data) + 1 > max_bytes:
+        if i > start and (size + len(data) + 1 > max_bytes or i - start >= max_results):
             yield start, i
             start, size = i, len(_BATCH_HEAD) + len(_BATCH_TAIL)
         size += len(data) + 1

@@ -48,3 +48,8 @@ def test_batches_stay_within_their_budget_and_a_larger_result_goes_alone() -> No
     for start, end in spans[:-1]:
         assert len(batch_json(encoded[start:end])) <= len(big) + 500
     assert len(list(chunks(encoded))) == 1 and len(batch_json(encoded)) < RESULT_BATCH_MAX_BYTES
+
+
+def test_batches_stay_within_their_count() -> None:
+    encoded = [result(f"s{i}").model_dump_json().encode() for i in range(10)]
+    assert list(chunks(encoded, max_results=4)) == [(0, 4), (4, 8), (8, 10)]
