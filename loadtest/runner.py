@@ -61,10 +61,11 @@ from loadtest.floor import FloorError, FloorResult, clean_nats, measure_floor_in
 from loadtest.gateway_sim import TARGET_ADDED_P50_MS
 from loadtest.recorder_ingest import TARGET_EVENTS_PER_S
 from loadtest.scenarios import DEFAULT_INSTRUCTION_CHARS, PlanLoad, Scenario, load_all
-from swarm.client import RUN_EVENT, MessageTooLarge, SwarmClient
+from swarm.client import MessageTooLarge, SwarmClient
 from swarm.contracts import (
     DEFAULT_TENANT,
     PAYLOADS_STORE,
+    RUN_EVENT,
     TERMINAL_RUN_EVENTS,
     RunCompleted,
     RunEventKind,
@@ -342,7 +343,6 @@ async def run_plan(
         await client.cancel(task.run_id, task.tenant, reason="loadtest timeout")
     ctx.progress.update(bar, description=f"{task.run_id}: accounting")
     accounting = await read_step_events(client, task.run_id, [s.id for s in load.final_plan.steps])
-    ctx.progress.update(bar, description=f"{task.run_id}: {trace.final_kind}")
     figures = run_figures(ctx, task.run_id, load, trace, accounting, started_at)
     figures["service_cpu_s"] = dict(sorted(cpu_used.items(), key=lambda item: -item[1]))
     ctx.progress.update(bar, description=f"{task.run_id}: checking the event log")

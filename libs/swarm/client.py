@@ -15,7 +15,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from swarm.bus import Bus, identity_options
 from swarm.contracts import (
@@ -24,6 +24,7 @@ from swarm.contracts import (
     MESSAGE_BODY_MAX_BYTES,
     PLAN_INLINE_MAX_BYTES,
     RECORDER_CONSUMER,
+    RUN_EVENT,
     RUN_INDEX_BUCKET,
     RUNS,
     TERMINAL_RUN_EVENTS,
@@ -44,7 +45,6 @@ from swarm.payloads import PlanStore, PlanUnavailable, plan_bytes
 from swarm.schemas import describe_validation_error
 from swarm.settings import NatsSettings
 
-RUN_EVENT = TypeAdapter(RunEvent)
 log = logging.getLogger(__name__)
 WATCH_HEARTBEAT_S = 2.0  # a run watcher missing three heartbeats re-creates its consumer
 RUNS_LOOK_BACK_S = 3600.0  # `runs` first reads the index's changes of the last hour; widened 4x while too few

@@ -1063,6 +1063,7 @@ RunEvent = Annotated[
     Field(discriminator="kind"),
 ]
 TERMINAL_RUN_EVENTS = (RunEventKind.REJECTED, RunEventKind.COMPLETED, RunEventKind.FAILED, RunEventKind.CANCELLED)
+RUN_EVENT: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)  # a run event of any kind, by its 'kind'
 
 
 class RunStatus(StrEnum):

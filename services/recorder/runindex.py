@@ -17,39 +17,37 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from services.recorder.runs import RUNS_BATCH, RecordedRunEvent, apply_run_event, empty_run_row
+from services.recorder.runs import (
+    RUNS_BATCH,
+    RecordedRunEvent,
+    apply_run_event,
+    empty_run_row,
+    run_events_consumer,
+)
 from services.recorder.settings import RecorderSettings
 from swarm.bus import Bus, ConsumerSpec, Retry, consume_batches, fail
 from swarm.contracts import (
+    RUN_EVENT,
     RUN_INDEX_BUCKET,
     RUN_INDEX_CONSUMER,
-    RUNS,
     TERMINAL_RUN_EVENTS,
     Keys,
-    RunEvent,
     RunEventKind,
     RunRecord,
     RunStatus,
-    Subjects,
     record_goal,
 )
 
 log = logging.getLogger(__name__)
 
 INDEXED_RUN_EVENTS = (RunEventKind.ACCEPTED, RunEventKind.PLANNED, RunEventKind.EXECUTED, *TERMINAL_RUN_EVENTS)
-_RUN_EVENT = TypeAdapter(RunEvent)
 
 
 def run_index_consumer(settings: RecorderSettings) -> ConsumerSpec:
     """The index's durable pull consumer on RUNS: every event that changes a run's status."""
-    return ConsumerSpec(
-        stream=RUNS,
-        durable=RUN_INDEX_CONSUMER,
-        filter_subjects=tuple(Subjects.run_kind_all(kind) for kind in INDEXED_RUN_EVENTS),
-        ack_wait_s=settings.ack_wait_s,
-    )
+    return run_events_consumer(RUN_INDEX_CONSUMER, INDEXED_RUN_EVENTS, settings)
 
 
 def record_of(row: dict[str, Any]) -> RunRecord:
@@ -88,7 +86,7 @@ class RunIndexer:
         by_run: dict[str, list[tuple[Msg, RecordedRunEvent]]] = {}
         for msg in msgs:  # in stream order, so each run's events stay in order
             try:
-                event: RecordedRunEvent = _RUN_EVENT.validate_json(msg.data)  # type: ignore[assignment]  # the filter admits only these kinds
+                event: RecordedRunEvent = RUN_EVENT.validate_json(msg.data)  # type: ignore[assignment]  # the filter admits only these kinds
             except ValidationError as exc:
                 await fail(msg, exc)
                 continue

@@ -16,18 +16,17 @@ from typing import Any
 import nats.errors
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from nats.aio.msg import Msg
-from pydantic import TypeAdapter
 
 from services.recorder.settings import RecorderSettings
 from swarm.bus import Bus, ConsumerSpec, Retry, consume_batches, fail
 from swarm.contracts import (
     RECORDER_RUNS_CONSUMER,
+    RUN_EVENT,
     RUNS,
     TERMINAL_RUN_EVENTS,
     RunAccepted,
     RunCancelled,
     RunCompleted,
-    RunEvent,
     RunEventKind,
     RunExecuted,
     RunFailed,
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 
 RECORDED_RUN_EVENTS = (RunEventKind.PLANNED, *TERMINAL_RUN_EVENTS)
 RUNS_BATCH = 256
-_RUN_EVENT = TypeAdapter(RunEvent)
 _TERMINAL = {str(s) for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REJECTED)}
 _TIMES = ("submitted_at", "finished_at")
 
@@ -53,14 +51,19 @@ RecordedRunEvent = RunAccepted | RunPlanned | RunExecuted | RunCompleted | RunFa
 _PROGRESS = {str(RunStatus.PLANNING): 0, str(RunStatus.RUNNING): 1, str(RunStatus.SYNTHESIZING): 2}
 
 
-def runs_consumer(settings: RecorderSettings) -> ConsumerSpec:
-    """The recorder's durable pull consumer on RUNS: 'planned' and the terminal events."""
+def run_events_consumer(durable: str, kinds: tuple[RunEventKind, ...], settings: RecorderSettings) -> ConsumerSpec:
+    """A durable pull consumer on RUNS of the run events of `kinds` (every run's)."""
     return ConsumerSpec(
         stream=RUNS,
-        durable=RECORDER_RUNS_CONSUMER,
-        filter_subjects=tuple(Subjects.run_kind_all(kind) for kind in RECORDED_RUN_EVENTS),
+        durable=durable,
+        filter_subjects=tuple(Subjects.run_kind_all(kind) for kind in kinds),
         ack_wait_s=settings.ack_wait_s,
     )
+
+
+def runs_consumer(settings: RecorderSettings) -> ConsumerSpec:
+    """The recorder's durable pull consumer on RUNS: 'planned' and the terminal events."""
+    return run_events_consumer(RECORDER_RUNS_CONSUMER, RECORDED_RUN_EVENTS, settings)
 
 
 def empty_run_row(run_id: str, tenant: str) -> dict[str, Any]:
@@ -149,7 +152,7 @@ class RunRecorder:
         events: list[tuple[Msg, RecordedRunEvent]] = []
         for msg in msgs:
             try:
-                event: RecordedRunEvent = _RUN_EVENT.validate_json(msg.data)  # type: ignore[assignment]  # the filter admits only these kinds
+                event: RecordedRunEvent = RUN_EVENT.validate_json(msg.data)  # type: ignore[assignment]  # the filter admits only these kinds
                 if isinstance(event, RunPlanned):
                     event = await self._resolved(event)
                 events.append((msg, event))

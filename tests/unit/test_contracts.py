@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from swarm import contracts
 from swarm.contracts import (
@@ -38,7 +38,7 @@ MESSAGE_MODELS = sorted(
     ),
     key=lambda model: model.__name__,
 )
-RUN_EVENT = TypeAdapter(contracts.RunEvent)
+RUN_EVENT = contracts.RUN_EVENT
 
 
 def _plan() -> Plan:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import TypeAdapter
 
 from swarm import contracts
 from swarm.contracts import CHANNELS, RunCompleted, RunSummary, TaskSubmission
@@ -205,7 +204,7 @@ def test_messages_validate_against_their_schema_files(generated: Path) -> None:
         prompt_tokens=1, completion_tokens=1, wall_ms=1.0,
     )
     completed = RunCompleted(run_id="r-1", tenant="default", answer="42", summary=summary)
-    event = json.loads(TypeAdapter(contracts.RunEvent).dump_json(completed))
+    event = json.loads(contracts.RUN_EVENT.dump_json(completed))
     jsonschema.validate(event, event_schema, cls=jsonschema.Draft202012Validator)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**event, "kind": "nonsense"}, event_schema, cls=jsonschema.Draft202012Validator)

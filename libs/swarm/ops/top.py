@@ -32,8 +32,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from swarm.client import RUN_EVENT, SwarmClient
-from swarm.contracts import RUNS, RunEventKind, RunStatus, Subjects
+from swarm.client import SwarmClient
+from swarm.contracts import RUN_EVENT, RUNS, RunEventKind, RunStatus, Subjects
 from swarm.eventlog import EventLogError
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.runview import RunView
