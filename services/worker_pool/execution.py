@@ -60,7 +60,7 @@ from swarm.contracts import (
     utc_now,
 )
 from swarm.inference import InferenceClient, InferenceError, chat, new_request_id
-from swarm.payloads import Payloads, is_ref
+from swarm.payloads import Payloads, is_ref, read_object
 from swarm.repetition import degeneracy
 
 __all__ = ["StepExecutor", "StepFailed", "build_prompt", "memory_section", "steps_consumer"]
@@ -541,12 +541,10 @@ class StepExecutor:
         if call.arguments_ref is None:
             return call
         try:
-            stored = await (await self.bus.js.object_store(self.settings.payloads_store(dispatch.tenant).name)).get(
-                call.arguments_ref
-            )
+            stored = await read_object(self.bus.js, self.settings.payloads_store(dispatch.tenant).name, call.arguments_ref)
         except nats.js.errors.NotFoundError as exc:
             raise StepFailed(f"sim script {call.arguments_ref} not found", retryable=False) from exc
-        return SimToolCall(tool=call.tool, arguments=json.loads(stored.data or b"{}"))
+        return SimToolCall(tool=call.tool, arguments=json.loads(stored or b"{}"))
 
     async def _inputs(self, dispatch: StepDispatch) -> dict[str, str]:
         deps = [d for d in dispatch.step.depends_on if d not in dispatch.missing_inputs]

@@ -138,3 +138,14 @@ def test_cli_bad_input_exits_non_zero_with_a_reason(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     down = run_cli("submit", "hello", "--nats-url", f"nats://127.0.0.1:{free_port()}")
     assert down.returncode == 1 and "swarm up" in down.stderr
+
+
+def test_services_run_in_process_groups_of_their_own_within_the_callers_session(stack: Stack) -> None:
+    """Out of reach of a terminal's Ctrl-C, yet in the caller's session: with autogroup scheduling a session is
+    a CPU group of its own, and a NATS server alone in one round-tripped at half the rate."""
+    state = stack.state()
+    assert state is not None
+    pids = [int(n["pid"]) for n in state["nats_nodes"]] + [int(s["pid"]) for s in state["services"]]
+    for pid in pids:
+        assert os.getpgid(pid) == pid
+        assert os.getsid(pid) == os.getsid(0)

@@ -86,7 +86,10 @@ class NatsServer:
         """Start the process without waiting (cluster nodes start together, then wait)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # A process group of its own (a terminal's Ctrl-C does not reach it), but the caller's session: with
+        # the kernel's autogroup scheduling every session is a CPU group of its own, and a server alone in
+        # one measured the raw JetStream round trip at half its rate (2,400 against 5,300 steps/s).
+        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, process_group=0)
         return self
 
     def wait_healthy(self, timeout_s: float = 10.0) -> None:

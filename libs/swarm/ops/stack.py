@@ -229,8 +229,8 @@ class Stack:
         with open(entry["log"], "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", entry["module"]], env={**os.environ, **env}, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd(),
-            )  # fmt: skip
+                stderr=subprocess.STDOUT, process_group=0, cwd=os.getcwd(),
+            )  # fmt: skip  # the caller's session, as the NATS server's (see NatsServer.launch)
         return process.pid
 
     def _running_state(self) -> dict:  # type: ignore[type-arg]
