@@ -798,25 +798,6 @@ class StepResultBatch(Contract):
     results: tuple[StepResult, ...] = Field(min_length=1, max_length=RESULT_BATCH_MAX_RESULTS, description="The results.")
 
 
-def _result_message_kind(value: object) -> str:
-    return "batch" if isinstance(value, dict) and "results" in value else "single"
-
-
-# What arrives on a results subject: a batch (what workers send) or one result (older workers, other clients).
-ResultMessage = TypeAdapter(
-    Annotated[
-        Annotated[StepResultBatch, Tag("batch")] | Annotated[StepResult, Tag("single")],
-        Discriminator(_result_message_kind),
-    ]
-)
-
-
-def results_of(data: bytes) -> tuple[StepResult, ...]:
-    """The results a message on a results subject carries (raises ValidationError when it is malformed)."""
-    message = ResultMessage.validate_json(data)
-    return message.results if isinstance(message, StepResultBatch) else (message,)
-
-
 # --------------------------------------------------------------------------- run lifecycle
 
 
@@ -1254,6 +1235,31 @@ class StepEventBatch(Contract):
     events: tuple[StepEvent, ...] = Field(
         min_length=1, max_length=2000, description="The events, each recorded as if published alone."
     )
+
+
+# StepResult and its batch carry StepEvents, defined after them: their schemas are completed here, at import,
+# not at their first use on a worker's or dispatcher's hot path.
+StepResult.model_rebuild()
+StepResultBatch.model_rebuild()
+
+
+def _result_message_kind(value: object) -> str:
+    return "batch" if isinstance(value, dict) and "results" in value else "single"
+
+
+# What arrives on a results subject: a batch (what workers send) or one result (older workers, other clients).
+ResultMessage = TypeAdapter(
+    Annotated[
+        Annotated[StepResultBatch, Tag("batch")] | Annotated[StepResult, Tag("single")],
+        Discriminator(_result_message_kind),
+    ]
+)
+
+
+def results_of(data: bytes) -> tuple[StepResult, ...]:
+    """The results a message on a results subject carries (raises ValidationError when it is malformed)."""
+    message = ResultMessage.validate_json(data)
+    return message.results if isinstance(message, StepResultBatch) else (message,)
 
 
 def step_event_id(run_id: str, step_id: str, attempt: int, kind: StepEventKind | str) -> str:
