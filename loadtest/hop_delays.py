@@ -11,6 +11,11 @@ each hop a step takes, from the events' own timestamps (each taken on its own ho
   published, fetched and applied.
 A step's makespan share is release + pickup + its attempt + report: at a 200 ms median a hop costing 4 ms
 in all is the 0.98 efficiency budget of a chain.
+
+It then follows the run's realized critical chain back from the step that succeeded last, each time to the
+dependency that succeeded last, and sums each hop over that chain; with the run's start (its `planned` event
+to the first `queued`: the dispatcher's intake of the plan) and end (the last `succeeded` to `executed`),
+that is where the makespan beyond the engine's own time went.
 """
 
 from __future__ import annotations
@@ -87,17 +92,70 @@ def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -
     return found
 
 
-async def measure(nats_url: str, run_id: str) -> dict[str, list[float]]:
-    """Read the run's events from EVENTS and compute its hops."""
+def critical_chain(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -> list[dict[str, float]]:
+    """The hops (ms) of each step of the realized critical chain, first step first: from the step that
+    succeeded last back through the dependency that succeeded last (first attempts' events)."""
+    by_step: dict[str, dict[str, datetime]] = defaultdict(dict)
+    parents: dict[str, list[str]] = {}
+    for event in sorted(step_events, key=lambda e: e.at):
+        if event.attempt == 1:
+            if event.kind is StepEventKind.QUEUED:
+                parents[event.step_id] = [p for p in event.attributes.get("depends_on", "").split(",") if p]
+            by_step[event.step_id].setdefault(event.kind.value, event.at)
+            if event.kind is StepEventKind.INFERENCE_DONE:  # the last call's end
+                by_step[event.step_id]["last_inference_done"] = event.at
+    engine_ms: dict[str, float] = defaultdict(float)
+    queue_ms: dict[str, float] = defaultdict(float)
+    for call in inference_events:
+        engine_ms[call.step_id] += call.duration_ms
+        queue_ms[call.step_id] += call.queue_ms
+    needed = ("queued", "started", "last_inference_done", "succeeded")
+    complete = {s for s, at in by_step.items() if all(k in at for k in needed)}
+    chain: list[dict[str, float]] = []
+    step: str | None = max(complete, key=lambda s: by_step[s]["succeeded"], default=None)
+    while step is not None:
+        at = by_step[step]
+        before = [p for p in parents.get(step, []) if p in complete]
+        parent = max(before, key=lambda p: by_step[p]["succeeded"], default=None)
+        chain.append({
+            "release": _ms(by_step[parent]["succeeded"], at["queued"]) if parent else 0.0,
+            "pickup": _ms(at["queued"], at["started"]),
+            "inference overhead": _ms(at["started"], at["last_inference_done"]) - engine_ms[step] - queue_ms[step],
+            "gateway queue": queue_ms[step],
+            "engine": engine_ms[step],
+            "report": _ms(at["last_inference_done"], at["succeeded"]),
+        })  # fmt: skip
+        step = parent
+    return chain[::-1]
+
+
+async def _run_events(client: SwarmClient, run_id: str) -> dict[str, datetime]:
+    """When the RUNS stream stored each lifecycle event of the run (the first of each kind)."""
+    sub = await client.bus.js.subscribe(Subjects.run_all("*", run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    stored: dict[str, datetime] = {}
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=IDLE_S)
+            except nats.errors.TimeoutError:
+                return stored
+            stored.setdefault(msg.subject.rsplit(".", 1)[-1], msg.metadata.timestamp)
+    finally:
+        await sub.unsubscribe()
+
+
+async def measure(nats_url: str, run_id: str) -> tuple[list[StepEvent], list[InferenceEvent], dict[str, datetime]]:
+    """Read the run's step and inference events from EVENTS, and its lifecycle from RUNS."""
     client = await SwarmClient.connect(NatsSettings(url=nats_url))
     try:
         steps = [e for d in await _read(client, Subjects.step_event_batch("*", run_id))
                  for e in StepEventBatch.model_validate_json(d).events]  # fmt: skip
         calls = [e for d in await _read(client, Subjects.inference_event_batch())
                  for e in InferenceEventBatch.model_validate_json(d).events if e.run_id == run_id]  # fmt: skip
+        lifecycle = await _run_events(client, run_id)
     finally:
         await client.close()
-    return hops(steps, calls)
+    return steps, calls, lifecycle
 
 
 def main() -> None:
@@ -106,12 +164,26 @@ def main() -> None:
     parser.add_argument("run_id")
     parser.add_argument("--nats-url", required=True)
     args = parser.parse_args()
-    found = asyncio.run(measure(args.nats_url, args.run_id))
-    for name in ("release", "pickup", "gateway queue", "inference overhead", "report"):
+    steps, calls, lifecycle = asyncio.run(measure(args.nats_url, args.run_id))
+    found = hops(steps, calls)
+    names = ("release", "pickup", "gateway queue", "inference overhead", "report")
+    for name in names:
         values = sorted(found.get(name, []))
         if values:
             p90 = values[int(len(values) * 0.9)]
             print(f"{name:20s} p50 {statistics.median(values):7.1f}  p90 {p90:7.1f}  mean {statistics.mean(values):7.1f} ms")
+    chain = critical_chain(steps, calls)
+    if not chain:
+        return
+    print(f"critical chain: {len(chain)} steps, engine {sum(h['engine'] for h in chain):.0f} ms; over it, in all:")
+    for name in names:
+        print(f"  {name:20s} {sum(h[name] for h in chain):7.0f} ms")
+    queued = [e.at for e in steps if e.kind is StepEventKind.QUEUED]
+    succeeded = [e.at for e in steps if e.kind is StepEventKind.SUCCEEDED]
+    if "planned" in lifecycle and queued:
+        print(f"  {'run start':20s} {_ms(lifecycle['planned'], min(queued)):7.0f} ms (planned to the first step queued)")
+    if "executed" in lifecycle and succeeded:
+        print(f"  {'run end':20s} {_ms(max(succeeded), lifecycle['executed']):7.0f} ms (the last step succeeded to executed)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from loadtest.hop_delays import hops
+from loadtest.hop_delays import critical_chain, hops
 from swarm.contracts import InferenceEvent, StepEvent, StepEventKind, step_event_id
 
 T0 = datetime(2026, 11, 30, tzinfo=UTC)
@@ -43,3 +43,21 @@ def test_each_hop_of_a_two_step_chain_is_measured_from_its_events() -> None:
 def test_steps_missing_an_event_are_left_out() -> None:
     only_queued = [event("a", StepEventKind.QUEUED, 0)]
     assert hops(only_queued, []) == {}
+
+
+def test_the_critical_chain_follows_the_dependency_that_finished_last() -> None:
+    kinds = (StepEventKind.QUEUED, StepEventKind.STARTED, StepEventKind.INFERENCE_DONE, StepEventKind.SUCCEEDED)
+
+    def step(step_id: str, times: tuple[float, float, float, float], depends_on: str = "") -> list[StepEvent]:
+        queued = event(step_id, kinds[0], times[0], depends_on)
+        return [queued] + [event(step_id, kind, at) for kind, at in zip(kinds[1:], times[1:], strict=True)]
+
+    events = step("a", (0, 2, 100, 103)) + step("b", (0, 3, 300, 310))  # b finishes last of the two roots
+    events += step("c", (311, 315, 415, 420), depends_on="a,b")
+    calls = [call("a", 99, 0.0, 95.0), call("b", 299, 1.0, 290.0), call("c", 414, 0.5, 99.0)]
+    chain = critical_chain(events, calls)
+    assert [h["engine"] for h in chain] == [290.0, 99.0]  # b then c: a is off the chain
+    assert chain[0]["release"] == 0.0 and chain[1]["release"] == pytest.approx(1.0)  # b succeeded 310, c queued 311
+    assert chain[1]["pickup"] == pytest.approx(4.0) and chain[1]["report"] == pytest.approx(5.0)
+    assert chain[1]["inference overhead"] == pytest.approx(100.0 - 99.0 - 0.5)
+    assert critical_chain([], []) == []
