@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from services.recorder.service import run_recorder
 from services.recorder.settings import RecorderSettings
@@ -12,6 +13,7 @@ from swarm.service import run_service
 def main() -> None:
     """Run the recorder until SIGTERM."""
     settings = RecorderSettings()
+    os.nice(settings.nice)
 
     async def record(stop: asyncio.Event) -> None:
         await run_recorder(settings, stop)

@@ -41,4 +41,8 @@ class RecorderSettings(BaseSettings):
         True, description="Create the database and apply migrations at start-up; false where a DDL user's job "
         "does it (compose: clickhouse-migrate), so the recorder's own user only inserts and reads.",
     )
+    nice: int = Field(
+        5, ge=0, le=19, description="CPU priority below the services on a step's path (os.nice): when the CPUs are "
+        "busy, the event log may fall behind by a moment, a step should not wait for it.",
+    )
     log_level: str = Field("INFO", description="Log level.")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from services.recorder.settings import RecorderSettings
 from swarm.client import SwarmClient
 from swarm.contracts import AgentSpec, Plan, RunCompleted, RunRejected, StepSpec, Subjects
 from swarm.ops.natsserver import free_port
@@ -149,3 +150,12 @@ def test_services_run_in_process_groups_of_their_own_within_the_callers_session(
     for pid in pids:
         assert os.getpgid(pid) == pid
         assert os.getsid(pid) == os.getsid(0)
+
+
+def test_the_recorder_yields_the_cpu_to_the_services_on_a_steps_path(stack: Stack) -> None:
+    state = stack.state()
+    assert state is not None
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    niceness = {s["name"]: os.getpriority(os.PRIO_PROCESS, int(s["pid"])) for s in state["services"]}
+    assert niceness.pop("recorder") == min(19, ours + RecorderSettings().nice) > ours
+    assert set(niceness.values()) == {ours}
