@@ -9,14 +9,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.js.api import StreamConfig
 
 from services.recorder.settings import RecorderSettings
 from swarm.client import SwarmClient
-from swarm.contracts import AgentSpec, Plan, RunCompleted, RunRejected, StepSpec, Subjects
-from swarm.ops.natsserver import free_port
+from swarm.contracts import RESULTS, AgentSpec, Plan, RunCompleted, RunRejected, StepSpec, Subjects
+from swarm.ops.natsserver import NatsServer, free_port
 from swarm.ops.queries import query_via_recorder
-from swarm.ops.stack import Stack, StackAlreadyRunning
+from swarm.ops.stack import Stack, StackAlreadyRunning, StackError, _port_free
 from swarm.settings import NatsSettings, StackSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -159,3 +161,25 @@ def test_the_recorder_yields_the_cpu_to_the_services_on_a_steps_path(stack: Stac
     niceness = {s["name"]: os.getpriority(os.PRIO_PROCESS, int(s["pid"])) for s in state["services"]}
     assert niceness.pop("recorder") == min(19, ours + RecorderSettings().nice) > ours
     assert set(niceness.values()) == {ours}
+
+
+def test_up_on_a_store_from_another_version_says_what_to_do_and_starts_nothing(tmp_path: Path) -> None:
+    """A local stack's NATS store outlives upgrades; one whose streams another version made is named, with the remedy."""
+    settings = StackSettings(home=tmp_path, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim")
+    old = NatsServer(store_dir=tmp_path / "nats", port=settings.nats_port, monitor_port=settings.nats_monitor_port).start()
+    try:
+        asyncio.run(_create_stream(old.url, StreamConfig(name=RESULTS.name, subjects=["swarm.results.older.*"])))
+    finally:
+        old.stop()
+    stack = Stack(settings)
+    with pytest.raises(StackError, match=r"made by another version of Swarm.*RESULTS.*delete .*nats"):
+        stack.up(timeout_s=60)
+    assert stack.state() is None and _port_free(settings.nats_port)  # the NATS server it started is stopped
+
+
+async def _create_stream(url: str, config: StreamConfig) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().add_stream(config)
+    finally:
+        await nc.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 import nats
 import nats.errors
 
-from swarm.bus import Bus
+from swarm.bus import Bus, ProvisioningConflict
 from swarm.contracts import Subjects
 from swarm.ops.natsserver import NatsServer, cluster_servers, local_nodes, node_status, start_cluster
 from swarm.settings import NatsSettings, StackSettings
@@ -185,15 +185,21 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         on_step("nats-server" if self.settings.nats_cluster == 1 else f"{self.settings.nats_cluster} nats-server nodes")
         nats_nodes = self._start_nats_nodes()
-        if self.settings.nats_cluster > 1:
-            # Streams, buckets and their leaders before the services: six processes creating replicated
-            # streams at once keep the Raft groups electing, and a service's first API call timed out.
-            on_step("replicated streams")
-            try:
-                asyncio.run(_provision(NatsSettings(url=self.nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
-            except (nats.errors.Error, TimeoutError) as exc:
-                _terminate([int(n["pid"]) for n in nats_nodes], timeout_s=10)  # type: ignore[call-overload]
-                raise StackError(f"the NATS cluster did not take the streams ({exc}): see {self.logs}") from exc
+        # Streams, buckets (and in a cluster their leaders) before the services: six processes creating
+        # replicated streams at once keep the Raft groups electing, and a service's first API call timed out;
+        # and a store another version made is refused here, once, in words, not by every service's traceback.
+        on_step("streams" if self.settings.nats_cluster == 1 else "replicated streams")
+        try:
+            asyncio.run(_provision(NatsSettings(url=self.nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
+        except (nats.errors.Error, TimeoutError, ProvisioningConflict) as exc:
+            _terminate([int(n["pid"]) for n in nats_nodes], timeout_s=10)  # type: ignore[call-overload]
+            if isinstance(exc, ProvisioningConflict):
+                raise StackError(
+                    f"the NATS store {self.home / 'nats'} was made by another version of Swarm ({exc}). It keeps "
+                    f"the stack's runs across restarts, so `swarm up` does not change it: delete {self.home / 'nats'} "
+                    "to start afresh (the runs it holds are lost there; ClickHouse keeps their history)"
+                ) from exc
+            raise StackError(f"NATS did not take the streams ({exc}): see {self.logs}") from exc
         # The services' settings as they are now, kept in the state file: a service restarted later
         # (`swarm up`, `swarm restart`) from another shell gets the same ones. Secrets stay out of the file.
         inherited = {k: v for k, v in os.environ.items() if k.startswith("SWARM_") and not SECRET_NAME.search(k)}
