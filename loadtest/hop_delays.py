@@ -60,22 +60,38 @@ def _ms(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() * 1000
 
 
-def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -> dict[str, list[float]]:
-    """Each hop's durations (ms) over the run's steps that succeeded at their first attempt."""
+_NEEDED = (StepEventKind.QUEUED, StepEventKind.STARTED, StepEventKind.INFERENCE_DONE, StepEventKind.SUCCEEDED)
+
+
+def _first_attempts(step_events: list[StepEvent]) -> dict[str, dict[str, list[StepEvent]]]:
+    """Step id -> event kind -> its first attempt's events of that kind, oldest first."""
     by_step: dict[str, dict[str, list[StepEvent]]] = defaultdict(lambda: defaultdict(list))
-    for event in step_events:
+    for event in sorted(step_events, key=lambda e: e.at):
         if event.attempt == 1:
             by_step[event.step_id][event.kind.value].append(event)
+    return by_step
+
+
+def _complete(by_step: dict[str, dict[str, list[StepEvent]]]) -> dict[str, dict[str, list[StepEvent]]]:
+    """The steps that have every hop's events: queued, started, inference done, succeeded."""
+    return {s: kinds for s, kinds in by_step.items() if all(kinds.get(kind.value) for kind in _NEEDED)}
+
+
+def _parents(kinds: dict[str, list[StepEvent]]) -> list[str]:
+    """The step's dependencies, as its dispatcher's 'queued' event names them."""
+    return [p for p in kinds["queued"][0].attributes.get("depends_on", "").split(",") if p]
+
+
+def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -> dict[str, list[float]]:
+    """Each hop's durations (ms) over the run's steps that succeeded at their first attempt."""
+    by_step = _first_attempts(step_events)
     calls: dict[str, list[InferenceEvent]] = defaultdict(list)
     for call in inference_events:
         calls[call.step_id].append(call)
     found: dict[str, list[float]] = defaultdict(list)
-    for step_id, kinds in by_step.items():
-        needed = (StepEventKind.QUEUED, StepEventKind.STARTED, StepEventKind.INFERENCE_DONE, StepEventKind.SUCCEEDED)
-        if not all(kinds.get(kind.value) for kind in needed):
-            continue
+    for step_id, kinds in _complete(by_step).items():
         queued, started = kinds["queued"][0], kinds["started"][0]
-        done = sorted(kinds["inference_done"], key=lambda e: e.at)
+        done = kinds["inference_done"]
         succeeded = kinds["succeeded"][0]
         found["pickup"].append(_ms(queued.at, started.at))
         found["report"].append(_ms(done[-1].at, succeeded.at))
@@ -85,7 +101,7 @@ def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -
             found["inference overhead"].append(
                 _ms(started.at, done[0].at) - first_call.queue_ms - first_call.duration_ms
             )
-        parents = [p for p in queued.attributes.get("depends_on", "").split(",") if p]
+        parents = _parents(kinds)
         ends = [by_step[p]["succeeded"][0].at for p in parents if by_step.get(p, {}).get("succeeded")]
         if ends and len(ends) == len(parents):
             found["release"].append(_ms(max(ends), queued.at))
@@ -95,35 +111,29 @@ def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -
 def critical_chain(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -> list[dict[str, float]]:
     """The hops (ms) of each step of the realized critical chain, first step first: from the step that
     succeeded last back through the dependency that succeeded last (first attempts' events)."""
-    by_step: dict[str, dict[str, datetime]] = defaultdict(dict)
-    parents: dict[str, list[str]] = {}
-    for event in sorted(step_events, key=lambda e: e.at):
-        if event.attempt == 1:
-            if event.kind is StepEventKind.QUEUED:
-                parents[event.step_id] = [p for p in event.attributes.get("depends_on", "").split(",") if p]
-            by_step[event.step_id].setdefault(event.kind.value, event.at)
-            if event.kind is StepEventKind.INFERENCE_DONE:  # the last call's end
-                by_step[event.step_id]["last_inference_done"] = event.at
+    by_step = _complete(_first_attempts(step_events))
     engine_ms: dict[str, float] = defaultdict(float)
     queue_ms: dict[str, float] = defaultdict(float)
     for call in inference_events:
         engine_ms[call.step_id] += call.duration_ms
         queue_ms[call.step_id] += call.queue_ms
-    needed = ("queued", "started", "last_inference_done", "succeeded")
-    complete = {s for s, at in by_step.items() if all(k in at for k in needed)}
+
+    def succeeded(step_id: str) -> datetime:
+        return by_step[step_id]["succeeded"][0].at
+
     chain: list[dict[str, float]] = []
-    step: str | None = max(complete, key=lambda s: by_step[s]["succeeded"], default=None)
+    step: str | None = max(by_step, key=succeeded, default=None)
     while step is not None:
-        at = by_step[step]
-        before = [p for p in parents.get(step, []) if p in complete]
-        parent = max(before, key=lambda p: by_step[p]["succeeded"], default=None)
+        kinds = by_step[step]
+        queued, started, last_done = kinds["queued"][0].at, kinds["started"][0].at, kinds["inference_done"][-1].at
+        parent = max((p for p in _parents(kinds) if p in by_step), key=succeeded, default=None)
         chain.append({
-            "release": _ms(by_step[parent]["succeeded"], at["queued"]) if parent else 0.0,
-            "pickup": _ms(at["queued"], at["started"]),
-            "inference overhead": _ms(at["started"], at["last_inference_done"]) - engine_ms[step] - queue_ms[step],
+            "release": _ms(succeeded(parent), queued) if parent else 0.0,
+            "pickup": _ms(queued, started),
+            "inference overhead": _ms(started, last_done) - engine_ms[step] - queue_ms[step],
             "gateway queue": queue_ms[step],
             "engine": engine_ms[step],
-            "report": _ms(at["last_inference_done"], at["succeeded"]),
+            "report": _ms(last_done, succeeded(step)),
         })  # fmt: skip
         step = parent
     return chain[::-1]
