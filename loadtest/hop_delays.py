@@ -5,7 +5,10 @@ each hop a step takes, from the events' own timestamps (each taken on its own ho
 - release: the last dependency's `succeeded` (dispatcher) to the step's `queued` (dispatcher);
 - pickup: `queued` (dispatcher) to `started` (worker): STEPS stream, pull, the worker's loop;
 - inference overhead: `started` to the first `inference_done` (worker), less the gateway's own queue and
-  engine time: the request and reply in transit and waiting in either process's event loop;
+  engine time: the request and reply in transit and waiting in either process's event loop; split into
+  'to the engine' (`started` to the gateway's engine starting the call: the worker's preparation, the
+  request in transit, its admission) and 'from the engine' (the engine done to `inference_done`: the reply
+  built, in transit, read and checked by the worker);
 - gateway queue: the gateway's `queue_ms` (admitted to started);
 - report: the last `inference_done` (worker) to `succeeded` (dispatcher): output stored, result
   published, fetched and applied.
@@ -101,11 +104,18 @@ def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -
             found["inference overhead"].append(
                 _ms(started.at, done[0].at) - first_call.queue_ms - first_call.duration_ms
             )
+            found["to the engine"].append(_to_engine(started.at, first_call))
+            found["from the engine"].append(_ms(first_call.at, done[0].at))
         parents = _parents(kinds)
         ends = [by_step[p]["succeeded"][0].at for p in parents if by_step.get(p, {}).get("succeeded")]
         if ends and len(ends) == len(parents):
             found["release"].append(_ms(max(ends), queued.at))
     return found
+
+
+def _to_engine(started: datetime, call: InferenceEvent) -> float:
+    """From a step's start to the engine starting its call (the call's end less its engine and queue time)."""
+    return _ms(started, call.at) - call.duration_ms - call.queue_ms
 
 
 def critical_chain(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -> list[dict[str, float]]:
@@ -114,9 +124,11 @@ def critical_chain(step_events: list[StepEvent], inference_events: list[Inferenc
     by_step = _complete(_first_attempts(step_events))
     engine_ms: dict[str, float] = defaultdict(float)
     queue_ms: dict[str, float] = defaultdict(float)
-    for call in inference_events:
+    calls: dict[str, list[InferenceEvent]] = defaultdict(list)
+    for call in sorted(inference_events, key=lambda c: c.at):
         engine_ms[call.step_id] += call.duration_ms
         queue_ms[call.step_id] += call.queue_ms
+        calls[call.step_id].append(call)
 
     def succeeded(step_id: str) -> datetime:
         return by_step[step_id]["succeeded"][0].at
@@ -127,12 +139,15 @@ def critical_chain(step_events: list[StepEvent], inference_events: list[Inferenc
         kinds = by_step[step]
         queued, started, last_done = kinds["queued"][0].at, kinds["started"][0].at, kinds["inference_done"][-1].at
         parent = max((p for p in _parents(kinds) if p in by_step), key=succeeded, default=None)
+        first_call, last_call = (calls[step][0], calls[step][-1]) if calls.get(step) else (None, None)
         chain.append({
             "release": _ms(succeeded(parent), queued) if parent else 0.0,
             "pickup": _ms(queued, started),
             "inference overhead": _ms(started, last_done) - engine_ms[step] - queue_ms[step],
             "gateway queue": queue_ms[step],
             "engine": engine_ms[step],
+            "to the engine": _to_engine(started, first_call) if first_call else 0.0,
+            "from the engine": _ms(last_call.at, last_done) if last_call else 0.0,
             "report": _ms(last_done, succeeded(step)),
         })  # fmt: skip
         step = parent
@@ -176,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     steps, calls, lifecycle = asyncio.run(measure(args.nats_url, args.run_id))
     found = hops(steps, calls)
-    names = ("release", "pickup", "gateway queue", "inference overhead", "report")
+    names = ("release", "pickup", "gateway queue", "inference overhead", "to the engine", "from the engine", "report")
     for name in names:
         values = sorted(found.get(name, []))
         if values:
