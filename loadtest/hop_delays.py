@@ -8,7 +8,7 @@ each hop a step takes, from the events' own timestamps (each taken on its own ho
   engine time: the request and reply in transit and waiting in either process's event loop; split into
   'to the engine' (`started` to the gateway's engine starting the call: the worker's preparation, the
   request in transit, its admission) and 'from the engine' (the engine done to `inference_done`: the reply
-  built, in transit, read and checked by the worker);
+  built, in transit, read and checked by the worker), which add up to it for a step of one model call;
 - gateway queue: the gateway's `queue_ms` (admitted to started);
 - report: the last `inference_done` (worker) to `succeeded` (dispatcher): output stored, result
   published, fetched and applied.
