@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest import bricks
 from loadtest.floor import RESULTS_STREAM, STEPS_STREAM, clean_nats, measure_floor, measure_floor_in_processes
 from swarm.bus import Bus
 from swarm.ops.natsserver import NatsServer
@@ -80,3 +81,13 @@ async def test_floor_runs_in_its_own_processes_on_a_fresh_server(nats_server: Na
     assert clean.server_version == deployed.server_version != ""  # the same binary
     assert clean.stream_storage == "file" and clean.stream_replicas == 1
     assert os.listdir(parent) == []  # the fresh server's store is gone
+
+
+async def test_bricks_measure_each_piece_of_a_hop_on_their_own() -> None:
+    result = await bricks.measure(samples=10, gateway="inprocess", gateway_s=0.5)
+    for brick in ("core_request_reply", "jetstream_publish"):  # through a fresh server, from another process
+        assert result[brick]["samples"] == 10 and 0 < result[brick]["p50_ms"] <= result[brick]["p90_ms"]
+    assert result["timer_lateness"]["samples"] == 10
+    assert result["timer_lateness"]["p50_ms"] <= result["timer_lateness"]["p90_ms"]
+    call = result["gateway_call"]
+    assert call["samples"] > 0 and call["errors"] == {} and call["p50_ms"] > 0
