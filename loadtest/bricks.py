@@ -22,12 +22,14 @@ import json
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 import uvloop
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -56,7 +58,7 @@ def summary(samples_ms: list[float]) -> dict[str, float | int | None]:
     }
 
 
-async def _timed(samples: int, call: Any) -> list[float]:
+async def _timed(samples: int, call: Callable[[], Awaitable[None]]) -> list[float]:
     taken = []
     for _ in range(samples):
         await asyncio.sleep(PAUSE_S)
@@ -70,7 +72,7 @@ async def echo(url: str) -> None:
     """The responder process: answers every request on ECHO_SUBJECT with its payload, until stdin closes."""
     nc = await nats.connect(url, name="loadtest-bricks-echo")
 
-    async def answer(msg: Any) -> None:
+    async def answer(msg: Msg) -> None:
         await msg.respond(msg.data)
 
     await nc.subscribe(ECHO_SUBJECT, cb=answer)
