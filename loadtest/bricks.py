@@ -34,13 +34,12 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from loadtest import gateway_sim
-from loadtest.floor import clean_nats
+from loadtest.floor import READY_LINE, clean_nats, start_ready
 from loadtest.metrics import percentile
 
 ECHO_SUBJECT = "loadtest.bricks.echo"
 STREAM = "LOADTEST_BRICKS"
 STREAM_SUBJECT = "loadtest.bricks.js"
-READY_LINE = "ready"
 PAYLOAD = b"x" * 1024
 PAUSE_S = 0.005  # before each sample: the receiving loop is idle, as between the hops of a step
 TIMER_S = (0.1, 0.3)
@@ -83,15 +82,11 @@ async def echo(url: str) -> None:
 
 
 async def _core_round_trips(nc: NatsClient, url: str, samples: int) -> list[float]:
-    responder = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest.bricks", "--echo", "--nats-url", url,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert responder.stdin is not None and responder.stdout is not None
+    responder = await start_ready(
+        "the echo responder", "loadtest.bricks", "--echo", "--nats-url", url, stdin=asyncio.subprocess.PIPE
+    )
+    assert responder.stdin is not None
     try:
-        line = await asyncio.wait_for(responder.stdout.readline(), 30.0)
-        if line.decode().strip() != READY_LINE:
-            raise RuntimeError(f"the echo responder did not start (exit code {responder.returncode})")
 
         async def request() -> None:
             await nc.request(ECHO_SUBJECT, PAYLOAD, timeout=5.0)

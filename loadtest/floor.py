@@ -131,6 +131,18 @@ async def respond(url: str, steps: int, payload_bytes: int, batch: int) -> None:
     await nc.close()
 
 
+async def start_ready(what: str, module: str, *args: str, stdin: int | None = None) -> asyncio.subprocess.Process:
+    """`python -m module args` in a process of its own, once it printed READY_LINE (FloorError if it does not)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, stdin=stdin, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30.0)
+    if line.decode().strip() != READY_LINE:
+        raise FloorError(f"{what} did not start (exit code {process.returncode})")
+    return process
+
+
 async def measure_floor(
     url: str,
     steps: int = 4000,
@@ -148,15 +160,10 @@ async def measure_floor(
     responder: asyncio.subprocess.Process | None = None
     try:
         await _create_streams(js, settings)
-        responder = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest.floor", "--respond", "--nats-url", url, "--steps", str(steps),
+        responder = await start_ready(
+            "the floor responder", "loadtest.floor", "--respond", "--nats-url", url, "--steps", str(steps),
             "--payload-bytes", str(payload_bytes), "--batch", str(in_flight),
-            stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        assert responder.stdout is not None
-        line = await asyncio.wait_for(responder.stdout.readline(), 30.0)
-        if line.decode().strip() != READY_LINE:
-            raise FloorError(f"the floor responder did not start (exit code {responder.returncode})")
         elapsed_s, round_trips_ms = await asyncio.wait_for(
             _drive(js, steps, in_flight, payload_bytes, responder), timeout_s
         )

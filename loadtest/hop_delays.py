@@ -88,9 +88,7 @@ def _parents(kinds: dict[str, list[StepEvent]]) -> list[str]:
 def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -> dict[str, list[float]]:
     """Each hop's durations (ms) over the run's steps that succeeded at their first attempt."""
     by_step = _first_attempts(step_events)
-    calls: dict[str, list[InferenceEvent]] = defaultdict(list)
-    for call in inference_events:
-        calls[call.step_id].append(call)
+    calls = _calls_by_step(inference_events)
     found: dict[str, list[float]] = defaultdict(list)
     for step_id, kinds in _complete(by_step).items():
         queued, started = kinds["queued"][0], kinds["started"][0]
@@ -98,8 +96,8 @@ def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -
         succeeded = kinds["succeeded"][0]
         found["pickup"].append(_ms(queued.at, started.at))
         found["report"].append(_ms(done[-1].at, succeeded.at))
-        first_call = min(calls.get(step_id, []), key=lambda c: c.at, default=None)
-        if first_call is not None:
+        if step_id in calls:
+            first_call = calls[step_id][0]
             found["gateway queue"].append(first_call.queue_ms)
             found["inference overhead"].append(
                 _ms(started.at, done[0].at) - first_call.queue_ms - first_call.duration_ms
@@ -113,6 +111,14 @@ def hops(step_events: list[StepEvent], inference_events: list[InferenceEvent]) -
     return found
 
 
+def _calls_by_step(inference_events: list[InferenceEvent]) -> dict[str, list[InferenceEvent]]:
+    """Step id -> its model calls, oldest first."""
+    calls: dict[str, list[InferenceEvent]] = defaultdict(list)
+    for call in sorted(inference_events, key=lambda c: c.at):
+        calls[call.step_id].append(call)
+    return calls
+
+
 def _to_engine(started: datetime, call: InferenceEvent) -> float:
     """From a step's start to the engine starting its call (the call's end less its engine and queue time)."""
     return _ms(started, call.at) - call.duration_ms - call.queue_ms
@@ -122,13 +128,7 @@ def critical_chain(step_events: list[StepEvent], inference_events: list[Inferenc
     """The hops (ms) of each step of the realized critical chain, first step first: from the step that
     succeeded last back through the dependency that succeeded last (first attempts' events)."""
     by_step = _complete(_first_attempts(step_events))
-    engine_ms: dict[str, float] = defaultdict(float)
-    queue_ms: dict[str, float] = defaultdict(float)
-    calls: dict[str, list[InferenceEvent]] = defaultdict(list)
-    for call in sorted(inference_events, key=lambda c: c.at):
-        engine_ms[call.step_id] += call.duration_ms
-        queue_ms[call.step_id] += call.queue_ms
-        calls[call.step_id].append(call)
+    calls = _calls_by_step(inference_events)
 
     def succeeded(step_id: str) -> datetime:
         return by_step[step_id]["succeeded"][0].at
@@ -139,15 +139,16 @@ def critical_chain(step_events: list[StepEvent], inference_events: list[Inferenc
         kinds = by_step[step]
         queued, started, last_done = kinds["queued"][0].at, kinds["started"][0].at, kinds["inference_done"][-1].at
         parent = max((p for p in _parents(kinds) if p in by_step), key=succeeded, default=None)
-        first_call, last_call = (calls[step][0], calls[step][-1]) if calls.get(step) else (None, None)
+        own = calls.get(step, [])
+        engine_ms, queue_ms = sum((c.duration_ms for c in own), 0.0), sum((c.queue_ms for c in own), 0.0)
         chain.append({
             "release": _ms(succeeded(parent), queued) if parent else 0.0,
             "pickup": _ms(queued, started),
-            "inference overhead": _ms(started, last_done) - engine_ms[step] - queue_ms[step],
-            "gateway queue": queue_ms[step],
-            "engine": engine_ms[step],
-            "to the engine": _to_engine(started, first_call) if first_call else 0.0,
-            "from the engine": _ms(last_call.at, last_done) if last_call else 0.0,
+            "inference overhead": _ms(started, last_done) - engine_ms - queue_ms,
+            "gateway queue": queue_ms,
+            "engine": engine_ms,
+            "to the engine": _to_engine(started, own[0]) if own else 0.0,
+            "from the engine": _ms(own[-1].at, last_done) if own else 0.0,
             "report": _ms(last_done, succeeded(step)),
         })  # fmt: skip
         step = parent
