@@ -40,7 +40,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import NotFoundError
 
 from loadtest.metrics import percentile
-from swarm.bus import wait_for_stream_leaders
+from swarm.bus import wait_for_streams_replicated
 from swarm.ops.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
 from swarm.settings import NatsSettings
 
@@ -95,7 +95,7 @@ async def _create_streams(js: JetStreamContext, settings: NatsSettings) -> None:
             )
         )  # fmt: skip
     if settings.stream_replicas > 1:
-        await wait_for_stream_leaders(js, (STEPS_STREAM, RESULTS_STREAM), settings.request_timeout_s * 3)
+        await wait_for_streams_replicated(js, (STEPS_STREAM, RESULTS_STREAM), settings.request_timeout_s * 3)
     for stream, durable in ((STEPS_STREAM, RESPONDER_DURABLE), (RESULTS_STREAM, DRIVER_DURABLE)):
         await js.add_consumer(
             stream, ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000)

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
+    ClusterInfo,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
@@ -73,21 +74,35 @@ def _stream_config(spec: StreamSpec, settings: NatsSettings) -> StreamConfig:
     )
 
 
-async def wait_for_stream_leaders(js: JetStreamContext, streams: Iterable[str], timeout_s: float) -> None:
-    """Wait until every replicated stream has elected a leader: until then a publish to a stream just
-    created finds no responder (the first KV put of a starting service failed so)."""
+async def wait_for_streams_replicated(js: JetStreamContext, streams: Iterable[str], timeout_s: float) -> None:
+    """Wait until every replicated stream has elected a leader and each of its replicas is current.
+
+    Without a leader a publish to a stream just created finds no responder (the first KV put of a starting
+    service failed so); a replica still catching up makes its node answer unhealthy (`swarm status`)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     for name in streams:
+        lagging = "no leader"
         while True:
             try:
                 info = await js.stream_info(name)
-                if info.cluster is None or info.cluster.leader:
+                if info.cluster is None:
+                    break
+                lagging = _lagging_replicas(info.cluster)
+                if not lagging:
                     break
             except (nats.errors.TimeoutError, APIError):
                 pass  # no leader to answer yet
             if asyncio.get_running_loop().time() > deadline:
-                raise PublishNotAcknowledged(f"stream {name} has no leader after {timeout_s:.0f}s")
+                raise PublishNotAcknowledged(f"stream {name} not replicated after {timeout_s:.0f}s: {lagging}")
             await asyncio.sleep(0.1)
+
+
+def _lagging_replicas(cluster: ClusterInfo) -> str:
+    """Why a replicated stream is not ready yet, or "" when its leader and every replica are current."""
+    if not cluster.leader:
+        return "no leader"
+    behind = [peer.name or "?" for peer in cluster.replicas or [] if not peer.current or peer.offline]
+    return f"replicas not current: {', '.join(behind)}" if behind else ""
 
 
 def _conflicts(wanted: StreamConfig, found: StreamConfig) -> list[str]:
@@ -478,7 +493,7 @@ class Bus:
                 created.append(bucket.name)
         if self.settings.stream_replicas > 1:
             names = [s.name for s in streams] + [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in buckets]
-            await wait_for_stream_leaders(self.js, names, self.settings.request_timeout_s * 3)
+            await wait_for_streams_replicated(self.js, names, self.settings.request_timeout_s * 3)
         return created
 
     async def _ensure_bucket(self, bucket: BucketSpec) -> bool:

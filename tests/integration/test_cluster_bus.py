@@ -36,20 +36,33 @@ async def first_message(puller: object, timeout_s: float) -> bytes:
     return await asyncio.wait_for(fetching(), timeout_s)
 
 
-async def test_provisioning_waits_for_every_replicated_stream_leader(nats_cluster: list[NatsServer]) -> None:
+async def settled_status(nodes: list[NatsServer], timeout_s: float) -> dict[str, dict[str, object]]:
+    """`node_status` once every node answers healthy, or as it stands when the time is up."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        status = await asyncio.to_thread(node_status, {s.name: s.monitor_port for s in nodes})
+        if all(row["healthy"] for row in status.values()) or asyncio.get_running_loop().time() > deadline:
+            return status
+        await asyncio.sleep(0.2)
+
+
+async def test_provisioning_waits_for_every_replicated_stream_leader_and_replica(nats_cluster: list[NatsServer]) -> None:
     bus = await Bus.connect(settings_for(*nats_cluster), "test")
     try:
         await bus.provision()
         for spec in ALL_STREAMS:
             info = await bus.js.stream_info(spec.name)
             assert info.config.num_replicas == 3 and info.cluster is not None and info.cluster.leader
+            replicas = info.cluster.replicas or []
+            assert len(replicas) == 2 and all(r.current and not r.offline for r in replicas), replicas
         # The first KV put of a starting service needs a leader at once (it failed with "no response").
         kv = await bus.kv(ALL_BUCKETS[0])
         assert await kv.put("k", b"v") > 0
         # What `swarm status` shows: one meta leader, every stream led by exactly one healthy node.
-        status = node_status({s.name: s.monitor_port for s in nats_cluster})
+        # Health is each node's own view, polled over HTTP: a loaded machine may answer it late, so poll a while.
+        status = await settled_status(nats_cluster, timeout_s=15.0)
         assert sum(bool(row["meta_leader"]) for row in status.values()) == 1
-        assert all(row["healthy"] for row in status.values())
+        assert all(row["healthy"] for row in status.values()), status
         led = [stream for row in status.values() for stream in row["leads"]]  # type: ignore[attr-defined]
         buckets = [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in ALL_BUCKETS]
         assert sorted(led) == sorted([*(s.name for s in ALL_STREAMS), *buckets])
