@@ -492,7 +492,7 @@ class Bus:
             if await self._ensure_bucket(bucket):
                 created.append(bucket.name)
         if self.settings.stream_replicas > 1:
-            names = [s.name for s in streams] + [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in buckets]
+            names = [s.name for s in streams] + [b.stream for b in buckets]
             await wait_for_streams_replicated(self.js, names, self.settings.request_timeout_s * 3)
         return created
 

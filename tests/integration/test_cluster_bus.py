@@ -36,16 +36,6 @@ async def first_message(puller: object, timeout_s: float) -> bytes:
     return await asyncio.wait_for(fetching(), timeout_s)
 
 
-async def settled_status(nodes: list[NatsServer], timeout_s: float) -> dict[str, dict[str, object]]:
-    """`node_status` once every node answers healthy, or as it stands when the time is up."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        status = await asyncio.to_thread(node_status, {s.name: s.monitor_port for s in nodes})
-        if all(row["healthy"] for row in status.values()) or asyncio.get_running_loop().time() > deadline:
-            return status
-        await asyncio.sleep(0.2)
-
-
 async def test_provisioning_waits_for_every_replicated_stream_leader_and_replica(nats_cluster: list[NatsServer]) -> None:
     bus = await Bus.connect(settings_for(*nats_cluster), "test")
     try:
@@ -60,12 +50,12 @@ async def test_provisioning_waits_for_every_replicated_stream_leader_and_replica
         assert await kv.put("k", b"v") > 0
         # What `swarm status` shows: one meta leader, every stream led by exactly one healthy node.
         # Health is each node's own view, polled over HTTP: a loaded machine may answer it late, so poll a while.
-        status = await settled_status(nats_cluster, timeout_s=15.0)
+        await asyncio.gather(*(asyncio.to_thread(s.wait_healthy, 15.0) for s in nats_cluster))
+        status = node_status({s.name: s.monitor_port for s in nats_cluster})
         assert sum(bool(row["meta_leader"]) for row in status.values()) == 1
         assert all(row["healthy"] for row in status.values()), status
         led = [stream for row in status.values() for stream in row["leads"]]  # type: ignore[attr-defined]
-        buckets = [f"{'KV' if b.kind == 'kv' else 'OBJ'}_{b.name}" for b in ALL_BUCKETS]
-        assert sorted(led) == sorted([*(s.name for s in ALL_STREAMS), *buckets])
+        assert sorted(led) == sorted([*(s.name for s in ALL_STREAMS), *(b.stream for b in ALL_BUCKETS)])
     finally:
         await bus.close()
 
