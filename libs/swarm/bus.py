@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import nats
@@ -36,8 +37,16 @@ from swarm.settings import NatsSettings
 
 log = logging.getLogger(__name__)
 
+# JetStream's "no suitable peers for placement": a peer is offline, or one the meta leader has not heard from
+# since it started (a cluster starting or restarting node by node).
+NO_SUITABLE_PEERS = 10005
+
 class ProvisioningConflict(RuntimeError):
     """A stream or consumer exists with a configuration other than ours; we never overwrite it."""
+
+
+class PeersUnavailable(RuntimeError):
+    """A replicated stream could not be placed: too few of its cluster's peers were online in time."""
 
 
 class PublishNotAcknowledged(TimeoutError):
@@ -482,7 +491,7 @@ class Bus:
             try:
                 info = await self.js.stream_info(spec.name)
             except NotFoundError:
-                await self.js.add_stream(wanted)
+                await self._placing(f"stream {spec.name}", partial(self.js.add_stream, wanted))
                 created.append(spec.name)
                 continue
             diffs = _conflicts(wanted, info.config)
@@ -502,7 +511,8 @@ class Bus:
             try:
                 status = await (await self.js.key_value(bucket.name)).status()
             except BucketNotFoundError:
-                await self.js.add_stream(_kv_stream_config(bucket, storage, self.settings.stream_replicas))
+                config = _kv_stream_config(bucket, storage, self.settings.stream_replicas)
+                await self._placing(f"bucket {bucket.name}", partial(self.js.add_stream, config))
                 return True
             wanted = (("history", bucket.history, status.history), ("ttl", bucket.ttl_s or None, status.ttl or None))
             diffs = [f"{name}: wanted {want!r}, found {have!r}" for name, want, have in wanted if want != have]
@@ -513,17 +523,32 @@ class Bus:
             await self.js.object_store(bucket.name)
             return False
         except (BucketNotFoundError, NotFoundError):
-            await self.js.create_object_store(
-                bucket.name,  # nats-py overwrites config.bucket with this argument
-                config=ObjectStoreConfig(
-                    bucket=bucket.name,
-                    description=bucket.description,
-                    ttl=bucket.ttl_s or None,
-                    storage=storage,
-                    replicas=self.settings.stream_replicas,
-                )
-            )
+            config = ObjectStoreConfig(
+                bucket=bucket.name,
+                description=bucket.description,
+                ttl=bucket.ttl_s or None,
+                storage=storage,
+                replicas=self.settings.stream_replicas,
+            )  # nats-py overwrites config.bucket with create_object_store's first argument
+            await self._placing(f"bucket {bucket.name}", partial(self.js.create_object_store, bucket.name, config=config))
             return True
+
+    async def _placing(self, what: str, create: Callable[[], Awaitable[object]]) -> None:
+        """Create a stream, waiting (bounded) while its cluster has too few peers to place the replicas on."""
+        loop = asyncio.get_running_loop()
+        timeout_s = self.settings.request_timeout_s * 3
+        deadline = loop.time() + timeout_s
+        while True:
+            try:
+                await create()
+                return
+            except APIError as exc:
+                if exc.err_code != NO_SUITABLE_PEERS:
+                    raise
+                if loop.time() > deadline:
+                    raise PeersUnavailable(f"{what}: {exc.description} (waited {timeout_s:.0f}s for peers)") from exc
+                log.info("%s: %s; waiting for the cluster's peers", what, exc.description)
+            await asyncio.sleep(0.25)
 
     async def ensure_consumer(self, spec: ConsumerSpec) -> None:
         """Create the durable consumer, or check that the existing one filters what we expect."""

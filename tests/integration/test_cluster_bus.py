@@ -7,9 +7,9 @@ import asyncio
 import nats.errors
 import pytest
 
-from swarm.bus import Bus, ConsumerSpec, PublishNotAcknowledged
+from swarm.bus import Bus, ConsumerSpec, PeersUnavailable, PublishNotAcknowledged
 from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, RESULTS, StepEvent, Subjects
-from swarm.ops.natsserver import NatsServer, node_status
+from swarm.ops.natsserver import NatsServer, node_status, start_cluster
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
@@ -59,6 +59,38 @@ async def test_provisioning_waits_for_every_replicated_stream_leader_and_replica
     finally:
         await bus.close()
 
+
+
+async def test_provisioning_waits_a_while_for_a_peer_not_yet_heard_from_then_names_what_it_could_not_place(
+    nats_cluster: list[NatsServer],
+) -> None:
+    # A replicated stream is placed on every peer, and the meta leader places none on a peer it has not heard
+    # from since it started: "no suitable peers for placement" (CI saw it right after the cluster started).
+    # Here the cluster restarts with one node late. Provisioning waits for it, bounded, then names the stream.
+    late, *early = nats_cluster
+    for server in nats_cluster:
+        server.stop()
+    start_cluster(early)
+    url = ",".join(s.url for s in early)
+    impatient = await Bus.connect(NatsSettings(url=url, stream_replicas=3, request_timeout_s=1.0), "impatient")
+    patient = await Bus.connect(NatsSettings(url=url, stream_replicas=3), "patient")
+    try:
+        with pytest.raises(PeersUnavailable, match=f"stream {RESULTS.name}: no suitable peers"):
+            await impatient.provision(streams=(RESULTS,), buckets=())
+        created, _ = await asyncio.gather(  # the late node starts while provisioning waits for it
+            patient.provision(streams=(RESULTS,), buckets=(ALL_BUCKETS[0],)), launch_after(late, 1.0)
+        )
+        assert created == [RESULTS.name, ALL_BUCKETS[0].name]
+        info = await patient.js.stream_info(RESULTS.name)
+        assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+    finally:
+        await impatient.close()
+        await patient.close()
+
+
+async def launch_after(server: NatsServer, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    server.launch()
 
 
 async def test_pull_request_survives_its_consumer_leader_and_reader_node_dying(nats_cluster: list[NatsServer]) -> None:

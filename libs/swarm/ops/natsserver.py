@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -56,8 +58,10 @@ class NatsServer:
     """A nats-server process with JetStream, its store under `store_dir`."""
 
     store_dir: Path
-    port: int = field(default_factory=free_port)
-    monitor_port: int = field(default_factory=free_port)
+    # 0: the server picks a free port as it listens (read back from its ports file), so none can be taken
+    # between choosing and listening; kept across restarts so that clients reconnect to the same URL.
+    port: int = 0
+    monitor_port: int = 0
     log_file: Path | None = None
     extra_args: tuple[str, ...] = ()
     config_file: Path | None = None  # a cluster node: everything (ports, routes, store) comes from this file
@@ -71,20 +75,51 @@ class NatsServer:
     def command(self) -> list[str]:
         if self.config_file is not None:
             return [nats_server_binary(), "-c", str(self.config_file), *self.extra_args]
+        ports_file = ["--ports_file_dir", str(self.ports_dir)] if not (self.port and self.monitor_port) else []
         return [
-            nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
-            "-js", "-sd", str(self.store_dir), *self.extra_args,
+            nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port or -1), "-m", str(self.monitor_port or -1),
+            *ports_file, "-js", "-sd", str(self.store_dir), *self.extra_args,
         ]  # fmt: skip
+
+    @property
+    def ports_dir(self) -> Path:
+        """Where the server writes the ports it picked (`<binary>_<pid>.ports`)."""
+        return self.store_dir / "ports"
 
     def start(self, timeout_s: float = 10.0) -> NatsServer:
         """Start the server and wait until JetStream is healthy."""
+        deadline = time.monotonic() + timeout_s
         self.launch()
-        self.wait_healthy(timeout_s)
+        if not (self.port and self.monitor_port):
+            self._read_ports(deadline)
+        self.wait_healthy(max(0.0, deadline - time.monotonic()))
         return self
+
+    def _read_ports(self, deadline: float) -> None:
+        """The ports the server picked, from the file it writes once it listens."""
+        assert self.process is not None
+        found = self.ports_dir / f"{Path(nats_server_binary()).name}_{self.process.pid}.ports"
+        while time.monotonic() < deadline:
+            self._check_running()
+            try:
+                listening = json.loads(found.read_text())
+            except (OSError, ValueError):  # not written yet, or half written
+                time.sleep(0.01)
+                continue
+            self.port = urlsplit(listening["nats"][0]).port or 0
+            self.monitor_port = urlsplit(listening["monitoring"][0]).port or 0
+            return
+        raise TimeoutError(f"nats-server {self.name} wrote no ports file in {found.parent}")
+
+    def _check_running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"nats-server {self.name} exited with {self.process.returncode}")
 
     def launch(self) -> NatsServer:
         """Start the process without waiting (cluster nodes start together, then wait)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.port and self.monitor_port):
+            self.ports_dir.mkdir(exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         # A process group of its own (a terminal's Ctrl-C does not reach it), but the caller's session: with
         # the kernel's autogroup scheduling every session is a CPU group of its own, and a server alone in
@@ -99,8 +134,7 @@ class NatsServer:
         query = "" if self.config_file is not None else "?js-enabled-only=true"
         url = f"http://127.0.0.1:{self.monitor_port}/healthz{query}"
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"nats-server {self.name} exited with {self.process.returncode}")
+            self._check_running()
             try:
                 if httpx.get(url, timeout=0.5).status_code == 200:
                     return
