@@ -1,10 +1,11 @@
-"""CPU per step by service: `python -m loadtest.cpu_per_step [--runs 3] [--json FILE]`.
+"""CPU per step by service: `python -m loadtest.cpu_per_step [--runs 3] [--median-ms 200] [--json FILE]`.
 
 Starts the embedded stack (sim backend, 2 workers x 256, as `swarm loadtest` does), then per run: reads
 every service process's CPU time (user + system, /proc; nats-server included), drives one scenario from
 a separate process (`swarm loadtest --nats-url ...`, so the driver's own CPU is not counted), waits until
 the recorder has stored every event, and reads the CPU times again. Prints ms of CPU per step by service,
-the median of the runs.
+the median of the runs. At zero latency by default; `--median-ms` gives the steps latencies of that
+median (short agent turns), where a step's messages no longer come in bursts and cost more each.
 
 CPU time, not a rate: on a busy shared machine a rate measures the neighbours, CPU time much less so.
 """
@@ -59,6 +60,7 @@ def measure(options: LoadtestOptions, runs: int, console: Console) -> dict[str, 
                     sys.executable, "-m", "swarm.ops.cli", "loadtest", "--scenario", options.scenario,
                     "--latency-scale", str(options.latency_scale), "--nats-url", deployment.nats_url,
                     "--no-floor", "--no-targets", "--seed", str(options.seed + i), "--json", out.name,
+                    *(["--median-ms", str(options.median_ms)] if options.median_ms else []),
                 ]  # fmt: skip
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 report = json.loads(Path(out.name).read_text())
@@ -76,7 +78,8 @@ def measure(options: LoadtestOptions, runs: int, console: Console) -> dict[str, 
         deployment.close()
     names = list(per_run[0])
     return {
-        "scenario": options.scenario, "latency_scale": options.latency_scale, "runs": per_run,
+        "scenario": options.scenario, "latency_scale": options.latency_scale, "median_ms": options.median_ms,
+        "runs": per_run,
         "cpu_ms_per_step": {name: round(statistics.median(r[name] for r in per_run), 3) for name in names},
     }  # fmt: skip
 
@@ -86,17 +89,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="swarm-300x4000")
     parser.add_argument("--latency-scale", type=float, default=0.0)
+    parser.add_argument("--median-ms", type=float, help="median step latency (implies --latency-scale 1)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--home", type=Path, default=Path(".swarm/cpu-per-step"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     console = Console()
+    latency_scale = 1.0 if args.median_ms else args.latency_scale
     options = LoadtestOptions(
-        scenario=args.scenario, latency_scale=args.latency_scale, workers=args.workers, home=args.home, floor=False
-    )
+        scenario=args.scenario, latency_scale=latency_scale, median_ms=args.median_ms, workers=args.workers,
+        home=args.home, floor=False,
+    )  # fmt: skip
     result = measure(options, args.runs, console)
-    table = Table(title=f"CPU ms per step, {args.scenario}, latency scale {args.latency_scale:g} (median of {args.runs})")
+    latency = f"median step {args.median_ms:g} ms" if args.median_ms else f"latency scale {latency_scale:g}"
+    table = Table(title=f"CPU ms per step, {args.scenario}, {latency} (median of {args.runs})")
     table.add_column("service")
     table.add_column("ms/step", justify="right")
     for name, value in sorted(result["cpu_ms_per_step"].items(), key=lambda item: -item[1]):

@@ -8,10 +8,17 @@ worker, the planner and the aggregator treat such text like a schema error and s
 from __future__ import annotations
 
 import re
+import string
 from collections import Counter
 from dataclasses import dataclass
 
 _WORD_RE = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*")
+_JOINERS = "'-"  # inside a word they join its parts; elsewhere they separate words
+# ASCII text lower-cased with every character that is neither a letter, a digit nor a joiner made a space.
+_ASCII_WORD_CHARS = {
+    code: char.lower() if char.lower() in string.ascii_lowercase + string.digits + _JOINERS else " "
+    for code, char in ((code, chr(code)) for code in range(128))
+}
 QUOTE_CHARS = 60
 MIN_COVERING_COUNT = 3
 
@@ -36,16 +43,30 @@ ANSWER_LIMITS = RepetitionLimits(max_repeated_fraction=0.15, max_ngram_count=2, 
 
 def words(text: str) -> list[str]:
     """The words of `text`, lower-cased (letters and digits; inner apostrophes and hyphens kept)."""
-    return _WORD_RE.findall(text.lower())
+    if not text.isascii():
+        return _WORD_RE.findall(text.lower())
+    # ASCII (most model output): one translate and one split in C, a third of the regex's time; only the
+    # pieces holding a joiner go through the regex, which keeps it where it joins two words.
+    spaced = text.translate(_ASCII_WORD_CHARS)
+    if "'" not in spaced and "-" not in spaced:
+        return spaced.split()
+    found: list[str] = []
+    for piece in spaced.split():
+        if "'" in piece or "-" in piece:
+            found += _WORD_RE.findall(piece)
+        else:
+            found.append(piece)
+    return found
 
 
 def ngram_counts(text: str, n: int = 4) -> Counter[tuple[str, ...]]:
     """How often each sequence of `n` words occurs in `text`."""
-    return _ngram_counts(words(text), n)
+    return Counter(_ngrams(words(text), n))
 
 
-def _ngram_counts(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(zip(*(tokens[i:] for i in range(n)), strict=False))  # the shorter tails end it
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    """Every sequence of `n` consecutive tokens, in order."""
+    return list(zip(*(tokens[i:] for i in range(n)), strict=False))  # the shorter tails end it
 
 
 def repeated_share(text: str, n: int = 4) -> float:
@@ -70,9 +91,10 @@ def degeneracy(text: str, limits: RepetitionLimits = STEP_LIMITS) -> str | None:
     if len(tokens) < limits.min_words:
         return f"too short an output ({len(tokens)} words, fewer than {limits.min_words})"
     # Words and n-grams counted once (this runs on every model output, on the workers' hot path).
-    counts = _ngram_counts(tokens, limits.n)
-    if not counts:
+    grams = _ngrams(tokens, limits.n)
+    if len(set(grams)) == len(grams):  # the usual case: no sequence occurs twice, so no bar below is crossed
         return None
+    counts = Counter(grams)
     top, top_count = max(counts.items(), key=_count)
     quoted = " ".join(top)[:QUOTE_CHARS]
     repeated = _repeated_share(counts)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.gateway.backends.sim import plausible_text
 from swarm.repetition import (
+    _WORD_RE,
     ANSWER_LIMITS,
     STEP_LIMITS,
     degeneracy,
@@ -95,3 +98,32 @@ def test_topic_words_skip_asking_words_and_missing_topics_match_by_stem() -> Non
 def test_the_sim_backends_text_is_no_loop_even_when_the_prompt_repeats_one_word() -> None:
     text = plausible_text("0123456789abcdef" * 500, 2000, 1)
     assert degeneracy(text) is None
+
+
+_WORDISH = st.text(alphabet=st.sampled_from([*"aZ9_'- .,\n\t", "\u2019", "\u00e9", "\u00c9", "\u0130", "\u00df"]), max_size=60)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_WORDISH)
+def test_words_split_ascii_text_as_the_word_pattern_does(text: str) -> None:
+    # The ASCII fast path (translate and split) must agree with the pattern it stands in for, on every input.
+    assert words(text) == _WORD_RE.findall(text.lower())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["wind", "solar", "hydro", "grid", "cost", "2020-2022", "norway's"]), max_size=40))
+def test_degeneracy_is_decided_as_by_the_counts_of_every_sequence(tokens: list[str]) -> None:
+    # The early exit (no sequence occurs twice) must never hide a loop that the full count finds.
+    text = " ".join(tokens)
+    counts = ngram_counts(text)
+    top = max(counts.values(), default=0)
+    if top <= 1:
+        assert degeneracy(text) is None or degeneracy(text).startswith("an output empty")
+    for limits in (STEP_LIMITS, ANSWER_LIMITS):
+        reason = degeneracy(text, limits)
+        expected_loop = counts and (
+            repeated_share(text) > limits.max_repeated_fraction
+            or (top >= 3 and top * limits.n / len(words(text)) > limits.max_top_coverage)
+            or (limits.max_ngram_count and top > limits.max_ngram_count)
+        )
+        assert (reason is not None and reason.startswith("a loop")) == bool(expected_loop and len(words(text)) >= limits.min_words)
