@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How `.env.example` marks a secret to replace; a value that still starts with it is refused at start-up.
@@ -62,8 +62,12 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWARM_", extra="ignore")
 
     home: Path = Field(Path(".swarm"), description="Directory holding all local data, logs and pid files.")
-    nats_port: int = Field(4222, description="Client port of the embedded nats-server.")
-    nats_monitor_port: int = Field(8222, description="Monitoring port of the embedded nats-server.")
+    nats_port: int = Field(
+        4222, ge=0, description="Client port of the embedded nats-server (0: it picks a free one as it listens)."
+    )
+    nats_monitor_port: int = Field(
+        8222, ge=0, description="Monitoring port of the embedded nats-server (0: it picks a free one as it listens)."
+    )
     nats_cluster: int = Field(
         1, ge=1, le=5,
         description="NATS nodes of the local stack: 1, or 3 for a JetStream cluster on loopback (streams at 3 replicas;"
@@ -73,3 +77,10 @@ class StackSettings(BaseSettings):
     gateway_backend: str = Field("llamacpp", description="Inference backend of the embedded gateway.")
     workers: int = Field(2, ge=1, description="Worker-pool processes.")
     dispatchers: int = Field(1, ge=1, description="Dispatcher replicas.")
+
+    @model_validator(mode="after")
+    def _cluster_ports_fixed(self) -> StackSettings:
+        # A cluster's nodes name each other's route ports in their configuration files, written before they start.
+        if self.nats_cluster > 1 and not (self.nats_port and self.nats_monitor_port and self.nats_cluster_port):
+            raise ValueError("a NATS cluster needs its ports set (0, picked by the server, is for one node only)")
+        return self

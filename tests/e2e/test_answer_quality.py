@@ -20,7 +20,6 @@ pytest.importorskip("llama_cpp")
 
 from swarm.client import SwarmClient
 from swarm.contracts import RunCompleted, RunPlanned
-from swarm.ops.natsserver import free_port
 from swarm.ops.stack import Stack
 from swarm.repetition import ngram_counts, words
 from swarm.settings import NatsSettings, StackSettings
@@ -77,7 +76,7 @@ def test_the_bar_itself() -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = StackSettings(
-        home=tmp_path_factory.mktemp("swarm-answer"), nats_port=free_port(), nats_monitor_port=free_port()
+        home=tmp_path_factory.mktemp("swarm-answer"), nats_port=0, nats_monitor_port=0
     )
     assert settings.gateway_backend == "llamacpp"  # the embedded default, what `make run` uses
     running = Stack(settings)

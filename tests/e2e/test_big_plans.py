@@ -22,7 +22,6 @@ from nats.js.api import DeliverPolicy
 from loadtest.scenarios import build_swarm
 from swarm.client import SwarmClient
 from swarm.contracts import PLAN_INLINE_MAX_BYTES, PLANS_STORE, RunPlanned, RunRecord, RunStatus, Subjects
-from swarm.ops.natsserver import free_port
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
@@ -36,7 +35,7 @@ RUN_TIMEOUT_S = 600
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("swarm-big")
     settings = StackSettings(
-        home=home, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim", workers=2
+        home=home, nats_port=0, nats_monitor_port=0, gateway_backend="sim", workers=2
     )
     os.environ["SWARM_GATEWAY_SIM_LATENCY_SCALE"] = "0"  # the plan's own sim latencies are 0 too
     running = Stack(settings)

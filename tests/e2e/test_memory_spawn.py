@@ -28,7 +28,6 @@ from swarm.contracts import (
     StepEventKind,
     StepSpec,
 )
-from swarm.ops.natsserver import free_port
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.stack import Stack
 from swarm.payloads import Payloads
@@ -48,7 +47,7 @@ REMEMBERS = MemoryPolicy(mode=MemoryMode.LAST_TURNS, max_turns=4, max_chars=6000
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, start_stack: Any) -> Iterator[Stack]:
     settings = StackSettings(
-        home=tmp_path_factory.mktemp("swarm-memory"), nats_port=free_port(), nats_monitor_port=free_port(),
+        home=tmp_path_factory.mktemp("swarm-memory"), nats_port=0, nats_monitor_port=0,
         gateway_backend="sim", workers=1, dispatchers=1,
     )  # fmt: skip
     with start_stack(ENV, settings) as running:

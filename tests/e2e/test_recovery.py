@@ -27,7 +27,6 @@ from swarm.contracts import (
     Subjects,
     result_partition,
 )
-from swarm.ops.natsserver import free_port
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
@@ -47,7 +46,7 @@ CRASH_ENV = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, start_stack: Any) -> Iterator[Stack]:
     settings = StackSettings(
-        home=tmp_path_factory.mktemp("swarm-crash"), nats_port=free_port(), nats_monitor_port=free_port(),
+        home=tmp_path_factory.mktemp("swarm-crash"), nats_port=0, nats_monitor_port=0,
         gateway_backend="sim", workers=2, dispatchers=2,
     )  # fmt: skip
     with start_stack(CRASH_ENV, settings) as running:

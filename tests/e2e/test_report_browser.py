@@ -26,7 +26,6 @@ import pytest
 from swarm.client import SwarmClient
 from swarm.contracts import RunCompleted
 from swarm.ops.analytics import read_outputs
-from swarm.ops.natsserver import free_port
 from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
 
@@ -45,7 +44,7 @@ RENDERED_TEXT = (
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("swarm-report-home")
     settings = StackSettings(
-        home=home, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim", workers=1
+        home=home, nats_port=0, nats_monitor_port=0, gateway_backend="sim", workers=1
     )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SWARM_GATEWAY_SIM_LATENCY_SCALE", "0.05")

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("swarm-home")
     settings = StackSettings(
-        home=home, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim", workers=2
+        home=home, nats_port=0, nats_monitor_port=0, gateway_backend="sim", workers=2
     )
     os.environ["SWARM_GATEWAY_SIM_LATENCY_SCALE"] = "0.05"
     running = Stack(settings)
@@ -165,7 +165,7 @@ def test_the_recorder_yields_the_cpu_to_the_services_on_a_steps_path(stack: Stac
 
 def test_up_on_a_store_from_another_version_says_what_to_do_and_starts_nothing(tmp_path: Path) -> None:
     """A local stack's NATS store outlives upgrades; one whose streams another version made is named, with the remedy."""
-    settings = StackSettings(home=tmp_path, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim")
+    settings = StackSettings(home=tmp_path, nats_port=0, nats_monitor_port=0, gateway_backend="sim")
     old = NatsServer(store_dir=tmp_path / "nats", port=settings.nats_port, monitor_port=settings.nats_monitor_port).start()
     try:
         asyncio.run(_create_stream(old.url, StreamConfig(name=RESULTS.name, subjects=["swarm.results.older.*"])))

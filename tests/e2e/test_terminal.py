@@ -32,7 +32,7 @@ SERVICE_ENV = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("swarm-terminal")
-    settings = StackSettings(home=home, nats_port=free_port(), nats_monitor_port=free_port(), gateway_backend="sim")
+    settings = StackSettings(home=home, nats_port=0, nats_monitor_port=0, gateway_backend="sim")
     saved = {key: os.environ.get(key) for key in SERVICE_ENV}
     os.environ.update(SERVICE_ENV)
     running = Stack(settings)

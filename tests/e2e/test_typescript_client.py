@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from swarm.ops.natsserver import free_port
 from swarm.ops.stack import Stack
 from swarm.settings import StackSettings
 
@@ -21,7 +20,7 @@ CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = StackSettings(
-        home=tmp_path_factory.mktemp("swarm-home"), nats_port=free_port(), nats_monitor_port=free_port(),
+        home=tmp_path_factory.mktemp("swarm-home"), nats_port=0, nats_monitor_port=0,
         gateway_backend="sim", workers=1,
     )  # fmt: skip
     # Simulated latencies at 5%: the cancel test's 20-step chain takes seconds, not minutes.

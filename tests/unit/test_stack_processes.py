@@ -1,5 +1,6 @@
 """`swarm status` tells alive from dead: an exited child (a zombie) is dead, and a pid is alive only while
-it is still the program the stack started (pids are reused). A local cluster's nodes and their URLs."""
+it is still the program the stack started (pids are reused). A local cluster's nodes and their URLs; a
+single node's picked ports."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from swarm.ops.stack import Stack, _alive
+import pytest
+from pydantic import ValidationError
+
+from swarm.ops.stack import Stack, StackError, _alive
 from swarm.settings import StackSettings
 
 
@@ -36,3 +40,13 @@ def test_a_local_cluster_takes_consecutive_ports_and_gives_services_every_url(tm
     assert stack.node_ports() == [(5000, 6000, 7000), (5001, 6001, 7001), (5002, 6002, 7002)]
     assert stack.nats_url == "nats://127.0.0.1:5000,nats://127.0.0.1:5001,nats://127.0.0.1:5002"
     assert Stack(StackSettings(home=tmp_path, nats_port=5000)).nats_url == "nats://127.0.0.1:5000"
+
+
+def test_a_single_nodes_url_is_known_once_its_server_picked_the_port_and_a_cluster_needs_its_ports_set(
+    tmp_path: Path,
+) -> None:
+    picked = Stack(StackSettings(home=tmp_path, nats_port=0, nats_monitor_port=0))
+    with pytest.raises(StackError, match="picked by its server as it starts"):
+        _ = picked.nats_url  # nothing runs: no port yet (e2e stacks start this way and read the URL back)
+    with pytest.raises(ValidationError, match="a NATS cluster needs its ports set"):
+        StackSettings(home=tmp_path, nats_port=0, nats_cluster=3)

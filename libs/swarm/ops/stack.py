@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +76,10 @@ def _alive(pid: int, command: str | None = None) -> bool:
         return not Path("/proc/self").exists()  # no procfs: trust the signal check
 
 
+def _client_urls(ports: Iterable[int]) -> str:
+    return ",".join(f"nats://127.0.0.1:{port}" for port in ports)
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -99,8 +103,14 @@ class Stack:
 
     @property
     def nats_url(self) -> str:
-        """The client URL(s) of the stack's NATS, comma separated (as SWARM_NATS_URL takes them)."""
-        return ",".join(f"nats://127.0.0.1:{client}" for client, _, _ in self.node_ports())
+        """The client URL(s) of the stack's NATS, comma separated (as SWARM_NATS_URL takes them): the running
+        stack's (its server may have picked its port), else the settings'."""
+        running = self.state()
+        if running is not None:
+            return str(running["nats_url"])
+        if not self.settings.nats_port:
+            raise StackError("the stack's NATS port is picked by its server as it starts: start the stack first")
+        return _client_urls(client for client, _, _ in self.node_ports())
 
     def node_ports(self) -> list[tuple[int, int, int]]:
         """(client, monitoring, route) ports of each NATS node: consecutive ports from the settings' ones."""
@@ -178,19 +188,20 @@ class Stack:
         if running is not None:
             raise StackAlreadyRunning(f"the stack is already running ({running['nats_url']}); `swarm down` stops it")
         for port in [p for ports in self.node_ports() for p in ports[: 3 if self.settings.nats_cluster > 1 else 2]]:
-            if not _port_free(port):
+            if port and not _port_free(port):  # 0: the server picks a free one as it listens
                 raise StackError(
                     f"port {port} is in use: set SWARM_NATS_PORT / SWARM_NATS_MONITOR_PORT / SWARM_NATS_CLUSTER_PORT"
                 )
         self.logs.mkdir(parents=True, exist_ok=True)
         on_step("nats-server" if self.settings.nats_cluster == 1 else f"{self.settings.nats_cluster} nats-server nodes")
         nats_nodes = self._start_nats_nodes()
+        nats_url = _client_urls(int(node["port"]) for node in nats_nodes)  # type: ignore[call-overload]
         # Streams, buckets (and in a cluster their leaders) before the services: six processes creating
         # replicated streams at once keep the Raft groups electing, and a service's first API call timed out;
         # and a store another version made is refused here, once, in words, not by every service's traceback.
         on_step("streams" if self.settings.nats_cluster == 1 else "replicated streams")
         try:
-            asyncio.run(_provision(NatsSettings(url=self.nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
+            asyncio.run(_provision(NatsSettings(url=nats_url, stream_replicas=min(3, self.settings.nats_cluster))))
         except (nats.errors.Error, TimeoutError, ProvisioningConflict) as exc:
             _terminate([int(n["pid"]) for n in nats_nodes], timeout_s=10)  # type: ignore[call-overload]
             if isinstance(exc, ProvisioningConflict):
@@ -205,7 +216,7 @@ class Stack:
         inherited = {k: v for k, v in os.environ.items() if k.startswith("SWARM_") and not SECRET_NAME.search(k)}
         env = {
             **inherited,
-            "SWARM_NATS_URL": self.nats_url,
+            "SWARM_NATS_URL": nats_url,
             "SWARM_NATS_STREAM_REPLICAS": str(min(3, self.settings.nats_cluster)),
             "SWARM_CLICKHOUSE_PATH": str(self.home / "clickhouse"),
             "SWARM_GATEWAY_BACKEND": self.settings.gateway_backend,
@@ -219,7 +230,7 @@ class Stack:
                 entry = {"name": service.name, "module": service.module, "log": str(log_file)}
                 services.append({**entry, "pid": self._spawn(entry, env)})
         state = {
-            "nats_url": self.nats_url, "nats_nodes": nats_nodes, "services": services,
+            "nats_url": nats_url, "nats_nodes": nats_nodes, "services": services,
             "home": str(self.home), "env": env,
         }  # fmt: skip
         self.state_file.write_text(json.dumps(state, indent=2))
@@ -332,6 +343,7 @@ class Stack:
         server = self._node_server(node).start(timeout_s=60)
         assert server.process is not None
         node["pid"] = server.process.pid
+        node["port"], node["monitor_port"] = server.port, server.monitor_port  # picked by the server when 0
 
     async def _wait_healthy(
         self, state: dict, on_step: Callable[[str], None], timeout_s: float, only: set[str] | None = None,  # type: ignore[type-arg]
