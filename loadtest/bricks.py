@@ -10,7 +10,12 @@ of the cost). Reported as p50 / p90 ms:
 - gateway call: one sim completion of (almost) no latency through a gateway process of its own
   (`loadtest.gateway_sim` with one caller); what the call added to its engine time is reported too;
 - timer lateness: how much later than asked an `asyncio.sleep` of 100-300 ms returns on uvloop (the sim
-  backend's latency is such a sleep, at a 200 ms median, and so is a Ray actor's step in `loadtest.peers`).
+  backend's latency is such a sleep, at a 200 ms median, and so is a Ray actor's step in `loadtest.peers`);
+- a dispatch decoded and encoded (a swarm-300x4000 StepDispatch, pydantic, as the worker does per step), in
+  µs of this thread's CPU time: back to back, the first after each pause, and ten after each pause. The same
+  work costs several times more as the first thing a process does after waking: its caches are cold. At short
+  agent turns a service wakes for nearly every message, at zero latency once per burst; that, not more work,
+  is why a step costs more CPU at a 200 ms median than at none.
 The NATS bricks run on a fresh nats-server (`loadtest.floor.clean_nats`), like the clean floor.
 """
 
@@ -36,6 +41,8 @@ from nats.js.errors import NotFoundError
 from loadtest import gateway_sim
 from loadtest.floor import READY_LINE, clean_nats, start_ready
 from loadtest.metrics import percentile
+from loadtest.scenarios import build_swarm
+from swarm.contracts import StepDispatch
 
 ECHO_SUBJECT = "loadtest.bricks.echo"
 STREAM = "LOADTEST_BRICKS"
@@ -47,13 +54,13 @@ TIMER_SAMPLES_MAX = 50
 GATEWAY_SIM_LATENCY_MS = 0.01
 
 
-def summary(samples_ms: list[float]) -> dict[str, float | int | None]:
-    """p50 / p90 (ms) and the number of samples."""
-    p50, p90 = percentile(samples_ms, 50), percentile(samples_ms, 90)
+def summary(samples: list[float], unit: str = "ms") -> dict[str, float | int | None]:
+    """p50 / p90 (in `unit`, named in the keys) and the number of samples."""
+    p50, p90 = percentile(samples, 50), percentile(samples, 90)
     return {
-        "samples": len(samples_ms),
-        "p50_ms": None if p50 is None else round(p50, 3),
-        "p90_ms": None if p90 is None else round(p90, 3),
+        "samples": len(samples),
+        f"p50_{unit}": None if p50 is None else round(p50, 3),
+        f"p90_{unit}": None if p90 is None else round(p90, 3),
     }
 
 
@@ -131,6 +138,34 @@ async def _timer_lateness(samples: int) -> list[float]:
     return late
 
 
+def _dispatch_json() -> bytes:
+    """A swarm-300x4000 step's dispatch, as the worker receives it."""
+    plan = build_swarm(0, 1.0).final_plan
+    step = plan.steps[1]
+    agent = next(a for a in plan.agents if a.id == step.agent_id)
+    dispatch = StepDispatch(run_id="lt-bricks", tenant="default", goal="Compare solar, wind and hydro power",
+                            agent=agent, step=step, attempt=1)  # fmt: skip
+    return dispatch.model_dump_json().encode()
+
+
+def _decode_cpu_us(samples: int, per_wake: int | None) -> list[float]:
+    """CPU µs (this thread's) per decode and encode of a dispatch: `per_wake` of them after each pause, or
+    back to back (None, in runs of 100)."""
+    data = _dispatch_json()
+    for _ in range(100):  # warm: imports, schema caches
+        StepDispatch.model_validate_json(data).model_dump_json()
+    taken = []
+    for _ in range(samples):
+        if per_wake is not None:
+            time.sleep(PAUSE_S)
+        calls = per_wake or 100
+        started = time.thread_time_ns()
+        for _ in range(calls):
+            StepDispatch.model_validate_json(data).model_dump_json()
+        taken.append((time.thread_time_ns() - started) / calls / 1000.0)
+    return taken
+
+
 async def measure(samples: int = 200, gateway: str = "process", gateway_s: float = 5.0) -> dict[str, Any]:
     """Every brick; `gateway` runs the sim gateway as a process ("process") or in this one ("inprocess")."""
     with clean_nats() as url:
@@ -155,6 +190,11 @@ async def measure(samples: int = 200, gateway: str = "process", gateway_s: float
             "errors": calls["errors"],
         },
         "timer_lateness": summary(late),
+        "dispatch_decode_cpu": {
+            "back_to_back": summary(_decode_cpu_us(samples, None), "us"),
+            "first_after_a_pause": summary(_decode_cpu_us(samples, 1), "us"),
+            "ten_after_a_pause": summary(_decode_cpu_us(samples, 10), "us"),
+        },
         "pause_before_each_ms": PAUSE_S * 1000.0,
     }
 

@@ -91,3 +91,6 @@ async def test_bricks_measure_each_piece_of_a_hop_on_their_own() -> None:
     assert result["timer_lateness"]["p50_ms"] <= result["timer_lateness"]["p90_ms"]
     call = result["gateway_call"]
     assert call["samples"] > 0 and call["errors"] == {} and call["p50_ms"] > 0
+    decode = result["dispatch_decode_cpu"]  # CPU µs of one decode and encode, however the machine wakes
+    for setting in ("back_to_back", "first_after_a_pause", "ten_after_a_pause"):
+        assert decode[setting]["samples"] == 10 and 0 < decode[setting]["p50_us"] <= decode[setting]["p90_us"]
