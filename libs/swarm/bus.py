@@ -424,7 +424,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
         self.acks = ReplyInbox(nc, resolve_publish_ack)
-        self._kv: dict[str, KeyValue] = {}
+        self._kv: dict[str, asyncio.Future[KeyValue]] = {}  # bucket -> its handle, or the one lookup under way
         self._pending: list[tuple[float, str, asyncio.Future[None]]] = []  # (deadline, token, ack) of publish_nowait
         self._prune_at = 256
         self._reconnected = asyncio.Event()
@@ -580,16 +580,23 @@ class Bus:
         await self._reconnected.wait()
 
     async def kv(self, bucket: BucketSpec) -> KeyValue:
-        """A key-value bucket handle, cached."""
-        for attempt in range(3):  # a replicated bucket electing a leader leaves the API unanswered a while
-            if bucket.name in self._kv:
-                break
-            try:
-                self._kv[bucket.name] = await self.js.key_value(bucket.name)
-            except nats.errors.TimeoutError:
-                if attempt == 2:
-                    raise
-        return self._kv[bucket.name]
+        """A key-value bucket handle, cached. Callers asking at once share one lookup (the first wave of a
+        run's steps asks together); a failed lookup is forgotten, so the next caller tries again."""
+        handle = self._kv.get(bucket.name)
+        if handle is None:
+            handle = self._kv[bucket.name] = asyncio.ensure_future(self._look_up_kv(bucket))
+            handle.add_done_callback(lambda done: self._forget_failed_kv(bucket.name, done))
+        return await asyncio.shield(handle)  # a caller cancelled does not cancel the others' lookup
+
+    async def _look_up_kv(self, bucket: BucketSpec) -> KeyValue:
+        for _ in range(2):  # a replicated bucket electing a leader leaves the API unanswered a while
+            with contextlib.suppress(nats.errors.TimeoutError):
+                return await self.js.key_value(bucket.name)
+        return await self.js.key_value(bucket.name)
+
+    def _forget_failed_kv(self, name: str, done: asyncio.Future[KeyValue]) -> None:
+        if (done.cancelled() or done.exception() is not None) and self._kv.get(name) is done:
+            del self._kv[name]
 
     async def kv_keys(self, bucket: BucketSpec, pattern: str) -> list[str]:
         """Keys of `bucket` matching a subject-style `pattern`, filtered by the server.

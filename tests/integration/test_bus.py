@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.errors import BucketNotFoundError
 
 from swarm.bus import Bus, ConsumerSpec, ProvisioningConflict, Reject, Retry, consume, consume_batches
-from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, DISPATCHER_LEASES_BUCKET, TASKS, Retention, StreamSpec
+from swarm.contracts import (
+    ALL_BUCKETS,
+    ALL_STREAMS,
+    DISPATCHER_LEASES_BUCKET,
+    TASKS,
+    BucketSpec,
+    Retention,
+    StreamSpec,
+)
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
@@ -212,3 +222,33 @@ async def test_a_dead_loop_is_restarted_and_shown_in_health(bus: Bus) -> None:
     stop.set()
     await task
     assert "flaky" not in bus.loops.details()["loops"]  # ended on purpose: not expected any more
+
+
+async def test_concurrent_first_lookups_of_a_bucket_share_one_request(bus: Bus, nats_settings: NatsSettings) -> None:
+    # The first wave of a run's steps (150 at once on a worker) asks for the memory bucket together: one
+    # JetStream API request must serve them all, not one each. Counted on the real server's API subject.
+    seen: list[str] = []
+    watcher = await Bus.connect(nats_settings, "test-watcher")
+    fresh = await Bus.connect(nats_settings, "test-fresh")  # nothing cached yet
+    try:
+
+        async def count(msg: Msg) -> None:
+            seen.append(msg.subject)
+
+        await watcher.nc.subscribe("$JS.API.STREAM.INFO.>", cb=count)
+        await watcher.nc.flush()
+        handles = await asyncio.gather(*(fresh.kv(DISPATCHER_LEASES_BUCKET) for _ in range(50)))
+        await fresh.nc.flush()
+        await watcher.nc.flush()
+        assert len({id(handle) for handle in handles}) == 1
+        assert seen == [f"$JS.API.STREAM.INFO.KV_{DISPATCHER_LEASES_BUCKET.name}"]
+        assert await fresh.kv(DISPATCHER_LEASES_BUCKET) is handles[0]  # cached after
+        missing = BucketSpec(name="NO_SUCH_BUCKET", description="never created")
+        for _ in range(2):  # a failed lookup is not cached: each later call asks again
+            with pytest.raises(BucketNotFoundError):
+                await fresh.kv(missing)
+        await watcher.nc.flush()
+        assert seen.count("$JS.API.STREAM.INFO.KV_NO_SUCH_BUCKET") == 2
+    finally:
+        await fresh.close()
+        await watcher.close()
