@@ -250,7 +250,9 @@ async def test_stop_finishes_in_flight_tasks(bus: Bus, nats_settings: NatsSettin
     await app.start()
     task = TaskSubmission(run_id="run-in-flight", goal="Summarize the causes of the French revolution")
     await submit(bus, task)
-    await in_hand(bus)
+    # Its handler has begun (it says the run is accepted before planning): delivered is not enough, since a
+    # task fetched but not yet handed to a worker when stop() comes is left for redelivery, not handled.
+    await run_event(bus, DEFAULT_TENANT, task.run_id, "accepted")
     await app.stop()
     event = RunPlanned.model_validate_json(await run_event(bus, DEFAULT_TENANT, task.run_id, "planned"))
     assert event.source is PlanSource.TEMPLATE
