@@ -206,12 +206,12 @@ def open_deployment(options: LoadtestOptions, console: Console) -> Deployment:
         else:
             path.unlink(missing_ok=True)
     n = options.nats_cluster
-    # One node picks its own free ports as it listens (0); a cluster's nodes name each other's, so it takes free blocks.
-    single = n == 1
+    # One node picks its own free ports as it listens (0, and it has no route port); a cluster's nodes name
+    # each other's, so it takes free blocks.
     settings = StackSettings(
-        home=home, nats_port=0 if single else free_port_block(n), nats_monitor_port=0 if single else free_port_block(n),
-        nats_cluster_port=StackSettings.model_fields["nats_cluster_port"].default if single else free_port_block(n),
-        nats_cluster=n, gateway_backend="sim", workers=options.workers,
+        home=home, nats_port=free_port_block(n) if n > 1 else 0, nats_monitor_port=free_port_block(n) if n > 1 else 0,
+        nats_cluster_port=free_port_block(n) if n > 1 else 0, nats_cluster=n, gateway_backend="sim",
+        workers=options.workers,
     )  # fmt: skip
     stack = Stack(settings)
     with _environment(embedded_environment(options)), console.status("starting the embedded stack") as status:
