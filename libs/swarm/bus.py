@@ -175,6 +175,7 @@ class Puller:
         self.inbox = nc.new_inbox()
         self._msgs: list[Msg] = []
         self._waiter: asyncio.Future[None] | None = None  # what a waiting fetch sleeps on
+        self._drained: asyncio.Future[None] | None = None  # what `fetch_ready` sleeps on: its request's end
         self._open_until = 0.0  # monotonic deadline of the open request; 0 when none is open
         self._left = 0  # messages the open request may still deliver
         self._sub: Any = None
@@ -192,6 +193,8 @@ class Puller:
             if self._left <= 0:
                 self._open_until = 0.0
         self._wake()
+        if self._open_until == 0.0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -220,6 +223,32 @@ class Puller:
         msgs, self._msgs = self._msgs[:batch], self._msgs[batch:]
         if not msgs:
             raise TimeoutError
+        return msgs
+
+    async def fetch_ready(self, batch: int, timeout: float) -> list[Msg]:  # noqa: ASYNC109 - as fetch
+        """Up to `batch` of the messages the consumer holds now, in one burst; [] when it holds none.
+
+        For a reader that lingers between reads (the recorder): one no_wait request, read to its end (the
+        server's 404 after the last message), so no request stays open to wake the reader message by
+        message while it waits. Where a request is still open, its messages are taken as `fetch` does.
+        """
+        loop = asyncio.get_running_loop()
+        if self._msgs or self._open_until > loop.time():
+            try:
+                return await self.fetch(batch, timeout)
+            except TimeoutError:
+                return []
+        self._left = batch
+        self._open_until = loop.time() + timeout
+        self._drained = drained = loop.create_future()
+        request = {"batch": batch, "no_wait": True, "expires": int(timeout * 1e9)}
+        try:
+            await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
+            with contextlib.suppress(TimeoutError):  # a request lost with its connection: what came is kept
+                await asyncio.wait_for(drained, timeout + 0.05)
+        finally:
+            self._drained = None
+        msgs, self._msgs = self._msgs[:batch], self._msgs[batch:]
         return msgs
 
     async def unsubscribe(self) -> None:
@@ -801,9 +830,12 @@ async def settle(msg: Msg, handler: MessageHandler, give_up_after: int = Consume
             await msg.ack()
 
 
-async def _fetch(psub: Puller, batch: int, timeout_s: float) -> list[Msg] | None:
-    """A fetch that survives outages: None when nothing came (or NATS is away for a moment)."""
+async def _fetch(psub: Puller, batch: int, timeout_s: float, ready: bool = False) -> list[Msg] | None:
+    """A fetch that survives outages: None when nothing came (or NATS is away for a moment); with `ready`,
+    only what the consumer holds now (`Puller.fetch_ready`)."""
     try:
+        if ready:
+            return await psub.fetch_ready(batch, timeout=timeout_s) or None
         return await psub.fetch(batch, timeout=timeout_s)
     except (TimeoutError, nats.errors.TimeoutError):
         return None
@@ -878,9 +910,15 @@ async def consume_batches(
     fetch_timeout_s: float | Callable[[], float] = 1.0,
     on_idle: Callable[[], Awaitable[None]] | None = None,
     give_up_after: int = ConsumerSpec.give_up_after,
+    linger_s: Callable[[], float] | None = None,
 ) -> None:
     """Fetch until `stop`; hand each fetched batch to `handler`, which settles its messages itself
     (now, or later: the dispatcher acks results once a checkpoint covers them).
+
+    With `linger_s` (a reader off every step's path, as the recorder), messages are read in bursts: the
+    first message of a quiet stream is read alone, then the reader sleeps `linger_s()` while the stream
+    holds what comes, and takes all of it at once (again at once while full batches come). It wakes once
+    per burst instead of once per message, and so do the server's writes to it.
 
     Where `handler` raises, the unsettled messages of the batch go through `fail` one by one: an
     outage redelivers them, and anything else is isolated by handling each message alone, so one
@@ -888,20 +926,31 @@ async def consume_batches(
     `on_idle` runs when a fetch brings nothing. A fetch in progress is abandoned as soon as `stop` is set.
     """
     stopped = asyncio.create_task(stop.wait())
+    bursting = False  # lingering reader: the last read brought messages, the next one takes what came since
     try:
         while not stop.is_set():
             timeout_s = fetch_timeout_s() if callable(fetch_timeout_s) else fetch_timeout_s
-            fetch = asyncio.ensure_future(_fetch(psub, batch, timeout_s))
+            if linger_s is None:
+                fetch = asyncio.ensure_future(_fetch(psub, batch, timeout_s))
+            elif bursting:
+                fetch = asyncio.ensure_future(_fetch(psub, batch, timeout_s, ready=True))
+            else:
+                fetch = asyncio.ensure_future(_fetch(psub, 1, timeout_s))
             await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
             if not fetch.done():
                 fetch.cancel()
                 break
             msgs = fetch.result()
             if not msgs:
+                bursting = False
                 if on_idle is not None:
                     await _handle_batch(on_idle_as_batch(on_idle), [], give_up_after)
                 continue
             await _handle_batch(handler, msgs, give_up_after)
+            if linger_s is not None:
+                if len(msgs) < batch:  # the stream is read to its end: let it gather the next burst
+                    await asyncio.wait((stopped,), timeout=max(0.0, linger_s()))
+                bursting = True
     finally:
         stopped.cancel()
         with contextlib.suppress(nats.errors.Error):

@@ -252,3 +252,68 @@ async def test_concurrent_first_lookups_of_a_bucket_share_one_request(bus: Bus, 
     finally:
         await fresh.close()
         await watcher.close()
+
+
+async def test_a_lingering_reader_takes_a_steady_stream_in_bursts_and_loses_nothing(bus: Bus) -> None:
+    """The recorder's read: 300 messages published over ~1.5 s reach a reader lingering 0.5 s between reads
+    in a handful of handler calls (once per message without the linger), every one of them handled once;
+    and while it lingers no pull request is open, so nothing is pushed to it message by message."""
+    stream = StreamSpec(name="T_LINGER", subjects=("t.linger.>",), retention=Retention.WORK_QUEUE, description="t")
+    await bus.provision(streams=[stream], buckets=[])
+    spec = ConsumerSpec(stream=stream, durable="t", filter_subjects=("t.linger.>",))
+    handled: list[bytes] = []
+    calls = 0
+    waiting_while_lingering: list[int] = []
+    stop = asyncio.Event()
+
+    async def handler(msgs: list[Msg]) -> None:
+        nonlocal calls
+        calls += 1
+        for m in msgs:
+            handled.append(m.data)
+            await m.ack()
+
+    def linger_s() -> float:
+        return 0.5
+
+    async def produce() -> None:
+        for i in range(300):
+            await bus.js.publish(f"t.linger.m{i}", str(i).encode())
+            if i % 20 == 19:
+                await asyncio.sleep(0.1)
+                if calls:  # the reader is lingering or reading a burst: it holds no open request
+                    waiting_while_lingering.append((await bus.js.consumer_info(stream.name, "t")).num_waiting)
+
+    psub = await bus.pull_subscription(spec)
+    reader = asyncio.create_task(
+        consume_batches(psub, handler, stop, batch=1000, fetch_timeout_s=0.2, linger_s=linger_s)
+    )
+    await produce()
+    for _ in range(100):
+        if len(handled) == 300:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(reader, 5)
+    assert sorted(handled, key=int) == [str(i).encode() for i in range(300)]  # each once, none lost
+    assert calls <= 8, f"{calls} reads for 300 messages over ~1.5 s"
+    assert waiting_while_lingering and max(waiting_while_lingering) <= 1
+    assert waiting_while_lingering.count(0) >= len(waiting_while_lingering) // 2
+    assert await _drained(bus, stream.name) == 0
+
+
+async def test_fetch_ready_takes_what_the_consumer_holds_in_one_read(bus: Bus) -> None:
+    stream = StreamSpec(name="T_READY", subjects=("t.ready.>",), retention=Retention.WORK_QUEUE, description="t")
+    await bus.provision(streams=[stream], buckets=[])
+    psub = await bus.pull_subscription(ConsumerSpec(stream=stream, durable="t", filter_subjects=("t.ready.>",)))
+    assert await psub.fetch_ready(100, timeout=1.0) == []  # nothing there: answered at once, not at the timeout
+    for i in range(50):
+        await bus.js.publish(f"t.ready.m{i}", str(i).encode())
+    first = await psub.fetch_ready(30, timeout=1.0)
+    rest = await psub.fetch_ready(100, timeout=1.0)
+    assert [m.data for m in first + rest] == [str(i).encode() for i in range(50)]
+    assert len(first) == 30
+    assert (await bus.js.consumer_info(stream.name, "t")).num_waiting == 0
+    for m in first + rest:
+        await m.ack()
+    await psub.unsubscribe()
