@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
 
-from services.dispatcher.live import LiveRuns
+from services.dispatcher.live import LiveRun, LiveRuns
 from swarm.bus import Reject, Retry
 from swarm.contracts import RunCancelRequested, RunEventKind, RunPlanned, Subjects
 from swarm.dag import PlanError
@@ -49,23 +50,32 @@ class Intake:
         runs, store = self.runs, self.runs.store
         if runs.known(planned.run_id):
             return
-        if await runs.load(planned.run_id) is not None or store.is_over(planned.run_id):
-            return  # a redelivered plan: the run is under way or over
+        # The plan is read while the run's checkpoint is looked up: both are on the way to its first step.
+        found = await asyncio.gather(runs.load(planned.run_id), store.plans.resolved(planned), return_exceptions=True)
+        loaded: LiveRun | BaseException | None = found[0]
+        resolved: RunPlanned | BaseException = found[1]
+        if isinstance(loaded, BaseException):
+            raise loaded
+        if loaded is not None or store.is_over(planned.run_id):
+            return  # a redelivered plan: the run is under way or over (an old run's plan may be gone: no matter)
+        if isinstance(resolved, PlanUnavailable):
+            await runs.outbox.refuse(planned, f"plan unavailable: {resolved}")
+            raise Reject(f"run {planned.run_id}: {resolved}") from resolved
+        if isinstance(resolved, BaseException):
+            raise resolved
         try:
-            planned = await store.plans.resolved(planned)  # after the checks: an old run's plan may be gone
-        except PlanUnavailable as exc:
-            await runs.outbox.refuse(planned, f"plan unavailable: {exc}")
-            raise Reject(f"run {planned.run_id}: {exc}") from exc
-        try:
-            live = store.new(planned)
+            live = store.new(resolved)
         except PlanError as exc:
             await runs.outbox.refuse(planned, f"invalid plan: {exc}")
             raise Reject(f"run {planned.run_id}: invalid plan: {exc}") from exc
         run = live.state
         runs.add(live)
-        await store.mark_running(run.run_id)  # before its checkpoint
-        run.start()
-        await runs.schedule()
+        marking = asyncio.ensure_future(store.mark_running(run.run_id))  # beside the first dispatches
+        try:
+            run.start()
+            await runs.schedule()
+        finally:
+            await marking  # before its checkpoint
         await runs.flush()
         await runs.checkpoint(live)
         log.info("run %s started: %d agents, %d steps", run.run_id, len(run.agents), len(run.steps))

@@ -38,21 +38,21 @@ def sim(**fields: Any) -> SimEngine:
 
 def test_latency_is_ttft_plus_decode_time_times_scale() -> None:
     model = LatencyModel(ttft_ms=100, tokens_per_s=50, jitter=0, scale=2.0)
-    assert model.sample_ms(100, random.Random(0)) == pytest.approx((100 + 2000) * 2.0)
+    assert model.sample_ms(100, lambda: random.Random(0)) == pytest.approx((100 + 2000) * 2.0)
 
 
 def test_jitter_keeps_the_mean_and_spreads_the_values() -> None:
     model = LatencyModel(ttft_ms=100, tokens_per_s=100, jitter=0.3, scale=1.0)
     rng = random.Random(1)
-    samples = [model.sample_ms(100, rng) for _ in range(20_000)]
+    samples = [model.sample_ms(100, lambda: rng) for _ in range(20_000)]
     assert statistics.fmean(samples) == pytest.approx(model.mean_ms(100), rel=0.03)
     assert statistics.pstdev(samples) > 0.2 * model.mean_ms(100)
 
 
 def test_forced_latency_is_exact_and_scaled() -> None:
     model = LatencyModel(ttft_ms=100, tokens_per_s=100, jitter=0.5, scale=0.5)
-    assert model.sample_ms(10, random.Random(0), forced_ms=40.0) == 20.0
-    assert LatencyModel(100, 100, 0.5, scale=0).sample_ms(10, random.Random(0), forced_ms=40.0) == 0.0
+    assert model.sample_ms(10, lambda: random.Random(0), forced_ms=40.0) == 20.0
+    assert LatencyModel(100, 100, 0.5, scale=0).sample_ms(10, lambda: random.Random(0), forced_ms=40.0) == 0.0
 
 
 async def test_scale_zero_never_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,6 +72,29 @@ async def test_forced_latency_is_slept() -> None:
     started = time.perf_counter()
     await engine.generate(request(sim_latency_ms=80))
     assert time.perf_counter() - started >= 0.075
+
+
+async def test_a_call_sleeps_once_to_its_end_and_dates_its_first_token_at_the_ttft(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One timer per call (each wakes the gateway): the first token's time is computed, not slept to."""
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, result: Any = None) -> Any:
+        slept.append(delay)
+        return await real_sleep(delay, result)
+
+    engine = sim(sim_latency_scale=1.0, sim_ttft_ms=30, sim_tokens_per_s=2000, sim_jitter=0)
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    began = time.perf_counter()
+    completion = await engine.generate(request())
+    ended = time.perf_counter()
+    plan = engine.plan(request())
+    assert plan.delay_ms > plan.ttft_ms > 0
+    assert len(slept) == 1 and slept[0] == pytest.approx(plan.delay_ms / 1000, abs=0.01)
+    assert completion.first_token_at is not None
+    assert began + plan.ttft_ms / 1000 <= completion.first_token_at < ended
 
 
 async def test_text_is_deterministic_per_prompt_and_bounded_by_max_tokens() -> None:

@@ -10,7 +10,7 @@ import random
 import time
 import zlib
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from services.gateway.engine import CHARS_PER_TOKEN, Completion, EngineError, StreamItem, estimate_tokens
@@ -39,13 +39,16 @@ class LatencyModel:
         """The latency without jitter, before scaling."""
         return self.ttft_ms + completion_tokens * 1000.0 / self.tokens_per_s
 
-    def sample_ms(self, completion_tokens: int, rng: random.Random, forced_ms: float | None = None) -> float:
-        """One latency: `forced_ms` when the request sets it, else drawn from the model; always scaled."""
+    def sample_ms(
+        self, completion_tokens: int, rng: Callable[[], random.Random], forced_ms: float | None = None
+    ) -> float:
+        """One latency: `forced_ms` when the request sets it, else drawn from the model (from `rng()`, made
+        only then); always scaled."""
         if self.scale == 0:
             return 0.0
         if forced_ms is not None:
             return forced_ms * self.scale
-        factor = rng.lognormvariate(-self.jitter * self.jitter / 2, self.jitter) if self.jitter else 1.0
+        factor = rng().lognormvariate(-self.jitter * self.jitter / 2, self.jitter) if self.jitter else 1.0
         return self.mean_ms(completion_tokens) * factor * self.scale
 
 
@@ -198,8 +201,9 @@ class SimEngine:
         completion_tokens = estimate_tokens(content)
         delay_ms = ttft_ms = 0.0
         if self.latency.scale:
-            latency_rng = random.Random(f"{self.seed}:{request.request_id}")
-            delay_ms = self.latency.sample_ms(completion_tokens, latency_rng, request.sim_latency_ms)
+            delay_ms = self.latency.sample_ms(
+                completion_tokens, lambda: random.Random(f"{self.seed}:{request.request_id}"), request.sim_latency_ms
+            )
             ttft_ms = delay_ms * self.latency.ttft_ms / max(1e-9, self.latency.mean_ms(completion_tokens))
         return SimPlan(content, prompt_tokens, completion_tokens, delay_ms, ttft_ms)
 
@@ -212,11 +216,10 @@ class SimEngine:
         began = time.perf_counter()
         plan = self.plan(request)
         # The latency runs from the call, the sim's own work included (as a real engine's compute is): a
-        # burst of requests does not add the text generation of those before it to every latency.
-        if plan.ttft_ms > 0:
-            await asyncio.sleep(max(0.0, began + plan.ttft_ms / 1000.0 - time.perf_counter()))
-        first_token_at = time.perf_counter()
-        if plan.delay_ms > plan.ttft_ms:
+        # burst of requests does not add the text generation of those before it to every latency. One
+        # sleep to the end, the first token's time computed: a timer per call, not one per phase.
+        first_token_at = max(time.perf_counter(), began + plan.ttft_ms / 1000.0)
+        if plan.delay_ms > 0:
             await asyncio.sleep(max(0.0, began + plan.delay_ms / 1000.0 - time.perf_counter()))
         return Completion(plan.content, plan.prompt_tokens, plan.completion_tokens, first_token_at=first_token_at)
 
