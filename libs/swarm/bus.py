@@ -11,7 +11,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -30,12 +30,15 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 from pydantic import BaseModel, ValidationError
 
 from swarm.contracts import ALL_BUCKETS, ALL_STREAMS, BucketSpec, Retention, StreamSpec, Subjects
 from swarm.settings import NatsSettings
 
 log = logging.getLogger(__name__)
+
+H = TypeVar("H")
 
 # JetStream's "no suitable peers for placement": a peer is offline, or one the meta leader has not heard from
 # since it started (a cluster starting or restarting node by node).
@@ -445,6 +448,27 @@ class Loops:
         return {"healthy": all(state.alive for state in self.health.values()), "loops": loops}
 
 
+class Handles(Generic[H]):
+    """Handles looked up by name once and cached. Callers asking at once share one lookup; a failed lookup
+    is forgotten, so the next caller tries again."""
+
+    def __init__(self, look_up: Callable[[str], Awaitable[H]]) -> None:
+        self._look_up = look_up
+        self._handles: dict[str, asyncio.Future[H]] = {}  # name -> its handle, or the one lookup under way
+
+    async def get(self, name: str) -> H:
+        """The handle of `name`."""
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = asyncio.ensure_future(self._look_up(name))
+            handle.add_done_callback(lambda done: self._forget_failed(name, done))
+        return await asyncio.shield(handle)  # a caller cancelled does not cancel the others' lookup
+
+    def _forget_failed(self, name: str, done: asyncio.Future[H]) -> None:
+        if (done.cancelled() or done.exception() is not None) and self._handles.get(name) is done:
+            del self._handles[name]
+
+
 class Bus:
     """One NATS connection with JetStream, and the helpers every service uses."""
 
@@ -453,7 +477,8 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
         self.acks = ReplyInbox(nc, resolve_publish_ack)
-        self._kv: dict[str, asyncio.Future[KeyValue]] = {}  # bucket -> its handle, or the one lookup under way
+        self._kv = Handles(self._look_up_kv)
+        self._object_stores = Handles(self.js.object_store)
         self._pending: list[tuple[float, str, asyncio.Future[None]]] = []  # (deadline, token, ack) of publish_nowait
         self._prune_at = 256
         self._reconnected = asyncio.Event()
@@ -609,23 +634,18 @@ class Bus:
         await self._reconnected.wait()
 
     async def kv(self, bucket: BucketSpec) -> KeyValue:
-        """A key-value bucket handle, cached. Callers asking at once share one lookup (the first wave of a
-        run's steps asks together); a failed lookup is forgotten, so the next caller tries again."""
-        handle = self._kv.get(bucket.name)
-        if handle is None:
-            handle = self._kv[bucket.name] = asyncio.ensure_future(self._look_up_kv(bucket))
-            handle.add_done_callback(lambda done: self._forget_failed_kv(bucket.name, done))
-        return await asyncio.shield(handle)  # a caller cancelled does not cancel the others' lookup
+        """A key-value bucket handle, cached (the first wave of a run's steps asks together: one lookup)."""
+        return await self._kv.get(bucket.name)
 
-    async def _look_up_kv(self, bucket: BucketSpec) -> KeyValue:
+    async def object_store(self, name: str) -> ObjectStore:
+        """An object store handle, cached as `kv`'s are."""
+        return await self._object_stores.get(name)
+
+    async def _look_up_kv(self, name: str) -> KeyValue:
         for _ in range(2):  # a replicated bucket electing a leader leaves the API unanswered a while
             with contextlib.suppress(nats.errors.TimeoutError):
-                return await self.js.key_value(bucket.name)
-        return await self.js.key_value(bucket.name)
-
-    def _forget_failed_kv(self, name: str, done: asyncio.Future[KeyValue]) -> None:
-        if (done.cancelled() or done.exception() is not None) and self._kv.get(name) is done:
-            del self._kv[name]
+                return await self.js.key_value(name)
+        return await self.js.key_value(name)
 
     async def kv_keys(self, bucket: BucketSpec, pattern: str) -> list[str]:
         """Keys of `bucket` matching a subject-style `pattern`, filtered by the server.

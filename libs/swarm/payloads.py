@@ -21,7 +21,7 @@ from nats.js.errors import BadObjectMetaError, DigestMismatchError, KeyNotFoundE
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, OBJ_STREAM_TEMPLATE, ObjectStore
 from pydantic import ValidationError
 
-from swarm.bus import Bus
+from swarm.bus import Bus, Handles
 from swarm.contracts import (
     MESSAGE_BODY_MAX_BYTES,
     OUTPUTS_BUCKET,
@@ -105,7 +105,6 @@ class Payloads:
         self.inline_limit = inline_limit
         self.bucket = bucket
         self.store = store
-        self._objects: ObjectStore | None = None
 
     def fits_inline(self, data: bytes) -> bool:
         """Whether `data` is stored in the bucket itself (else in the object store, by reference)."""
@@ -121,7 +120,7 @@ class Payloads:
         if self.fits_inline(data):
             await kv.put(key, data)
             return False
-        objects = await self._object_store()
+        objects = await self.bus.object_store(self.store.name)
         name = object_name(key)
         await objects.put(name, data)
         await kv.put(key, make_ref(self.store.name, name, len(data)))
@@ -141,16 +140,12 @@ class Payloads:
         if not is_ref(value):
             return value
         store, name = parse_ref(value)
-        objects = await self._object_store() if store == self.store.name else await self.bus.js.object_store(store)
+        objects = await self.bus.object_store(store)
         try:
             return await read_object(self.bus.js, store, name, await objects.get_info(name))
         except NotFoundError as exc:
             raise PayloadMissing(f"payload {store}/{name} is missing from the object store") from exc
 
-    async def _object_store(self) -> ObjectStore:
-        if self._objects is None:
-            self._objects = await self.bus.js.object_store(self.store.name)
-        return self._objects
 
 
 async def resolve(bus: Bus, value: bytes) -> bytes:
@@ -186,7 +181,7 @@ class PlanStore:
         self.js = js
         self._cache: OrderedDict[str, Plan] = OrderedDict()
         self._cache_size = cache_size
-        self._store: ObjectStore | None = None
+        self._stores = Handles(js.object_store)
 
     async def put(self, plan: Plan) -> PlanRef:
         """Store a plan (idempotent: the same plan is the same object) and return its reference."""
@@ -262,6 +257,4 @@ class PlanStore:
             self._cache.popitem(last=False)
 
     async def _objects(self) -> ObjectStore:
-        if self._store is None:
-            self._store = await self.js.object_store(PLANS_STORE.name)
-        return self._store
+        return await self._stores.get(PLANS_STORE.name)

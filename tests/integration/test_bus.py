@@ -14,11 +14,16 @@ from swarm.contracts import (
     ALL_BUCKETS,
     ALL_STREAMS,
     DISPATCHER_LEASES_BUCKET,
+    MESSAGE_BODY_MAX_BYTES,
+    OUTPUTS_BUCKET,
+    PAYLOADS_STORE,
     TASKS,
     BucketSpec,
+    Keys,
     Retention,
     StreamSpec,
 )
+from swarm.payloads import Payloads
 from swarm.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
@@ -249,6 +254,31 @@ async def test_concurrent_first_lookups_of_a_bucket_share_one_request(bus: Bus, 
                 await fresh.kv(missing)
         await watcher.nc.flush()
         assert seen.count("$JS.API.STREAM.INFO.KV_NO_SUCH_BUCKET") == 2
+    finally:
+        await fresh.close()
+        await watcher.close()
+
+
+async def test_concurrent_first_reads_of_an_object_store_share_one_lookup(bus: Bus, nats_settings: NatsSettings) -> None:
+    # A wave of steps whose inputs went by reference resolves them together: one object store lookup for all.
+    key = Keys.output("acme", "r-objects", "s1")
+    data = b"x" * (MESSAGE_BODY_MAX_BYTES + 1)
+    assert await Payloads(bus).put(key, data)  # by reference
+    marker = (await (await bus.kv(OUTPUTS_BUCKET)).get(key)).value or b""
+    seen: list[str] = []
+    watcher = await Bus.connect(nats_settings, "test-watcher")
+    fresh = await Bus.connect(nats_settings, "test-fresh")  # nothing cached yet
+    try:
+
+        async def count(msg: Msg) -> None:
+            seen.append(msg.subject)
+
+        await watcher.nc.subscribe("$JS.API.STREAM.INFO.>", cb=count)
+        await watcher.nc.flush()
+        values = await asyncio.gather(*(Payloads(fresh).resolve(marker) for _ in range(30)))
+        await watcher.nc.flush()
+        assert values == [data] * 30
+        assert seen == [f"$JS.API.STREAM.INFO.OBJ_{PAYLOADS_STORE.name}"]
     finally:
         await fresh.close()
         await watcher.close()
