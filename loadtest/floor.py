@@ -41,7 +41,7 @@ from nats.js.errors import NotFoundError
 
 from loadtest.metrics import percentile
 from swarm.bus import wait_for_streams_replicated
-from swarm.ops.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
+from swarm.ops.natsserver import NatsServer, cluster_ports, cluster_servers, local_nodes, start_cluster
 from swarm.settings import NatsSettings
 
 # Loadtest-private names, on purpose outside the swarm.* subject space.
@@ -218,7 +218,7 @@ def clean_nats(nodes: int = 1, parent: Path | None = None) -> Iterator[str]:
         if nodes == 1:
             servers = [NatsServer(store_dir=home / "nats", log_file=home / "nats.log").start()]
         else:
-            ports = [free_port_block(nodes) for _ in range(3)]  # client, monitoring, route ports: node i uses first + i
+            ports = cluster_ports(nodes)  # client, monitoring, route ports: node i uses first + i
             layout = local_nodes(home, [(ports[0] + i, ports[1] + i, ports[2] + i) for i in range(nodes)])
             servers = start_cluster(cluster_servers(home, layout, home))
         yield ",".join(s.url for s in servers)

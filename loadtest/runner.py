@@ -75,7 +75,7 @@ from swarm.contracts import (
     Subjects,
     TaskSubmission,
 )
-from swarm.ops.natsserver import free_port_block
+from swarm.ops.natsserver import cluster_ports
 from swarm.ops.queries import RecorderNotRunning, query_via_recorder
 from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
@@ -208,10 +208,10 @@ def open_deployment(options: LoadtestOptions, console: Console) -> Deployment:
     n = options.nats_cluster
     # One node picks its own free ports as it listens (0, and it has no route port); a cluster's nodes name
     # each other's, so it takes free blocks.
+    client_port, monitor_port, route_port = cluster_ports(n) if n > 1 else (0, 0, 0)
     settings = StackSettings(
-        home=home, nats_port=free_port_block(n) if n > 1 else 0, nats_monitor_port=free_port_block(n) if n > 1 else 0,
-        nats_cluster_port=free_port_block(n) if n > 1 else 0, nats_cluster=n, gateway_backend="sim",
-        workers=options.workers,
+        home=home, nats_port=client_port, nats_monitor_port=monitor_port, nats_cluster_port=route_port,
+        nats_cluster=n, gateway_backend="sim", workers=options.workers,
     )  # fmt: skip
     stack = Stack(settings)
     with _environment(embedded_environment(options)), console.status("starting the embedded stack") as status:

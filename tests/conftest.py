@@ -14,7 +14,7 @@ import pytest
 from services.recorder.runindex import RunIndexer
 from services.recorder.settings import RecorderSettings
 from swarm.bus import Bus
-from swarm.ops.natsserver import NatsServer, cluster_servers, free_port_block, local_nodes, start_cluster
+from swarm.ops.natsserver import NatsServer, cluster_ports, cluster_servers, local_nodes, start_cluster
 from swarm.settings import NatsSettings
 
 
@@ -35,7 +35,7 @@ def nats_settings(nats_server: NatsServer) -> NatsSettings:
 def nats_cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
     """Three nats-server nodes in one JetStream cluster on loopback (the configuration `swarm up
     --nats-cluster 3` and compose run), stopped after the test."""
-    ports = [free_port_block(3) for _ in range(3)]  # client, monitoring, route ports: node i uses first + i
+    ports = cluster_ports(3)  # client, monitoring, route ports: node i uses first + i
     nodes = local_nodes(tmp_path / "nats", [(ports[0] + i, ports[1] + i, ports[2] + i) for i in range(3)])
     servers = start_cluster(cluster_servers(tmp_path / "nats", nodes, log_dir=tmp_path))
     yield servers

@@ -22,7 +22,7 @@ from swarm.contracts import (
     Plan,
     RunCompleted,
 )
-from swarm.ops.natsserver import free_port_block, node_status
+from swarm.ops.natsserver import cluster_ports, node_status
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.stack import Stack
 from swarm.settings import NatsSettings, StackSettings
@@ -38,10 +38,10 @@ CLUSTER_ENV = {  # as `swarm loadtest` runs the embedded stack: room for a 300-w
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, start_stack: Any) -> Iterator[Stack]:
+    client_port, monitor_port, route_port = cluster_ports(3)
     settings = StackSettings(
-        home=tmp_path_factory.mktemp("swarm-cluster"), nats_port=free_port_block(3),
-        nats_monitor_port=free_port_block(3), nats_cluster_port=free_port_block(3), nats_cluster=3,
-        gateway_backend="sim", workers=2,
+        home=tmp_path_factory.mktemp("swarm-cluster"), nats_port=client_port, nats_monitor_port=monitor_port,
+        nats_cluster_port=route_port, nats_cluster=3, gateway_backend="sim", workers=2,
     )  # fmt: skip
     with start_stack(CLUSTER_ENV, settings) as running:
         yield running

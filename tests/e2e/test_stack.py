@@ -16,7 +16,7 @@ from nats.js.api import StreamConfig
 from services.recorder.settings import RecorderSettings
 from swarm.client import SwarmClient
 from swarm.contracts import RESULTS, AgentSpec, Plan, RunCompleted, RunRejected, StepSpec, Subjects
-from swarm.ops.natsserver import NatsServer, free_port
+from swarm.ops.natsserver import NatsServer, free_port_block
 from swarm.ops.queries import query_via_recorder
 from swarm.ops.stack import Stack, StackAlreadyRunning, StackError, _port_free
 from swarm.settings import NatsSettings, StackSettings
@@ -139,7 +139,7 @@ def test_cli_bad_input_exits_non_zero_with_a_reason(tmp_path: Path) -> None:
     assert empty.returncode == 2 and "empty" in empty.stderr
     missing = run_cli("submit", "--file", str(tmp_path / "nope.txt"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
-    down = run_cli("submit", "hello", "--nats-url", f"nats://127.0.0.1:{free_port()}")
+    down = run_cli("submit", "hello", "--nats-url", f"nats://127.0.0.1:{free_port_block(1)}")
     assert down.returncode == 1 and "swarm up" in down.stderr
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.ops.natsserver import free_port
+from swarm.ops.natsserver import free_port_block
 from swarm.ops.stack import Stack
 from swarm.settings import StackSettings
 
@@ -210,7 +210,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
-    env = {**os.environ, "SWARM_HOME": str(tmp_path), "SWARM_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    env = {**os.environ, "SWARM_HOME": str(tmp_path), "SWARM_NATS_URL": f"nats://127.0.0.1:{free_port_block(1)}"}
     for args in (["status"], ["runs"], ["cancel", "r1"], ["stats"], ["report", "r1"], ["restart", "worker"], ["top"]):
         result = subprocess.run([sys.executable, "-m", "swarm.ops.cli", *args], env=env, capture_output=True, text=True,
                                 timeout=60, cwd=tmp_path)  # fmt: skip

