@@ -24,7 +24,9 @@ class RecorderSettings(BaseSettings):
     )
     batch_max_events: int = Field(10_000, ge=1, le=50_000, description="Insert when this many events are pending.")
     batch_max_ms: float = Field(500.0, gt=0, description="Insert when the oldest pending event waited this long.")
-    fetch_timeout_s: float = Field(1.0, gt=0, description="Longest wait of one fetch while nothing is pending.")
+    fetch_timeout_s: float = Field(
+        1.0, gt=0, description="Longest wait of one fetch while nothing is pending, and between two reads of a busy stream.",
+    )
     retry_max_s: float = Field(30.0, gt=0, description="Longest back-off between inserts while ClickHouse fails.")
     # Short: a killed recorder's fetched, unstored events come back this soon (redeliveries collapse by event_id).
     ack_wait_s: float = Field(15.0, gt=0, description="Redelivery time of an unacknowledged event.")
