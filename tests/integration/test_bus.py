@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from nats.aio.msg import Msg
@@ -229,34 +231,47 @@ async def test_a_dead_loop_is_restarted_and_shown_in_health(bus: Bus) -> None:
     assert "flaky" not in bus.loops.details()["loops"]  # ended on purpose: not expected any more
 
 
-async def test_concurrent_first_lookups_of_a_bucket_share_one_request(bus: Bus, nats_settings: NatsSettings) -> None:
-    # The first wave of a run's steps (150 at once on a worker) asks for the memory bucket together: one
-    # JetStream API request must serve them all, not one each. Counted on the real server's API subject.
+@asynccontextmanager
+async def stream_info_requests(
+    nats_settings: NatsSettings,
+) -> AsyncIterator[tuple[Bus, Callable[[], Awaitable[list[str]]]]]:
+    """A fresh Bus (nothing cached), and what gives the JetStream STREAM.INFO requests the real server has
+    seen since (both connections flushed first)."""
     seen: list[str] = []
     watcher = await Bus.connect(nats_settings, "test-watcher")
-    fresh = await Bus.connect(nats_settings, "test-fresh")  # nothing cached yet
+    fresh = await Bus.connect(nats_settings, "test-fresh")
     try:
 
         async def count(msg: Msg) -> None:
             seen.append(msg.subject)
 
+        async def requests() -> list[str]:
+            await fresh.nc.flush()
+            await watcher.nc.flush()
+            await asyncio.sleep(0.05)  # the watcher's callback task has taken what the flush brought
+            return seen
+
         await watcher.nc.subscribe("$JS.API.STREAM.INFO.>", cb=count)
         await watcher.nc.flush()
+        yield fresh, requests
+    finally:
+        await fresh.close()
+        await watcher.close()
+
+
+async def test_concurrent_first_lookups_of_a_bucket_share_one_request(bus: Bus, nats_settings: NatsSettings) -> None:
+    # The first wave of a run's steps (150 at once on a worker) asks for the memory bucket together: one
+    # JetStream API request must serve them all, not one each. Counted on the real server's API subject.
+    async with stream_info_requests(nats_settings) as (fresh, requests):
         handles = await asyncio.gather(*(fresh.kv(DISPATCHER_LEASES_BUCKET) for _ in range(50)))
-        await fresh.nc.flush()
-        await watcher.nc.flush()
         assert len({id(handle) for handle in handles}) == 1
-        assert seen == [f"$JS.API.STREAM.INFO.KV_{DISPATCHER_LEASES_BUCKET.name}"]
+        assert await requests() == [f"$JS.API.STREAM.INFO.KV_{DISPATCHER_LEASES_BUCKET.name}"]
         assert await fresh.kv(DISPATCHER_LEASES_BUCKET) is handles[0]  # cached after
         missing = BucketSpec(name="NO_SUCH_BUCKET", description="never created")
         for _ in range(2):  # a failed lookup is not cached: each later call asks again
             with pytest.raises(BucketNotFoundError):
                 await fresh.kv(missing)
-        await watcher.nc.flush()
-        assert seen.count("$JS.API.STREAM.INFO.KV_NO_SUCH_BUCKET") == 2
-    finally:
-        await fresh.close()
-        await watcher.close()
+        assert (await requests()).count("$JS.API.STREAM.INFO.KV_NO_SUCH_BUCKET") == 2
 
 
 async def test_concurrent_first_reads_of_an_object_store_share_one_lookup(bus: Bus, nats_settings: NatsSettings) -> None:
@@ -265,23 +280,10 @@ async def test_concurrent_first_reads_of_an_object_store_share_one_lookup(bus: B
     data = b"x" * (MESSAGE_BODY_MAX_BYTES + 1)
     assert await Payloads(bus).put(key, data)  # by reference
     marker = (await (await bus.kv(OUTPUTS_BUCKET)).get(key)).value or b""
-    seen: list[str] = []
-    watcher = await Bus.connect(nats_settings, "test-watcher")
-    fresh = await Bus.connect(nats_settings, "test-fresh")  # nothing cached yet
-    try:
-
-        async def count(msg: Msg) -> None:
-            seen.append(msg.subject)
-
-        await watcher.nc.subscribe("$JS.API.STREAM.INFO.>", cb=count)
-        await watcher.nc.flush()
+    async with stream_info_requests(nats_settings) as (fresh, requests):
         values = await asyncio.gather(*(Payloads(fresh).resolve(marker) for _ in range(30)))
-        await watcher.nc.flush()
         assert values == [data] * 30
-        assert seen == [f"$JS.API.STREAM.INFO.OBJ_{PAYLOADS_STORE.name}"]
-    finally:
-        await fresh.close()
-        await watcher.close()
+        assert await requests() == [f"$JS.API.STREAM.INFO.OBJ_{PAYLOADS_STORE.name}"]
 
 
 async def test_a_lingering_reader_takes_a_steady_stream_in_bursts_and_loses_nothing(bus: Bus) -> None:
