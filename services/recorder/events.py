@@ -202,8 +202,8 @@ class EventRecorder:
             log.warning("%d step events on %s dropped: their ids are not the ones their fields derive, or their run "
                         "is not the one their subject names", forged, msg.subject)  # fmt: skip
             step_events = genuine
-        if not batch:
-            batch.started_at = time.monotonic()
+        if not batch:  # its age is its oldest event's: a burst read after a linger has waited that long
+            batch.started_at = time.monotonic() - _stored_ago_s(msg)
         batch.step_events.extend(step_events)
         batch.inference_events.extend(inference_events)
         batch.msgs.append(msg)
@@ -266,6 +266,16 @@ class EventRecorder:
             return await self._insert_isolating(events[:half], insert) + await self._insert_isolating(
                 events[half:], insert
             )
+
+
+def _stored_ago_s(msg: Msg) -> float:
+    """How long ago the stream stored `msg`, by the timestamp in its ack subject (by the server's clock: never
+    less than 0)."""
+    try:
+        stored = msg.metadata.timestamp
+    except (nats.errors.NotJSMessageError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, time.time() - stored.timestamp())
 
 
 async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
