@@ -147,7 +147,6 @@ class Payloads:
             raise PayloadMissing(f"payload {store}/{name} is missing from the object store") from exc
 
 
-
 async def resolve(bus: Bus, value: bytes) -> bytes:
     """The full value of a KV entry read elsewhere (e.g. the aggregator's reads of sink outputs)."""
     return await Payloads(bus).resolve(value) if is_ref(value) else value
