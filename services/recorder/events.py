@@ -156,18 +156,21 @@ class EventRecorder:
             self._batch, self._inserting = Batch(), None
             self.pending_count = 0
 
+    def _due_in_s(self) -> float:
+        """Until the pending batch is due (a whole batch_max_ms for an empty one)."""
+        due_ms = self.settings.batch_max_ms - self._batch.age_ms() if self._batch else self.settings.batch_max_ms
+        return max(0.0, due_ms / 1000)
+
     def _wait_s(self) -> float:
         """Never wait past the pending batch's deadline, nor longer than fetch_timeout_s (so `stop` is seen)."""
         if not self._batch:
             return self.settings.fetch_timeout_s
-        left_s = (self.settings.batch_max_ms - self._batch.age_ms()) / 1000
-        return min(self.settings.fetch_timeout_s, max(0.001, left_s))
+        return min(self.settings.fetch_timeout_s, max(0.001, self._due_in_s()))
 
     def _linger_s(self) -> float:
         """Between reads of a busy stream: until the pending batch is due (read in one burst, then inserted),
         at most fetch_timeout_s (what the health probe calls pending is never older than that)."""
-        due_ms = self.settings.batch_max_ms - self._batch.age_ms() if self._batch else self.settings.batch_max_ms
-        return min(self.settings.fetch_timeout_s, max(0.0, due_ms / 1000))
+        return min(self.settings.fetch_timeout_s, self._due_in_s())
 
     async def _on_msgs(self, msgs: list[Msg]) -> None:
         for msg in msgs:

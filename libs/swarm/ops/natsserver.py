@@ -35,9 +35,10 @@ def free_port_block(n: int, attempts: int = 200) -> int:
     A port picked there is one no outgoing connection is given meanwhile (the kernel draws those from the
     ephemeral range): between this check and the server's bind, only another explicit bind could take it.
     """
-    low, high = 20_000, _ephemeral_range()[0]
+    ephemeral_low, ephemeral_high = _ephemeral_range()
+    low, high = 20_000, ephemeral_low
     if high - low < 10 * n:
-        low, high = _ephemeral_range()[1] + 1, 65_536
+        low, high = ephemeral_high + 1, 65_536
     for _ in range(attempts):
         first = random.randrange(low, high - n)
         if all(_unused(first + i) for i in range(n)):
